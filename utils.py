@@ -1,19 +1,397 @@
 """Shared plumbing: errors, seeds, devices, datasets and cached subsets, result files,
 plotting helpers, and the `python utils.py <command>` CLI."""
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
 
 # ======================================================================================
 # Errors, seeds, devices  (foundation)
 # ======================================================================================
 
 
+class UserError(Exception):
+    """Bad input from the user: reported as one line, exit status 2, no traceback."""
+
+
+def cli(main, argv=None):
+    """Run main(argv); report a UserError as `error: ...` on stderr and exit 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def set_seed(seed):
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_device(spec="auto"):
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    spec = str(spec).lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UserError("--device mps: MPS is not available on this machine; use auto or cpu")
+        return torch.device("mps")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: CUDA is not available on this machine; use auto or cpu")
+        if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device(spec)
+    raise UserError(f"--device {spec}: allowed are auto, cpu, cuda, cuda:N, mps")
+
+
+def check_positive_ints(name, values):
+    """Every value must be an integer > 0."""
+    for v in values:
+        if int(v) != v or v <= 0:
+            raise UserError(f"{name}: {v} is not allowed; class sizes and counts must be positive integers")
+
+
+def check_nonneg(name, values):
+    """Every value must be a finite number >= 0."""
+    for v in np.atleast_1d(values):
+        if not np.isfinite(v) or v < 0:
+            raise UserError(f"{name}: {v} is not allowed; it must be a finite number >= 0")
+
+
+def add_common_args(parser):
+    """--device, --seed, --data_dir, --quick, --amp: shared by every experiment script."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data subsets, init and batches")
+    parser.add_argument("--data_dir", default="data", help="datasets and cached subsets")
+    parser.add_argument("--models_dir", default="models", help="run folders (weights, CSV, results)")
+    parser.add_argument("--plot_dir", default="plots", help="figures and their JSON")
+    parser.add_argument("--quick", action="store_true", help="small CPU preview (minutes, no download)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    return parser
+
+
 # ======================================================================================
 # Data: datasets, imbalanced subsets, cache  (foundation)
 # ======================================================================================
+
+DATASETS = ("synthetic", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+_NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+# Per-channel normalisation constants (as in the original code / common practice).
+_NORM = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+# What each torchvision dataset expects on disk, for the offline message.
+_ON_DISK = {
+    "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "fashion_mnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "cifar10": "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+    "cifar100": "cifar-100-python/{train,test,meta}",
+}
+SYNTHETIC_DEFAULTS = {"image_size": 32, "channels": 3, "noise": 1.0, "test_per_class": 100}
+
+
+@dataclass
+class Data:
+    """An imbalanced training subset and a balanced test split, normalised float32 NCHW tensors."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    dataset: str
+    sizes: list
+    key: str  # identifies the subset (its cache name): part of every run's configuration
+    info: dict = field(default_factory=dict)
+
+    @property
+    def in_channels(self):
+        return self.x_train.shape[1]
+
+
+def check_dataset(name):
+    """Normalise a dataset name, or fail naming the allowed ones."""
+    key = str(name).lower().replace("-", "_")
+    key = {"fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist"}.get(key, key)
+    if key not in DATASETS:
+        raise UserError(f"--dataset {name}: unknown dataset; allowed are {', '.join(DATASETS)}")
+    return key
+
+
+def num_classes_of(dataset, sizes=None):
+    """Class count of a dataset (synthetic: as many classes as sizes given)."""
+    dataset = check_dataset(dataset)
+    if dataset == "synthetic":
+        return len(sizes) if sizes is not None else 10
+    return _NUM_CLASSES[dataset]
+
+
+def _torchvision_split(name, train, data_dir):
+    """(uint8 images N x C x H x W, int64 labels) of a torchvision dataset, downloading if possible."""
+    import torchvision.datasets as tvd
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    try:
+        ds = cls(data_dir, train=train, download=False)
+    except RuntimeError:
+        try:
+            ds = cls(data_dir, train=train, download=True)
+        except Exception as e:  # offline, partial files, ...
+            raise UserError(
+                f"dataset {name} is missing from {os.path.abspath(data_dir)} and could not be downloaded "
+                f"({type(e).__name__}); expected {os.path.join(data_dir, _ON_DISK[name])}. Offline options: "
+                f"run `python utils.py prepare --dataset {name} --sizes ...` where there is internet and copy "
+                f"{data_dir}/ over, or use --dataset synthetic or digits") from None
+    x = torch.as_tensor(np.asarray(ds.data))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+
+
+def _digits_split(train):
+    """scikit-learn's bundled 8x8 digits (no download): a fixed, class-stratified 2/3 : 1/3 split."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.as_tensor(np.round(d.images * 255 / 16).astype(np.uint8)).unsqueeze(1)
+    y = torch.as_tensor(d.target, dtype=torch.int64)
+    in_test = torch.zeros(len(y), dtype=torch.bool)
+    for k in range(10):
+        idx = torch.nonzero(y == k).flatten()
+        in_test[idx[::3]] = True
+    keep = ~in_test if train else in_test
+    return x[keep], y[keep]
+
+
+def load_split(name, train, data_dir="data"):
+    """Full train or test split of a real dataset as uint8 NCHW images and int64 labels."""
+    name = check_dataset(name)
+    if name == "digits":
+        return _digits_split(train)
+    return _torchvision_split(name, train, data_dir)
+
+
+def _synthetic(sizes, seed, opts, n_test):
+    """Class-structured images: a smooth random prototype per class plus pixel noise.
+
+    Prototypes depend on the seed only, so train and test splits share them; the noise level sets
+    the difficulty. Values are already roughly standardised (float32)."""
+    s, c, noise = opts["image_size"], opts["channels"], opts["noise"]
+    K = len(sizes)
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(K, c, 4, 4, generator=g)
+    protos = torch.nn.functional.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)
+    protos = protos / protos.flatten(1).std(1).view(K, 1, 1, 1)
+
+    def draw(counts, gen):
+        y = torch.repeat_interleave(torch.arange(K), torch.as_tensor(counts))
+        x = protos[y] + noise * torch.randn(len(y), c, s, s, generator=gen)
+        return x / (1 + noise**2) ** 0.5, y
+
+    x_train, y_train = draw(list(sizes), torch.Generator().manual_seed(seed + 1))
+    x_test, y_test = draw([n_test] * K, torch.Generator().manual_seed(seed + 2))
+    return x_train, y_train, x_test, y_test
+
+
+def _pick_per_class(y, sizes, rng):
+    """Indices of sizes[k] samples of each class k, drawn without replacement (vectorised per class)."""
+    picked = []
+    for k, n in enumerate(sizes):
+        idx = np.flatnonzero(y == k)
+        picked.append(np.sort(rng.choice(idx, size=min(n, len(idx)), replace=False)))
+    return picked
+
+
+def _normalise(x_uint8, dataset):
+    """uint8 -> float32 in [0, 1] -> per-channel standardised; Fashion-MNIST resized to 32x32 as in the paper."""
+    x = x_uint8.float().div_(255)
+    if dataset == "fashion_mnist" and x.shape[-1] != 32:
+        x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    if dataset in _NORM:
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in _NORM[dataset])
+    else:  # digits: mean and std of the whole bundled set (scaled to [0, 1])
+        mean, std = torch.tensor(0.3053).view(1, 1, 1, 1), torch.tensor(0.3759).view(1, 1, 1, 1)
+    return (x - mean) / std
+
+
+def subset_cache_path(dataset, sizes, seed, data_dir="data", allow_test_fill=False, synthetic=None):
+    """Cache file name that encodes everything that changes the subset."""
+    desc = {"dataset": dataset, "sizes": [int(n) for n in sizes], "seed": int(seed), "split": "train",
+            "test_fill": bool(allow_test_fill)}
+    if dataset == "synthetic":
+        desc["synthetic"] = dict(SYNTHETIC_DEFAULTS, **(synthetic or {}))
+    short = "-".join(map(str, sizes)) if len(sizes) <= 12 else f"K{len(sizes)}"
+    name = f"{dataset}_train_seed{seed}_n{short}{'_testfill' if allow_test_fill else ''}_{config_key(desc)}.npz"
+    return os.path.join(data_dir, "subsets", name), desc
+
+
+def build_subset(dataset, sizes, seed, data_dir="data", allow_test_fill=False):
+    """Draw the imbalanced train subset (uint8) and the balanced test split from a real dataset.
+
+    A class asking for more images than the train split has is an error, unless allow_test_fill,
+    which tops it up from the test split (as the original did silently) and removes those images
+    from the test split, reporting how many were borrowed."""
+    x_tr, y_tr = load_split(dataset, True, data_dir)
+    x_te, y_te = load_split(dataset, False, data_dir)
+    counts = np.bincount(y_tr.numpy(), minlength=len(sizes))
+    short = [k for k, n in enumerate(sizes) if n > counts[k]]
+    if short and not allow_test_fill:
+        k = short[0]
+        raise UserError(f"--sizes: class {k} asks for {sizes[k]} images but the {dataset} train split has at most "
+                        f"{counts[k]}; lower it, or pass --allow_test_fill to top up from the test split")
+    rng = np.random.default_rng(seed)
+    tr_idx = _pick_per_class(y_tr.numpy(), sizes, rng)
+    x, y = x_tr[np.concatenate(tr_idx)], y_tr[np.concatenate(tr_idx)]
+    borrowed = {}
+    test_keep = np.ones(len(y_te), dtype=bool)
+    for k in short:
+        extra = sizes[k] - counts[k]
+        pool = np.flatnonzero(y_te.numpy() == k)
+        if extra > len(pool):
+            raise UserError(f"--sizes: class {k} asks for {sizes[k]} images; train and test splits of {dataset} "
+                            f"hold only {counts[k] + len(pool)}")
+        take = np.sort(rng.choice(pool, size=extra, replace=False))
+        test_keep[take] = False
+        x, y = torch.cat([x, x_te[take]]), torch.cat([y, y_te[take]])
+        borrowed[k] = int(extra)
+    return x, y, x_te[test_keep], y_te[test_keep], borrowed
+
+
+def get_data(dataset, sizes, seed=0, data_dir="data", allow_test_fill=False, synthetic=None):
+    """The training subset with per-class `sizes` and a balanced test split, cached in data_dir/subsets."""
+    dataset = check_dataset(dataset)
+    sizes = [int(n) for n in sizes]
+    check_positive_ints("--sizes", sizes)
+    K = num_classes_of(dataset, sizes)
+    if len(sizes) != K or K < 2:
+        raise UserError(f"--sizes: {len(sizes)} sizes given; {dataset} has {K} classes, so give {K}"
+                        + (" (at least 2)" if dataset == "synthetic" else ""))
+    path, desc = subset_cache_path(dataset, sizes, seed, data_dir, allow_test_fill, synthetic)
+    if dataset == "synthetic":  # cheap to regenerate: never cached
+        opts = desc["synthetic"]
+        xs = _synthetic(sizes, seed, opts, opts["test_per_class"])
+        return Data(*xs, num_classes=K, dataset=dataset, sizes=sizes, key=os.path.basename(path)[:-4])
+    if os.path.exists(path):
+        try:
+            with np.load(path) as f:
+                arrays = {k: torch.as_tensor(f[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
+                info = json.loads(str(f["info"]))
+        except Exception as e:
+            raise UserError(f"cached subset {path} is unreadable ({type(e).__name__}); delete it to rebuild") from None
+    else:
+        ensure_writable_dir(os.path.dirname(path), "--data_dir")
+        x, y, xt, yt, borrowed = build_subset(dataset, sizes, seed, data_dir, allow_test_fill)
+        info = dict(desc, borrowed_from_test={str(k): v for k, v in borrowed.items()})
+        atomic_savez(path, x_train=x.numpy(), y_train=y.numpy(), x_test=xt.numpy(), y_test=yt.numpy(),
+                     info=np.array(json.dumps(info)))
+        arrays = {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}
+    if info.get("borrowed_from_test"):
+        print(f"note: topped up from the test split: {info['borrowed_from_test']} (class: images)", file=sys.stderr)
+    return Data(_normalise(arrays["x_train"], dataset), arrays["y_train"].long(),
+                _normalise(arrays["x_test"], dataset), arrays["y_test"].long(),
+                num_classes=K, dataset=dataset, sizes=sizes, key=os.path.basename(path)[:-4], info=info)
 
 
 # ======================================================================================
 # Result files: atomic writes, run folders, sweeps  (foundation)
 # ======================================================================================
+
+
+def config_key(cfg):
+    """Short stable hash of a JSON-able configuration."""
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def ensure_writable_dir(path, arg_name):
+    """Create `path` if needed; fail with one line naming the argument if it cannot be written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"{arg_name} {path}: not a writable folder ({e.strerror})") from None
+    return path
+
+
+def _atomic(path, write):
+    """Write through a temporary file in the same folder, then rename over `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def to_jsonable(obj):
+    """numpy/torch values -> plain python for json."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def atomic_write_json(path, obj):
+    _atomic(path, lambda f: f.write(json.dumps(to_jsonable(obj), indent=1).encode()))
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def atomic_savez(path, **arrays):
+    _atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_torch_save(obj, path):
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_csv(path, rows):
+    """Rewrite a CSV (header = union of keys in first-seen order) from a list of dict rows."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [",".join(cols)] + [",".join("" if r.get(c) is None else f"{r[c]}" for c in cols) for r in rows]
+    _atomic(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def read_csv(path):
+    """Rows of a CSV written by atomic_write_csv, numbers parsed."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    cols = lines[0].split(",")
+
+    def parse(v):
+        try:
+            return float(v) if v != "" else None
+        except ValueError:
+            return v
+    return [dict(zip(cols, map(parse, ln.split(",")))) for ln in lines[1:] if ln]
 
 
 # ======================================================================================
@@ -325,3 +703,36 @@ def add_mixup_commands(subparsers):
 # ======================================================================================
 # CLI: python utils.py <command>
 # ======================================================================================
+
+
+def cmd_prepare(args):
+    """Build (downloading if needed) and cache a training subset; print its path and per-class counts."""
+    dataset = check_dataset(args.dataset)
+    data = get_data(dataset, args.sizes, args.seed, args.data_dir, args.allow_test_fill)
+    path, _ = subset_cache_path(dataset, data.sizes, args.seed, args.data_dir, args.allow_test_fill)
+    counts = np.bincount(data.y_train.numpy(), minlength=data.num_classes).tolist()
+    test_counts = np.bincount(data.y_test.numpy(), minlength=data.num_classes).tolist()
+    print(path if dataset != "synthetic" else "(synthetic data is generated on the fly, not cached)")
+    print(f"train per class: {counts}")
+    print(f"test per class:  {test_counts}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python utils.py", description="Data preparation and replotting from saved results.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    p = sub.add_parser("prepare", help="build and cache an imbalanced training subset (run where there is internet)")
+    p.add_argument("--dataset", required=True, help=" | ".join(DATASETS))
+    p.add_argument("--sizes", type=int, nargs="+", required=True, help="training images per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data_dir", default="data")
+    p.add_argument("--allow_test_fill", action="store_true", help="top up short classes from the test split")
+    p.set_defaults(func=cmd_prepare)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main) or 0)
