@@ -110,9 +110,13 @@ class UFM(nn.Module):
 NETWORKS = ("resnet18", "resnet18_nobias", "vgg11", "vgg13", "mlp", "cnn", "ufm")
 
 
-def build_model(name, num_classes, in_channels=3, num_samples=None, width=None, feat_dim=None, image_size=32):
-    """Build a network by (case-insensitive) name; see NETWORKS. `width` scales the body."""
+def build_model(name, num_classes, in_channels=3, num_samples=None, width=None, feat_dim=None, image_size=32,
+                depth=None):
+    """Build a network by (case-insensitive) name; see NETWORKS and MIXUP_NETWORKS. `width` scales
+    the body; `depth` is used by the mixup networks (wrn, vit)."""
     key = str(name).lower()
+    if key in MIXUP_NETWORKS:  # (mixup)
+        return MIXUP_NETWORKS[key](num_classes, in_channels, width=width, depth=depth, image_size=image_size)
     if key == "ufm":
         if not num_samples:
             raise UserError("--network UFM needs the number of training samples")
@@ -127,7 +131,8 @@ def build_model(name, num_classes, in_channels=3, num_samples=None, width=None, 
     elif key == "cnn":
         body, d = cnn_body(in_channels, width or 32)
     else:
-        raise UserError(f"--network {name}: unknown network; allowed are {', '.join(NETWORKS)} (any case)")
+        raise UserError(f"--network {name}: unknown network; allowed are "
+                        f"{', '.join(NETWORKS + tuple(MIXUP_NETWORKS))} (any case)")
     return FeatureClassifier(body, d, num_classes)
 
 
@@ -142,7 +147,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import utils
+from utils import UserError
 
 
 class _WideBlock(nn.Module):
@@ -171,9 +176,9 @@ class WideResNet(nn.Module):
     def __init__(self, num_classes, in_channels=3, depth=40, width=10):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise utils.UserError(f"--depth: a wide ResNet needs depth = 6n + 4 >= 10, got {depth}")
+            raise UserError(f"--depth: a wide ResNet needs depth = 6n + 4 >= 10, got {depth}")
         if width < 1:
-            raise utils.UserError(f"--width: a wide ResNet needs width >= 1, got {width}")
+            raise UserError(f"--width: a wide ResNet needs width >= 1, got {width}")
         n = (depth - 4) // 6
         chans = [16, 16 * width, 32 * width, 64 * width]
         layers = [nn.Conv2d(in_channels, chans[0], 3, 1, 1, bias=False)]
@@ -202,9 +207,9 @@ class SmallViT(nn.Module):
     def __init__(self, num_classes, in_channels=3, image_size=32, width=192, depth=6, patch=4):
         super().__init__()
         if image_size % patch:
-            raise utils.UserError(f"--image_size: the ViT needs a multiple of {patch}, got {image_size}")
+            raise UserError(f"--image_size: the ViT needs a multiple of {patch}, got {image_size}")
         if width < 1 or depth < 1:
-            raise utils.UserError(f"--width/--depth: the ViT needs positive values, got {width}/{depth}")
+            raise UserError(f"--width/--depth: the ViT needs positive values, got {width}/{depth}")
         # heads of about 32 dimensions that divide the width
         heads = max(h for h in range(1, max(1, width // 32) + 1) if width % h == 0)
         self.patch_embed = nn.Conv2d(in_channels, width, patch, patch)
@@ -243,6 +248,8 @@ MIXUP_NETWORKS = {"wrn": make_wrn, "vit": make_vit}
 # ======================================================================================
 # Losses and mixup  (mixup)
 # ======================================================================================
+import scipy.special
+
 import ana_utils
 
 
@@ -276,18 +283,18 @@ LOSSES = {"cross_entropy": cross_entropy_loss, "mse": mse_loss,
 def get_loss(name, mse_scale=1.0, smoothing=0.1, focal_gamma=2.0):
     """The per-sample loss called `name` with its parameter bound; checks the parameter."""
     if name not in LOSSES:
-        raise utils.UserError(f"--loss: unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
+        raise UserError(f"--loss: unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
     if name == "mse":
         if not mse_scale > 0:
-            raise utils.UserError(f"--mse_scale: must be > 0, got {mse_scale}")
+            raise UserError(f"--mse_scale: must be > 0, got {mse_scale}")
         return lambda z, y: mse_loss(z, y, mse_scale)
     if name == "label_smoothing":
         if not 0 <= smoothing < 1:
-            raise utils.UserError(f"--smoothing: must be in [0, 1), got {smoothing}")
+            raise UserError(f"--smoothing: must be in [0, 1), got {smoothing}")
         return lambda z, y: label_smoothing_loss(z, y, smoothing)
     if name == "focal":
         if not focal_gamma >= 0:
-            raise utils.UserError(f"--focal_gamma: must be >= 0, got {focal_gamma}")
+            raise UserError(f"--focal_gamma: must be >= 0, got {focal_gamma}")
         return lambda z, y: focal_loss(z, y, focal_gamma)
     return cross_entropy_loss
 
@@ -298,31 +305,31 @@ def mixup_loss(loss_fn, logits, y_a, y_b, lam):
     return (lam * loss_fn(logits, y_a) + (1 - lam) * loss_fn(logits, y_b)).mean()
 
 
-def mix_batch(x, y, alpha, rng):
+def mix_batch(x, y, alpha, gen):
     """Mixup of a batch with a random partner: returns (x_mixed, y_a, y_b, lam), lam ~ Beta(alpha,
-    alpha) per sample (a float32 tensor on x's device). rng is a numpy Generator, so draws are
-    reproducible on any device."""
+    alpha) per sample (float32 on x's device). Draws come from the CPU torch.Generator `gen` (the
+    training loop's, checkpointed with the run), so they are reproducible on any device."""
     if not alpha > 0:
-        raise utils.UserError(f"--alpha: the Beta(alpha, alpha) parameter must be > 0, got {alpha}")
+        raise UserError(f"--alpha: the Beta(alpha, alpha) parameter must be > 0, got {alpha}")
     n = len(x)
-    perm = torch.as_tensor(rng.permutation(n), device=x.device)
-    lam = torch.as_tensor(rng.beta(alpha, alpha, size=n), dtype=torch.float32, device=x.device)
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    u = torch.rand(n, generator=gen, dtype=torch.float64).numpy()
+    lam = torch.as_tensor(scipy.special.betaincinv(alpha, alpha, u), dtype=torch.float32, device=x.device)
     lam_x = lam.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
     return lam_x * x + (1 - lam_x) * x[perm], y, y[perm], lam
 
 
-def make_mixup_objective(loss_fn, alpha, rng, mixup=True):
-    """An objective(model, xb, yb, epoch) -> (loss, terms, logits) for train_utils.train_run that
-    feeds the network the mixed inputs and applies the mixed loss (or the plain loss when
-    mixup is False). Logits are those of the inputs the network saw."""
-    def objective(model, xb, yb, epoch):
+def make_mixup_objective(loss_fn, alpha, mixup=True):
+    """An objective(model, xb, yb, epoch, gen) -> (loss, terms) for train_run that feeds the
+    network the mixed inputs and applies the mixed loss (the plain loss when mixup is False)."""
+    def objective(model, xb, yb, epoch, gen):
         if mixup:
-            x_in, y_a, y_b, lam = mix_batch(xb, yb, alpha, rng)
+            x_in, y_a, y_b, lam = mix_batch(xb, yb, alpha, gen)
         else:
             x_in, y_a, y_b, lam = xb, yb, yb, 1.0
         logits, _ = model(x_in)
-        loss = mixup_loss(loss_fn, logits, y_a, y_b, lam)
-        return loss, {"loss": loss.item()}, logits
+        loss = mixup_loss(loss_fn, logits.float(), y_a, y_b, lam)
+        return loss, {"loss": loss}
     return objective
 
 
@@ -459,7 +466,9 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     utils.set_seed(cfg["seed"])
     N = len(data.y_train)
     model = build_model(cfg["network"], data.num_classes, data.in_channels, num_samples=N, width=cfg["width"],
-                        feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1]).to(device)
+                        feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1], depth=cfg.get("depth")).to(device)
+    if cfg.get("fixed_etf"):  # (mixup) a frozen simplex-ETF classifier, set before the optimizer sees it
+        fixed_etf_classifier_(model.classifier, seed=cfg["seed"])
     ufm = is_ufm(cfg["network"])
     x_train = torch.arange(N, device=device) if ufm else data.x_train.to(device)
     y_train = data.y_train.to(device)

@@ -402,7 +402,6 @@ def read_csv(path):
 # ======================================================================================
 # Plotting helpers: mixup projections and curves  (mixup)
 # ======================================================================================
-import csv
 import json
 import os
 
@@ -426,29 +425,10 @@ def load_snapshot(path):
         return {k: f[k] for k in f.files}
 
 
-def read_csv_columns(path):
-    """A CSV file as {column: list of floats} (empty cells become nan)."""
-    if not os.path.isfile(path):
-        raise UserError(f"csv: no such file {path}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    cols = {}
-    for r in rows:
-        for k, v in r.items():
-            try:
-                cols.setdefault(k, []).append(float(v) if v not in ("", None) else float("nan"))
-            except ValueError:
-                cols.setdefault(k, []).append(float("nan"))
-    return cols
-
-
 def _save_fig(fig, path):
-    """Atomic PNG write (tmp file in the same folder, then os.replace)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    """Atomic PNG write."""
+    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -530,10 +510,13 @@ def save_mixup_curves(runs, path, kind):
             "accuracy": [("train_acc", "-"), ("test_acc", "--"), ("test_ece", ":")]}[kind]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, (label, csv_path) in enumerate(runs.items()):
-        data = read_csv_columns(csv_path)
+        if not os.path.isfile(csv_path):
+            raise UserError(f"run_dirs: no summary.csv at {csv_path}")
+        rows = read_csv(csv_path)
         for col, ls in cols:
-            if col in data:
-                ax.plot(data["epoch"], data[col], ls=ls, color=f"C{i}", label=f"{label} {col}")
+            if rows and col in rows[0]:
+                ax.plot([r["epoch"] for r in rows], [r[col] for r in rows], ls=ls, color=f"C{i}",
+                        label=f"{label} {col}")
     ax.set_xlabel("epoch")
     ax.set_ylabel(kind)
     if kind == "loss":
@@ -727,6 +710,7 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--allow_test_fill", action="store_true", help="top up short classes from the test split")
     p.set_defaults(func=cmd_prepare)
+    add_mixup_commands(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -735,4 +719,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli(main) or 0)
+    # Run through the importable module: ana_utils and train_utils raise utils.UserError, which
+    # is a different class from __main__.UserError.
+    import utils
+    sys.exit(utils.cli(utils.main) or 0)
