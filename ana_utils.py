@@ -197,10 +197,10 @@ def collect_mixup_features(model, x, y, classes, n, alpha, rng, train_mode=True,
     was_training = model.training
     model.train(train_mode)
     feats, logits = [], []
-    with torch.no_grad():
-        for s in range(0, n, batch_size):
-            lam_b = torch.as_tensor(lam[s:s + batch_size], dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
-            xm = lam_b * x[ia[s:s + batch_size]] + (1 - lam_b) * x[ib[s:s + batch_size]]
+    with torch.no_grad():  # near-equal chunks, so batch norm never sees a batch of one
+        for rows in np.array_split(np.arange(n), -(-n // batch_size)):
+            lam_b = torch.as_tensor(lam[rows], dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
+            xm = lam_b * x[ia[rows]] + (1 - lam_b) * x[ib[rows]]
             z, h = model(xm.to(device))
             feats.append(h.float().cpu())
             logits.append(z.float().cpu())
@@ -229,7 +229,9 @@ def mixup_geometry_summary(snap):
     same-class angle between h and w_c (feature space and projected) and its rank correlation
     with |lam - 1/2|; rank correlation of z_c - z_c' with log(lam/(1-lam)); and the residual
     ||h - (lam hbar_c + (1-lam) hbar_c')|| / ||h|| for different-class pairs, hbar_c being the
-    mean same-class mixed feature. CE and MSE differ in the last number (theory.md section 5)."""
+    mean same-class mixed feature. CE and MSE differ in the residual (theory.md section 5); since a
+    network that has not collapsed adds within-class noise to it, the relative within-class spread
+    of the same-class features (same_spread) and the residual of (pair, lam-bin) means are reported too."""
     H = np.asarray(snap["features"], dtype=np.float64)
     Z = np.asarray(snap["logits"], dtype=np.float64)
     W = np.asarray(snap["W"], dtype=np.float64)
@@ -245,12 +247,23 @@ def mixup_geometry_summary(snap):
     hp = Hp[same]
     pang = np.degrees(np.abs(np.arctan2(vert[:, 0] * hp[:, 1] - vert[:, 1] * hp[:, 0], (vert * hp).sum(1))))
     means = {c: H[same & (ya == c)].mean(0) for c in classes if (same & (ya == c)).any()}
+    spread = [np.mean(np.linalg.norm(H[same & (ya == c)] - m, axis=1)) / (np.linalg.norm(m) + 1e-30)
+              for c, m in means.items()]
     ok = diff & np.array([a in means and b in means for a, b in zip(ya, yb)]) & (lam > 0) & (lam < 1)
-    if ok.any():
-        target = np.stack([l * means[a] + (1 - l) * means[b] for a, b, l in zip(ya[ok], yb[ok], lam[ok])])
-        resid = np.linalg.norm(H[ok] - target, axis=1) / (np.linalg.norm(H[ok], axis=1) + 1e-30)
-    else:
-        resid = np.zeros(0)
+    target = lam[ok, None] * np.array([means[a] for a in ya[ok]]).reshape(-1, H.shape[1]) + \
+        (1 - lam[ok, None]) * np.array([means[b] for b in yb[ok]]).reshape(-1, H.shape[1])
+    resid = np.linalg.norm(H[ok] - target, axis=1) / (np.linalg.norm(H[ok], axis=1) + 1e-30)
+    # the same residual for bin means (pair, tenth of lam): noise within a class averages out
+    lo, hi = np.minimum(ya[ok], yb[ok]), np.maximum(ya[ok], yb[ok])
+    lam_lo = np.where(ya[ok] == lo, lam[ok], 1 - lam[ok])
+    cell = (lo * 1000 + hi) * 10 + np.minimum((lam_lo * 10).astype(int), 9)
+    binned, weights = [], []
+    for key in np.unique(cell):
+        m = cell == key
+        if m.sum() >= 2:
+            h_bar = H[ok][m].mean(0)
+            binned.append(np.linalg.norm(h_bar - target[m].mean(0)) / (np.linalg.norm(h_bar) + 1e-30))
+            weights.append(m.sum())
     rows = np.flatnonzero(diff & (lam > 0) & (lam < 1))
     gap = Z[rows, ya[rows]] - Z[rows, yb[rows]]
     log_odds = np.log(lam[rows] / (1 - lam[rows]))
@@ -261,7 +274,9 @@ def mixup_geometry_summary(snap):
             "same_proj_angle_deg_mean": _stats(pang)[0],
             "same_angle_vs_abs_lam_spearman": _spearman(ang, np.abs(lam[same] - 0.5)),
             "diff_logit_gap_vs_log_odds_spearman": _spearman(gap, log_odds),
-            "diff_convex_residual_mean": resid_mean, "diff_convex_residual_median": resid_median}
+            "same_spread": float(np.mean(spread)) if spread else None,
+            "diff_convex_residual_mean": resid_mean, "diff_convex_residual_median": resid_median,
+            "diff_convex_residual_binned": float(np.average(binned, weights=weights)) if binned else None}
 
 
 # --- Free-feature (UFM) mixup optimum, theory.md section 5 ---------------------------------
