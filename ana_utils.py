@@ -214,8 +214,9 @@ def collect_mixup_features(model, x, y, classes, n, alpha, rng, train_mode=True,
 
 
 def _spearman(u, v):
-    """Spearman rank correlation, or None where it is undefined (too few or constant values)."""
-    if len(u) < 3 or np.ptp(u) == 0 or np.ptp(v) == 0:
+    """Spearman rank correlation, or None where it is undefined (too few or constant values,
+    constant up to rounding)."""
+    if len(u) < 3 or np.ptp(u) < 1e-9 or np.ptp(v) < 1e-9:
         return None
     return float(scipy.stats.spearmanr(u, v)[0])
 

@@ -487,7 +487,7 @@ def save_mixup_projection(snap, path, title=None, theory=None):
     """One projection figure (with legend) written to path."""
     fig, ax = plt.subplots(figsize=(4.6, 4.6))
     plot_mixup_projection(ax, snap, title, theory)
-    ax.legend(loc="lower left", fontsize=7, markerscale=2, framealpha=0.8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2, frameon=False)
     return _save_fig(fig, path)
 
 
@@ -504,19 +504,19 @@ def save_mixup_grid(snaps, titles, path, theory=None):
 
 
 def save_mixup_curves(runs, path, kind):
-    """Train/test curves from each run's summary.csv (runs: {label: csv path}); kind 'loss' or
-    'accuracy' (accuracy panels also show the test ECE)."""
-    cols = {"loss": [("train_loss", "-"), ("test_loss", "--")],
-            "accuracy": [("train_acc", "-"), ("test_acc", "--"), ("test_ece", ":")]}[kind]
+    """Curves from each run's summary.csv (runs: {label: csv path}); kind 'loss' (the mixed
+    training loss and the plain test loss) or 'accuracy' (clean train and test accuracy, test ECE)."""
+    cols = {"loss": [("loss", "-", "train (mixed)"), ("test_loss", "--", "test")],
+            "accuracy": [("train_acc", "-", "train"), ("test_acc", "--", "test"), ("test_ece", ":", "test ECE")]}[kind]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, (label, csv_path) in enumerate(runs.items()):
         if not os.path.isfile(csv_path):
             raise UserError(f"run_dirs: no summary.csv at {csv_path}")
         rows = read_csv(csv_path)
-        for col, ls in cols:
+        for col, ls, what in cols:
             if rows and col in rows[0]:
                 ax.plot([r["epoch"] for r in rows], [r[col] for r in rows], ls=ls, color=f"C{i}",
-                        label=f"{label} {col}")
+                        label=f"{label}: {what}")
     ax.set_xlabel("epoch")
     ax.set_ylabel(kind)
     if kind == "loss":
