@@ -214,16 +214,23 @@ def _pick_per_class(y, sizes, rng):
     return picked
 
 
+def _resize_for_paper(x_uint8, dataset):
+    """Fashion-MNIST is resized to 32x32 (bilinear, kept as uint8 like the paper's PIL resize)."""
+    if dataset != "fashion_mnist" or x_uint8.shape[-1] == 32:
+        return x_uint8
+    # uint8 bilinear (torch >= 2.1); antialias changes nothing when upsampling but enables the uint8 kernel
+    return torch.nn.functional.interpolate(x_uint8, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+
+
 def _normalise(x_uint8, dataset):
-    """uint8 -> float32 in [0, 1] -> per-channel standardised; Fashion-MNIST resized to 32x32 as in the paper."""
-    x = x_uint8.float().div_(255)
-    if dataset == "fashion_mnist" and x.shape[-1] != 32:
-        x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    """uint8 -> per-channel standardised float32, (x / 255 - mean) / std, in place in one buffer."""
     if dataset in _NORM:
-        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in _NORM[dataset])
+        mean, std = (torch.tensor(v) for v in _NORM[dataset])
     else:  # digits: mean and std of the whole bundled set (scaled to [0, 1])
-        mean, std = torch.tensor(0.3053).view(1, 1, 1, 1), torch.tensor(0.3759).view(1, 1, 1, 1)
-    return (x - mean) / std
+        mean, std = torch.tensor([0.3053]), torch.tensor([0.3759])
+    x = x_uint8.to(torch.float32)
+    shape = (1, -1, 1, 1)
+    return x.mul_((1 / (255 * std)).view(shape)).sub_((mean / std).view(shape))
 
 
 def subset_cache_path(dataset, sizes, seed, data_dir="data", allow_test_fill=False, synthetic=None):
@@ -266,7 +273,7 @@ def build_subset(dataset, sizes, seed, data_dir="data", allow_test_fill=False):
         test_keep[take] = False
         x, y = torch.cat([x, x_te[take]]), torch.cat([y, y_te[take]])
         borrowed[k] = int(extra)
-    return x, y, x_te[test_keep], y_te[test_keep], borrowed
+    return _resize_for_paper(x, dataset), y, _resize_for_paper(x_te[test_keep], dataset), y_te[test_keep], borrowed
 
 
 def get_data(dataset, sizes, seed=0, data_dir="data", allow_test_fill=False, synthetic=None):

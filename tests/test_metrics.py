@@ -1,0 +1,115 @@
+"""NC metrics against constructed ground truths (theory.md section 3)."""
+import numpy as np
+import pytest
+import torch
+
+import ana_utils
+
+
+def simplex_etf(K, d, seed=0):
+    """d x K matrix whose columns form a simplex ETF (unit norms, cosines -1/(K-1))."""
+    U, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, K)))
+    return np.sqrt(K / (K - 1)) * U @ (np.eye(K) - np.ones((K, K)) / K)
+
+
+def collapsed(K=5, d=8, counts=(7, 3, 5, 2, 9), shift=0.0):
+    M = simplex_etf(K, d)
+    y = np.repeat(np.arange(K), counts)
+    H = M[:, y].T + shift
+    return H, y, M
+
+
+def direct_nc1(H, y, K, weighted):
+    """tr(Sigma_W Sigma_B^+)/K computed the plain way: explicit covariances, rank-(K-1) pseudo-inverse."""
+    N = len(y)
+    means = np.stack([H[y == k].mean(0) for k in range(K)])
+    R = H - means[y]
+    Sw = R.T @ R / N
+    if weighted:
+        w = np.bincount(y, minlength=K) / N
+        centre = w @ means
+    else:
+        w = np.full(K, 1.0 / K)
+        centre = means.mean(0)
+    C = means - centre
+    Sb = (C * w[:, None]).T @ C
+    vals, vecs = np.linalg.eigh(Sb)
+    top = np.argsort(vals)[::-1][:K - 1]
+    Sb_pinv = vecs[:, top] @ np.diag(1 / vals[top]) @ vecs[:, top].T
+    return np.trace(Sw @ Sb_pinv) / K
+
+
+def test_exact_etf_with_collapsed_features_is_perfect():
+    H, y, M = collapsed()
+    m = ana_utils.nc_metrics(H, y, M.T, np.zeros(5))
+    assert m["nc1"] == pytest.approx(0, abs=1e-20) and m["nc1_weighted"] == pytest.approx(0, abs=1e-20)
+    for k in ("nc2_equinorm_means", "nc2_equinorm_classifier", "nc2_equiangle", "nc2_etf_distance", "nc3"):
+        assert m[k] == pytest.approx(0, abs=1e-10), k
+    assert m["nc4"] == 1.0
+
+
+def test_imbalanced_case_matches_direct_computation():
+    rng = np.random.default_rng(1)
+    K, d, counts = 4, 12, [40, 25, 10, 5]
+    y = np.repeat(np.arange(K), counts)
+    H = rng.normal(size=(K, d))[y] * 3 + rng.normal(size=(len(y), d))
+    W = rng.normal(size=(K, d))
+    m = ana_utils.nc_metrics(torch.tensor(H, dtype=torch.float32), torch.tensor(y), W)
+    H32 = torch.tensor(H, dtype=torch.float32).double().numpy()
+    assert m["nc1_weighted"] == pytest.approx(direct_nc1(H32, y, K, True), rel=1e-9)
+    assert m["nc1"] == pytest.approx(direct_nc1(H32, y, K, False), rel=1e-9)
+    # the weighted and unweighted versions differ under imbalance: a check that they are not swapped
+    assert abs(m["nc1_weighted"] - m["nc1"]) > 1e-3 * m["nc1"]
+
+
+def test_pseudo_inverse_ignores_noise_directions():
+    """Between-class covariance of rank K-1 plus float noise must not blow NC1 up."""
+    H, y, M = collapsed(counts=(50, 50, 50, 50, 50))
+    H = H + 1e-3 * np.random.default_rng(2).normal(size=H.shape)
+    m = ana_utils.nc_metrics(H, y, M.T)
+    assert m["nc1"] < 1e-4
+
+
+def test_invariant_to_global_shift_and_feature_batching():
+    H, y, M = collapsed()
+    H = H + 0.1 * np.random.default_rng(3).normal(size=H.shape)
+    a = ana_utils.nc_metrics(H, y, M.T)
+    b = ana_utils.nc_metrics(H + 5.0, y, M.T)
+    for k in ("nc1", "nc1_weighted", "nc2_equinorm_means", "nc2_equiangle", "nc2_etf_distance", "nc3"):
+        assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.classifier = torch.nn.Linear(H.shape[1], 5)
+
+        def forward(self, x):
+            return self.classifier(x), x
+    model, x = Lin(), torch.tensor(H, dtype=torch.float32)
+    h1, l1 = ana_utils.extract_features(model, x, batch_size=1)
+    h2, l2 = ana_utils.extract_features(model, x, batch_size=7)
+    assert torch.equal(h1, h2) and torch.allclose(l1, l2)
+
+
+def test_nc4_includes_the_bias():
+    """Two classes at +-1 on a line; a bias that shifts the boundary flips some predictions."""
+    H = np.array([[-1.0], [-0.2], [0.2], [1.0]])
+    y = np.array([0, 0, 1, 1])
+    W = np.array([[-1.0], [1.0]])
+    assert ana_utils.nc_metrics(H, y, W, np.zeros(2))["nc4"] == 1.0
+    # bias 0.5 towards class 1: x=-0.2 gives logits (0.2, 0.3) -> class 1, nearest mean says class 0
+    assert ana_utils.nc_metrics(H, y, W, np.array([0.0, 0.5]))["nc4"] == 0.75
+
+
+def test_mean_logit_matrix_cosines_and_spread():
+    H, y, M = collapsed(K=4, d=6, counts=(3, 3, 2, 2))
+    W = 2 * M.T
+    Z = ana_utils.mean_logit_matrix(H, y, W)
+    np.testing.assert_allclose(Z[:, 1], W @ M[:, 1])  # classes are columns
+    c = ana_utils.cluster_cosines(Z, [[0, 1], [2, 3]])
+    np.testing.assert_allclose(c["within"], [-1 / 3, -1 / 3])
+    assert c["across"] == pytest.approx(-1 / 3)
+    Z2 = Z.copy()
+    Z2[:, 3] = Z2[:, 2]
+    assert ana_utils.minority_spread(Z2, [2, 3]) == 0.0
+    assert ana_utils.minority_spread(Z, [2, 3]) == pytest.approx(np.linalg.norm(Z[:, 2] - Z[:, 3]))

@@ -1,0 +1,137 @@
+"""Networks, the regularised training loop, resume, reuse and training errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train_utils
+import utils
+from utils import UserError
+
+CPU = torch.device("cpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_data(sizes=(30, 30, 12, 12), seed=0):
+    return utils.get_data("synthetic", list(sizes), seed=seed, synthetic={"image_size": 8, "noise": 3.0})
+
+
+CFG = dict(name="t", network="mlp", width=32, epochs=8, lr=0.05, batch_size=16, lam_h=1e-5, lam_w=5e-4,
+           lam_b=1e-2, eval_epochs=[1, 2, 4, 6, 8])
+
+
+@pytest.mark.parametrize("name,feat", [("ResNet18", 512), ("resnet18_nobias", 512), ("VGG11", 512),
+                                       ("vgg13", 512), ("MLP", 256), ("cnn", 128)])
+def test_networks_share_one_interface(name, feat):
+    model = train_utils.build_model(name, num_classes=7, in_channels=3)
+    logits, h = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 7) and h.shape == (2, feat) and model.feat_dim == feat
+    assert isinstance(model.classifier, torch.nn.Linear)
+    assert (model.classifier.bias is None) == (name == "resnet18_nobias")
+
+
+def test_ufm_features_are_free_parameters():
+    model = train_utils.build_model("UFM", num_classes=3, num_samples=5, feat_dim=4)
+    logits, h = model(torch.tensor([4, 0]))
+    assert torch.equal(h, model.H[[4, 0]]) and logits.shape == (2, 3)
+    with pytest.raises(UserError, match="--network resnet50: unknown network"):
+        train_utils.build_model("resnet50", 10)
+
+
+def test_objective_matches_theory_formula():
+    """Full batch: loss = mean CE + lam_W ||W||^2 + lam_H sum ||h||^2 + lam_b ||b||^2 (theory.md section 2)."""
+    torch.manual_seed(0)
+    model = train_utils.build_model("ufm", num_classes=3, num_samples=6, feat_dim=4)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    cfg = dict(lam_h=0.01, lam_w=0.02, lam_b=0.03)
+    loss, terms = train_utils.regularized_objective(model, torch.arange(6), y, cfg, 6, 1.0)
+    W, b, H = model.classifier.weight, model.classifier.bias, model.H
+    expected = (torch.nn.functional.cross_entropy(H @ W.T + b, y) + 0.02 * W.pow(2).sum()
+                + 0.01 * H.pow(2).sum() + 0.03 * b.pow(2).sum())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # a minibatch estimates the feature term as lam_H * N * mean over the batch
+    _, t = train_utils.regularized_objective(model, torch.arange(2), y[:2], cfg, 6, 1.0)
+    assert t["reg_h"].item() == pytest.approx(0.01 * 6 * H[:2].pow(2).sum(1).mean().item(), rel=1e-6)
+
+
+def test_short_run_nc1_falls_and_files_are_written(tmp_path):
+    out = train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path))
+    rows = utils.read_csv(os.path.join(out["run_dir"], "summary.csv"))
+    assert [r["epoch"] for r in rows] == [1, 2, 4, 6, 8]
+    assert rows[-1]["nc1"] < 0.5 * rows[0]["nc1"]
+    assert {"loss", "ce", "reg_w", "reg_h", "reg_b", "train_acc", "test_acc", "nc1_weighted", "nc4"} <= set(rows[0])
+    cfg = utils.read_json(os.path.join(out["run_dir"], "config.json"))
+    assert cfg["seed"] == 0 and cfg["lam_h"] == 1e-5 and cfg["sizes"] == [30, 30, 12, 12]
+    assert np.array(out["Z"]).shape == (4, 4) and len(out["b"]) == 4
+    assert not os.path.exists(os.path.join(out["run_dir"], "checkpoint.pt"))
+    assert os.path.exists(os.path.join(out["run_dir"], "model.pt"))
+
+
+def test_finished_run_is_reused(tmp_path):
+    first = train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path))
+    stamp = os.path.getmtime(os.path.join(first["run_dir"], "final.json"))
+    again = train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path))
+    assert again["reused"] and again["run_dir"] == first["run_dir"]
+    assert os.path.getmtime(os.path.join(first["run_dir"], "final.json")) == stamp
+    other = train_utils.train_run(dict(CFG, lam_w=1e-3), small_data(), CPU, models_dir=str(tmp_path))
+    assert other["run_dir"] != first["run_dir"] and not other["reused"]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    whole = train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path / "a"))
+
+    def kill_at_6(model, epoch, run_dir):
+        if epoch == 6:
+            raise KeyboardInterrupt
+        return {}
+    with pytest.raises(KeyboardInterrupt):
+        train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path / "b"), on_eval=kill_at_6)
+    run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **CFG}, small_data(), str(tmp_path / "b"))
+    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["epoch"] == 4
+    resumed = train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path / "b"))
+    assert not resumed["reused"]
+    for k, v in whole["final"].items():
+        assert resumed["final"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+    np.testing.assert_allclose(resumed["Z"], whole["Z"], rtol=1e-6)
+
+
+def test_divergence_names_epoch_and_terms(tmp_path):
+    with pytest.raises(UserError, match=r"diverged at epoch \d+: non-finite .*loss"):
+        train_utils.train_run(dict(CFG, lr=1e12, epochs=5, eval_epochs=[5]), small_data(), CPU, models_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(lam_h=-1.0), "--lam_h: -1.0 is not allowed"), (dict(epochs=0), "--epochs"), (dict(optimizer="rmsprop"), "--optimizer"),
+    (dict(eval_epochs=[99]), "eval epochs"),
+])
+def test_bad_training_settings(tmp_path, change, match):
+    with pytest.raises(UserError, match=match):
+        train_utils.train_run(dict(CFG, **change), small_data(), CPU, models_dir=str(tmp_path))
+    assert not os.listdir(tmp_path)  # rejected before anything was written
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+    run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **CFG}, small_data(), str(tmp_path))
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "checkpoint.pt"), "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(UserError, match="checkpoint .* unreadable"):
+        train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path))
+    assert open(os.path.join(run_dir, "checkpoint.pt"), "rb").read() == b"garbage"
+
+
+def test_unwritable_models_dir(tmp_path):
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="--models_dir"):
+        train_utils.train_run(CFG, small_data(), CPU, models_dir=str(blocker))
+
+
+def test_cli_bad_input_is_one_line_without_traceback():
+    r = subprocess.run([sys.executable, "utils.py", "prepare", "--dataset", "svhn", "--sizes", "1", "2"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "error: --dataset svhn: unknown dataset; allowed are " + ", ".join(utils.DATASETS)
