@@ -1,0 +1,104 @@
+"""Solve the convex program of the unconstrained feature model (theory.md section 2).
+
+    python opt_main.py --cluster_s 3 3 4 --sample_s 5000 4000 3000 --reg_z 0.005 --reg_b 0.01
+
+Prints Z (classes as columns), b, the objective and, per cluster, its collapse threshold
+sqrt(n_c)/N and whether it collapsed; writes opt_results/NAME.npz and NAME.json and plots Z
+with the cluster boundaries into plots/NAME.png."""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+import ana_utils
+import utils
+from utils import UserError
+
+COLLAPSE_TOL = 1e-6  # relative to ||Z||_F: columns this close count as one
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cluster_s", type=int, nargs="+", required=True, help="classes in each cluster")
+    p.add_argument("--sample_s", type=int, nargs="+", required=True, help="samples per class in each cluster")
+    p.add_argument("--reg_z", type=float, required=True, help="lambda = 2 sqrt(lam_W lam_H) of the convex program")
+    p.add_argument("--reg_b", type=float, default=0.01, help="lambda_b, the bias penalty")
+    p.add_argument("--solver", default="auto", choices=("auto", "cvxpy", "fast"),
+                   help="cvxpy (Clarabel/SCS), fast (accelerated proximal gradient), auto: cvxpy up to K = 30")
+    p.add_argument("--name", default=None, help="output stem (default: from the arguments)")
+    p.add_argument("--out_dir", default="opt_results")
+    p.add_argument("--plot_dir", default="plots")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    if len(args.cluster_s) != len(args.sample_s):
+        raise UserError(f"--cluster_s and --sample_s: {len(args.cluster_s)} and {len(args.sample_s)} values; "
+                        "give one sample size per cluster")
+    utils.check_positive_ints("--cluster_s", args.cluster_s)
+    utils.check_positive_ints("--sample_s", args.sample_s)
+    if sum(args.cluster_s) < 2:
+        raise UserError("--cluster_s: the program needs at least two classes in all")
+    utils.check_nonneg("--reg_z", args.reg_z)
+    utils.check_nonneg("--reg_b", args.reg_b)
+    utils.ensure_writable_dir(args.out_dir, "--out_dir")
+    utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
+    return args.name or ("ufm_c" + "-".join(map(str, args.cluster_s)) + "_n" + "-".join(map(str, args.sample_s))
+                         + f"_lam{args.reg_z:g}_b{args.reg_b:g}")
+
+
+def cluster_report(Z, clusters, thresholds, lam):
+    """Per cluster: threshold, whether theory says it collapses, and the spread found."""
+    scale = max(np.linalg.norm(Z), 1e-300)
+    rows = []
+    for c, t in zip(clusters, thresholds):
+        spread = ana_utils.minority_spread(Z, c) if len(c) > 1 else 0.0
+        rows.append({"classes": c, "threshold": t, "theory_collapse": None if t is None else bool(lam >= t),
+                     "spread": spread, "collapsed": bool(len(c) > 1 and spread <= COLLAPSE_TOL * scale)})
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    name = check_args(args)
+    n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
+    thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
+
+    sol = ana_utils.solve_ufm(n, args.reg_z, args.reg_b, solver=args.solver)
+    Z, b = np.asarray(sol["Z"]), np.asarray(sol["b"])
+    report = cluster_report(Z, clusters, thresholds, args.reg_z)
+
+    np.set_printoptions(precision=4, suppress=True, linewidth=150)
+    print(f"K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}, lambda_b = {args.reg_b:g}; "
+          f"solver {sol['solver']}: {sol['status']} in {sol['solve_time']:.2f} s")
+    print(f"Z (classes as columns):\n{Z}\nb = {b}\nobjective = {sol['objective']:.10g}")
+    for i, r in enumerate(report):
+        t = "single class" if r["threshold"] is None else f"threshold {r['threshold']:.6g}"
+        print(f"cluster {i} (classes {r['classes'][0]}-{r['classes'][-1]}, n = {n[r['classes'][0]]}): {t}; "
+              f"{'collapsed' if r['collapsed'] else 'not collapsed'} (spread {r['spread']:.3g})")
+    live = [t for t in thresholds if t is not None]
+    if live and args.reg_z >= max(live):
+        print(f"warning: lambda = {args.reg_z:g} is above every cluster's threshold (largest {max(live):.6g}); "
+              f"every cluster collapses, and here Z = 0 is the trivial answer (||Z|| = {np.linalg.norm(Z):.3g})",
+              file=sys.stderr)
+
+    npz = os.path.join(args.out_dir, name + ".npz")
+    summary = os.path.join(args.out_dir, name + ".json")
+    png = os.path.join(args.plot_dir, name + ".png")
+    utils.atomic_savez(npz, Z=Z, b=b, n=np.asarray(n), lam=args.reg_z, lam_b=args.reg_b, objective=sol["objective"],
+                       cluster_s=np.asarray(args.cluster_s), sample_s=np.asarray(args.sample_s))
+    utils.atomic_write_json(summary, {"cluster_s": args.cluster_s, "sample_s": args.sample_s, "n": n, "lam": args.reg_z,
+                                      "lam_b": args.reg_b, "Z": Z, "b": b, "objective": sol["objective"],
+                                      "solver": sol["solver"], "status": sol["status"], "solve_time": sol["solve_time"],
+                                      "clusters": report})
+    plt = utils._plt()
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    im = utils.plot_z_heatmap(ax, Z, args.cluster_s, title=f"Z of the convex program, λ = {args.reg_z:g}")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    utils.save_figure(fig, png)
+    print("wrote:\n  " + "\n  ".join([npz, summary, png]))
+
+
+if __name__ == "__main__":
+    utils.cli(main)

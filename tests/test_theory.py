@@ -1,0 +1,142 @@
+"""The convex program of the UFM (theory.md section 2): solvers, thresholds, structure, asymptotics."""
+import os
+
+import numpy as np
+import pytest
+
+import ana_utils
+from utils import UserError
+
+
+def two_clusters(k_A, n_A, k_B, n_B):
+    return [n_A] * k_A + [n_B] * k_B
+
+
+def spread(Z, idx):
+    return ana_utils.minority_spread(Z, idx) / max(np.linalg.norm(Z), 1e-300)
+
+
+def test_worked_threshold_values():
+    assert ana_utils.two_cluster_lambda_star(5, 500, 5, 100) == pytest.approx(1 / 300)
+    assert ana_utils.two_cluster_lambda_star(3, 500, 7, 100) == pytest.approx(1 / 220)
+    assert ana_utils.two_cluster_nA_star(0.005, 5, 5, 100) == pytest.approx(300)
+    assert ana_utils.two_cluster_nA_star(0.005, 3, 7, 100) == pytest.approx(433.33, abs=0.01)
+    assert ana_utils.lam_from_script(0.005 / 20, 5 * 0.005) == pytest.approx(0.005)
+    n, clusters = ana_utils.expand_clusters([3, 3, 4], [5000, 4000, 3000])
+    assert n == [5000] * 3 + [4000] * 3 + [3000] * 4 and clusters[2] == [6, 7, 8, 9]
+    assert ana_utils.cluster_thresholds([3, 1], [50, 10]) == [pytest.approx(np.sqrt(50) / 160), None]
+
+
+@pytest.mark.parametrize("cluster_s,sample_s", [
+    ([5, 5], [500, 100]),       # the paper's minority-collapse layout
+    ([3, 7], [500, 100]),
+    ([2, 3, 2], [400, 150, 60]),  # three clusters, two-class minority
+    ([6, 2], [300, 50]),          # k_B = 2
+])
+def test_sharp_collapse_threshold(cluster_s, sample_s):
+    """Below sqrt(n_c)/N a cluster's columns stay apart, above it they coincide."""
+    n, clusters = ana_utils.expand_clusters(cluster_s, sample_s)
+    minority = clusters[-1]
+    lam_c = ana_utils.cluster_thresholds(cluster_s, sample_s)[-1]
+    below = ana_utils.solve_ufm_fast(n, 0.9 * lam_c, 0.01)["Z"]
+    above = ana_utils.solve_ufm_fast(n, 1.1 * lam_c, 0.01)["Z"]
+    assert spread(below, minority) > 1e-2
+    assert spread(above, minority) < 1e-6
+    for c in clusters[:-1]:  # the larger clusters have higher thresholds: still apart at 1.1 lam_c
+        assert spread(above, c) > 1e-3
+
+
+def test_optimality_structure():
+    """1^T Z = 0 and sum b = 0; equal-size clusters give the block pattern (theory.md section 2)."""
+    n, clusters = ana_utils.expand_clusters([3, 3, 4], [500, 300, 100])
+    sol = ana_utils.solve_ufm_cvxpy(n, 0.002, 0.01)
+    Z, b = sol["Z"], sol["b"]
+    assert sol["status"] == "optimal"
+    np.testing.assert_allclose(Z.sum(0), 0, atol=1e-6)
+    assert abs(b.sum()) < 1e-6
+    for c in clusters:
+        block = Z[np.ix_(c, c)]
+        diag, off = np.diag(block), block[~np.eye(len(c), dtype=bool)]
+        assert np.ptp(diag) < 1e-5 and np.ptp(off) < 1e-5      # a I + beta J
+        assert np.ptp(b[c]) < 1e-6                              # b constant on a cluster
+        for c2 in clusters:
+            if c2 is not c:
+                assert np.ptp(Z[np.ix_(c, c2)]) < 1e-5          # constant blocks between clusters
+    # within a cluster the class means have equal norms and one common cosine, but not an ETF overall
+    _, G_means = ana_utils.gram_from_Z(Z, n)
+    cos = ana_utils.cosines_from_gram(G_means)
+    assert np.ptp(np.diag(G_means)[clusters[0]]) < 1e-6 * G_means.max()
+    assert np.ptp(cos[np.ix_(clusters[0], clusters[0])][~np.eye(3, dtype=bool)]) < 1e-5
+    assert np.ptp(np.diag(G_means)) > 1e-2 * G_means.max()
+
+
+@pytest.mark.parametrize("lam_factor", [0.5, 0.99, 1.01, 3.0])
+def test_fast_and_cvxpy_agree(lam_factor):
+    n = two_clusters(5, 500, 5, 100)
+    lam = lam_factor / 300
+    a = ana_utils.solve_ufm_cvxpy(n, lam, 0.01)
+    f = ana_utils.solve_ufm_fast(n, lam, 0.01)
+    assert f["status"] == "optimal"
+    assert abs(f["objective"] - a["objective"]) <= 1e-6 * abs(a["objective"])
+    assert np.linalg.norm(f["Z"] - a["Z"]) <= 1e-3 * max(np.linalg.norm(a["Z"]), 1.0)
+    assert ana_utils.ufm_objective(f["Z"], f["b"], n, lam, 0.01) == pytest.approx(f["objective"])
+
+
+def test_depends_on_lambda_and_N_only_through_lambda_sqrt_N():
+    small = ana_utils.solve_ufm_fast(two_clusters(5, 200, 5, 100), 0.004, 0.01)
+    big = ana_utils.solve_ufm_fast(two_clusters(5, 800, 5, 400), 0.002, 0.01)   # N x 4, lambda / 2
+    np.testing.assert_allclose(big["Z"], small["Z"], atol=1e-5)
+
+
+def test_cosines_move_toward_etf_as_lambda_sqrt_N_shrinks():
+    """theory.md's table: K = 10, k_A = 5, n_B = n_A / 2, lambda_b = 0.01."""
+    n, clusters = ana_utils.expand_clusters([5, 5], [200, 100])
+    N = sum(n)
+    table = {1e-1: (-0.173, -0.025, -0.105), 1e-2: (-0.146, -0.068, -0.110), 1e-4: (-0.133, -0.084, -0.112)}
+    gaps = []
+    for x, expected in table.items():
+        Z = ana_utils.solve_ufm_fast(n, x / np.sqrt(N), 0.01)["Z"]
+        c = ana_utils.cluster_cosines(Z, clusters)
+        np.testing.assert_allclose([*c["within"], c["across"]], expected, atol=0.005)
+        gaps.append(max(abs(v + 1 / 9) for v in [*c["within"], c["across"]]))
+    assert gaps[0] > gaps[1] > gaps[2]
+
+
+def test_bad_program_input():
+    with pytest.raises(UserError, match="at least two classes"):
+        ana_utils.solve_ufm([10], 0.01, 0.01)
+    with pytest.raises(UserError, match="--reg_z"):
+        ana_utils.solve_ufm([10, 10], -0.01, 0.01)
+    with pytest.raises(UserError, match="positive integers"):
+        ana_utils.solve_ufm([10, 0], 0.01, 0.01)
+    with pytest.raises(UserError, match="--solver"):
+        ana_utils.solve_ufm([10, 10], 0.01, 0.01, solver="mosek")
+
+
+@pytest.mark.parametrize("lam_factor", [0.8, 1.25])
+def test_trained_ufm_reaches_the_convex_optimum(tmp_path, lam_factor):
+    """Training the UFM network (lam_H = lam/20, lam_W = 5 lam) lands on the convex program's Z."""
+    import torch
+    import train_utils
+    import utils
+    sizes = [40, 40, 10, 10]
+    lam = lam_factor * ana_utils.two_cluster_lambda_star(2, 40, 2, 10)
+    data = utils.get_data("synthetic", sizes, seed=0, synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
+    cfg = dict(name="ufm", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=sum(sizes), epochs=30,
+               eval_epochs=[30], lam_h=lam / 20, lam_w=5 * lam, lam_b=0.01, feat_dim=8)
+    out = train_utils.train_run(cfg, data, torch.device("cpu"), models_dir=str(tmp_path))
+    ref = ana_utils.solve_ufm_cvxpy(sizes, lam, 0.01)
+    Z = np.array(out["Z"])
+    assert np.linalg.norm(Z - ref["Z"]) <= 0.02 * np.linalg.norm(ref["Z"])
+    assert abs(out["final"]["loss"] - ref["objective"]) < 1e-3
+    minority_apart = spread(Z, [2, 3]) > 1e-2
+    assert minority_apart == (lam_factor < 1)
+    if minority_apart:
+        assert out["final"]["nc1"] < 1e-4
+    else:
+        # Once the minority collapses, Sigma_B has rank < K-1 and nc1 divides by the vanishing
+        # minority direction (ill-posed); check the features' collapse to their class means directly.
+        model = torch.load(os.path.join(out["run_dir"], "model.pt"))
+        H, y = model["H"].double().numpy(), data.y_train.numpy()
+        means, _ = ana_utils.class_means(H, y, 4)
+        assert ((H - means[y]) ** 2).sum() < 1e-6 * (H**2).sum()
