@@ -131,13 +131,69 @@ FOUNDATION_BENCHMARKS = [bench_subset, bench_training_loop, bench_nc_metrics]
 # ======================================================================================
 
 
+def bench_solver_agreement():
+    """Fast solver against cvxpy (Clarabel) at K = 10 on both sides of the minority threshold."""
+    n = [500] * 5 + [100] * 5
+    worst = 0.0
+    for lam in (0.9 / 300, 1.1 / 300):
+        ref = ana_utils.solve_ufm_cvxpy(n, lam, 0.01)
+        fast = ana_utils.solve_ufm_fast(n, lam, 0.01)
+        worst = max(worst, abs(fast["objective"] - ref["objective"]) / abs(ref["objective"]))
+    print(f"fast vs cvxpy objective at K=10 (lambda = 0.9 and 1.1 lambda*): worst relative gap {worst:.1e}")
+    return {"relative_gap": worst}
+
+
+def bench_solver_speed():
+    """cvxpy (SCS to tight tolerance; Clarabel needs > 20 GB here) against the fast solver at K = 100,
+    and the fast solver alone at K = 1000."""
+    out = {}
+    n = [500] * 50 + [100] * 50
+    lam = 0.9 * 10 / sum(n)
+    t_cvx, ref = timed(lambda: ana_utils.solve_ufm_cvxpy(n, lam, 0.01))
+    t_fast, fast = timed(lambda: ana_utils.solve_ufm_fast(n, lam, 0.01), repeat=3)
+    gap = abs(fast["objective"] - ref["objective"]) / ref["objective"]
+    print(f"UFM program at K=100: fast {t_fast:.2f} s vs cvxpy/SCS {t_cvx:.1f} s -> {t_cvx / t_fast:.0f}x faster "
+          f"(objective gap {gap:.1e})")
+    n = [500] * 500 + [100] * 500
+    t_big, big = timed(lambda: ana_utils.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01))
+    print(f"UFM program at K=1000: fast {t_big:.1f} s ({big['iterations']} iterations, {big['status']}); "
+          f"cvxpy cannot run at this size here")
+    out.update(k100_fast_s=t_fast, k100_cvxpy_s=t_cvx, k1000_fast_s=t_big)
+    return out
+
+
+def bench_ufm_training_vs_theory():
+    """The UFM network trained at the paper's minority-collapse scale (k_A = 5 classes of 500, 5 of
+    100, N = 3000) at 0.9 and 1.1 lambda*, against the convex program."""
+    sizes = [500] * 5 + [100] * 5
+    data = utils.get_data("synthetic", sizes, seed=0, synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
+    out = {}
+    for factor in (0.9, 1.1):
+        lam = factor / 300
+        cfg = dict(name="ufm_bench", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=3000, epochs=100,
+                   eval_epochs=[100], lam_h=lam / 20, lam_w=5 * lam, lam_b=0.01, feat_dim=16)
+        t, run = timed(lambda: train_utils.train_run(cfg, data, torch.device("cpu"), models_dir=tempfile.mkdtemp()))
+        ref = ana_utils.solve_ufm_cvxpy(sizes, lam, 0.01)
+        Z = np.array(run["Z"])
+        rel = np.linalg.norm(Z - ref["Z"]) / np.linalg.norm(ref["Z"])
+        spread_t, spread_c = ana_utils.minority_spread(Z, range(5, 10)), ana_utils.minority_spread(ref["Z"], range(5, 10))
+        print(f"trained UFM at {factor} lambda* ({t:.0f} s): |Z - Z*|/|Z*| = {rel:.1e}, objective "
+              f"{run['final']['loss']:.7f} vs {ref['objective']:.7f}, nc1 {run['final']['nc1']:.1e}, "
+              f"minority spread {spread_t:.2e} (theory {spread_c:.2e})")
+        out[factor] = {"rel_Z": rel, "spread": spread_t, "spread_theory": spread_c}
+    return out
+
+
+THEORY_BENCHMARKS = [bench_solver_agreement, bench_solver_speed, bench_ufm_training_vs_theory]
+
+
 # ======================================================================================
 # Entry point
 # ======================================================================================
 
 
 def main(argv=None):
-    benches = FOUNDATION_BENCHMARKS
+    benches = FOUNDATION_BENCHMARKS + THEORY_BENCHMARKS
     names = [b.__name__[len("bench_"):] for b in benches]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=names, help="run only these")
