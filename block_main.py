@@ -40,7 +40,7 @@ def parse_args(argv):
     p.add_argument("--reg_w", type=float, default=1e-3, help="lam_W, classifier regularisation (default 1e-3)")
     p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
     p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
-                   help="epochs (default 1000; --quick 300; UFM 50 L-BFGS epochs)")
+                   help="epochs (default 1000; --quick 300; UFM 40 L-BFGS epochs)")
     utils.add_common_args(p)
     utils.add_sweep_args(p, sweep=False)
     return p.parse_args(argv)

@@ -41,7 +41,7 @@ def parse_args(argv):
     p.add_argument("--reg_l", type=float, default=0.1, help="lambda times N: lambda = reg_l / N (default 0.1)")
     p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
     p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
-                   help="epochs (default 2000; --quick 200; UFM 50 L-BFGS epochs)")
+                   help="epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
     utils.add_common_args(p)
     utils.add_sweep_args(p)
     return p.parse_args(argv)
@@ -98,7 +98,7 @@ def main(argv=None):
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, ratio=args.ratio, reg_l=args.reg_l,
                     lam_b=args.reg_b, quick=args.quick, num_classes=K, etf_cosine=-1 / (K - 1),
                     title=f"Angles vs n_A: {utils.figure_tag(args)}, k_A={args.ka}, n_B=n_A/{args.ratio:g}, "
-                          f"lambda={args.reg_l:g}/N")
+                          f"λ={args.reg_l:g}/N")
     result = utils.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["theory_curve"] = utils.theory_curve(grid, setting)
 

@@ -44,7 +44,7 @@ def parse_args(argv):
                    help="the lambdas, one run each (default: the paper's list for --ka 5 or 3)")
     p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
     p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
-                   help="epochs (default 2000; --quick 200; UFM 50 L-BFGS epochs)")
+                   help="epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
     p.add_argument("--ln_pro", type=float, default=1 / 6,
                    help="fraction of training with the regularisation at lambda/10 (default 1/6)")
     utils.add_common_args(p)
@@ -95,8 +95,8 @@ def main(argv=None):
     lo, hi = min(used + [lam_star]) * 0.9, max(used + [lam_star]) * 1.05
     grid = sorted(set([lo + (hi - lo) * i / 19 for i in range(20)] + [lam_star * 0.999, lam_star] + used))
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_A=args.na, n_B=args.nb,
-                    lam_b=args.reg_b, quick=args.quick, lam_scale=lam_scale, x_key="lam", x_label="lambda",
-                    title=f"Minority collapse vs lambda: {utils.figure_tag(args)}, k_A={args.ka}, "
+                    lam_b=args.reg_b, quick=args.quick, lam_scale=lam_scale, x_key="lam", x_label="λ",
+                    title=f"Minority collapse vs λ: {utils.figure_tag(args)}, k_A={args.ka}, "
                           f"n_A={args.na}, n_B={args.nb}")
     result = utils.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["threshold"] = lam_star

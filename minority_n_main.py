@@ -43,7 +43,7 @@ def parse_args(argv):
     p.add_argument("--reg_l", type=float, default=0.005, help="lambda (default 0.005)")
     p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
     p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
-                   help="epochs (default 2000; --quick 200; UFM 50 L-BFGS epochs)")
+                   help="epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
     p.add_argument("--ln_pro", type=float, default=1 / 6,
                    help="fraction of training with the regularisation at lambda/10 (default 1/6)")
     utils.add_common_args(p)
@@ -95,7 +95,7 @@ def main(argv=None):
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_B=args.nb, lam=lam, lam_arg=args.reg_l,
                     lam_b=args.reg_b, quick=args.quick, x_key="n_A", x_label="n_A",
                     title=f"Minority collapse vs n_A: {utils.figure_tag(args)}, k_A={args.ka}, n_B={args.nb}, "
-                          f"lambda={lam:.4g}")
+                          f"λ={lam:.4g}")
     result = utils.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["threshold"] = na_star
     result["theory_curve"] = utils.theory_curve(grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b))

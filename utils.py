@@ -1,6 +1,7 @@
 """Shared plumbing: errors, seeds, devices, datasets and cached subsets, result files,
 plotting helpers, and the `python utils.py <command>` CLI."""
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -503,10 +504,14 @@ def ufm_train_config(cfg, num_classes, num_samples, epochs=None):
 
     The UFM minimises exactly the regularised loss of theory.md section 2, so lam_h, lam_w, lam_b keep
     their meaning (lambda = 2 sqrt(lam_h lam_w)); SGD schedules, the warm phase and weight decay (which
-    L-BFGS does not apply) are dropped. 50 epochs of up to 50 L-BFGS steps each unless `epochs` is given."""
+    L-BFGS does not apply) are dropped. 40 epochs of up to 50 L-BFGS steps each unless `epochs` is given
+    (the loss settles within about 5; near a collapse threshold the last digits take longer), evaluated
+    (and checkpointed: the L-BFGS history makes checkpoints large) at epochs 1, 2, 3, 5, 10, 20, 40, ..."""
+    epochs = int(epochs or 40)
+    evals = [e for e in (1, 2, 3, 5, 10, 20, 40, 80, 160, 320, 640) if e <= epochs] + [epochs]
     return dict(cfg, network="ufm", optimizer="lbfgs", lr=1.0, momentum=0.0, batch_size=int(num_samples),
                 lr_milestones=[], weight_decay=0.0, warm_epochs=0, warm_factor=1.0,
-                epochs=int(epochs or 50), eval_epochs=None, feat_dim=max(num_classes, 16), width=None)
+                epochs=epochs, eval_epochs=sorted(set(evals)), feat_dim=max(num_classes, 16), width=None)
 
 
 def figure_point(figure, args, sizes, clusters, params, lam_h, lam_w, epochs, milestone_frac, weight_decay,
@@ -602,15 +607,31 @@ def z_summary(Z, clusters, minority):
             "z_norm": norm, "cosines": cos}
 
 
+@functools.lru_cache(maxsize=512)
+def _solve_ufm_cached(sizes, lam, lam_b):
+    """ana_utils.solve_ufm, remembered within one process (figures re-assembled, tests)."""
+    import ana_utils
+    return ana_utils.solve_ufm(list(sizes), lam, lam_b)
+
+
 def ufm_theory(sizes, clusters, lam, lam_b):
     """The convex program's answer for these class sizes and lambda (theory.md section 2)."""
     import ana_utils
-    sol = ana_utils.solve_ufm([int(n) for n in sizes], float(lam), float(lam_b))
     N = int(sum(sizes))
     minority = min(clusters, key=lambda c: sizes[c[0]])
     thresholds = [ana_utils.collapse_threshold(int(sizes[c[0]]), N) if len(c) > 1 else None for c in clusters]
     collapse = [bool(lam >= t) if t is not None else None for t in thresholds]
-    return dict(z_summary(sol["Z"], clusters, minority), Z=sol["Z"], b=sol["b"], objective=sol.get("objective"),
+    try:
+        sol = _solve_ufm_cached(tuple(int(n) for n in sizes), float(lam), float(lam_b))
+        summary = z_summary(sol["Z"], clusters, minority)
+    except UserError:
+        raise
+    except Exception as e:  # a solver failure must not lose the trained points: record it, plot without it
+        sol = {"Z": None, "b": None, "status": f"solver failed: {type(e).__name__}: {e}"[:300]}
+        summary = {"minority_spread": None, "minority_spread_rel": None, "z_norm": None,
+                   "cosines": {"within": [None] * len(clusters), "across": None}}
+        print(f"warning: convex program failed for sizes {sizes}, lambda {lam:.4g}: {sol['status']}", file=sys.stderr)
+    return dict(summary, Z=sol["Z"], b=sol["b"], objective=sol.get("objective"),
                 status=sol.get("status"), cluster_thresholds=thresholds, cluster_collapse=collapse,
                 minority_threshold=thresholds[clusters.index(minority)],
                 verdict="collapse" if collapse[clusters.index(minority)] else "no collapse")
@@ -723,7 +744,8 @@ def plot_minority_figure(result, path):
     ax = fig.add_subplot(gs[nrow, :ncol])
     curve = result.get("theory_curve") or {}
     if curve.get("x"):
-        ax.plot(curve["x"], curve["minority_spread"], "-", color="0.5", label="convex program (UFM)")
+        ax.plot(curve["x"], np.array(curve["minority_spread"], dtype=float), "-", color="0.5",
+                label="convex program (UFM)")
     ax.plot([p["params"][x_key] for p in pts], [p["minority_spread"] for p in pts], "o", color="tab:red",
             label=f"trained ({result['settings'].get('network', '')})")
     thr = result.get("threshold")
@@ -756,13 +778,16 @@ def plot_block_figure(result, path):
     axes[0].grid(alpha=0.3)
     # The diagonal dominates Z; the blocks live in the off-diagonal entries: show those on a linear scale.
     from matplotlib.colors import Normalize
-    Zs = [np.array(p["Z"], dtype=float), np.array(p["theory"]["Z"], dtype=float)]
+    K = len(p["Z"])
+    theory_Z = p["theory"]["Z"] if p["theory"]["Z"] is not None else np.full((K, K), np.nan)  # solver failed
+    Zs = [np.array(p["Z"], dtype=float), np.array(theory_Z, dtype=float)]
     off = ~np.eye(len(Zs[0]), dtype=bool)
     for Z in Zs:
         Z[~off] = np.nan
-    norm = Normalize(min(np.nanmin(Z) for Z in Zs), max(np.nanmax(Z) for Z in Zs))
+    vals = np.concatenate([Z[off] for Z in Zs])
+    norm = Normalize(np.nanmin(vals), np.nanmax(vals))
     sizes = _cluster_sizes(p)
-    diag = [np.diag(np.array(p["Z"], dtype=float)), np.diag(np.array(p["theory"]["Z"], dtype=float))]
+    diag = [np.diag(np.array(p["Z"], dtype=float)), np.diag(np.array(theory_Z, dtype=float))]
     plot_z_heatmap(axes[1], Zs[0], sizes, norm, f"trained Z ({result['settings'].get('network', '')}), off-diagonal\n"
                    f"(diagonal {diag[0].min():.3g} .. {diag[0].max():.3g})")
     im = plot_z_heatmap(axes[2], Zs[1], sizes, norm, f"convex program Z (lambda = {p['params']['lam']:.3g}), off-diagonal\n"
@@ -782,7 +807,7 @@ def plot_limit_figure(result, path):
     styles = (("within_A", "tab:red", "within A"), ("within_B", "tab:blue", "within B"), ("across", "tab:green", "across A-B"))
     for key, color, label in styles:
         if curve.get("x"):
-            ax.plot(curve["x"], curve[key], "--", color=color, alpha=0.7, label=f"{label} (convex program)")
+            ax.plot(curve["x"], np.array(curve[key], dtype=float), "--", color=color, alpha=0.7, label=f"{label} (convex program)")
         vals = [(p["params"]["n_A"], _cos_of(p["cosines"], key)) for p in pts]
         ax.plot([v[0] for v in vals], [np.nan if v[1] is None else v[1] for v in vals], "o-", color=color, label=f"{label} (trained)")
     K = len(pts[0]["sizes"]) if pts else result["settings"].get("num_classes", 10)
