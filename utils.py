@@ -515,17 +515,18 @@ def ufm_train_config(cfg, num_classes, num_samples, epochs=None):
 
 
 def figure_point(figure, args, sizes, clusters, params, lam_h, lam_w, epochs, milestone_frac, weight_decay,
-                 warm_frac=0.0, history=False):
+                 warm_frac=0.0, history=False, ufm_epochs=40):
     """One point of a figure: data, clusters, the plotted `params` and the train_run configuration.
 
     Networks: SGD (momentum 0.9, batch 128), lr 0.01 -> 0.001 at milestone_frac of `epochs`
     (--epoch overrides), regularisation at 1/10 for the first warm_frac of training (theory.md
-    section 4). --network UFM: ufm_train_config (full-batch L-BFGS to the optimum)."""
+    section 4). --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs
+    unless --epoch is given)."""
     network = check_network_name(args.network)
     sizes = [int(n) for n in sizes]
     base = dict(lam_h=float(lam_h), lam_w=float(lam_w), lam_b=float(args.reg_b), seed=int(args.seed))
     if network == "ufm":
-        train = ufm_train_config(dict(base, name=f"{figure}_ufm"), len(sizes), sum(sizes), args.epoch)
+        train = ufm_train_config(dict(base, name=f"{figure}_ufm"), len(sizes), sum(sizes), args.epoch or ufm_epochs)
     else:
         E = int(args.epoch or epochs)
         train = dict(base, name=f"{figure}_{network}", network=network, epochs=E, optimizer="sgd", lr=0.01,
