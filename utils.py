@@ -1,6 +1,7 @@
 """Shared plumbing: errors, seeds, devices, datasets and cached subsets, result files,
 plotting helpers, and the `python utils.py <command>` CLI."""
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -402,8 +403,457 @@ def read_csv(path):
 
 
 # ======================================================================================
+# Figure sweeps: argument handling, points keyed by configuration, reuse, assembly
+# (imbalanced-NC figures)
+# ======================================================================================
+# A figure is a list of points; each point is a JSON-able dict holding everything that changes
+# its result (dataset, class sizes, clusters, seed, the train_run configuration, and `params`,
+# the values the figure plots). A finished point is recorded in
+# <models_dir>/points/<figure>_<config_key(point)>.json and reused; train_run reuses the
+# trained network itself the same way.
+
+# Training images per class in the train / test split of each real dataset (mnist: the smallest class).
+TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500, "fashion_mnist": 6000, "mnist": 5421}
+TEST_PER_CLASS = {"cifar10": 1000, "cifar100": 100, "fashion_mnist": 1000, "mnist": 892}
+# --quick previews use small single-channel synthetic images (any class size, nothing to download).
+QUICK_SYNTHETIC = {"image_size": 8, "channels": 1}
+
+
+class FigureArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UserErrors: one line `error: ...`, exit status 2, no usage dump."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def add_sweep_args(parser, sweep=True):
+    """--point I and --assemble (for sweeps run as job arrays), --allow_test_fill, --width."""
+    parser.add_argument("--width", type=int, default=None, help="network width (default: the network's own; "
+                        "--quick uses 128 for the MLP)")
+    parser.add_argument("--allow_test_fill", action="store_true",
+                        help="top up classes larger than the train split from the test split (the original did "
+                             "this silently); otherwise such sizes are an error")
+    if not sweep:
+        return parser
+    parser.add_argument("--point", type=int, default=None,
+                        help="train only point I (0-based, in the order the values are listed), then plot "
+                             "whatever points are finished, naming the missing ones (for cluster job arrays)")
+    parser.add_argument("--assemble", action="store_true",
+                        help="train nothing: plot the finished points and name the missing ones")
+    return parser
+
+
+def fill_defaults(args, full, quick):
+    """Set every argument still None to its paper value (`full`) or, with --quick, its preview value."""
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return args
+
+
+def check_choice(name, value, allowed):
+    if value not in allowed:
+        raise UserError(f"{name} {value}: allowed are {', '.join(map(str, allowed))}")
+    return value
+
+
+def check_positive(name, values):
+    """Every value must be a finite number > 0."""
+    for v in np.atleast_1d(values):
+        if not np.isfinite(v) or v <= 0:
+            raise UserError(f"{name}: {v} is not allowed; it must be a number > 0")
+
+
+def check_network_name(name):
+    """The network name as train_utils spells it, or a UserError naming the allowed ones."""
+    import train_utils
+    if str(name).lower() not in train_utils.NETWORKS:
+        raise UserError(f"--network {name}: unknown network; allowed are {', '.join(train_utils.NETWORKS)} (any case)")
+    return str(name).lower()
+
+
+def check_class_sizes(dataset, sizes, allow_test_fill, arg_name, network=None):
+    """Fail before any training when a class asks for more images than the dataset holds
+    (the UFM uses no images, so any size goes)."""
+    check_positive_ints(arg_name, sizes)
+    if dataset == "synthetic" or str(network).lower() == "ufm":
+        return
+    if dataset == "digits":
+        y_tr, y_te = _digits_split(True)[1].numpy(), _digits_split(False)[1].numpy()
+        have, extra = int(np.bincount(y_tr).min()), int(np.bincount(y_te).min())
+    else:
+        have, extra = TRAIN_PER_CLASS[dataset], TEST_PER_CLASS[dataset]
+    n = max(sizes)
+    if n > have + (extra if allow_test_fill else 0):
+        hint = (f"; pass --allow_test_fill to top up from the test split (up to {have + extra})"
+                if not allow_test_fill and n <= have + extra else "")
+        raise UserError(f"{arg_name}: {n} images per class asked, but the {dataset} train split has {have} per class"
+                        f"{' (plus ' + str(extra) + ' in the test split)' if allow_test_fill else ''}{hint}")
+
+
+def figure_tag(args):
+    """The dataset-and-network part of a figure's file stem ('ufm' for the UFM, which uses no images)."""
+    network = check_network_name(args.network)
+    return "ufm" if network == "ufm" else f"{args.dataset_t}_{network}"
+
+
+def figure_device(args):
+    """The torch device of a figure script; --quick on CPU uses one thread (small models, shared cores)."""
+    device = get_device(args.device)
+    if args.quick and device.type == "cpu":
+        torch.set_num_threads(1)
+    ensure_writable_dir(args.plot_dir, "--plot_dir")
+    return device
+
+
+def ufm_train_config(cfg, num_classes, num_samples, epochs=None):
+    """The UFM version of a figure's training configuration: full-batch L-BFGS (lr 1) to the optimum.
+
+    The UFM minimises exactly the regularised loss of theory.md section 2, so lam_h, lam_w, lam_b keep
+    their meaning (lambda = 2 sqrt(lam_h lam_w)); SGD schedules, the warm phase and weight decay (which
+    L-BFGS does not apply) are dropped. 40 epochs of up to 50 L-BFGS steps each unless `epochs` is given
+    (the loss settles within about 5; near a collapse threshold the last digits take longer), evaluated
+    (and checkpointed: the L-BFGS history makes checkpoints large) at epochs 1, 2, 3, 5, 10, 20, 40, ..."""
+    epochs = int(epochs or 40)
+    evals = [e for e in (1, 2, 3, 5, 10, 20, 40, 80, 160, 320, 640) if e <= epochs] + [epochs]
+    return dict(cfg, network="ufm", optimizer="lbfgs", lr=1.0, momentum=0.0, batch_size=int(num_samples),
+                lr_milestones=[], weight_decay=0.0, warm_epochs=0, warm_factor=1.0,
+                epochs=epochs, eval_epochs=sorted(set(evals)), feat_dim=max(num_classes, 16), width=None)
+
+
+def figure_point(figure, args, sizes, clusters, params, lam_h, lam_w, epochs, milestone_frac, weight_decay,
+                 warm_frac=0.0, history=False, ufm_epochs=40):
+    """One point of a figure: data, clusters, the plotted `params` and the train_run configuration.
+
+    Networks: SGD (momentum 0.9, batch 128), lr 0.01 -> 0.001 at milestone_frac of `epochs`
+    (--epoch overrides), regularisation at 1/10 for the first warm_frac of training (theory.md
+    section 4). --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs
+    unless --epoch is given)."""
+    network = check_network_name(args.network)
+    sizes = [int(n) for n in sizes]
+    base = dict(lam_h=float(lam_h), lam_w=float(lam_w), lam_b=float(args.reg_b), seed=int(args.seed))
+    if network == "ufm":
+        train = ufm_train_config(dict(base, name=f"{figure}_ufm"), len(sizes), sum(sizes), args.epoch or ufm_epochs)
+    else:
+        E = int(args.epoch or epochs)
+        train = dict(base, name=f"{figure}_{network}", network=network, epochs=E, optimizer="sgd", lr=0.01,
+                     momentum=0.9, batch_size=128, lr_milestones=[max(1, int(round(E * milestone_frac)))],
+                     lr_gamma=0.1, weight_decay=float(weight_decay), warm_epochs=int(round(E * warm_frac)),
+                     warm_factor=0.1, width=args.width, amp=bool(args.amp))
+    # The UFM's features are free parameters: only the labels are used, so no images are loaded.
+    dataset = "synthetic" if network == "ufm" else args.dataset_t
+    synthetic = QUICK_SYNTHETIC if (network == "ufm" or (args.quick and dataset == "synthetic")) else None
+    return dict(figure=figure, dataset=dataset, sizes=sizes, clusters=[list(c) for c in clusters],
+                seed=int(args.seed), allow_test_fill=bool(args.allow_test_fill), synthetic=synthetic,
+                params=params, train=train, history=bool(history))
+
+
+def theory_curve(xs, make):
+    """The convex program along a curve: make(x) -> (sizes, clusters, lam, lam_b); returns
+    {'x': xs, 'minority_spread', 'minority_spread_rel', 'within_A', 'within_B', 'across', 'status'}
+    (cosines of columns of Z, clusters ordered A, B)."""
+    out = {"x": [], "minority_spread": [], "minority_spread_rel": [], "within_A": [], "within_B": [], "across": [],
+           "status": []}
+    for x in xs:
+        sizes, clusters, lam, lam_b = make(x)
+        th = ufm_theory(sizes, clusters, lam, lam_b)
+        out["x"].append(x)
+        for k in ("minority_spread", "minority_spread_rel", "status"):
+            out[k].append(th[k])
+        within = th["cosines"]["within"] + [None, None]
+        out["within_A"].append(within[0])
+        out["within_B"].append(within[1])
+        out["across"].append(th["cosines"]["across"])
+    return out
+
+
+def point_record_path(models_dir, point):
+    return os.path.join(models_dir, "points", f"{point['figure']}_{config_key(point)}.json")
+
+
+def describe_params(params):
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
+    """Run (or reuse) every point, or only point `only`; return (records, missing indices).
+
+    points: JSON-able dicts with keys 'figure' and 'params' (see the banner). run_point(point) -> a
+    JSON-able record, stored in point_record_path and reused by later calls. With assemble_only
+    nothing is trained. Missing points are named on stderr. records[i] is None where missing."""
+    if only is not None and not 0 <= only < len(points):
+        raise UserError(f"--point {only}: allowed are 0..{len(points) - 1} ({len(points)} points)")
+    if only is not None and assemble_only:
+        raise UserError("--point with --assemble: --assemble trains nothing; give one of them")
+    records, missing = [], []
+    for i, point in enumerate(points):
+        path = point_record_path(models_dir, point)
+        record = None
+        if os.path.exists(path):
+            record = read_json(path)
+        elif not assemble_only and only in (None, i):
+            print(f"[point {i}/{len(points) - 1}] {describe_params(point['params'])}", file=sys.stderr)
+            record = run_point(point)
+            atomic_write_json(path, record)
+        if record is None:
+            missing.append(i)
+        records.append(record)
+    if missing:
+        print(f"missing points ({len(missing)} of {len(points)}, not trained yet; run each with --point I): "
+              + "; ".join(f"{i} ({describe_params(points[i]['params'])})" for i in missing), file=sys.stderr)
+    return records, missing
+
+
+def z_summary(Z, clusters, minority):
+    """minority_spread (absolute and relative to ||Z||_F) and the mean column cosines of Z."""
+    import ana_utils
+    Z = np.asarray(Z, dtype=np.float64)
+    spread = ana_utils.minority_spread(Z, minority) if len(minority) > 1 else 0.0
+    norm = float(np.linalg.norm(Z))
+    cos = ana_utils.cluster_cosines(Z, clusters) if norm > 1e-12 else {"within": [None] * len(clusters), "across": None}
+    return {"minority_spread": spread, "minority_spread_rel": spread / norm if norm > 1e-12 else None,
+            "z_norm": norm, "cosines": cos}
+
+
+@functools.lru_cache(maxsize=512)
+def _solve_ufm_cached(sizes, lam, lam_b):
+    """ana_utils.solve_ufm, remembered within one process (figures re-assembled, tests)."""
+    import ana_utils
+    return ana_utils.solve_ufm(list(sizes), lam, lam_b)
+
+
+def ufm_theory(sizes, clusters, lam, lam_b):
+    """The convex program's answer for these class sizes and lambda (theory.md section 2)."""
+    import ana_utils
+    N = int(sum(sizes))
+    minority = min(clusters, key=lambda c: sizes[c[0]])
+    thresholds = [ana_utils.collapse_threshold(int(sizes[c[0]]), N) if len(c) > 1 else None for c in clusters]
+    collapse = [bool(lam >= t) if t is not None else None for t in thresholds]
+    try:
+        sol = _solve_ufm_cached(tuple(int(n) for n in sizes), float(lam), float(lam_b))
+        summary = z_summary(sol["Z"], clusters, minority)
+    except UserError:
+        raise
+    except Exception as e:  # a solver failure must not lose the trained points: record it, plot without it
+        sol = {"Z": None, "b": None, "status": f"solver failed: {type(e).__name__}: {e}"[:300]}
+        summary = {"minority_spread": None, "minority_spread_rel": None, "z_norm": None,
+                   "cosines": {"within": [None] * len(clusters), "across": None}}
+        print(f"warning: convex program failed for sizes {sizes}, lambda {lam:.4g}: {sol['status']}", file=sys.stderr)
+    return dict(summary, Z=sol["Z"], b=sol["b"], objective=sol.get("objective"),
+                status=sol.get("status"), cluster_thresholds=thresholds, cluster_collapse=collapse,
+                minority_threshold=thresholds[clusters.index(minority)],
+                verdict="collapse" if collapse[clusters.index(minority)] else "no collapse")
+
+
+def train_point(point, device, models_dir, data_dir):
+    """Train (or reuse) one point with train_utils.train_run and summarise its Z: the sweep's run_point."""
+    import train_utils
+    data = get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
+                    point.get("synthetic"))
+    res = train_utils.train_run(point["train"], data, device, models_dir)
+    minority = min(point["clusters"], key=lambda c: point["sizes"][c[0]])
+    record = dict(params=point["params"], sizes=point["sizes"], clusters=point["clusters"], Z=res["Z"], b=res["b"],
+                  nc=res["final"], **z_summary(res["Z"], point["clusters"], minority), run_dir=res["run_dir"],
+                  train=point["train"])
+    if point.get("history"):
+        record["history"] = read_csv(os.path.join(res["run_dir"], "summary.csv"))
+    return record
+
+
+def assemble_figure(figure, settings, points, records, missing, lam_b):
+    """The figure's JSON: settings, each finished point with its theory prediction, the missing ones."""
+    out = []
+    for i, rec in enumerate(records):
+        if rec is not None:
+            out.append(dict(rec, index=i,
+                            theory=ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b)))
+    return {"figure": figure, "argv": sys.argv[1:], "settings": settings, "points": out,
+            "missing": [dict(index=i, params=points[i]["params"]) for i in missing]}
+
+
+def figure_paths(plot_dir, stem):
+    """(png, json) paths of a figure: the JSON sits beside the PNG with the same stem."""
+    return os.path.join(plot_dir, stem + ".png"), os.path.join(plot_dir, stem + ".json")
+
+
+# ======================================================================================
 # Plotting helpers: Z heat-maps and figure grids  (imbalanced-NC figures)
 # ======================================================================================
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def symlog_norm(Zs, linthresh=None):
+    """One symmetric-log colour scale for a list of Z matrices: +-max|Z|, linear within linthresh."""
+    from matplotlib.colors import SymLogNorm
+    vmax = max([float(np.max(np.abs(np.asarray(Z, dtype=float)))) for Z in Zs] + [1e-8])
+    return SymLogNorm(linthresh=linthresh or max(vmax * 1e-2, 1e-8), vmin=-vmax, vmax=vmax, base=10)
+
+
+def plot_z_heatmap(ax, Z, cluster_sizes, norm=None, title=None):
+    """Heat-map of Z (classes as columns) with lines at the cluster boundaries; returns the image."""
+    import matplotlib
+    Z = np.asarray(Z, dtype=float)
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")  # NaN entries (masked) in grey
+    im = ax.imshow(np.ma.masked_invalid(Z), cmap=cmap, norm=norm if norm is not None else symlog_norm([np.nan_to_num(Z)]),
+                   interpolation="nearest")
+    for edge in np.cumsum(cluster_sizes)[:-1]:
+        ax.axhline(edge - 0.5, color="k", lw=0.8)
+        ax.axvline(edge - 0.5, color="k", lw=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return im
+
+
+def save_figure(fig, path, dpi=110):
+    """Write a matplotlib figure as PNG atomically and close it."""
+    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    _plt().close(fig)
+    return path
+
+
+def _cluster_sizes(point):
+    return [len(c) for c in point["clusters"]]
+
+
+def plot_minority_figure(result, path):
+    """Figs 5-8: grid of Z heat-maps sorted by the swept value (shared symlog scale, cluster lines,
+    theory verdict per panel) above minority_spread against the swept value, with the convex
+    program's curve and the collapse threshold."""
+    plt = _plt()
+    x_key, x_label = result["settings"]["x_key"], result["settings"]["x_label"]
+    pts = sorted(result["points"], key=lambda p: p["params"][x_key])
+    n = max(len(pts), 1)
+    ncol = min(n, 5)
+    nrow = -(-n // ncol)
+    fig = plt.figure(figsize=(max(2.1 * ncol + 0.8, 7.0), 2.3 * nrow + 3.2))
+    gs = fig.add_gridspec(nrow + 1, ncol + 1, height_ratios=[1] * nrow + [1.5], width_ratios=[1] * ncol + [0.08],
+                          hspace=0.45, wspace=0.15)
+    norm = symlog_norm([p["Z"] for p in pts]) if pts else None
+    im = None
+    for i, p in enumerate(pts):
+        ax = fig.add_subplot(gs[i // ncol, i % ncol])
+        v = p["params"][x_key]
+        mark = "collapse" if p["theory"]["verdict"] == "collapse" else "no collapse"
+        im = plot_z_heatmap(ax, p["Z"], _cluster_sizes(p), norm,
+                            f"{x_label} = {v:.4g}\ntheory: {mark}\nspread {p['minority_spread']:.3g}")
+        for s in ax.spines.values():
+            s.set_edgecolor("tab:red" if mark == "collapse" else "tab:blue")
+            s.set_linewidth(2)
+    if im is not None:
+        fig.colorbar(im, cax=fig.add_subplot(gs[:nrow, ncol]), label="Z (symlog)")
+    ax = fig.add_subplot(gs[nrow, :ncol])
+    curve = result.get("theory_curve") or {}
+    if curve.get("x"):
+        ax.plot(curve["x"], np.array(curve["minority_spread"], dtype=float), "-", color="0.5",
+                label="convex program (UFM)")
+    ax.plot([p["params"][x_key] for p in pts], [p["minority_spread"] for p in pts], "o", color="tab:red",
+            label=f"trained ({result['settings'].get('network', '')})")
+    thr = result.get("threshold")
+    if thr is not None:
+        ax.axvline(thr, ls="--", color="k", label=f"threshold {x_label}* = {thr:.4g}")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("minority spread  max ||z_j - z_k||")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10, y=1.0)
+    return save_figure(fig, path)
+
+
+def plot_block_figure(result, path):
+    """Figs 1-2: NC metrics against epoch (log axes); trained Z beside the convex program's Z."""
+    plt = _plt()
+    p = result["points"][0]
+    hist = result["history"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    ep = [r["epoch"] for r in hist]
+    for key in ("nc1", "nc1_weighted", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
+        ys = [r.get(key) for r in hist]
+        if any(y is not None and y > 0 for y in ys):
+            axes[0].plot(ep, [y if y is not None and y > 0 else np.nan for y in ys], "-o", ms=2, label=key)
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("NC metrics", fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    # The diagonal dominates Z; the blocks live in the off-diagonal entries: show those on a linear scale.
+    from matplotlib.colors import Normalize
+    K = len(p["Z"])
+    theory_Z = p["theory"]["Z"] if p["theory"]["Z"] is not None else np.full((K, K), np.nan)  # solver failed
+    Zs = [np.array(p["Z"], dtype=float), np.array(theory_Z, dtype=float)]
+    off = ~np.eye(len(Zs[0]), dtype=bool)
+    for Z in Zs:
+        Z[~off] = np.nan
+    vals = np.concatenate([Z[off] for Z in Zs])
+    norm = Normalize(np.nanmin(vals), np.nanmax(vals))
+    sizes = _cluster_sizes(p)
+    diag = [np.diag(np.array(p["Z"], dtype=float)), np.diag(np.array(theory_Z, dtype=float))]
+    plot_z_heatmap(axes[1], Zs[0], sizes, norm, f"trained Z ({result['settings'].get('network', '')}), off-diagonal\n"
+                   f"(diagonal {diag[0].min():.3g} .. {diag[0].max():.3g})")
+    im = plot_z_heatmap(axes[2], Zs[1], sizes, norm, f"convex program Z (lambda = {p['params']['lam']:.3g}), off-diagonal\n"
+                        f"(diagonal {diag[1].min():.3g} .. {diag[1].max():.3g})")
+    fig.colorbar(im, ax=axes[1:], fraction=0.03, label="Z off-diagonal (linear)")
+    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_limit_figure(result, path):
+    """Fig 9: mean cosines between columns of Z within A, within B and across, against n_A,
+    with the simplex-ETF value -1/(K-1) and the convex program's prediction."""
+    plt = _plt()
+    pts = sorted(result["points"], key=lambda p: p["params"]["n_A"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    curve = result.get("theory_curve") or {}
+    styles = (("within_A", "tab:red", "within A"), ("within_B", "tab:blue", "within B"), ("across", "tab:green", "across A-B"))
+    for key, color, label in styles:
+        if curve.get("x"):
+            ax.plot(curve["x"], np.array(curve[key], dtype=float), "--", color=color, alpha=0.7, label=f"{label} (convex program)")
+        vals = [(p["params"]["n_A"], _cos_of(p["cosines"], key)) for p in pts]
+        ax.plot([v[0] for v in vals], [np.nan if v[1] is None else v[1] for v in vals], "o-", color=color, label=f"{label} (trained)")
+    K = len(pts[0]["sizes"]) if pts else result["settings"].get("num_classes", 10)
+    ax.axhline(-1 / (K - 1), color="k", lw=1, label=f"ETF -1/(K-1) = {-1 / (K - 1):.3f}")
+    ax.set_xlabel("n_A (samples per majority class)")
+    ax.set_ylabel("mean cosine between columns of Z")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    ax.set_title(result["settings"].get("title", result["figure"]), fontsize=9)
+    return save_figure(fig, path)
+
+
+def _cos_of(cosines, key):
+    """'within_A' / 'within_B' / 'across' from a cluster_cosines dict (clusters ordered A, B)."""
+    if key == "across":
+        return cosines["across"]
+    return cosines["within"][0 if key == "within_A" else 1]
+
+
+FIGURE_PLOTTERS = {"block": plot_block_figure, "minority_l": plot_minority_figure,
+                   "minority_n": plot_minority_figure, "limit": plot_limit_figure}
+
+
+def plot_figure_json(json_path, png_path=None):
+    """Redraw a figure from its saved JSON (beside it, same stem, unless png_path is given)."""
+    result = read_json(json_path)
+    plotter = FIGURE_PLOTTERS.get(result.get("figure"))
+    if plotter is None:
+        raise UserError(f"{json_path}: not a figure result (its 'figure' is {result.get('figure')!r})")
+    return plotter(result, png_path or os.path.splitext(json_path)[0] + ".png")
+
+
+def write_figure(result, plot_dir, stem):
+    """Save the figure's JSON, then its PNG from that JSON (so the plot is always reproducible from it)."""
+    png, js = figure_paths(plot_dir, stem)
+    atomic_write_json(js, result)
+    plot_figure_json(js, png)
+    return png, js
 
 
 # ======================================================================================

@@ -1,0 +1,95 @@
+"""Figures 1-2: NC1 during training, and the block structure of Z.
+
+Classes in three clusters of equal size within each cluster (structure 1: classes 0-3 with 5000
+samples, 4-6 with 4000, 7-9 with 3000; structure 2: 0-3 with 5000, 4-5 with 3000, 6-9 with 1000),
+trained with lam_H = --reg_h, lam_W = --reg_w, lam_b = --reg_b (lambda = 2 sqrt(lam_H lam_W) in the
+convex program, theory.md section 2). Plotted: the NC metrics against epoch (log axes) and the
+heat-map of Z beside the convex program's Z for the same sizes and lambda.
+
+    python block_main.py --dataset_t cifar10 --structure 1 --network ResNet18
+    python block_main.py --structure 1 --network UFM     # the UFM at full scale, on CPU
+    python block_main.py --structure 1 --quick           # CPU preview, under a minute
+"""
+import math
+import sys
+
+import utils
+from utils import UserError
+
+FIGURE = "block"
+STRUCTURES = {1: [(4, 5000), (3, 4000), (3, 3000)], 2: [(4, 5000), (2, 3000), (4, 1000)]}
+QUICK_SCALE = 0.02  # --quick: class sizes x 0.02 and lam_H, lam_W x sqrt(50): the UFM optimum is unchanged
+FULL = dict(dataset_t="cifar10", network="ResNet18")
+QUICK = dict(dataset_t="synthetic", network="mlp", width=128)
+EPOCHS = {"full": 1000, "quick": 300}
+
+
+def parse_args(argv):
+    p = utils.FigureArgumentParser(
+        description="NC1 against epoch and the block structure of Z (Figures 1-2 of Hong & Ling).",
+        epilog="--quick: synthetic 8x8 images, a width-128 MLP, 300 epochs, class sizes x 0.02 (100/80/60 or "
+               "100/60/20) and lam_H, lam_W multiplied by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is "
+               "unchanged); under a minute on 2 CPU cores. --network UFM trains the unconstrained feature model "
+               "at full scale (full-batch L-BFGS; NC metrics per L-BFGS epoch).")
+    p.add_argument("--dataset_t", "--dataset", dest="dataset_t", default=None,
+                   help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
+    p.add_argument("--structure", type=int, default=1, help="class-size structure 1 or 2 (default 1)")
+    p.add_argument("--network", "--model", dest="network", default=None,
+                   help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
+    p.add_argument("--reg_h", type=float, default=1e-6, help="lam_H, feature regularisation (default 1e-6)")
+    p.add_argument("--reg_w", type=float, default=1e-3, help="lam_W, classifier regularisation (default 1e-3)")
+    p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
+    p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
+                   help="epochs (default 1000; --quick 300; UFM 40 L-BFGS epochs)")
+    utils.add_common_args(p)
+    utils.add_sweep_args(p, sweep=False)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
+    args = utils.fill_defaults(parse_args(argv), FULL, QUICK)
+    args.dataset_t = utils.check_dataset(args.dataset_t)
+    args.network = utils.check_network_name(args.network)
+    utils.check_choice("--structure", args.structure, sorted(STRUCTURES))
+    for name in ("--reg_h", "--reg_w"):
+        utils.check_positive(name, getattr(args, name[2:]))
+    utils.check_nonneg("--reg_b", args.reg_b)
+    scale = QUICK_SCALE if args.quick else 1.0
+    groups = [(k, max(1, round(n * scale))) for k, n in STRUCTURES[args.structure]]
+    sizes = [n for k, n in groups for _ in range(k)]
+    K = utils.num_classes_of(args.dataset_t, sizes)
+    if K != len(sizes):
+        raise UserError(f"--dataset_t {args.dataset_t}: has {K} classes; the structures need {len(sizes)}")
+    utils.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--structure", args.network)
+    starts = [sum(k for k, _ in groups[:i]) for i in range(len(groups))]
+    clusters = [list(range(s, s + k)) for s, (k, _) in zip(starts, groups)]
+    reg_scale = 1 / math.sqrt(scale)
+    lam_h, lam_w = args.reg_h * reg_scale, args.reg_w * reg_scale
+
+    # One run (reused when finished), keeping its per-epoch NC metrics.
+    point = utils.figure_point(FIGURE, args, sizes, clusters,
+                               dict(lam=2 * math.sqrt(lam_h * lam_w), lam_h=lam_h, lam_w=lam_w, structure=args.structure),
+                               lam_h=lam_h, lam_w=lam_w, epochs=EPOCHS["quick" if args.quick else "full"],
+                               milestone_frac=1 / 3, weight_decay=5e-4, history=True)
+    device = utils.figure_device(args)
+    records, missing = utils.run_sweep([point], lambda pt: utils.train_point(pt, device, args.models_dir, args.data_dir),
+                                       args.models_dir)
+
+    # Analyse against the convex program with the same sizes and lambda.
+    settings = dict(dataset=args.dataset_t, network=args.network, structure=args.structure, sizes=sizes,
+                    lam_b=args.reg_b, quick=args.quick,
+                    title=f"NC and block structure: {utils.figure_tag(args)}, structure {args.structure} "
+                          f"(sizes {'/'.join(str(n) for _, n in groups)})")
+    result = utils.assemble_figure(FIGURE, settings, [point], records, missing, args.reg_b)
+    result["history"] = result["points"][0].pop("history")
+
+    # Plot: NC metrics against epoch, trained Z beside the convex program's Z.
+    stem = f"{FIGURE}_{utils.figure_tag(args)}_s{args.structure}" + ("_quick" if args.quick else "")
+    for path in utils.write_figure(result, args.plot_dir, stem):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(utils.cli(main) or 0)

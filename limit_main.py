@@ -1,0 +1,113 @@
+"""Figure 9: the angles between classes as the sample size grows (lambda = reg_l / N).
+
+k_A majority classes of n_A samples and K - k_A classes of n_B = n_A / ratio (an integer); for
+each n_A one run with lambda = --reg_l / N, lam_H = lambda/20, lam_W = 5 lambda (theory.md
+section 2). Plotted: the mean cosines between columns of Z (classes as columns) within A, within
+B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex program's answer
+(nearly flat over this range: lambda sqrt(N) = 0.1 / sqrt(N)).
+
+    python limit_main.py --nalist 500 1000 1500 2000 2500 3000 3500 4000 4500 5000 5500 --allow_test_fill
+    python limit_main.py --network UFM          # the same sweep on the UFM, on CPU
+    python limit_main.py --quick                # CPU preview, about two minutes
+"""
+import sys
+
+import utils
+from utils import UserError
+
+FIGURE = "limit"
+PAPER_NA = [500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 5500]
+QUICK_SCALE = 0.05  # --quick: n_A x 0.05 (25 ... 275)
+FULL = dict(dataset_t="cifar10", network="ResNet18")
+QUICK = dict(dataset_t="synthetic", network="mlp", width=128)
+EPOCHS = {"full": 2000, "quick": 200}
+
+
+def parse_args(argv):
+    p = utils.FigureArgumentParser(
+        description="Angles between classes against n_A (Figure 9 of Hong & Ling).",
+        epilog="--quick: synthetic 8x8 images, a width-128 MLP, 200 epochs, n_A x 0.05 (25 ... 275); lambda is "
+               "--reg_l / N as always; about two minutes on 2 CPU cores. --network UFM trains the unconstrained "
+               "feature model at full scale (seconds per point). n_A = 5500 exceeds CIFAR-10's 5000 training "
+               "images per class: it is an error unless --allow_test_fill (as the original did, silently).")
+    p.add_argument("--dataset_t", "--dataset", dest="dataset_t", default=None,
+                   help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
+    p.add_argument("--network", "--model", dest="network", default=None,
+                   help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
+    p.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
+    p.add_argument("--nalist", type=int, nargs="+", default=None,
+                   help="the n_A values, one run each (default 500 1000 ... 5500)")
+    p.add_argument("--ratio", type=float, default=2.0, help="n_B = n_A / ratio, rounded down (default 2)")
+    p.add_argument("--reg_l", type=float, default=0.1, help="lambda times N: lambda = reg_l / N (default 0.1)")
+    p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
+    p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
+                   help="epochs (default 2000; --quick 200; UFM 15 L-BFGS epochs: far from any threshold the loss settles within 10)")
+    utils.add_common_args(p)
+    utils.add_sweep_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
+    args = utils.fill_defaults(parse_args(argv), FULL, QUICK)
+    args.dataset_t = utils.check_dataset(args.dataset_t)
+    args.network = utils.check_network_name(args.network)
+    K = utils.num_classes_of(args.dataset_t)
+    if not 1 <= args.ka < K:
+        raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
+    nas = args.nalist or PAPER_NA
+    if args.quick and not args.nalist:
+        nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
+    utils.check_positive_ints("--nalist", nas)
+    utils.check_positive("--ratio", args.ratio)
+    utils.check_positive("--reg_l", args.reg_l)
+    utils.check_nonneg("--reg_b", args.reg_b)
+    k_B = K - args.ka
+
+    def n_B_of(n_A):
+        return int(n_A // args.ratio)
+
+    small = [n for n in nas if n_B_of(n) < 1]
+    if small:
+        raise UserError(f"--nalist {small[0]}: n_B = n_A / ratio = {small[0] / args.ratio:.3g} rounds down to 0; "
+                        f"use larger n_A or a smaller --ratio")
+    utils.check_class_sizes(args.dataset_t, nas, args.allow_test_fill, "--nalist", args.network)
+    clusters = [list(range(args.ka)), list(range(args.ka, K))]
+
+    def setting(n_A):  # (sizes, clusters, lambda, lam_b) of a point
+        sizes = [n_A] * args.ka + [n_B_of(n_A)] * k_B
+        return sizes, clusters, args.reg_l / sum(sizes), args.reg_b
+
+    # Points: one run per n_A, keyed by its whole configuration.
+    points = []
+    for n_A in nas:
+        sizes, _, lam, _ = setting(n_A)
+        points.append(utils.figure_point(FIGURE, args, sizes, clusters,
+                                         dict(n_A=n_A, n_B=n_B_of(n_A), N=sum(sizes), lam=lam, k_A=args.ka),
+                                         lam_h=lam / 20, lam_w=5 * lam, epochs=EPOCHS["quick" if args.quick else "full"],
+                                         milestone_frac=1 / 3, weight_decay=5e-4, ufm_epochs=15))
+
+    # Train the missing points (or only --point I), reuse the finished ones.
+    device = utils.figure_device(args)
+    records, missing = utils.run_sweep(points, lambda pt: utils.train_point(pt, device, args.models_dir, args.data_dir),
+                                       args.models_dir, args.point, args.assemble)
+
+    # Analyse: cosines of columns of Z at every point, against the convex program.
+    lo, hi = min(nas), max(nas)
+    grid = sorted(set([max(1, round(lo + (hi - lo) * i / 10)) for i in range(11)] + nas))
+    settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, ratio=args.ratio, reg_l=args.reg_l,
+                    lam_b=args.reg_b, quick=args.quick, num_classes=K, etf_cosine=-1 / (K - 1),
+                    title=f"Angles vs n_A: {utils.figure_tag(args)}, k_A={args.ka}, n_B=n_A/{args.ratio:g}, "
+                          f"λ={args.reg_l:g}/N")
+    result = utils.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
+    result["theory_curve"] = utils.theory_curve(grid, setting)
+
+    # Plot: cosines within A, within B and across against n_A, with the JSON beside it.
+    stem = f"{FIGURE}_{utils.figure_tag(args)}_ka{args.ka}" + ("_quick" if args.quick else "")
+    for path in utils.write_figure(result, args.plot_dir, stem):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(utils.cli(main) or 0)

@@ -1,0 +1,113 @@
+"""Figures 5-6: minority collapse as the regularisation lambda grows.
+
+k_A majority classes of n_A samples and K - k_A minority classes of n_B samples; one network
+(or UFM) per lambda with lam_H = lambda/20, lam_W = 5 lambda (so lambda = 2 sqrt(lam_H lam_W) is
+the lambda of the convex program, theory.md section 2). Theory: the minority classes collapse
+(their columns of Z coincide) iff lambda >= sqrt(n_B) / N.
+
+    python minority_l_main.py --ka 5 --reg_z_l 0.0027 0.0030 0.0033 0.0039 0.0045 0.0051 0.0057 0.0063 0.0069 0.0075
+    python minority_l_main.py --ka 5 --network UFM          # the same sweep on the UFM, on CPU
+    python minority_l_main.py --ka 5 --quick                # CPU preview, about a minute
+"""
+import math
+import sys
+
+import ana_utils
+import utils
+from utils import UserError
+
+FIGURE = "minority_l"
+# The paper's lambda lists (README of the original code); other k_A: the k_A = 5 list as multiples of lambda*.
+PAPER_LAMS = {5: [0.0027, 0.0030, 0.0033, 0.0039, 0.0045, 0.0051, 0.0057, 0.0063, 0.0069, 0.0075],
+              3: [0.0037, 0.0041, 0.0045, 0.0053, 0.0062, 0.0070, 0.0078, 0.0086, 0.0094, 0.0102]}
+QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
+FULL = dict(dataset_t="cifar10", network="ResNet18", na=500, nb=100)
+QUICK = dict(dataset_t="synthetic", network="mlp", na=100, nb=20, width=128)
+EPOCHS = {"full": 2000, "quick": 200}
+
+
+def parse_args(argv):
+    p = utils.FigureArgumentParser(
+        description="Minority collapse against lambda (Figures 5-6 of Hong & Ling).",
+        epilog="--quick: synthetic 8x8 images, a width-128 MLP, 200 epochs, class sizes x 0.2 (n_A = 100, "
+               "n_B = 20) and every lambda multiplied by sqrt(5), which leaves the UFM optimum (it depends on "
+               "lambda sqrt(N) only) and so the expected picture unchanged; about a minute on 2 CPU cores. "
+               "--network UFM trains the unconstrained feature model at full scale (seconds per point).")
+    p.add_argument("--dataset_t", "--dataset", dest="dataset_t", default=None,
+                   help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
+    p.add_argument("--network", "--model", dest="network", default=None,
+                   help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
+    p.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
+    p.add_argument("--na", type=int, default=None, help="samples per majority class (default 500)")
+    p.add_argument("--nb", type=int, default=None, help="samples per minority class (default 100)")
+    p.add_argument("--reg_z_l", type=float, nargs="+", default=None,
+                   help="the lambdas, one run each (default: the paper's list for --ka 5 or 3)")
+    p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
+    p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
+                   help="epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
+    p.add_argument("--ln_pro", type=float, default=1 / 6,
+                   help="fraction of training with the regularisation at lambda/10 (default 1/6)")
+    utils.add_common_args(p)
+    utils.add_sweep_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
+    args = utils.fill_defaults(parse_args(argv), FULL, QUICK)
+    args.dataset_t = utils.check_dataset(args.dataset_t)
+    args.network = utils.check_network_name(args.network)
+    K = utils.num_classes_of(args.dataset_t)
+    if not 1 <= args.ka < K:
+        raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
+    utils.check_positive_ints("--na/--nb", [args.na, args.nb])
+    lam_scale = 1 / math.sqrt(QUICK_SCALE) if args.quick else 1.0
+    if args.reg_z_l:
+        lams = args.reg_z_l
+    elif args.ka in PAPER_LAMS:
+        lams = PAPER_LAMS[args.ka]
+    else:  # the k_A = 5 list as multiples of its lambda* = 1/300, moved to this k_A's lambda*
+        lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb) / lam_scale
+        lams = [round(l * 300 * lam_star, 6) for l in PAPER_LAMS[5]]
+    utils.check_positive("--reg_z_l", lams)
+    utils.check_nonneg("--reg_b", args.reg_b)
+    utils.check_nonneg("--ln_pro", args.ln_pro)
+    sizes = [args.na] * args.ka + [args.nb] * (K - args.ka)
+    clusters = [list(range(args.ka)), list(range(args.ka, K))]
+    utils.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--na/--nb", args.network)
+
+    # Points: one run per lambda, keyed by its whole configuration.
+    points = [utils.figure_point(FIGURE, args, sizes, clusters,
+                                 dict(lam=lam * lam_scale, lam_arg=lam, k_A=args.ka, n_A=args.na, n_B=args.nb),
+                                 lam_h=lam * lam_scale / 20, lam_w=5 * lam * lam_scale,
+                                 epochs=EPOCHS["quick" if args.quick else "full"], milestone_frac=2 / 3,
+                                 weight_decay=0.0, warm_frac=args.ln_pro)
+              for lam in lams]
+
+    # Train the missing points (or only --point I), reuse the finished ones.
+    device = utils.figure_device(args)
+    records, missing = utils.run_sweep(points, lambda pt: utils.train_point(pt, device, args.models_dir, args.data_dir),
+                                       args.models_dir, args.point, args.assemble)
+
+    # Analyse: every point against the convex program; the threshold and the theory curve.
+    lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
+    used = [pt["params"]["lam"] for pt in points]
+    lo, hi = min(used + [lam_star]) * 0.9, max(used + [lam_star]) * 1.05
+    grid = sorted(set([lo + (hi - lo) * i / 19 for i in range(20)] + [lam_star * 0.999, lam_star] + used))
+    settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_A=args.na, n_B=args.nb,
+                    lam_b=args.reg_b, quick=args.quick, lam_scale=lam_scale, x_key="lam", x_label="λ",
+                    title=f"Minority collapse vs λ: {utils.figure_tag(args)}, k_A={args.ka}, "
+                          f"n_A={args.na}, n_B={args.nb}")
+    result = utils.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
+    result["threshold"] = lam_star
+    result["theory_curve"] = utils.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b))
+
+    # Plot: the grid of Z heat-maps and minority_spread against lambda, with the JSON beside it.
+    stem = f"{FIGURE}_{utils.figure_tag(args)}_ka{args.ka}" + ("_quick" if args.quick else "")
+    for path in utils.write_figure(result, args.plot_dir, stem):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(utils.cli(main) or 0)

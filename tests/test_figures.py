@@ -1,0 +1,233 @@
+"""End-to-end tests of the imbalanced-NC figure scripts on tiny settings (UFM and small MLPs).
+
+Each script runs in a temporary folder (models, plots and data there); the files, the JSON
+format, sweep reuse, `--point I` + assembly, replotting from a saved JSON, bad input and the
+"must show" minority-collapse results on the UFM are checked."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import block_main  # noqa: E402
+import limit_main  # noqa: E402
+import minority_l_main  # noqa: E402
+import minority_n_main  # noqa: E402
+import utils  # noqa: E402
+
+POINT_KEYS = {"params", "sizes", "clusters", "Z", "b", "nc", "minority_spread", "minority_spread_rel", "cosines",
+              "theory", "run_dir", "index"}
+THEORY_KEYS = {"Z", "b", "minority_spread", "minority_spread_rel", "cosines", "verdict", "minority_threshold",
+               "cluster_thresholds", "status"}
+
+
+def dirs(tmp_path):
+    return ["--models_dir", str(tmp_path / "models"), "--plot_dir", str(tmp_path / "plots"),
+            "--data_dir", str(tmp_path / "data"), "--device", "cpu"]
+
+
+def run_main(module, argv, capsys):
+    """main(argv) in-process; returns (paths printed, stderr)."""
+    assert module.main(argv) == 0
+    out, err = capsys.readouterr()
+    paths = [ln for ln in out.splitlines() if ln.strip()]
+    for p in paths:
+        assert os.path.exists(p), p
+    return paths, err
+
+
+def load_json(paths):
+    js = [p for p in paths if p.endswith(".json")]
+    assert len(js) == 1 and any(p.endswith(".png") for p in paths)
+    assert os.path.splitext(js[0])[0] + ".png" in paths  # same stem
+    with open(js[0]) as f:
+        return js[0], json.load(f)
+
+
+def final_mtimes(models_dir):
+    out = {}
+    for root, _, files in os.walk(models_dir):
+        for f in files:
+            if f == "final.json":
+                out[os.path.join(root, f)] = os.path.getmtime(os.path.join(root, f))
+    return out
+
+
+def check_points(result, K=10):
+    for p in result["points"]:
+        assert POINT_KEYS <= set(p), set(p)
+        assert THEORY_KEYS <= set(p["theory"]), set(p["theory"])
+        assert np.array(p["Z"]).shape == (K, K) and len(p["b"]) == K
+        assert {"nc1", "nc1_weighted", "nc2_equiangle", "nc3", "nc4", "train_acc"} <= set(p["nc"])
+        assert np.array(p["theory"]["Z"]).shape == (K, K)
+        assert p["theory"]["verdict"] in ("collapse", "no collapse")
+
+
+# --------------------------------------------------------------------------------------
+# Sweeps: --point I, assembly with missing points, reuse without retraining
+# --------------------------------------------------------------------------------------
+
+
+def test_minority_l_ufm_point_assemble_and_reuse(tmp_path, capsys):
+    base = ["--network", "UFM", "--ka", "5", "--na", "50", "--nb", "10", "--reg_z_l", "0.005", "0.02", "0.04",
+            "--epoch", "8"] + dirs(tmp_path)
+    paths, err = run_main(minority_l_main, base + ["--point", "1"], capsys)
+    js, res = load_json(paths)
+    assert res["figure"] == "minority_l" and len(res["points"]) == 1 and res["points"][0]["index"] == 1
+    assert [m["index"] for m in res["missing"]] == [0, 2]
+    assert "missing points" in err and "0 (lam=0.005" in err
+    check_points(res)
+    first = final_mtimes(tmp_path / "models")
+    assert len(first) == 1
+
+    paths, err = run_main(minority_l_main, base + ["--assemble"], capsys)  # trains nothing
+    assert final_mtimes(tmp_path / "models") == first
+    paths, err = run_main(minority_l_main, base, capsys)  # trains 0 and 2, reuses 1
+    _, res = load_json(paths)
+    assert len(res["points"]) == 3 and res["missing"] == [] and "missing" not in err
+    second = final_mtimes(tmp_path / "models")
+    assert len(second) == 3 and all(second[k] == v for k, v in first.items())
+    paths, _ = run_main(minority_l_main, base, capsys)  # everything reused
+    assert final_mtimes(tmp_path / "models") == second
+    _, res = load_json(paths)
+    check_points(res)
+    assert res["threshold"] == pytest.approx(np.sqrt(10) / 300)
+    assert len(res["theory_curve"]["x"]) == len(res["theory_curve"]["minority_spread"]) > 10
+    for p in res["points"]:
+        assert p["params"]["lam"] == p["params"]["lam_arg"] and {"k_A", "n_A", "n_B"} <= set(p["params"])
+        assert p["train"]["lam_h"] == pytest.approx(p["params"]["lam"] / 20)
+        assert p["train"]["lam_w"] == pytest.approx(5 * p["params"]["lam"])
+        # the trained UFM agrees with the convex program
+        assert np.abs(np.array(p["Z"]) - np.array(p["theory"]["Z"])).max() < 0.05
+
+
+def test_minority_n_mlp_quick(tmp_path, capsys):
+    argv = ["--quick", "--ka", "3", "--nalist", "10", "30", "--epoch", "2"] + dirs(tmp_path)
+    paths, _ = run_main(minority_n_main, argv, capsys)
+    _, res = load_json(paths)
+    check_points(res)
+    assert [p["params"]["n_A"] for p in res["points"]] == [10, 30]
+    assert res["settings"]["network"] == "mlp" and res["settings"]["n_B"] == 20
+    assert res["points"][0]["params"]["lam"] == pytest.approx(0.005 * np.sqrt(5))
+    assert res["threshold"] == pytest.approx((np.sqrt(20) / (0.005 * np.sqrt(5)) - 7 * 20) / 3)
+
+
+def test_limit_mlp_quick(tmp_path, capsys):
+    argv = ["--quick", "--nalist", "10", "21", "--epoch", "2"] + dirs(tmp_path)
+    paths, _ = run_main(limit_main, argv, capsys)
+    _, res = load_json(paths)
+    check_points(res)
+    p = res["points"][1]
+    assert p["params"]["n_B"] == 10 and p["params"]["N"] == 5 * 21 + 5 * 10
+    assert p["params"]["lam"] == pytest.approx(0.1 / p["params"]["N"])
+    assert len(p["cosines"]["within"]) == 2 and p["cosines"]["across"] is not None
+    assert {"within_A", "within_B", "across"} <= set(res["theory_curve"])
+
+
+def test_block_quick_and_ufm(tmp_path, capsys):
+    paths, _ = run_main(block_main, ["--quick", "--structure", "2", "--epoch", "3"] + dirs(tmp_path), capsys)
+    _, res = load_json(paths)
+    check_points(res)
+    assert [r["epoch"] for r in res["history"]] == [1, 2, 3]
+    assert res["points"][0]["sizes"] == [100] * 4 + [60] * 2 + [20] * 4
+    paths, _ = run_main(block_main, ["--quick", "--network", "UFM", "--epoch", "5"] + dirs(tmp_path), capsys)
+    _, res = load_json(paths)
+    check_points(res)
+    p = res["points"][0]
+    assert p["params"]["lam"] == pytest.approx(2 * np.sqrt(1e-9) * np.sqrt(50))
+    assert np.abs(np.array(p["Z"]) - np.array(p["theory"]["Z"])).max() < 0.05  # UFM reaches the block optimum
+
+
+# --------------------------------------------------------------------------------------
+# Plotting from saved JSON (the original crashed in its plotting code after training)
+# --------------------------------------------------------------------------------------
+
+
+def test_replot_from_json_including_missing_theory(tmp_path, capsys):
+    paths, _ = run_main(minority_l_main, ["--network", "UFM", "--na", "40", "--nb", "8", "--reg_z_l", "0.01",
+                                          "--epoch", "3"] + dirs(tmp_path), capsys)
+    js, res = load_json(paths)
+    out = utils.plot_figure_json(js, str(tmp_path / "again.png"))
+    assert os.path.getsize(out) > 1000
+    # a failed convex solve and an empty sweep must still plot
+    res["points"][0]["theory"].update(Z=None, minority_spread=None)
+    res["theory_curve"]["minority_spread"][0] = None
+    utils.atomic_write_json(str(tmp_path / "broken.json"), res)
+    assert os.path.exists(utils.plot_figure_json(str(tmp_path / "broken.json")))
+    res["points"] = []
+    utils.atomic_write_json(str(tmp_path / "empty.json"), res)
+    assert os.path.exists(utils.plot_figure_json(str(tmp_path / "empty.json")))
+    res["figure"] = "limit"
+    utils.atomic_write_json(str(tmp_path / "empty_limit.json"), res)
+    assert os.path.exists(utils.plot_figure_json(str(tmp_path / "empty_limit.json")))
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: one line naming the argument, exit status 2, before any training
+# --------------------------------------------------------------------------------------
+
+BAD = [
+    (minority_l_main, ["--reg_z_l", "-0.003"], "--reg_z_l"),
+    (minority_l_main, ["--dataset_t", "digits", "--na", "500"], "--na"),
+    (minority_l_main, ["--network", "UFM", "--reg_z_l", "0.003", "--point", "1"], "--point"),
+    (minority_l_main, ["--network", "LeNet"], "--network"),
+    (minority_l_main, ["--dataset_t", "imagenet"], "--dataset"),
+    (minority_l_main, ["--ka", "10"], "--ka"),
+    (minority_n_main, ["--nalist", "100", "-5"], "--nalist"),
+    (minority_n_main, ["--nb", "0"], "--nb"),
+    (limit_main, ["--nalist", "500", "5500"], "--nalist"),
+    (limit_main, ["--nalist", "1", "--ratio", "2"], "--nalist"),
+    (block_main, ["--structure", "3"], "--structure"),
+    (block_main, ["--reg_h", "-1"], "--reg_h"),
+    (block_main, ["--epoch", "many"], "--epoch"),
+]
+
+
+@pytest.mark.parametrize("module,argv,name", BAD, ids=[f"{m.__name__}:{' '.join(a)}" for m, a, _ in BAD])
+def test_bad_input(module, argv, name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        utils.cli(module.main, argv + dirs(tmp_path))
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0], err
+    assert not (tmp_path / "models").exists()  # nothing trained
+
+
+def test_bad_input_subprocess(tmp_path):
+    """The real command line: exit 2, one line, no traceback."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "limit_main.py"), "--nalist", "500", "5500"] + dirs(tmp_path),
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "--allow_test_fill" in r.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Must show: minority collapse on the UFM at the paper's scale matches the theory
+# --------------------------------------------------------------------------------------
+
+
+def test_must_show_minority_l_ufm(tmp_path, capsys):
+    paths, _ = run_main(minority_l_main, ["--network", "UFM", "--ka", "5", "--reg_z_l", "0.0027", "0.0045"]
+                        + dirs(tmp_path), capsys)
+    _, res = load_json(paths)
+    low, high = sorted(res["points"], key=lambda p: p["params"]["lam"])
+    assert low["theory"]["verdict"] == "no collapse" and high["theory"]["verdict"] == "collapse"
+    assert low["minority_spread"] > 1.0 and high["minority_spread"] < 0.01
+    assert low["minority_spread"] == pytest.approx(low["theory"]["minority_spread"], rel=0.02)
+
+
+def test_must_show_minority_n_ufm(tmp_path, capsys):
+    paths, _ = run_main(minority_n_main, ["--network", "UFM", "--ka", "3", "--nalist", "400", "470"]
+                        + dirs(tmp_path), capsys)
+    _, res = load_json(paths)
+    assert res["threshold"] == pytest.approx(433.33, abs=0.01)
+    below, above = sorted(res["points"], key=lambda p: p["params"]["n_A"])
+    assert below["theory"]["verdict"] == "no collapse" and above["theory"]["verdict"] == "collapse"
+    assert below["minority_spread"] > 0.1 and above["minority_spread"] < 0.01
+    assert below["minority_spread"] == pytest.approx(below["theory"]["minority_spread"], rel=0.05)
