@@ -15,7 +15,7 @@ import ana_utils
 import utils
 from utils import UserError
 
-COLLAPSE_TOL = 1e-6  # relative to ||Z||_F: columns this close count as one
+COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one (solver accuracy)
 
 
 def parse_args(argv):
@@ -50,7 +50,7 @@ def check_args(args):
 
 def cluster_report(Z, clusters, thresholds, lam):
     """Per cluster: threshold, whether theory says it collapses, and the spread found."""
-    scale = max(np.linalg.norm(Z), 1e-300)
+    scale = max(np.linalg.norm(Z), 1.0)
     rows = []
     for c, t in zip(clusters, thresholds):
         spread = ana_utils.minority_spread(Z, c) if len(c) > 1 else 0.0

@@ -140,3 +140,49 @@ def test_trained_ufm_reaches_the_convex_optimum(tmp_path, lam_factor):
         H, y = model["H"].double().numpy(), data.y_train.numpy()
         means, _ = ana_utils.class_means(H, y, 4)
         assert ((H - means[y]) ** 2).sum() < 1e-6 * (H**2).sum()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_opt_main(tmp_path, *args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, os.path.join(ROOT, "opt_main.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True)
+
+
+def test_opt_main_original_example_writes_results_and_warns(tmp_path):
+    r = run_opt_main(tmp_path, "--cluster_s", "3", "3", "4", "--sample_s", "5000", "4000", "3000",
+                     "--reg_z", "0.005", "--reg_b", "0.01", "--name", "ex")
+    assert r.returncode == 0, r.stderr
+    assert "above every cluster's threshold" in r.stderr and "Z = 0" in r.stderr
+    with np.load(tmp_path / "opt_results" / "ex.npz") as f:
+        assert {"Z", "b", "n", "lam", "lam_b", "objective"} <= set(f.files)
+        assert np.abs(f["Z"]).max() < 1e-6 and f["n"].tolist() == [5000] * 3 + [4000] * 3 + [3000] * 4
+    import json
+    summary = json.loads((tmp_path / "opt_results" / "ex.json").read_text())
+    assert all(c["collapsed"] and c["theory_collapse"] for c in summary["clusters"])
+    assert (tmp_path / "plots" / "ex.png").stat().st_size > 1000
+    assert "opt_results/ex.npz" in r.stdout
+
+
+def test_opt_main_reports_minority_collapse(tmp_path):
+    r = run_opt_main(tmp_path, "--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.0039",
+                     "--solver", "fast", "--name", "mc")
+    assert r.returncode == 0, r.stderr
+    assert "cluster 1 (classes 5-9, n = 100): threshold 0.00333333; collapsed" in r.stdout
+    assert "cluster 0 (classes 0-4, n = 500): threshold 0.00745356; not collapsed" in r.stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--cluster_s", "5", "5", "--sample_s", "500", "--reg_z", "0.003"], "--cluster_s and --sample_s"),
+    (["--cluster_s", "1", "--sample_s", "500", "--reg_z", "0.003"], "at least two classes"),
+    (["--cluster_s", "5", "5", "--sample_s", "500", "0", "--reg_z", "0.003"], "--sample_s: 0 is not allowed"),
+    (["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "-1"], "--reg_z: -1.0 is not allowed"),
+    (["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.1", "--out_dir", "/proc/x"], "--out_dir"),
+])
+def test_opt_main_bad_input(tmp_path, args, match):
+    r = run_opt_main(tmp_path, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and match in r.stderr
