@@ -20,7 +20,7 @@ FIGURE = "block"
 STRUCTURES = {1: [(4, 5000), (3, 4000), (3, 3000)], 2: [(4, 5000), (2, 3000), (4, 1000)]}
 QUICK_SCALE = 0.02  # --quick: class sizes x 0.02 and lam_H, lam_W x sqrt(50): the UFM optimum is unchanged
 FULL = dict(dataset_t="cifar10", network="ResNet18")
-QUICK = dict(dataset_t="synthetic", network="mlp", width=128)
+QUICK = dict(dataset_t="synthetic", network="mlp")
 EPOCHS = {"full": 1000, "quick": 300}
 
 

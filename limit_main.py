@@ -19,7 +19,7 @@ FIGURE = "limit"
 PAPER_NA = [500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 5500]
 QUICK_SCALE = 0.05  # --quick: n_A x 0.05 (25 ... 275)
 FULL = dict(dataset_t="cifar10", network="ResNet18")
-QUICK = dict(dataset_t="synthetic", network="mlp", width=128)
+QUICK = dict(dataset_t="synthetic", network="mlp")
 EPOCHS = {"full": 2000, "quick": 200}
 
 

@@ -21,7 +21,7 @@ PAPER_NA = {5: [100, 200, 300, 400, 600, 800, 1000, 1100, 1200, 1400],
             3: [100, 400, 450, 500, 700, 1000, 1600, 2200, 2500, 2800]}
 QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
 FULL = dict(dataset_t="cifar10", network="ResNet18", nb=100)
-QUICK = dict(dataset_t="synthetic", network="mlp", nb=20, width=128)
+QUICK = dict(dataset_t="synthetic", network="mlp", nb=20)
 EPOCHS = {"full": 2000, "quick": 200}
 
 

@@ -417,6 +417,7 @@ TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500, "fashion_mnist": 6000, "mni
 TEST_PER_CLASS = {"cifar10": 1000, "cifar100": 100, "fashion_mnist": 1000, "mnist": 892}
 # --quick previews use small single-channel synthetic images (any class size, nothing to download).
 QUICK_SYNTHETIC = {"image_size": 8, "channels": 1}
+QUICK_MLP_WIDTH = 128
 
 
 class FigureArgumentParser(argparse.ArgumentParser):
@@ -539,7 +540,8 @@ def figure_point(figure, args, sizes, clusters, params, lam_h, lam_w, epochs, mi
         train = dict(base, name=f"{figure}_{network}", network=network, epochs=E, optimizer="sgd", lr=0.01,
                      momentum=0.9, batch_size=128, lr_milestones=[max(1, int(round(E * milestone_frac)))],
                      lr_gamma=0.1, weight_decay=float(weight_decay), warm_epochs=int(round(E * warm_frac)),
-                     warm_factor=0.1, width=args.width, amp=bool(args.amp))
+                     warm_factor=0.1, amp=bool(args.amp),
+                     width=args.width if args.width is not None else (QUICK_MLP_WIDTH if args.quick and network == "mlp" else None))
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
     dataset = "synthetic" if network == "ufm" else args.dataset_t
     synthetic = QUICK_SYNTHETIC if (network == "ufm" or (args.quick and dataset == "synthetic")) else None
@@ -822,7 +824,7 @@ def plot_limit_figure(result, path):
     ax.axhline(-1 / (K - 1), color="k", lw=1, label=f"ETF -1/(K-1) = {-1 / (K - 1):.3f}")
     ax.set_xlabel("n_A (samples per majority class)")
     ax.set_ylabel("mean cosine between columns of Z")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     ax.grid(alpha=0.3)
     ax.set_title(result["settings"].get("title", result["figure"]), fontsize=9)
     return save_figure(fig, path)
