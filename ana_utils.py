@@ -1,5 +1,6 @@
 """Analysis: feature extraction, NC metrics, the UFM convex program and its solvers,
 theory formulas, and the mixup geometry."""
+import sys
 import time
 
 import numpy as np
@@ -247,12 +248,23 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-8, max_iter=20000, init=None):
 
 
 def solve_ufm(n, lam, lam_b, solver="auto"):
-    """The convex program by `solver`: 'cvxpy', 'fast', or 'auto' (cvxpy up to K = 30, fast above)."""
+    """The convex program by `solver`: 'cvxpy', 'fast', or 'auto' (cvxpy up to K = 30, fast above,
+    and fast wherever cvxpy does not reach an optimal status)."""
     if solver not in ("auto", "cvxpy", "fast"):
         raise UserError(f"--solver {solver}: allowed are auto, cvxpy, fast")
     if solver == "fast" or (solver == "auto" and len(n) > 30):
         return solve_ufm_fast(n, lam, lam_b)
-    return solve_ufm_cvxpy(n, lam, lam_b)
+    import cvxpy as cp
+    try:
+        sol = solve_ufm_cvxpy(n, lam, lam_b)
+    except cp.error.SolverError as e:  # Clarabel occasionally fails numerically near kinks
+        sol = {"status": f"failed ({e})"}
+    if solver == "auto" and sol["status"] != "optimal":
+        print(f"note: cvxpy ended with status {sol['status']!r}; solved with the fast solver instead", file=sys.stderr)
+        return solve_ufm_fast(n, lam, lam_b)
+    if sol["status"] != "optimal":
+        raise UserError(f"--solver cvxpy: the solver ended with status {sol['status']}; try --solver fast")
+    return sol
 
 
 def lam_from_script(lam_h, lam_w):

@@ -618,10 +618,11 @@ def z_summary(Z, clusters, minority):
 
 
 @functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=256)
 def _solve_ufm_cached(sizes, lam, lam_b):
-    """ana_utils.solve_ufm, remembered within one process (figures re-assembled, tests)."""
+    """The fast solver (exact zeros at collapse, robust near thresholds), remembered within one process."""
     import ana_utils
-    return ana_utils.solve_ufm(list(sizes), lam, lam_b)
+    return ana_utils.solve_ufm_fast(list(sizes), lam, lam_b)
 
 
 def ufm_theory(sizes, clusters, lam, lam_b):
