@@ -149,7 +149,8 @@ def bench_solver_speed():
     out = {}
     n = [500] * 50 + [100] * 50
     lam = 0.9 * 10 / sum(n)
-    t_cvx, ref = timed(lambda: ana_utils.solve_ufm_cvxpy(n, lam, 0.01))
+    t_cvx, ref = timed(lambda: ana_utils.solve_ufm_cvxpy(n, lam, 0.01, solver="SCS", eps_abs=1e-7, eps_rel=1e-7,
+                                                         max_iters=100000))
     t_fast, fast = timed(lambda: ana_utils.solve_ufm_fast(n, lam, 0.01), repeat=3)
     gap = abs(fast["objective"] - ref["objective"]) / ref["objective"]
     print(f"UFM program at K=100: fast {t_fast:.2f} s vs cvxpy/SCS {t_cvx:.1f} s -> {t_cvx / t_fast:.0f}x faster "

@@ -40,7 +40,8 @@ def check_args(args):
     utils.check_positive_ints("--sample_s", args.sample_s)
     if sum(args.cluster_s) < 2:
         raise UserError("--cluster_s: the program needs at least two classes in all")
-    utils.check_nonneg("--reg_z", args.reg_z)
+    if not args.reg_z > 0:  # at lambda = 0 the infimum is not attained (Z grows without bound)
+        raise UserError(f"--reg_z: {args.reg_z} is not allowed; lambda must be a number > 0")
     utils.check_nonneg("--reg_b", args.reg_b)
     utils.ensure_writable_dir(args.out_dir, "--out_dir")
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")

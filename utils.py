@@ -1160,6 +1160,13 @@ def cmd_prepare(args):
     print(f"test per class:  {test_counts}")
 
 
+def cmd_replot_figure(args):
+    """Redraw an imbalanced-NC figure (block, minority_l, minority_n, limit) from its JSON, without retraining."""
+    if not os.path.isfile(args.json):
+        raise UserError(f"replot-figure: no such file {args.json}")
+    print(plot_figure_json(args.json, args.out))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python utils.py", description="Data preparation and replotting from saved results.")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -1170,6 +1177,10 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--allow_test_fill", action="store_true", help="top up short classes from the test split")
     p.set_defaults(func=cmd_prepare)
+    p = sub.add_parser("replot-figure", help="redraw a figure of block/minority_l/minority_n/limit_main from its JSON")
+    p.add_argument("json", help="the JSON written beside the figure")
+    p.add_argument("--out", default=None, help="output PNG (default: beside the JSON)")
+    p.set_defaults(func=cmd_replot_figure)
     add_mixup_commands(sub)
     args = parser.parse_args(argv)
     if args.command is None:
