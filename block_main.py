@@ -25,7 +25,7 @@ EPOCHS = {"full": 1000, "quick": 300}
 
 
 def parse_args(argv):
-    p = utils.FigureArgumentParser(
+    p = utils.ArgumentParser(
         description="NC1 against epoch and the block structure of Z (Figures 1-2 of Hong & Ling).",
         epilog="--quick: synthetic 8x8 images, a width-128 MLP, 300 epochs, class sizes x 0.02 (100/80/60 or "
                "100/60/20) and lam_H, lam_W multiplied by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is "

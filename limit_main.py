@@ -24,7 +24,7 @@ EPOCHS = {"full": 2000, "quick": 200}
 
 
 def parse_args(argv):
-    p = utils.FigureArgumentParser(
+    p = utils.ArgumentParser(
         description="Angles between classes against n_A (Figure 9 of Hong & Ling).",
         epilog="--quick: synthetic 8x8 images, a width-128 MLP, 200 epochs, n_A x 0.05 (25 ... 275); lambda is "
                "--reg_l / N as always; about two minutes on 2 CPU cores. --network UFM trains the unconstrained "

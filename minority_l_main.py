@@ -27,7 +27,7 @@ EPOCHS = {"full": 2000, "quick": 200}
 
 
 def parse_args(argv):
-    p = utils.FigureArgumentParser(
+    p = utils.ArgumentParser(
         description="Minority collapse against lambda (Figures 5-6 of Hong & Ling).",
         epilog="--quick: synthetic 8x8 images, a width-128 MLP, 200 epochs, class sizes x 0.2 (n_A = 100, "
                "n_B = 20) and every lambda multiplied by sqrt(5), which leaves the UFM optimum (it depends on "

@@ -26,7 +26,7 @@ EPOCHS = {"full": 2000, "quick": 200}
 
 
 def parse_args(argv):
-    p = utils.FigureArgumentParser(
+    p = utils.ArgumentParser(
         description="Minority collapse against n_A (Figures 7-8 of Hong & Ling).",
         epilog="--quick: synthetic 8x8 images, a width-128 MLP, 200 epochs, class sizes x 0.2 (n_B = 20, each "
                "n_A x 0.2, rounded) and lambda multiplied by sqrt(5), which leaves the UFM optimum (it depends on "

@@ -1,7 +1,6 @@
 """Mixup and neural collapse (theory.md section 5): train with mixup, snapshot the last-layer
 features of mixed-up training examples from three classes, project them to 2-D, summarise the
 geometry, and plot it against the free-feature (UFM) optimum of the same loss."""
-import argparse
 import os
 
 import numpy as np
@@ -12,15 +11,14 @@ import train_utils
 import utils
 from utils import UserError
 
-# Full balanced training sets by default (MNIST's smallest class has 5421 images, digits' 116).
-TRAIN_PER_CLASS = {"synthetic": 100, "digits": 116, "mnist": 5421, "fashion_mnist": 6000,
-                   "cifar10": 5000, "cifar100": 500}
+# Full balanced training sets by default (utils.TRAIN_PER_CLASS; synthetic: 100 per class).
+SYNTHETIC_PER_CLASS = 100
 # --quick: bundled 8x8 digits and a small MLP, a CPU preview of a few minutes with no download.
 QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=128, lr=0.05, snapshot_size=900)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = utils.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="cifar10", help=" | ".join(utils.DATASETS))
     p.add_argument("--model", default="resnet18",
                    help=" | ".join(n for n in train_utils.NETWORKS + tuple(train_utils.MIXUP_NETWORKS) if n != "ufm"))
@@ -84,7 +82,7 @@ def check_args(args):
     if args.dataset == "synthetic" and args.num_classes < 3:
         raise UserError(f"--num_classes {args.num_classes}: three classes are visualised, so at least 3")
     K = utils.num_classes_of(args.dataset, [0] * args.num_classes)
-    per_class = args.train_per_class or TRAIN_PER_CLASS[args.dataset]
+    per_class = args.train_per_class or utils.TRAIN_PER_CLASS.get(args.dataset, SYNTHETIC_PER_CLASS)
     utils.check_positive_ints("--train_per_class", [per_class])
     if args.classes is None:
         args.classes = sorted(np.random.default_rng(args.seed).choice(K, 3, replace=False).tolist())

@@ -19,7 +19,7 @@ COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as o
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = utils.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cluster_s", type=int, nargs="+", required=True, help="classes in each cluster")
     p.add_argument("--sample_s", type=int, nargs="+", required=True, help="samples per class in each cluster")
     p.add_argument("--reg_z", type=float, required=True, help="lambda = 2 sqrt(lam_W lam_H) of the convex program")

@@ -402,7 +402,7 @@ def make_optimizer(model, cfg):
     if name == "adamw":
         return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     # lbfgs: full-batch quasi-Newton, for the UFM, whose optimum plain SGD approaches very slowly
-    return torch.optim.LBFGS(params, lr=cfg["lr"], max_iter=50, history_size=20, tolerance_grad=1e-12,
+    return torch.optim.LBFGS(params, lr=cfg["lr"], max_iter=50, history_size=50, tolerance_grad=1e-12,
                              tolerance_change=1e-15, line_search_fn="strong_wolfe")
 
 
@@ -492,16 +492,13 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
             group["lr"] = lr_at(cfg, epoch)
         reg_scale = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
         model.train()
-        if bs >= N:  # full batch (the UFM): no shuffling, no gather
-            perm = torch.arange(N, device=device)
-        else:
-            perm = torch.randperm(N, generator=gen).to(device)
-            if N % bs == 1:  # never a final batch of one sample (batch norm)
-                perm = perm[:-1]
+        perm = torch.randperm(N, generator=gen).to(device)
+        if N % bs == 1 and N > 1:  # never a final batch of one sample (batch norm)
+            perm = perm[:-1]
         sums, seen = {}, 0
         for start_i in range(0, len(perm), bs):
             idx = perm[start_i:start_i + bs]
-            xb, yb = (x_train, y_train) if bs >= N else (x_train[idx], y_train[idx])
+            xb, yb = x_train[idx], y_train[idx]
 
             def closure():
                 opt.zero_grad(set_to_none=True)

@@ -72,6 +72,13 @@ def check_nonneg(name, values):
             raise UserError(f"{name}: {v} is not allowed; it must be a finite number >= 0")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UserErrors: one line `error: ...`, exit status 2, no usage dump."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
 def add_common_args(parser):
     """--device, --seed, --data_dir, --quick, --amp: shared by every experiment script."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -413,18 +420,11 @@ def read_csv(path):
 # trained network itself the same way.
 
 # Training images per class in the train / test split of each real dataset (mnist: the smallest class).
-TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500, "fashion_mnist": 6000, "mnist": 5421}
+TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500, "fashion_mnist": 6000, "mnist": 5421, "digits": 116}
 TEST_PER_CLASS = {"cifar10": 1000, "cifar100": 100, "fashion_mnist": 1000, "mnist": 892}
 # --quick previews use small single-channel synthetic images (any class size, nothing to download).
 QUICK_SYNTHETIC = {"image_size": 8, "channels": 1}
 QUICK_MLP_WIDTH = 128
-
-
-class FigureArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are UserErrors: one line `error: ...`, exit status 2, no usage dump."""
-
-    def error(self, message):
-        raise UserError(message)
 
 
 def add_sweep_args(parser, sweep=True):
@@ -1168,7 +1168,7 @@ def cmd_replot_figure(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python utils.py", description="Data preparation and replotting from saved results.")
+    parser = ArgumentParser(prog="python utils.py", description="Data preparation and replotting from saved results.")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     p = sub.add_parser("prepare", help="build and cache an imbalanced training subset (run where there is internet)")
     p.add_argument("--dataset", required=True, help=" | ".join(DATASETS))
