@@ -6,9 +6,12 @@ import time
 
 import numpy as np
 import scipy.linalg
+import scipy.optimize
+import scipy.stats
 import torch
 
-from utils import UserError, check_nonneg
+import utils
+from utils import UserError
 
 # ======================================================================================
 # Feature extraction and NC metrics  (foundation)
@@ -457,12 +460,6 @@ def cosines_from_gram(G):
 # ======================================================================================
 # Mixup geometry: projection, free-feature optimum, summaries  (mixup)
 # ======================================================================================
-import numpy as np
-import scipy.optimize
-import scipy.stats
-import torch
-
-import utils
 
 
 def simplex_etf(K, d, omega=1.0, seed=0):

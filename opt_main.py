@@ -93,8 +93,7 @@ def main(argv=None):
                                       "lam_b": args.reg_b, "Z": Z, "b": b, "objective": sol["objective"],
                                       "solver": sol["solver"], "status": sol["status"], "solve_time": sol["solve_time"],
                                       "clusters": report})
-    plt = utils._plt()
-    fig, ax = plt.subplots(figsize=(4, 3.6))
+    fig, ax = utils.plt.subplots(figsize=(4, 3.6))
     im = utils.plot_z_heatmap(ax, Z, args.cluster_s, title=f"Z of the convex program, λ = {args.reg_z:g}")
     fig.colorbar(im, ax=ax, shrink=0.8)
     utils.save_figure(fig, png)

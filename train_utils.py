@@ -4,11 +4,13 @@ import os
 import sys
 
 import numpy as np
+import scipy.special
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import ana_utils
 import utils
 from utils import UserError
 
@@ -143,11 +145,6 @@ def is_ufm(name):
 # ======================================================================================
 # Networks: wide ResNet and small ViT  (mixup)
 # ======================================================================================
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from utils import UserError
 
 
 class _WideBlock(nn.Module):
@@ -248,9 +245,6 @@ MIXUP_NETWORKS = {"wrn": make_wrn, "vit": make_vit}
 # ======================================================================================
 # Losses and mixup  (mixup)
 # ======================================================================================
-import scipy.special
-
-import ana_utils
 
 
 def cross_entropy_loss(logits, target):
@@ -413,7 +407,6 @@ def lr_at(cfg, epoch):
 
 def evaluate(model, data, x_train, cfg, device):
     """Train/test accuracy and every NC metric of the current model (eval mode, no gradients)."""
-    import ana_utils
     H, logits = ana_utils.extract_features(model, x_train, batch_size=max(cfg["batch_size"], 1024))
     y = data.y_train
     W = model.classifier.weight.detach().cpu()
@@ -495,7 +488,7 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
         perm = torch.randperm(N, generator=gen).to(device)
         if N % bs == 1 and N > 1:  # never a final batch of one sample (batch norm)
             perm = perm[:-1]
-        sums, seen = {}, 0
+        sums, seen = 0, 0
         for start_i in range(0, len(perm), bs):
             idx = perm[start_i:start_i + bs]
             xb, yb = x_train[idx], y_train[idx]
@@ -512,10 +505,11 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
                 return loss
 
             opt.step(closure)
-            for k, v in closure.terms.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
+            names = list(closure.terms)
+            batch_terms = torch.stack([v.detach().float() for v in closure.terms.values()]) * len(idx)
+            sums = sums + batch_terms
             seen += len(idx)
-        means = {k: (v / seen).item() for k, v in sums.items()}
+        means = dict(zip(names, (sums / seen).tolist()))
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
             raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "

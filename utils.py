@@ -10,8 +10,13 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.colors import LinearSegmentedColormap, Normalize, SymLogNorm
 
 # ======================================================================================
 # Errors, seeds, devices  (foundation)
@@ -684,23 +689,14 @@ def figure_paths(plot_dir, stem):
 # ======================================================================================
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def symlog_norm(Zs, linthresh=None):
     """One symmetric-log colour scale for a list of Z matrices: +-max|Z|, linear within linthresh."""
-    from matplotlib.colors import SymLogNorm
     vmax = max([float(np.max(np.abs(np.asarray(Z, dtype=float)))) for Z in Zs] + [1e-8])
     return SymLogNorm(linthresh=linthresh or max(vmax * 1e-2, 1e-8), vmin=-vmax, vmax=vmax, base=10)
 
 
 def plot_z_heatmap(ax, Z, cluster_sizes, norm=None, title=None):
     """Heat-map of Z (classes as columns) with lines at the cluster boundaries; returns the image."""
-    import matplotlib
     Z = np.asarray(Z, dtype=float)
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")  # NaN entries (masked) in grey
     im = ax.imshow(np.ma.masked_invalid(Z), cmap=cmap, norm=norm if norm is not None else symlog_norm([np.nan_to_num(Z)]),
@@ -718,7 +714,7 @@ def plot_z_heatmap(ax, Z, cluster_sizes, norm=None, title=None):
 def save_figure(fig, path, dpi=110):
     """Write a matplotlib figure as PNG atomically and close it."""
     _atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
-    _plt().close(fig)
+    plt.close(fig)
     return path
 
 
@@ -730,7 +726,6 @@ def plot_minority_figure(result, path):
     """Figs 5-8: grid of Z heat-maps sorted by the swept value (shared symlog scale, cluster lines,
     theory verdict per panel) above minority_spread against the swept value, with the convex
     program's curve and the collapse threshold."""
-    plt = _plt()
     x_key, x_label = result["settings"]["x_key"], result["settings"]["x_label"]
     pts = sorted(result["points"], key=lambda p: p["params"][x_key])
     n = max(len(pts), 1)
@@ -772,7 +767,6 @@ def plot_minority_figure(result, path):
 
 def plot_block_figure(result, path):
     """Figs 1-2: NC metrics against epoch (log axes); trained Z beside the convex program's Z."""
-    plt = _plt()
     p = result["points"][0]
     hist = result["history"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.3, 1, 1]})
@@ -788,7 +782,6 @@ def plot_block_figure(result, path):
     axes[0].legend(fontsize=7)
     axes[0].grid(alpha=0.3)
     # The diagonal dominates Z; the blocks live in the off-diagonal entries: show those on a linear scale.
-    from matplotlib.colors import Normalize
     K = len(p["Z"])
     theory_Z = p["theory"]["Z"] if p["theory"]["Z"] is not None else np.full((K, K), np.nan)  # solver failed
     Zs = [np.array(p["Z"], dtype=float), np.array(theory_Z, dtype=float)]
@@ -811,7 +804,6 @@ def plot_block_figure(result, path):
 def plot_limit_figure(result, path):
     """Fig 9: mean cosines between columns of Z within A, within B and across, against n_A,
     with the simplex-ETF value -1/(K-1) and the convex program's prediction."""
-    plt = _plt()
     pts = sorted(result["points"], key=lambda p: p["params"]["n_A"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     curve = result.get("theory_curve") or {}
@@ -862,16 +854,6 @@ def write_figure(result, plot_dir, stem):
 # ======================================================================================
 # Plotting helpers: mixup projections and curves  (mixup)
 # ======================================================================================
-import json
-import os
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-from matplotlib.colors import LinearSegmentedColormap
-
 # colour ramps from black (lam = 1/2) to full colour (lam = 0 or 1)
 _SAME_CMAP = LinearSegmentedColormap.from_list("same", ["black", "tab:blue"])
 _DIFF_CMAP = LinearSegmentedColormap.from_list("diff", ["black", "tab:orange"])
@@ -883,13 +865,6 @@ def load_snapshot(path):
         raise UserError(f"snapshot: no such file {path}")
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
-
-
-def _save_fig(fig, path):
-    """Atomic PNG write."""
-    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
-    plt.close(fig)
-    return path
 
 
 def _theory_points(theory, scale):
@@ -948,7 +923,7 @@ def save_mixup_projection(snap, path, title=None, theory=None):
     fig, ax = plt.subplots(figsize=(4.6, 4.6))
     plot_mixup_projection(ax, snap, title, theory)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2, frameon=False)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def save_mixup_grid(snaps, titles, path, theory=None):
@@ -960,7 +935,7 @@ def save_mixup_grid(snaps, titles, path, theory=None):
         plot_mixup_projection(ax, snap, t, theory)
     for ax in axes.flat[len(snaps):]:
         ax.axis("off")
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def save_mixup_curves(runs, path, kind):
@@ -982,7 +957,7 @@ def save_mixup_curves(runs, path, kind):
     if kind == "loss":
         ax.set_yscale("log")
     ax.legend(fontsize=7)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 MIXUP_CLOSED_FORM_LOSSES = ("cross_entropy", "mse")
@@ -1006,7 +981,7 @@ def mixup_snapshots(run_dir):
 def ufm_overlay(cfg, K, classes, beta=0.01):
     """The free-feature optimum for a run's loss (cfg keys loss, mse_scale, smoothing,
     focal_gamma) with a fixed ETF: closed form for CE/MSE, direct optimisation otherwise."""
-    import ana_utils      # imported here: ana_utils imports utils
+    import ana_utils
     import train_utils
     loss = cfg.get("loss", "cross_entropy")
     loss_fn = None if loss in MIXUP_CLOSED_FORM_LOSSES else train_utils.get_loss(
