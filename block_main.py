@@ -31,16 +31,10 @@ def parse_args(argv):
                "100/60/20) and lam_H, lam_W multiplied by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is "
                "unchanged); under a minute on 2 CPU cores. --network UFM trains the unconstrained feature model "
                "at full scale (full-batch L-BFGS; NC metrics per L-BFGS epoch).")
-    p.add_argument("--dataset_t", "--dataset", dest="dataset_t", default=None,
-                   help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
+    utils.add_figure_args(p, "epochs (default 1000; --quick 300; UFM 40 L-BFGS epochs)", ka=False)
     p.add_argument("--structure", type=int, default=1, help="class-size structure 1 or 2 (default 1)")
-    p.add_argument("--network", "--model", dest="network", default=None,
-                   help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
     p.add_argument("--reg_h", type=float, default=1e-6, help="lam_H, feature regularisation (default 1e-6)")
     p.add_argument("--reg_w", type=float, default=1e-3, help="lam_W, classifier regularisation (default 1e-3)")
-    p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
-    p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
-                   help="epochs (default 1000; --quick 300; UFM 40 L-BFGS epochs)")
     utils.add_common_args(p)
     utils.add_sweep_args(p, sweep=False)
     return p.parse_args(argv)
@@ -48,13 +42,11 @@ def parse_args(argv):
 
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
-    args = utils.fill_defaults(parse_args(argv), FULL, QUICK)
-    args.dataset_t = utils.check_dataset(args.dataset_t)
-    args.network = utils.check_network_name(args.network)
+    args = parse_args(argv)
+    utils.check_figure_args(args, FULL, QUICK)
     utils.check_choice("--structure", args.structure, sorted(STRUCTURES))
     for name in ("--reg_h", "--reg_w"):
         utils.check_positive(name, getattr(args, name[2:]))
-    utils.check_nonneg("--reg_b", args.reg_b)
     scale = QUICK_SCALE if args.quick else 1.0
     groups = [(k, max(1, round(n * scale))) for k, n in STRUCTURES[args.structure]]
     sizes = [n for k, n in groups for _ in range(k)]

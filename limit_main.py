@@ -30,18 +30,11 @@ def parse_args(argv):
                "--reg_l / N as always; about two minutes on 2 CPU cores. --network UFM trains the unconstrained "
                "feature model at full scale (seconds per point). n_A = 5500 exceeds CIFAR-10's 5000 training "
                "images per class: it is an error unless --allow_test_fill (as the original did, silently).")
-    p.add_argument("--dataset_t", "--dataset", dest="dataset_t", default=None,
-                   help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
-    p.add_argument("--network", "--model", dest="network", default=None,
-                   help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
-    p.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
+    utils.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 15 L-BFGS epochs: far from any threshold the loss settles within 10)")
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default 500 1000 ... 5500)")
     p.add_argument("--ratio", type=float, default=2.0, help="n_B = n_A / ratio, rounded down (default 2)")
     p.add_argument("--reg_l", type=float, default=0.1, help="lambda times N: lambda = reg_l / N (default 0.1)")
-    p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
-    p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
-                   help="epochs (default 2000; --quick 200; UFM 15 L-BFGS epochs: far from any threshold the loss settles within 10)")
     utils.add_common_args(p)
     utils.add_sweep_args(p)
     return p.parse_args(argv)
@@ -49,19 +42,14 @@ def parse_args(argv):
 
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
-    args = utils.fill_defaults(parse_args(argv), FULL, QUICK)
-    args.dataset_t = utils.check_dataset(args.dataset_t)
-    args.network = utils.check_network_name(args.network)
-    K = utils.num_classes_of(args.dataset_t)
-    if not 1 <= args.ka < K:
-        raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
+    args = parse_args(argv)
+    K = utils.check_figure_args(args, FULL, QUICK)
     nas = args.nalist or PAPER_NA
     if args.quick and not args.nalist:
         nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive("--ratio", args.ratio)
     utils.check_positive("--reg_l", args.reg_l)
-    utils.check_nonneg("--reg_b", args.reg_b)
     k_B = K - args.ka
 
     def n_B_of(n_A):

@@ -14,7 +14,6 @@ import sys
 
 import ana_utils
 import utils
-from utils import UserError
 
 FIGURE = "minority_n"
 PAPER_NA = {5: [100, 200, 300, 400, 600, 800, 1000, 1100, 1200, 1400],
@@ -32,18 +31,11 @@ def parse_args(argv):
                "n_A x 0.2, rounded) and lambda multiplied by sqrt(5), which leaves the UFM optimum (it depends on "
                "lambda sqrt(N) only) and so the expected picture unchanged; about a minute on 2 CPU cores. "
                "--network UFM trains the unconstrained feature model at full scale (seconds per point).")
-    p.add_argument("--dataset_t", "--dataset", dest="dataset_t", default=None,
-                   help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
-    p.add_argument("--network", "--model", dest="network", default=None,
-                   help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
-    p.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
+    utils.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default: the paper's list for --ka 5 or 3)")
     p.add_argument("--nb", type=int, default=None, help="samples per minority class (default 100)")
     p.add_argument("--reg_l", type=float, default=0.005, help="lambda (default 0.005)")
-    p.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
-    p.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None,
-                   help="epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
     p.add_argument("--ln_pro", type=float, default=1 / 6,
                    help="fraction of training with the regularisation at lambda/10 (default 1/6)")
     utils.add_common_args(p)
@@ -53,19 +45,14 @@ def parse_args(argv):
 
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
-    args = utils.fill_defaults(parse_args(argv), FULL, QUICK)
-    args.dataset_t = utils.check_dataset(args.dataset_t)
-    args.network = utils.check_network_name(args.network)
-    K = utils.num_classes_of(args.dataset_t)
-    if not 1 <= args.ka < K:
-        raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
+    args = parse_args(argv)
+    K = utils.check_figure_args(args, FULL, QUICK)
     nas = args.nalist or PAPER_NA.get(args.ka, PAPER_NA[5])
     if args.quick and not args.nalist:
         nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive_ints("--nb", [args.nb])
     utils.check_positive("--reg_l", args.reg_l)
-    utils.check_nonneg("--reg_b", args.reg_b)
     utils.check_nonneg("--ln_pro", args.ln_pro)
     utils.check_class_sizes(args.dataset_t, nas + [args.nb], args.allow_test_fill, "--nalist/--nb", args.network)
     lam = args.reg_l / math.sqrt(QUICK_SCALE) if args.quick else args.reg_l

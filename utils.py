@@ -449,6 +449,32 @@ def add_sweep_args(parser, sweep=True):
     return parser
 
 
+def add_figure_args(parser, epochs_help, ka=True):
+    """The arguments every imbalanced-NC figure shares, under the original code's names (with aliases)."""
+    parser.add_argument("--dataset_t", "--dataset", dest="dataset_t", default=None,
+                        help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
+    parser.add_argument("--network", "--model", dest="network", default=None,
+                        help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
+    if ka:
+        parser.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
+    parser.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
+    parser.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None, help=epochs_help)
+    return parser
+
+
+def check_figure_args(args, full, quick):
+    """Fill the paper's (or, with --quick, the preview's) defaults and check the shared figure
+    arguments; returns the number of classes of the dataset."""
+    fill_defaults(args, full, quick)
+    args.dataset_t = check_dataset(args.dataset_t)
+    args.network = check_network_name(args.network)
+    check_nonneg("--reg_b", args.reg_b)
+    K = num_classes_of(args.dataset_t)
+    if getattr(args, "ka", None) is not None and not 1 <= args.ka < K:
+        raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
+    return K
+
+
 def fill_defaults(args, full, quick):
     """Set every argument still None to its paper value (`full`) or, with --quick, its preview value."""
     for k, v in (quick if args.quick else full).items():
