@@ -509,7 +509,8 @@ def collect_mixup_features(model, x, y, classes, n, alpha, rng, train_mode=True,
     """Last-layer features of n mixed-up examples whose two parents are drawn from `classes`
     (lam ~ Beta(alpha, alpha) per example). Train mode, as in the paper, lets BatchNorm use batch
     statistics; the model's buffers and mode are restored afterwards. Returns numpy arrays
-    features, logits, lam, y_a, y_b, W, b, classes."""
+    features, logits, lam, y_a, y_b, W, b, classes, and feature_mean: the global mean of the
+    clean training features (all classes, same mode), by which the geometry summary centres."""
     pool = np.flatnonzero(np.isin(np.asarray(y), list(classes)))
     ia, ib = rng.choice(pool, n), rng.choice(pool, n)
     lam = rng.beta(alpha, alpha, size=n)
@@ -525,13 +526,16 @@ def collect_mixup_features(model, x, y, classes, n, alpha, rng, train_mode=True,
             z, h = model(xm.to(device))
             feats.append(h.float().cpu())
             logits.append(z.float().cpu())
+        feature_sum = sum(model(x[rows].to(device))[1].double().sum(0).cpu()
+                          for rows in np.array_split(np.arange(len(x)), -(-len(x) // batch_size)))
     model.load_state_dict(saved)
     model.train(was_training)
     lin = model.classifier
     bias = lin.bias.detach().cpu().numpy() if lin.bias is not None else np.zeros(lin.out_features)
     return {"features": torch.cat(feats).numpy(), "logits": torch.cat(logits).numpy(),
             "lam": lam, "y_a": np.asarray(y)[ia], "y_b": np.asarray(y)[ib],
-            "W": lin.weight.detach().float().cpu().numpy(), "b": bias, "classes": np.asarray(classes)}
+            "W": lin.weight.detach().float().cpu().numpy(), "b": bias, "classes": np.asarray(classes),
+            "feature_mean": (feature_sum / len(x)).numpy()}
 
 
 def _spearman(u, v):
@@ -553,7 +557,9 @@ def mixup_geometry_summary(snap):
     ||h - (lam hbar_c + (1-lam) hbar_c')|| / ||h|| for different-class pairs, hbar_c being the
     mean same-class mixed feature. CE and MSE differ in the residual (theory.md section 5); since a
     network that has not collapsed adds within-class noise to it, the relative within-class spread
-    of the same-class features (same_spread) and the residual of (pair, lam-bin) means are reported too."""
+    of the same-class features (same_spread) and the residual of (pair, lam-bin) means are reported too.
+    Features are centred by the snapshot's feature_mean when it has one (a network's features carry a
+    global mean, e.g. after a ReLU, that the classifier ignores); the free-feature optimum has none."""
     H = np.asarray(snap["features"], dtype=np.float64)
     Z = np.asarray(snap["logits"], dtype=np.float64)
     W = np.asarray(snap["W"], dtype=np.float64)
@@ -561,6 +567,8 @@ def mixup_geometry_summary(snap):
     classes = [int(c) for c in snap["classes"]]
     P, centre = mixup_projection(W, classes)
     Hp, Wp = project(H, P, centre), project(W[classes], P, centre)
+    if snap.get("feature_mean") is not None:  # angles and residuals of centred features, as NC measures them
+        H = H - np.asarray(snap["feature_mean"], dtype=np.float64)
     same, diff = ya == yb, ya != yb
     wa = W[ya[same]]
     cos = (H[same] * wa).sum(1) / (np.linalg.norm(H[same], axis=1) * np.linalg.norm(wa, axis=1) + 1e-30)

@@ -138,6 +138,25 @@ def runs(tmp_path_factory):
     return tmp, sorted(os.path.join(dirs["models_dir"], d) for d in os.listdir(dirs["models_dir"]))
 
 
+def test_summary_centres_features_by_their_global_mean():
+    K, beta = 10, 0.01
+    snap = ana_utils.ufm_mixup_snapshot("cross_entropy", K, beta, n_lam=9)
+    shift = np.random.default_rng(0).normal(size=snap["features"].shape[1]) * 5
+    shifted = dict(snap, features=snap["features"] + shift)
+    plain, centred = ana_utils.mixup_geometry_summary(snap), ana_utils.mixup_geometry_summary(
+        dict(shifted, feature_mean=shift))
+    assert ana_utils.mixup_geometry_summary(shifted)["same_angle_deg_mean"] > 1  # an offset shows as an angle
+    for key in ("same_angle_deg_mean", "diff_convex_residual_mean", "same_spread"):
+        assert centred[key] == pytest.approx(plain[key], abs=1e-9)
+
+
+def test_quick_defaults_yield_to_explicit_arguments():
+    quick = mixup_main.parse_args(["--quick"])
+    assert (quick.dataset, quick.epochs, quick.feature_mode, quick.weight_decay) == ("digits", 200, "eval", 1e-2)
+    mine = mixup_main.parse_args(["--quick", "--epochs", "7", "--feature_mode", "train", "--dataset", "synthetic"])
+    assert (mine.dataset, mine.epochs, mine.feature_mode) == ("synthetic", 7, "train")
+
+
 def test_end_to_end_writes_every_file(runs):
     tmp, run_dirs = runs
     assert len(run_dirs) == 3
@@ -147,7 +166,8 @@ def test_end_to_end_writes_every_file(runs):
         assert {"loss", "train_acc", "test_loss", "test_acc", "test_ece"} <= set(rows[0])
         for e in (1, 3):
             snap = utils.load_snapshot(utils.mixup_snapshot_path(run_dir, e))
-            assert {"features", "lam", "y_a", "y_b", "logits", "W", "b", "classes"} <= set(snap)
+            assert {"features", "lam", "y_a", "y_b", "logits", "W", "b", "classes", "feature_mean"} <= set(snap)
+            assert snap["feature_mean"].shape == (16,)
             assert snap["features"].shape == (60, 16) and len(set(snap["classes"])) == 3
             assert "diff_convex_residual_mean" in utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json"))
         plots = os.path.join(tmp, "plots", os.path.basename(run_dir))
