@@ -514,7 +514,7 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
         if bad:
             raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "
                             f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the regularisation")
-        bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("loss", "ce", "acc")})
+        bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})  # every loss term and the accuracy
         if epoch in cfg["eval_epochs"]:
             row, Z, b = evaluate(model, data, x_train, cfg, device)
             row = {"epoch": epoch, "lr": lr_at(cfg, epoch), **means, **row}
