@@ -428,8 +428,9 @@ def run_dir_of(cfg, data, models_dir):
 
 
 def _load_checkpoint(path):
+    """The resume state of a run; weights_only: loading it runs no code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); move it away to start that run over") from None
 

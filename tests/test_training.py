@@ -80,18 +80,23 @@ def test_finished_run_is_reused(tmp_path):
     assert other["run_dir"] != first["run_dir"] and not other["reused"]
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    whole = train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path / "a"))
+UFM_CFG = dict(name="u", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=84, epochs=8, feat_dim=8,
+               lam_h=1e-3, lam_w=1e-2, lam_b=1e-2, eval_epochs=[1, 2, 4, 6, 8])
+
+
+@pytest.mark.parametrize("cfg", [CFG, UFM_CFG], ids=["mlp_sgd", "ufm_lbfgs"])
+def test_killed_run_resumes_to_the_same_result(tmp_path, cfg):
+    whole = train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "a"))
 
     def kill_at_6(model, epoch, run_dir):
         if epoch == 6:
             raise KeyboardInterrupt
         return {}
     with pytest.raises(KeyboardInterrupt):
-        train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path / "b"), on_eval=kill_at_6)
-    run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **CFG}, small_data(), str(tmp_path / "b"))
-    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["epoch"] == 4
-    resumed = train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path / "b"))
+        train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "b"), on_eval=kill_at_6)
+    run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **cfg}, small_data(), str(tmp_path / "b"))
+    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["epoch"] == 4
+    resumed = train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "b"))
     assert not resumed["reused"]
     for k, v in whole["final"].items():
         assert resumed["final"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
