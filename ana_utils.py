@@ -109,9 +109,7 @@ def mean_logit_matrix(H, y, W, K=None):
 def column_cosines(Z):
     """K x K cosines between the columns of Z (nan where a column is zero)."""
     Z = _np64(Z)
-    norms = np.linalg.norm(Z, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (Z.T @ Z) / np.outer(norms, norms)
+    return cosines_from_gram(Z.T @ Z)
 
 
 def cluster_cosines(Z, clusters):
@@ -411,6 +409,12 @@ def lam_from_script(lam_h, lam_w):
     return 2.0 * np.sqrt(lam_w * lam_h)
 
 
+def script_weights(lam):
+    """The figure scripts' split of lambda into feature and classifier weights, lam_H = lambda / 20
+    and lam_W = 5 lambda (so lam_from_script gives lambda back), as the original code did."""
+    return {"lam_h": lam / 20, "lam_w": 5 * lam}
+
+
 def collapse_threshold(n_c, N):
     """A cluster of >= 2 classes with n_c samples each collapses iff lambda >= sqrt(n_c) / N."""
     return np.sqrt(n_c) / N
@@ -433,7 +437,7 @@ def cluster_thresholds(cluster_s, sample_s):
 
 def two_cluster_lambda_star(k_A, n_A, k_B, n_B):
     """Minority collapse threshold of k_A classes of n_A and k_B of n_B (n_A > n_B)."""
-    return np.sqrt(n_B) / (k_A * n_A + k_B * n_B)
+    return collapse_threshold(n_B, k_A * n_A + k_B * n_B)
 
 
 def two_cluster_nA_star(lam, k_A, k_B, n_B):

@@ -12,6 +12,7 @@ B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex pr
 """
 import sys
 
+import ana_utils
 import utils
 from utils import UserError
 
@@ -72,7 +73,7 @@ def main(argv=None):
         sizes, _, lam, _ = setting(n_A)
         points.append(utils.figure_point(FIGURE, args, sizes, clusters,
                                          dict(n_A=n_A, n_B=n_B_of(n_A), N=sum(sizes), lam=lam, k_A=args.ka),
-                                         lam_h=lam / 20, lam_w=5 * lam, epochs=EPOCHS["quick" if args.quick else "full"],
+                                         **ana_utils.script_weights(lam), epochs=EPOCHS["quick" if args.quick else "full"],
                                          milestone_frac=1 / 3, weight_decay=5e-4, ufm_epochs=15))
 
     # Train the missing points (or only --point I), reuse the finished ones.

@@ -66,7 +66,7 @@ def main(argv=None):
     # Points: one run per lambda, keyed by its whole configuration.
     points = [utils.figure_point(FIGURE, args, sizes, clusters,
                                  dict(lam=lam * lam_scale, lam_arg=lam, k_A=args.ka, n_A=args.na, n_B=args.nb),
-                                 lam_h=lam * lam_scale / 20, lam_w=5 * lam * lam_scale,
+                                 **ana_utils.script_weights(lam * lam_scale),
                                  epochs=EPOCHS["quick" if args.quick else "full"], milestone_frac=2 / 3,
                                  weight_decay=0.0, warm_frac=args.ln_pro)
               for lam in lams]

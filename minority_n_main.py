@@ -65,7 +65,7 @@ def main(argv=None):
     # Points: one run per n_A, keyed by its whole configuration.
     points = [utils.figure_point(FIGURE, args, sizes_of(n_A), clusters,
                                  dict(n_A=n_A, lam=lam, lam_arg=args.reg_l, k_A=args.ka, n_B=args.nb),
-                                 lam_h=lam / 20, lam_w=5 * lam, epochs=EPOCHS["quick" if args.quick else "full"],
+                                 **ana_utils.script_weights(lam), epochs=EPOCHS["quick" if args.quick else "full"],
                                  milestone_frac=2 / 3, weight_decay=0.0, warm_frac=args.ln_pro)
               for n_A in nas]
 

@@ -22,6 +22,7 @@ def test_worked_threshold_values():
     assert ana_utils.two_cluster_nA_star(0.005, 5, 5, 100) == pytest.approx(300)
     assert ana_utils.two_cluster_nA_star(0.005, 3, 7, 100) == pytest.approx(433.33, abs=0.01)
     assert ana_utils.lam_from_script(0.005 / 20, 5 * 0.005) == pytest.approx(0.005)
+    assert ana_utils.lam_from_script(**ana_utils.script_weights(0.0039)) == pytest.approx(0.0039)
     n, clusters = ana_utils.expand_clusters([3, 3, 4], [5000, 4000, 3000])
     assert n == [5000] * 3 + [4000] * 3 + [3000] * 4 and clusters[2] == [6, 7, 8, 9]
     assert ana_utils.cluster_thresholds([3, 1], [50, 10]) == [pytest.approx(np.sqrt(50) / 160), None]
