@@ -1,16 +1,16 @@
-"""Analysis: feature extraction, NC metrics, the UFM convex program and its solvers,
-theory formulas, and the mixup geometry."""
+"""Analysis: feature extraction, NC metrics, the UFM convex program and its solvers, theory
+formulas, and the theory side of a figure point (its Z summary and the convex program's answer).
+No plotting."""
 import contextlib
+import functools
 import sys
 import time
 
 import numpy as np
 import scipy.linalg
 import scipy.optimize
-import scipy.stats
 import torch
 
-import utils
 from utils import UserError
 
 # ======================================================================================
@@ -160,9 +160,9 @@ def _check_ufm_args(n, lam, lam_b):
     if not np.all(np.isfinite(n)) or np.any(n <= 0):
         raise UserError(f"class sizes: {n.tolist()} not allowed; sizes must be positive numbers")
     if not np.isfinite(lam) or lam <= 0:       # at lam = 0 the infimum is not attained (Z -> inf)
-        raise UserError(f"--reg_z (lambda): {lam} is not allowed; it must be a number > 0")
+        raise UserError(f"lambda {lam}: must be a number > 0")
     if not np.isfinite(lam_b) or lam_b < 0:
-        raise UserError(f"--reg_b (lambda_b): {lam_b} is not allowed; it must be a number >= 0")
+        raise UserError(f"lambda_b {lam_b}: must be a number >= 0")
     return n
 
 
@@ -389,7 +389,7 @@ def solve_ufm(n, lam, lam_b, solver="auto"):
     """The convex program by `solver`: 'cvxpy', 'fast', or 'auto' (cvxpy up to AUTO_CVXPY_MAX_K, fast above,
     and fast wherever cvxpy does not reach an optimal status)."""
     if solver not in ("auto", "cvxpy", "fast"):
-        raise UserError(f"--solver {solver}: allowed are auto, cvxpy, fast")
+        raise UserError(f"solver {solver}: allowed are auto, cvxpy, fast")
     if solver == "fast" or (solver == "auto" and len(n) > AUTO_CVXPY_MAX_K):
         return solve_ufm_fast(n, lam, lam_b)
     try:
@@ -400,19 +400,19 @@ def solve_ufm(n, lam, lam_b, solver="auto"):
         print(f"note: cvxpy ended with status {sol['status']!r}; solved with the fast solver instead", file=sys.stderr)
         return solve_ufm_fast(n, lam, lam_b)
     if sol["status"] != "optimal":
-        raise UserError(f"--solver cvxpy: the solver ended with status {sol['status']}; try --solver fast")
+        raise UserError(f"solver cvxpy ended with status {sol['status']}; use the fast solver")
     return sol
 
 
-def lam_from_script(lam_h, lam_w):
-    """lambda of the convex program from the scripts' feature and classifier weights: 2 sqrt(lam_W lam_H)."""
-    return 2.0 * np.sqrt(lam_w * lam_h)
+# The original scripts split lambda as lam_H = lambda / 20, lam_W = 5 lambda: lam_W / lam_H = 100.
+SCRIPT_LAM_RATIO = 100.0
 
 
-def script_weights(lam):
-    """The figure scripts' split of lambda into feature and classifier weights, lam_H = lambda / 20
-    and lam_W = 5 lambda (so lam_from_script gives lambda back), as the original code did."""
-    return {"lam_h": lam / 20, "lam_w": 5 * lam}
+def split_lambda(lam, ratio=SCRIPT_LAM_RATIO):
+    """(lam_H, lam_W) with 2 sqrt(lam_H lam_W) = lam and lam_W / lam_H = ratio (theory.md section 2):
+    the one place where the lambda of the convex program becomes the training weights."""
+    root = float(np.sqrt(ratio))
+    return float(lam) / (2 * root), float(lam) * (root / 2)
 
 
 def collapse_threshold(n_c, N):
@@ -460,280 +460,65 @@ def cosines_from_gram(G):
         return G / np.outer(d, d)
 
 
-
 # ======================================================================================
-# Mixup geometry: projection, free-feature optimum, summaries  (mixup)
+# The theory side of a figure point: Z summaries and the convex program's answer
 # ======================================================================================
 
 
-def simplex_etf(K, d, omega=1.0, seed=0):
-    """K x d simplex ETF: rows of norm omega, summing to zero, pairwise cosine -1/(K-1), placed
-    in a random (K-1)-dimensional subspace of R^d (needs d >= K - 1)."""
-    if d < K - 1:
-        raise utils.UserError(f"--fixed_etf: a {K}-class simplex ETF needs feature dim >= {K - 1}, got {d}")
-    centred_basis = np.linalg.eigh(np.eye(K) - 1.0 / K)[1][:, 1:]          # K x (K-1), E E^T = I - J/K
-    rot = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, K - 1)))[0].T  # orthonormal rows
-    return omega * np.sqrt(K / (K - 1)) * centred_basis @ rot
+def z_summary(Z, clusters, minority):
+    """minority_spread (absolute and relative to ||Z||_F) and the mean column cosines of Z."""
+    Z = np.asarray(Z, dtype=np.float64)
+    spread = minority_spread(Z, minority) if len(minority) > 1 else 0.0
+    norm = float(np.linalg.norm(Z))
+    cos = cluster_cosines(Z, clusters) if norm > 1e-12 else {"within": [None] * len(clusters), "across": None}
+    return {"minority_spread": spread, "minority_spread_rel": spread / norm if norm > 1e-12 else None,
+            "z_norm": norm, "cosines": cos}
 
 
-# The 2-D layout of theory.md section 5: an exact 3-class ETF lands on an equilateral triangle
-# with class k at vertex k.
-_TRIANGLE = np.sqrt(2) * np.array([[0.5, -0.5, 0.0], [0.0, 0.0, np.sqrt(0.75)]]) @ (np.eye(3) - 1.0 / 3)
+@functools.lru_cache(maxsize=512)
+def _solve_ufm_cached(sizes, lam, lam_b):
+    """The fast solver (exact zeros at collapse, robust near thresholds), remembered within one process."""
+    return solve_ufm_fast(list(sizes), lam, lam_b)
 
 
-def mixup_projection(W, classes):
-    """(P, centre) with P = A Q (2 x d): Q the polar factor of the centred classifier rows of
-    the three `classes`; a feature h maps to P (h - centre)."""
-    W3 = np.asarray(W, dtype=np.float64)[list(classes)]
-    centre = W3.mean(0)
-    U, _, Vt = np.linalg.svd(W3 - centre, full_matrices=False)
-    return _TRIANGLE @ (U[:, :2] @ Vt[:2]), centre
+def ufm_theory(sizes, clusters, lam, lam_b):
+    """The convex program's answer for these class sizes and lambda (theory.md section 2)."""
+    N = int(sum(sizes))
+    minority = min(clusters, key=lambda c: sizes[c[0]])
+    thresholds = [collapse_threshold(int(sizes[c[0]]), N) if len(c) > 1 else None for c in clusters]
+    collapse = [bool(lam >= t) if t is not None else None for t in thresholds]
+    try:
+        sol = _solve_ufm_cached(tuple(int(n) for n in sizes), float(lam), float(lam_b))
+        summary = z_summary(sol["Z"], clusters, minority)
+    except UserError:
+        raise
+    except Exception as e:  # a solver failure must not lose the trained points: record it, plot without it
+        sol = {"Z": None, "b": None, "status": f"solver failed: {type(e).__name__}: {e}"[:300]}
+        summary = {"minority_spread": None, "minority_spread_rel": None, "z_norm": None,
+                   "cosines": {"within": [None] * len(clusters), "across": None}}
+        print(f"warning: convex program failed for sizes {sizes}, lambda {lam:.4g}: {sol['status']}", file=sys.stderr)
+    return dict(summary, Z=sol["Z"], b=sol["b"], objective=sol.get("objective"),
+                status=sol.get("status"), cluster_thresholds=thresholds, cluster_collapse=collapse,
+                minority_threshold=thresholds[clusters.index(minority)],
+                verdict="collapse" if collapse[clusters.index(minority)] else "no collapse")
 
 
-def project(H, P, centre):
-    """n x 2 projected coordinates of the rows of H."""
-    return (np.asarray(H, dtype=np.float64) - centre) @ P.T
 
+def theory_curve(xs, make):
+    """The convex program along a curve: make(x) -> (sizes, clusters, lam, lam_b); returns
+    {'x': xs, 'minority_spread', 'minority_spread_rel', 'within_A', 'within_B', 'across', 'status'}
+    (cosines of columns of Z, clusters ordered A, B)."""
+    out = {"x": [], "minority_spread": [], "minority_spread_rel": [], "within_A": [], "within_B": [], "across": [],
+           "status": []}
+    for x in xs:
+        sizes, clusters, lam, lam_b = make(x)
+        th = ufm_theory(sizes, clusters, lam, lam_b)
+        out["x"].append(x)
+        for k in ("minority_spread", "minority_spread_rel", "status"):
+            out[k].append(th[k])
+        within = th["cosines"]["within"] + [None, None]
+        out["within_A"].append(within[0])
+        out["within_B"].append(within[1])
+        out["across"].append(th["cosines"]["across"])
+    return out
 
-def expected_calibration_error(logits, y, n_bins=15):
-    """ECE with equal-width confidence bins: sum over bins of (bin share) * |accuracy - confidence|."""
-    logits = torch.as_tensor(logits, dtype=torch.float64)
-    conf, pred = torch.softmax(logits, 1).max(1)
-    correct = (pred == torch.as_tensor(y)).double()
-    bins = torch.clamp((conf * n_bins).ceil().long() - 1, 0, n_bins - 1)
-    ece = 0.0
-    for k in range(n_bins):
-        m = bins == k
-        if m.any():
-            ece += m.double().mean().item() * abs(correct[m].mean().item() - conf[m].mean().item())
-    return ece
-
-
-def collect_mixup_features(model, x, y, classes, n, alpha, rng, train_mode=True, batch_size=500):
-    """Last-layer features of n mixed-up examples whose two parents are drawn from `classes`
-    (lam ~ Beta(alpha, alpha) per example). Train mode, as in the paper, lets BatchNorm use batch
-    statistics; the model's buffers and mode are restored afterwards. Returns numpy arrays
-    features, logits, lam, y_a, y_b, W, b, classes, and feature_mean: the global mean of the
-    clean training features (all classes, same mode), by which the geometry summary centres."""
-    pool = np.flatnonzero(np.isin(np.asarray(y), list(classes)))
-    ia, ib = rng.choice(pool, n), rng.choice(pool, n)
-    lam = rng.beta(alpha, alpha, size=n)
-    device = next(model.parameters()).device
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
-    was_training = model.training
-    model.train(train_mode)
-    feats, logits = [], []
-    with torch.no_grad():  # near-equal chunks, so batch norm never sees a batch of one
-        for rows in np.array_split(np.arange(n), -(-n // batch_size)):
-            lam_b = torch.as_tensor(lam[rows], dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
-            xm = lam_b * x[ia[rows]] + (1 - lam_b) * x[ib[rows]]
-            z, h = model(xm.to(device))
-            feats.append(h.float().cpu())
-            logits.append(z.float().cpu())
-        feature_sum = sum(model(x[rows].to(device))[1].double().sum(0).cpu()
-                          for rows in np.array_split(np.arange(len(x)), -(-len(x) // batch_size)))
-    model.load_state_dict(saved)
-    model.train(was_training)
-    lin = model.classifier
-    bias = lin.bias.detach().cpu().numpy() if lin.bias is not None else np.zeros(lin.out_features)
-    return {"features": torch.cat(feats).numpy(), "logits": torch.cat(logits).numpy(),
-            "lam": lam, "y_a": np.asarray(y)[ia], "y_b": np.asarray(y)[ib],
-            "W": lin.weight.detach().float().cpu().numpy(), "b": bias, "classes": np.asarray(classes),
-            "feature_mean": (feature_sum / len(x)).numpy()}
-
-
-def _spearman(u, v):
-    """Spearman rank correlation, or None where it is undefined (too few or constant values,
-    constant up to rounding)."""
-    if len(u) < 3 or np.ptp(u) < 1e-9 or np.ptp(v) < 1e-9:
-        return None
-    return float(scipy.stats.spearmanr(u, v)[0])
-
-
-def _stats(v):
-    return (None, None) if len(v) == 0 else (float(np.mean(v)), float(np.median(v)))
-
-
-def mixup_geometry_summary(snap):
-    """Numbers for the mixup geometry of one snapshot (a dict as from collect_mixup_features):
-    same-class angle between h and w_c (feature space and projected) and its rank correlation
-    with |lam - 1/2|; rank correlation of z_c - z_c' with log(lam/(1-lam)); and the residual
-    ||h - (lam hbar_c + (1-lam) hbar_c')|| / ||h|| for different-class pairs, hbar_c being the
-    mean same-class mixed feature. CE and MSE differ in the residual (theory.md section 5); since a
-    network that has not collapsed adds within-class noise to it, the relative within-class spread
-    of the same-class features (same_spread) and the residual of (pair, lam-bin) means are reported too.
-    Features are centred by the snapshot's feature_mean when it has one (a network's features carry a
-    global mean, e.g. after a ReLU, that the classifier ignores); the free-feature optimum has none."""
-    H = np.asarray(snap["features"], dtype=np.float64)
-    Z = np.asarray(snap["logits"], dtype=np.float64)
-    W = np.asarray(snap["W"], dtype=np.float64)
-    lam, ya, yb = np.asarray(snap["lam"], dtype=np.float64), np.asarray(snap["y_a"]), np.asarray(snap["y_b"])
-    classes = [int(c) for c in snap["classes"]]
-    P, centre = mixup_projection(W, classes)
-    Hp, Wp = project(H, P, centre), project(W[classes], P, centre)
-    if snap.get("feature_mean") is not None:  # angles and residuals of centred features, as NC measures them
-        H = H - np.asarray(snap["feature_mean"], dtype=np.float64)
-    same, diff = ya == yb, ya != yb
-    wa = W[ya[same]]
-    cos = (H[same] * wa).sum(1) / (np.linalg.norm(H[same], axis=1) * np.linalg.norm(wa, axis=1) + 1e-30)
-    ang = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-    vert = Wp[[classes.index(c) for c in ya[same]]]
-    hp = Hp[same]
-    pang = np.degrees(np.abs(np.arctan2(vert[:, 0] * hp[:, 1] - vert[:, 1] * hp[:, 0], (vert * hp).sum(1))))
-    means = {c: H[same & (ya == c)].mean(0) for c in classes if (same & (ya == c)).any()}
-    spread = [np.mean(np.linalg.norm(H[same & (ya == c)] - m, axis=1)) / (np.linalg.norm(m) + 1e-30)
-              for c, m in means.items()]
-    ok = diff & np.array([a in means and b in means for a, b in zip(ya, yb)]) & (lam > 0) & (lam < 1)
-    target = lam[ok, None] * np.array([means[a] for a in ya[ok]]).reshape(-1, H.shape[1]) + \
-        (1 - lam[ok, None]) * np.array([means[b] for b in yb[ok]]).reshape(-1, H.shape[1])
-    resid = np.linalg.norm(H[ok] - target, axis=1) / (np.linalg.norm(H[ok], axis=1) + 1e-30)
-    # the same residual for bin means (pair, tenth of lam): noise within a class averages out
-    lo, hi = np.minimum(ya[ok], yb[ok]), np.maximum(ya[ok], yb[ok])
-    lam_lo = np.where(ya[ok] == lo, lam[ok], 1 - lam[ok])
-    cell = (lo * 1000 + hi) * 10 + np.minimum((lam_lo * 10).astype(int), 9)
-    binned, weights = [], []
-    for key in np.unique(cell):
-        m = cell == key
-        if m.sum() >= 2:
-            h_bar = H[ok][m].mean(0)
-            binned.append(np.linalg.norm(h_bar - target[m].mean(0)) / (np.linalg.norm(h_bar) + 1e-30))
-            weights.append(m.sum())
-    rows = np.flatnonzero(diff & (lam > 0) & (lam < 1))
-    gap = Z[rows, ya[rows]] - Z[rows, yb[rows]]
-    log_odds = np.log(lam[rows] / (1 - lam[rows]))
-    same_mean, same_median = _stats(ang)
-    resid_mean, resid_median = _stats(resid)
-    return {"n_same": int(same.sum()), "n_diff": int(diff.sum()),
-            "same_angle_deg_mean": same_mean, "same_angle_deg_median": same_median,
-            "same_proj_angle_deg_mean": _stats(pang)[0],
-            "same_angle_vs_abs_lam_spearman": _spearman(ang, np.abs(lam[same] - 0.5)),
-            "diff_logit_gap_vs_log_odds_spearman": _spearman(gap, log_odds),
-            "same_spread": float(np.mean(spread)) if spread else None,
-            "diff_convex_residual_mean": resid_mean, "diff_convex_residual_median": resid_median,
-            "diff_convex_residual_binned": float(np.average(binned, weights=weights)) if binned else None}
-
-
-# --- Free-feature (UFM) mixup optimum, theory.md section 5 ---------------------------------
-# A mixed example (classes c, c', coefficient lam) has a free feature h minimising
-# lam l(Wh, c) + (1 - lam) l(Wh, c') + (gamma/2)||h||^2. With a fixed ETF classifier of row norm
-# omega, h* = s W^T z with s = (K-1)/(K omega^2), and the logits z solve a problem in beta = gamma s.
-
-def ufm_same_class_logit(K, beta):
-    """Root a > 0 of beta a (1 + (K-1) e^{-aK/(K-1)}) = (K-1) e^{-aK/(K-1)}: the same-class CE
-    optimum has logits (a, -a/(K-1), ...), whatever lam."""
-    e = lambda a: np.exp(-a * K / (K - 1))
-    return scipy.optimize.brentq(lambda a: beta * a * (1 + (K - 1) * e(a)) - (K - 1) * e(a),
-                                 0.0, (K - 1) / beta, xtol=1e-14, rtol=1e-14)
-
-
-def ufm_pair_logits(lam, K, beta):
-    """(a, b, t) minimising the strictly convex F(a, b) = -lam a - (1-lam) b
-    + log(e^a + e^b + (K-2) e^t) + (beta/2)(a^2 + b^2 + (K-2) t^2), t = -(a+b)/(K-2):
-    the different-class CE optimum (logit of c, of c', of every other class)."""
-    def F(v):
-        a, b = v
-        t = -(a + b) / (K - 2)
-        m = max(a, b, t)
-        S = np.exp(a - m) + np.exp(b - m) + (K - 2) * np.exp(t - m)
-        pa, pb, pt = np.exp(a - m) / S, np.exp(b - m) / S, np.exp(t - m) / S
-        f = -lam * a - (1 - lam) * b + m + np.log(S) + beta / 2 * (a * a + b * b + (K - 2) * t * t)
-        return f, np.array([-lam + pa - pt + beta * (a - t), -(1 - lam) + pb - pt + beta * (b - t)])
-    res = scipy.optimize.minimize(F, np.zeros(2), jac=True, method="BFGS", options={"gtol": 1e-12})
-    a, b = res.x
-    return a, b, -(a + b) / (K - 2)
-
-
-def ufm_closed_form_logits(loss, K, beta, y_a, y_b, lam, mse_scale=1.0):
-    """n x K optimal logits of the fixed-ETF UFM for each mixed example (closed forms of
-    theory.md section 5; loss 'cross_entropy' or 'mse' with target scale mse_scale)."""
-    if K < 3:
-        raise utils.UserError(f"--num_classes: the mixup UFM needs K >= 3, got {K}")
-    y_a, y_b, lam = np.asarray(y_a), np.asarray(y_b), np.asarray(lam, dtype=np.float64)
-    Y = np.zeros((len(lam), K))
-    Y[np.arange(len(lam)), y_a] += lam
-    Y[np.arange(len(lam)), y_b] += 1 - lam
-    if loss == "mse":                       # min 0.5||z - kappa y||^2 + beta/2 ||z||^2 over sum z = 0
-        return mse_scale * (Y - Y.mean(1, keepdims=True)) / (1 + beta)
-    if loss != "cross_entropy":
-        raise utils.UserError(f"--loss: closed forms exist for cross_entropy and mse, not {loss!r}; "
-                              "use the direct optimiser")
-    Z = np.empty((len(lam), K))
-    a_same = ufm_same_class_logit(K, beta)
-    for i, (c, c2, l) in enumerate(zip(y_a, y_b, lam)):
-        if c == c2:
-            Z[i] = -a_same / (K - 1)
-            Z[i, c] = a_same
-        else:
-            a, b, t = ufm_pair_logits(l, K, beta)
-            Z[i] = t
-            Z[i, c], Z[i, c2] = a, b
-    return Z
-
-
-def ufm_features_from_logits(Z, W):
-    """h* = s W^T z, s = (K-1)/(K omega^2), for a fixed simplex-ETF W with row norm omega."""
-    K = W.shape[0]
-    omega2 = float(np.mean(np.sum(np.asarray(W) ** 2, axis=1)))
-    return (K - 1) / (K * omega2) * np.asarray(Z) @ np.asarray(W)
-
-
-def ufm_direct(loss_fn, y_a, y_b, lam, K, d, gamma, W=None, lam_w=5e-4, steps=500, seed=0):
-    """Minimise mean_i [lam_i l(W h_i, a_i) + (1 - lam_i) l(W h_i, b_i)] + (gamma/2) mean_i ||h_i||^2
-    over free features h_i (float64, L-BFGS) for any per-sample torch loss `loss_fn(logits, y)`.
-    W fixed when given; otherwise learned too, with + (lam_w/2)||W||_F^2. Returns (H, W) numpy."""
-    g = torch.Generator().manual_seed(seed)
-    ya, yb = torch.as_tensor(np.asarray(y_a)), torch.as_tensor(np.asarray(y_b))
-    lam_t = torch.as_tensor(np.asarray(lam, dtype=np.float64))
-    H = (0.1 * torch.randn(len(lam_t), d, generator=g, dtype=torch.float64)).requires_grad_()
-    learned = W is None
-    Wt = (0.1 * torch.randn(K, d, generator=g, dtype=torch.float64) if learned
-          else torch.as_tensor(np.asarray(W), dtype=torch.float64)).requires_grad_(learned)
-    params = [H, Wt] if learned else [H]
-    opt = torch.optim.LBFGS(params, lr=1, max_iter=steps, tolerance_grad=1e-12,
-                            tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        z = H @ Wt.T
-        f = (lam_t * loss_fn(z, ya) + (1 - lam_t) * loss_fn(z, yb)).mean() + gamma / 2 * H.pow(2).sum(1).mean()
-        if learned:
-            f = f + lam_w / 2 * Wt.pow(2).sum()
-        f.backward()
-        return f
-    opt.step(closure)
-    return H.detach().numpy(), Wt.detach().numpy()
-
-
-def ufm_mixup_grid(classes, K, n_lam=41):
-    """Mixed examples to solve for: each class with itself and each pair of `classes` at n_lam
-    values of lam in (0, 1); returns (y_a, y_b, lam)."""
-    lams = np.linspace(0, 1, n_lam + 2)[1:-1]
-    pairs = [(c, c) for c in classes] + [(c, c2) for i, c in enumerate(classes) for c2 in classes[i + 1:]]
-    y_a = np.repeat([p[0] for p in pairs], n_lam)
-    y_b = np.repeat([p[1] for p in pairs], n_lam)
-    return y_a, y_b, np.tile(lams, len(pairs))
-
-
-def ufm_mixup_snapshot(loss, K=10, beta=0.01, classes=(0, 1, 2), n_lam=41, loss_fn=None,
-                       learned=False, lam_w=5e-4, mse_scale=1.0, seed=0):
-    """The free-feature optimum over ufm_mixup_grid in the format of a network snapshot
-    (features, logits, lam, y_a, y_b, W, b, classes), so it plots and summarises alike.
-    Closed forms for cross_entropy/mse with the fixed ETF (row norm 1, feature dim K);
-    otherwise (other losses, or learned=True) the direct optimiser with loss_fn and all K classes
-    taking part when the classifier is learned. gamma = beta K/(K-1) matches beta."""
-    classes = [int(c) for c in classes]
-    gamma = beta * K / (K - 1)
-    if learned:
-        y_a, y_b, lam = ufm_mixup_grid(list(range(K)), K, n_lam)
-        H, W = ufm_direct(loss_fn, y_a, y_b, lam, K, K, gamma, lam_w=lam_w, seed=seed)
-        keep = np.isin(y_a, classes) & np.isin(y_b, classes)
-        H, y_a, y_b, lam = H[keep], y_a[keep], y_b[keep], lam[keep]
-    else:
-        W = simplex_etf(K, K, seed=seed)
-        y_a, y_b, lam = ufm_mixup_grid(classes, K, n_lam)
-        if loss_fn is None:
-            H = ufm_features_from_logits(ufm_closed_form_logits(loss, K, beta, y_a, y_b, lam, mse_scale), W)
-        else:
-            H = ufm_direct(loss_fn, y_a, y_b, lam, K, K, gamma, W=W, seed=seed)[0]
-    return {"features": H, "logits": H @ W.T, "lam": lam, "y_a": y_a, "y_b": y_b, "W": W,
-            "b": np.zeros(K), "classes": np.asarray(classes)}

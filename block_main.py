@@ -13,15 +13,14 @@ heat-map of Z beside the convex program's Z for the same sizes and lambda.
 import math
 import sys
 
+import sweep
 import utils
 from utils import UserError
 
 FIGURE = "block"
 STRUCTURES = {1: [(4, 5000), (3, 4000), (3, 3000)], 2: [(4, 5000), (2, 3000), (4, 1000)]}
 QUICK_SCALE = 0.02  # --quick: class sizes x 0.02 and lam_H, lam_W x sqrt(50): the UFM optimum is unchanged
-FULL = dict(dataset_t="cifar10", network="ResNet18")
-QUICK = dict(dataset_t="synthetic", network="mlp")
-EPOCHS = {"full": 1000, "quick": 300}
+QUICK = dict(dataset_t="synthetic", network="mlp", train_epochs=300)
 
 
 def parse_args(argv):
@@ -31,19 +30,18 @@ def parse_args(argv):
                "100/60/20) and lam_H, lam_W multiplied by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is "
                "unchanged); under a minute on 2 CPU cores. --network UFM trains the unconstrained feature model "
                "at full scale (full-batch L-BFGS; NC metrics per L-BFGS epoch).")
-    utils.add_figure_args(p, "epochs (default 1000; --quick 300; UFM 40 L-BFGS epochs)", ka=False)
+    sweep.add_figure_args(p, "epochs (default 1000; --quick 300; UFM 40 L-BFGS epochs)", ka=False)
     p.add_argument("--structure", type=int, default=1, help="class-size structure 1 or 2 (default 1)")
     p.add_argument("--reg_h", type=float, default=1e-6, help="lam_H, feature regularisation (default 1e-6)")
     p.add_argument("--reg_w", type=float, default=1e-3, help="lam_W, classifier regularisation (default 1e-3)")
-    utils.add_common_args(p)
-    utils.add_sweep_args(p, sweep=False)
-    return p.parse_args(argv)
+    p.set_defaults(train_epochs=1000)
+    return utils.parse_with_presets(p, argv, QUICK)
 
 
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
-    utils.check_figure_args(args, FULL, QUICK)
+    sweep.check_figure_args(args)
     utils.check_choice("--structure", args.structure, sorted(STRUCTURES))
     for name in ("--reg_h", "--reg_w"):
         utils.check_positive(name, getattr(args, name[2:]))
@@ -56,30 +54,25 @@ def main(argv=None):
     utils.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--structure", args.network)
     starts = [sum(k for k, _ in groups[:i]) for i in range(len(groups))]
     clusters = [list(range(s, s + k)) for s, (k, _) in zip(starts, groups)]
-    reg_scale = 1 / math.sqrt(scale)
-    lam_h, lam_w = args.reg_h * reg_scale, args.reg_w * reg_scale
+    # lambda of the convex program from lam_H, lam_W, times sqrt(50) for --quick; split back in their ratio.
+    lam = 2 * math.sqrt(args.reg_h * args.reg_w) / math.sqrt(scale)
 
     # One run (reused when finished), keeping its per-epoch NC metrics.
-    point = utils.figure_point(FIGURE, args, sizes, clusters,
-                               dict(lam=2 * math.sqrt(lam_h * lam_w), lam_h=lam_h, lam_w=lam_w, structure=args.structure),
-                               lam_h=lam_h, lam_w=lam_w, epochs=EPOCHS["quick" if args.quick else "full"],
-                               milestone_frac=1 / 3, weight_decay=5e-4, history=True)
-    device = utils.figure_device(args)
-    records, missing = utils.run_sweep([point], lambda pt: utils.train_point(pt, device, args.models_dir, args.data_dir),
-                                       args.models_dir)
+    point = sweep.figure_point(FIGURE, args, sizes, clusters, dict(lam=lam, structure=args.structure),
+                               epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4, history=True,
+                               lam_ratio=args.reg_w / args.reg_h)
+    records, missing = sweep.train_points([point], args)
 
     # Analyse against the convex program with the same sizes and lambda.
     settings = dict(dataset=args.dataset_t, network=args.network, structure=args.structure, sizes=sizes,
                     lam_b=args.reg_b, quick=args.quick,
-                    title=f"NC and block structure: {utils.figure_tag(args)}, structure {args.structure} "
+                    title=f"NC and block structure: {sweep.figure_tag(args)}, structure {args.structure} "
                           f"(sizes {'/'.join(str(n) for _, n in groups)})")
-    result = utils.assemble_figure(FIGURE, settings, [point], records, missing, args.reg_b)
+    result = sweep.assemble_figure(FIGURE, settings, [point], records, missing, args.reg_b)
     result["history"] = result["points"][0].pop("history")
 
     # Plot: NC metrics against epoch, trained Z beside the convex program's Z.
-    stem = f"{FIGURE}_{utils.figure_tag(args)}_s{args.structure}" + ("_quick" if args.quick else "")
-    for path in utils.write_figure(result, args.plot_dir, stem):
-        print(path)
+    sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_s{args.structure}")
     return 0
 
 

@@ -13,15 +13,14 @@ B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex pr
 import sys
 
 import ana_utils
+import sweep
 import utils
 from utils import UserError
 
 FIGURE = "limit"
 PAPER_NA = [500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 5500]
 QUICK_SCALE = 0.05  # --quick: n_A x 0.05 (25 ... 275)
-FULL = dict(dataset_t="cifar10", network="ResNet18")
-QUICK = dict(dataset_t="synthetic", network="mlp")
-EPOCHS = {"full": 2000, "quick": 200}
+QUICK = dict(dataset_t="synthetic", network="mlp", train_epochs=200)
 
 
 def parse_args(argv):
@@ -31,20 +30,19 @@ def parse_args(argv):
                "--reg_l / N as always; about two minutes on 2 CPU cores. --network UFM trains the unconstrained "
                "feature model at full scale (seconds per point). n_A = 5500 exceeds CIFAR-10's 5000 training "
                "images per class: it is an error unless --allow_test_fill (as the original did, silently).")
-    utils.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 15 L-BFGS epochs: far from any threshold the loss settles within 10)")
+    sweep.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 15 L-BFGS epochs: far from any threshold the loss settles within 10)")
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default 500 1000 ... 5500)")
     p.add_argument("--ratio", type=float, default=2.0, help="n_B = n_A / ratio, rounded down (default 2)")
     p.add_argument("--reg_l", type=float, default=0.1, help="lambda times N: lambda = reg_l / N (default 0.1)")
-    utils.add_common_args(p)
-    utils.add_sweep_args(p)
-    return p.parse_args(argv)
+    p.set_defaults(train_epochs=2000)
+    return utils.parse_with_presets(p, argv, QUICK)
 
 
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
-    K = utils.check_figure_args(args, FULL, QUICK)
+    K = sweep.check_figure_args(args)
     nas = args.nalist or PAPER_NA
     if args.quick and not args.nalist:
         nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
@@ -71,30 +69,26 @@ def main(argv=None):
     points = []
     for n_A in nas:
         sizes, _, lam, _ = setting(n_A)
-        points.append(utils.figure_point(FIGURE, args, sizes, clusters,
+        points.append(sweep.figure_point(FIGURE, args, sizes, clusters,
                                          dict(n_A=n_A, n_B=n_B_of(n_A), N=sum(sizes), lam=lam, k_A=args.ka),
-                                         **ana_utils.script_weights(lam), epochs=EPOCHS["quick" if args.quick else "full"],
-                                         milestone_frac=1 / 3, weight_decay=5e-4, ufm_epochs=15))
+                                         epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4,
+                                         ufm_epochs=15))
 
     # Train the missing points (or only --point I), reuse the finished ones.
-    device = utils.figure_device(args)
-    records, missing = utils.run_sweep(points, lambda pt: utils.train_point(pt, device, args.models_dir, args.data_dir),
-                                       args.models_dir, args.point, args.assemble)
+    records, missing = sweep.train_points(points, args)
 
     # Analyse: cosines of columns of Z at every point, against the convex program.
     lo, hi = min(nas), max(nas)
     grid = sorted(set([max(1, round(lo + (hi - lo) * i / 10)) for i in range(11)] + nas))
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, ratio=args.ratio, reg_l=args.reg_l,
                     lam_b=args.reg_b, quick=args.quick, num_classes=K, etf_cosine=-1 / (K - 1),
-                    title=f"Angles vs n_A: {utils.figure_tag(args)}, k_A={args.ka}, n_B=n_A/{args.ratio:g}, "
+                    title=f"Angles vs n_A: {sweep.figure_tag(args)}, k_A={args.ka}, n_B=n_A/{args.ratio:g}, "
                           f"λ={args.reg_l:g}/N")
-    result = utils.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
-    result["theory_curve"] = utils.theory_curve(grid, setting)
+    result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
+    result["theory_curve"] = ana_utils.theory_curve(grid, setting)
 
     # Plot: cosines within A, within B and across against n_A, with the JSON beside it.
-    stem = f"{FIGURE}_{utils.figure_tag(args)}_ka{args.ka}" + ("_quick" if args.quick else "")
-    for path in utils.write_figure(result, args.plot_dir, stem):
-        print(path)
+    sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")
     return 0
 
 

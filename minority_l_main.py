@@ -13,6 +13,7 @@ import math
 import sys
 
 import ana_utils
+import sweep
 import utils
 
 FIGURE = "minority_l"
@@ -20,9 +21,7 @@ FIGURE = "minority_l"
 PAPER_LAMS = {5: [0.0027, 0.0030, 0.0033, 0.0039, 0.0045, 0.0051, 0.0057, 0.0063, 0.0069, 0.0075],
               3: [0.0037, 0.0041, 0.0045, 0.0053, 0.0062, 0.0070, 0.0078, 0.0086, 0.0094, 0.0102]}
 QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
-FULL = dict(dataset_t="cifar10", network="ResNet18", na=500, nb=100)
-QUICK = dict(dataset_t="synthetic", network="mlp", na=100, nb=20)
-EPOCHS = {"full": 2000, "quick": 200}
+QUICK = dict(dataset_t="synthetic", network="mlp", na=100, nb=20, train_epochs=200)
 
 
 def parse_args(argv):
@@ -32,22 +31,21 @@ def parse_args(argv):
                "n_B = 20) and every lambda multiplied by sqrt(5), which leaves the UFM optimum (it depends on "
                "lambda sqrt(N) only) and so the expected picture unchanged; about a minute on 2 CPU cores. "
                "--network UFM trains the unconstrained feature model at full scale (seconds per point).")
-    utils.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
-    p.add_argument("--na", type=int, default=None, help="samples per majority class (default 500)")
-    p.add_argument("--nb", type=int, default=None, help="samples per minority class (default 100)")
+    sweep.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
+    p.add_argument("--na", type=int, default=500, help="samples per majority class (default 500)")
+    p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")
     p.add_argument("--reg_z_l", type=float, nargs="+", default=None,
                    help="the lambdas, one run each (default: the paper's list for --ka 5 or 3)")
     p.add_argument("--ln_pro", type=float, default=1 / 6,
-                   help="fraction of training with the regularisation at lambda/10 (default 1/6)")
-    utils.add_common_args(p)
-    utils.add_sweep_args(p)
-    return p.parse_args(argv)
+                   help="fraction of training with the regularisation at lambda/10, in [0, 1] (default 1/6)")
+    p.set_defaults(train_epochs=2000)
+    return utils.parse_with_presets(p, argv, QUICK)
 
 
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
-    K = utils.check_figure_args(args, FULL, QUICK)
+    K = sweep.check_figure_args(args)
     utils.check_positive_ints("--na/--nb", [args.na, args.nb])
     lam_scale = 1 / math.sqrt(QUICK_SCALE) if args.quick else 1.0
     if args.reg_z_l:
@@ -58,23 +56,20 @@ def main(argv=None):
         lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb) / lam_scale
         lams = [round(l * 300 * lam_star, 6) for l in PAPER_LAMS[5]]
     utils.check_positive("--reg_z_l", lams)
-    utils.check_nonneg("--ln_pro", args.ln_pro)
+    utils.check_fraction("--ln_pro", args.ln_pro)
     sizes = [args.na] * args.ka + [args.nb] * (K - args.ka)
     clusters = [list(range(args.ka)), list(range(args.ka, K))]
     utils.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--na/--nb", args.network)
 
-    # Points: one run per lambda, keyed by its whole configuration.
-    points = [utils.figure_point(FIGURE, args, sizes, clusters,
-                                 dict(lam=lam * lam_scale, lam_arg=lam, k_A=args.ka, n_A=args.na, n_B=args.nb),
-                                 **ana_utils.script_weights(lam * lam_scale),
-                                 epochs=EPOCHS["quick" if args.quick else "full"], milestone_frac=2 / 3,
-                                 weight_decay=0.0, warm_frac=args.ln_pro)
+    # Points: one run per lambda (as given, times sqrt(5) for --quick), keyed by its whole configuration.
+    points = [sweep.figure_point(FIGURE, args, sizes, clusters,
+                                 dict(lam=lam * lam_scale, k_A=args.ka, n_A=args.na, n_B=args.nb),
+                                 epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
+                                 warm_frac=args.ln_pro)
               for lam in lams]
 
     # Train the missing points (or only --point I), reuse the finished ones.
-    device = utils.figure_device(args)
-    records, missing = utils.run_sweep(points, lambda pt: utils.train_point(pt, device, args.models_dir, args.data_dir),
-                                       args.models_dir, args.point, args.assemble)
+    records, missing = sweep.train_points(points, args)
 
     # Analyse: every point against the convex program; the threshold and the theory curve.
     lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
@@ -82,17 +77,15 @@ def main(argv=None):
     lo, hi = min(used + [lam_star]) * 0.9, max(used + [lam_star]) * 1.05
     grid = sorted(set([lo + (hi - lo) * i / 19 for i in range(20)] + [lam_star * 0.999, lam_star] + used))
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_A=args.na, n_B=args.nb,
-                    lam_b=args.reg_b, quick=args.quick, lam_scale=lam_scale, x_key="lam", x_label="λ",
-                    title=f"Minority collapse vs λ: {utils.figure_tag(args)}, k_A={args.ka}, "
+                    lam_b=args.reg_b, quick=args.quick, x_key="lam", x_label="λ",
+                    title=f"Minority collapse vs λ: {sweep.figure_tag(args)}, k_A={args.ka}, "
                           f"n_A={args.na}, n_B={args.nb}")
-    result = utils.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
+    result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["threshold"] = lam_star
-    result["theory_curve"] = utils.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b))
+    result["theory_curve"] = ana_utils.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b))
 
     # Plot: the grid of Z heat-maps and minority_spread against lambda, with the JSON beside it.
-    stem = f"{FIGURE}_{utils.figure_tag(args)}_ka{args.ka}" + ("_quick" if args.quick else "")
-    for path in utils.write_figure(result, args.plot_dir, stem):
-        print(path)
+    sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")
     return 0
 
 

@@ -13,15 +13,14 @@ import math
 import sys
 
 import ana_utils
+import sweep
 import utils
 
 FIGURE = "minority_n"
 PAPER_NA = {5: [100, 200, 300, 400, 600, 800, 1000, 1100, 1200, 1400],
             3: [100, 400, 450, 500, 700, 1000, 1600, 2200, 2500, 2800]}
 QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
-FULL = dict(dataset_t="cifar10", network="ResNet18", nb=100)
-QUICK = dict(dataset_t="synthetic", network="mlp", nb=20)
-EPOCHS = {"full": 2000, "quick": 200}
+QUICK = dict(dataset_t="synthetic", network="mlp", nb=20, train_epochs=200)
 
 
 def parse_args(argv):
@@ -31,29 +30,28 @@ def parse_args(argv):
                "n_A x 0.2, rounded) and lambda multiplied by sqrt(5), which leaves the UFM optimum (it depends on "
                "lambda sqrt(N) only) and so the expected picture unchanged; about a minute on 2 CPU cores. "
                "--network UFM trains the unconstrained feature model at full scale (seconds per point).")
-    utils.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
+    sweep.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default: the paper's list for --ka 5 or 3)")
-    p.add_argument("--nb", type=int, default=None, help="samples per minority class (default 100)")
+    p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")
     p.add_argument("--reg_l", type=float, default=0.005, help="lambda (default 0.005)")
     p.add_argument("--ln_pro", type=float, default=1 / 6,
-                   help="fraction of training with the regularisation at lambda/10 (default 1/6)")
-    utils.add_common_args(p)
-    utils.add_sweep_args(p)
-    return p.parse_args(argv)
+                   help="fraction of training with the regularisation at lambda/10, in [0, 1] (default 1/6)")
+    p.set_defaults(train_epochs=2000)
+    return utils.parse_with_presets(p, argv, QUICK)
 
 
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
-    K = utils.check_figure_args(args, FULL, QUICK)
+    K = sweep.check_figure_args(args)
     nas = args.nalist or PAPER_NA.get(args.ka, PAPER_NA[5])
     if args.quick and not args.nalist:
         nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive_ints("--nb", [args.nb])
     utils.check_positive("--reg_l", args.reg_l)
-    utils.check_nonneg("--ln_pro", args.ln_pro)
+    utils.check_fraction("--ln_pro", args.ln_pro)
     utils.check_class_sizes(args.dataset_t, nas + [args.nb], args.allow_test_fill, "--nalist/--nb", args.network)
     lam = args.reg_l / math.sqrt(QUICK_SCALE) if args.quick else args.reg_l
     k_B = K - args.ka
@@ -63,34 +61,29 @@ def main(argv=None):
         return [n_A] * args.ka + [args.nb] * k_B
 
     # Points: one run per n_A, keyed by its whole configuration.
-    points = [utils.figure_point(FIGURE, args, sizes_of(n_A), clusters,
-                                 dict(n_A=n_A, lam=lam, lam_arg=args.reg_l, k_A=args.ka, n_B=args.nb),
-                                 **ana_utils.script_weights(lam), epochs=EPOCHS["quick" if args.quick else "full"],
-                                 milestone_frac=2 / 3, weight_decay=0.0, warm_frac=args.ln_pro)
+    points = [sweep.figure_point(FIGURE, args, sizes_of(n_A), clusters, dict(n_A=n_A, lam=lam, k_A=args.ka, n_B=args.nb),
+                                 epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
+                                 warm_frac=args.ln_pro)
               for n_A in nas]
 
     # Train the missing points (or only --point I), reuse the finished ones.
-    device = utils.figure_device(args)
-    records, missing = utils.run_sweep(points, lambda pt: utils.train_point(pt, device, args.models_dir, args.data_dir),
-                                       args.models_dir, args.point, args.assemble)
+    records, missing = sweep.train_points(points, args)
 
     # Analyse: every point against the convex program; the threshold n_A* and the theory curve.
     na_star = ana_utils.two_cluster_nA_star(lam, args.ka, k_B, args.nb)
     lo, hi = min(nas + [max(na_star, 1)]), max(nas + [na_star])
     grid = sorted(set([max(1, round(lo + (hi - lo) * i / 19)) for i in range(20)] + nas
                       + [max(1, math.floor(na_star)), math.ceil(na_star)]))
-    settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_B=args.nb, lam=lam, lam_arg=args.reg_l,
+    settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_B=args.nb, lam=lam,
                     lam_b=args.reg_b, quick=args.quick, x_key="n_A", x_label="n_A",
-                    title=f"Minority collapse vs n_A: {utils.figure_tag(args)}, k_A={args.ka}, n_B={args.nb}, "
+                    title=f"Minority collapse vs n_A: {sweep.figure_tag(args)}, k_A={args.ka}, n_B={args.nb}, "
                           f"λ={lam:.4g}")
-    result = utils.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
+    result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["threshold"] = na_star
-    result["theory_curve"] = utils.theory_curve(grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b))
+    result["theory_curve"] = ana_utils.theory_curve(grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b))
 
     # Plot: the grid of Z heat-maps and minority_spread against n_A, with the JSON beside it.
-    stem = f"{FIGURE}_{utils.figure_tag(args)}_ka{args.ka}" + ("_quick" if args.quick else "")
-    for path in utils.write_figure(result, args.plot_dir, stem):
-        print(path)
+    sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")
     return 0
 
 

@@ -7,6 +7,9 @@ import numpy as np
 import torch
 
 import ana_utils
+import mixup_geometry
+import networks
+import plot_utils
 import train_utils
 import utils
 from utils import UserError
@@ -24,7 +27,7 @@ def parse_args(argv):
     p = utils.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="cifar10", help=" | ".join(utils.DATASETS))
     p.add_argument("--model", default="resnet18",
-                   help=" | ".join(n for n in train_utils.NETWORKS + tuple(train_utils.MIXUP_NETWORKS) if n != "ufm"))
+                   help=" | ".join(n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm"))
     p.add_argument("--width", type=int, default=None, help="network width (wrn: widening factor 10; vit: 192)")
     p.add_argument("--depth", type=int, default=None, help="wrn depth (40) or vit blocks (6)")
     p.add_argument("--loss", default="cross_entropy", help=" | ".join(train_utils.LOSSES))
@@ -40,7 +43,7 @@ def parse_args(argv):
                    help="epochs after which the lr is multiplied by --lr_gamma (default: 30%%, 50%%, 90%% of training)")
     p.add_argument("--lr_gamma", type=float, default=0.1)
     p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--alpha", type=float, default=1.0, help="mixup lam ~ Beta(alpha, alpha)")
+    p.add_argument("--alpha", type=float, default=1.0, help="mixup coefficient ~ Beta(alpha, alpha)")
     p.add_argument("--no_mixup", action="store_true", help="plain training (baseline)")
     p.add_argument("--fixed_etf", action="store_true", help="a fixed simplex-ETF classifier")
     p.add_argument("--train_per_class", type=int, default=None, help="training images per class (default: all)")
@@ -53,37 +56,36 @@ def parse_args(argv):
     p.add_argument("--feature_mode", default="train", help="train (batch-norm batch statistics, as the paper) | eval")
     p.add_argument("--theory_beta", type=float, default=0.01, help="beta of the UFM overlay")
     utils.add_common_args(p)
-    args = p.parse_args(argv)
-    if args.quick:  # the preview's values replace the defaults; explicit arguments still win
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return utils.parse_with_presets(p, argv, QUICK)
 
 
 def check_args(args):
     """Every bad argument fails here with one line, before any data is loaded or run folder made."""
     args.dataset = utils.check_dataset(args.dataset)
-    allowed = [n for n in train_utils.NETWORKS + tuple(train_utils.MIXUP_NETWORKS) if n != "ufm"]
+    allowed = [n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm"]
     if args.model.lower() == "ufm":
         raise UserError("--model ufm: mixing inputs needs a network; for the free-feature model run "
                         "`python utils.py mixup-ufm`")
     if args.model.lower() not in allowed:
         raise UserError(f"--model {args.model}: allowed are {', '.join(allowed)}")
-    train_utils.get_loss(args.loss, args.mse_scale, args.smoothing, args.focal_gamma)
-    if not args.alpha > 0:
-        raise UserError(f"--alpha {args.alpha}: the Beta(alpha, alpha) parameter must be > 0")
-    if args.optimizer.lower() not in ("sgd", "adam", "adamw"):
-        raise UserError(f"--optimizer {args.optimizer}: allowed are sgd, adam, adamw")
+    utils.check_choice("--loss", args.loss, tuple(train_utils.LOSSES))
+    utils.check_positive("--mse_scale", args.mse_scale)
+    utils.check_fraction("--smoothing", args.smoothing)
+    utils.check_nonneg("--focal_gamma", args.focal_gamma)
+    utils.check_choice("--optimizer", args.optimizer.lower(), ("sgd", "adam", "adamw"))
     if args.feature_mode not in ("train", "eval"):
         raise UserError(f"--feature_mode {args.feature_mode}: allowed are train, eval")
     utils.check_positive_ints("--epochs", [args.epochs])
+    utils.check_positive_ints("--width/--depth", [v for v in (args.width, args.depth) if v is not None])
     utils.check_positive_ints("--snapshot_size", [args.snapshot_size])
+    utils.check_positive("--theory_beta", args.theory_beta)
     if args.snapshot_size < 2:
         raise UserError("--snapshot_size: at least 2 mixed examples")
     if args.dataset == "synthetic" and args.num_classes < 3:
         raise UserError(f"--num_classes {args.num_classes}: three classes are visualised, so at least 3")
     K = utils.num_classes_of(args.dataset, [0] * args.num_classes)
-    per_class = args.train_per_class or utils.TRAIN_PER_CLASS.get(args.dataset, SYNTHETIC_PER_CLASS)
+    per_class = (args.train_per_class if args.train_per_class is not None
+                 else utils.TRAIN_PER_CLASS.get(args.dataset, SYNTHETIC_PER_CLASS))
     utils.check_positive_ints("--train_per_class", [per_class])
     if args.classes is None:
         args.classes = sorted(np.random.default_rng(args.seed).choice(K, 3, replace=False).tolist())
@@ -96,6 +98,8 @@ def check_args(args):
         raise UserError(f"--snapshots {bad}: snapshot epochs must lie in 1..{args.epochs}")
     if args.lr_milestones is None:
         args.lr_milestones = sorted({max(1, round(f * args.epochs)) for f in (0.3, 0.5, 0.9)})
+    train_utils.check_train_config(dict(train_utils.TRAIN_DEFAULTS, **train_config(args)), prefix="--")
+    utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return K, per_class
 
 
@@ -119,15 +123,15 @@ def make_on_eval(cfg, data, loss_fn, device):
     def on_eval(model, epoch, run_dir):
         _, logits = ana_utils.extract_features(model, data.x_test.to(device))
         row = {"test_loss": loss_fn(logits, data.y_test).mean().item(),
-               "test_ece": ana_utils.expected_calibration_error(logits, data.y_test)}
+               "test_ece": mixup_geometry.expected_calibration_error(logits, data.y_test)}
         if epoch in cfg["snapshots"]:
             rng = np.random.default_rng([cfg["seed"], epoch])
-            snap = ana_utils.collect_mixup_features(model, data.x_train, data.y_train, cfg["classes"],
+            snap = mixup_geometry.collect_mixup_features(model, data.x_train, data.y_train, cfg["classes"],
                                                     cfg["snapshot_size"], cfg["alpha"], rng,
                                                     train_mode=cfg["feature_mode"] == "train")
             utils.atomic_savez(utils.mixup_snapshot_path(run_dir, epoch), epoch=epoch, **snap)
             utils.atomic_write_json(utils.mixup_snapshot_path(run_dir, epoch, "json"),
-                                    ana_utils.mixup_geometry_summary(snap))
+                                    mixup_geometry.mixup_geometry_summary(snap))
         return row
     return on_eval
 
@@ -151,21 +155,21 @@ def main(argv=None):
 
     snaps = [(e, utils.load_snapshot(p)) for e, p in utils.mixup_snapshots(run_dir)]
     summaries = {e: utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps}
-    theory = utils.ufm_overlay(cfg, K, args.classes, args.theory_beta)
+    theory = train_utils.ufm_overlay(cfg, K, args.classes, args.theory_beta)
 
     out_dir = os.path.join(args.plot_dir, os.path.basename(run_dir))
     written = [utils.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
     for e, snap in snaps:
-        written.append(utils.save_mixup_projection(snap, os.path.join(out_dir, f"projection_e{e:04d}.png"),
+        written.append(plot_utils.save_mixup_projection(snap, os.path.join(out_dir, f"projection_e{e:04d}.png"),
                                                    f"{cfg['name']}, epoch {e}", theory))
-    written.append(utils.save_mixup_grid([s for _, s in snaps], [f"epoch {e}" for e, _ in snaps],
+    written.append(plot_utils.save_mixup_grid([s for _, s in snaps], [f"epoch {e}" for e, _ in snaps],
                                           os.path.join(out_dir, "projection_grid.png"), theory))
     label = {cfg["name"]: os.path.join(run_dir, "summary.csv")}
     for kind in ("loss", "accuracy"):
-        written.append(utils.save_mixup_curves(label, os.path.join(out_dir, f"{kind}.png"), kind))
+        written.append(plot_utils.save_mixup_curves(label, os.path.join(out_dir, f"{kind}.png"), kind))
     geometry_path = os.path.join(out_dir, "geometry.json")
     utils.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
-                                            "ufm_optimum": ana_utils.mixup_geometry_summary(theory)})
+                                            "ufm_optimum": mixup_geometry.mixup_geometry_summary(theory)})
     written.append(geometry_path)
 
     last = summaries[max(summaries)]

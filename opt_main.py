@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 import ana_utils
+import plot_utils
 import utils
 from utils import UserError
 
@@ -25,7 +26,8 @@ def parse_args(argv):
     p.add_argument("--reg_z", type=float, required=True, help="lambda = 2 sqrt(lam_W lam_H) of the convex program")
     p.add_argument("--reg_b", type=float, default=0.01, help="lambda_b, the bias penalty")
     p.add_argument("--solver", default="auto", choices=("auto", "cvxpy", "fast"),
-                   help="cvxpy (Clarabel/SCS), fast (accelerated proximal gradient), auto: cvxpy up to K = 30")
+                   help="cvxpy (Clarabel/SCS), fast (accelerated proximal gradient), auto: cvxpy up to "
+                        f"K = {ana_utils.AUTO_CVXPY_MAX_K}, else fast")
     p.add_argument("--name", default=None, help="output stem (default: from the arguments)")
     p.add_argument("--out_dir", default="opt_results")
     p.add_argument("--plot_dir", default="plots")
@@ -93,10 +95,7 @@ def main(argv=None):
                                       "lam_b": args.reg_b, "Z": Z, "b": b, "objective": sol["objective"],
                                       "solver": sol["solver"], "status": sol["status"], "solve_time": sol["solve_time"],
                                       "clusters": report})
-    fig, ax = utils.plt.subplots(figsize=(4, 3.6))
-    im = utils.plot_z_heatmap(ax, Z, args.cluster_s, title=f"Z of the convex program, λ = {args.reg_z:g}")
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    utils.save_figure(fig, png)
+    plot_utils.save_z_heatmap(Z, args.cluster_s, f"Z of the convex program, λ = {args.reg_z:g}", png)
     print("wrote:\n  " + "\n  ".join([npz, summary, png]))
 
 

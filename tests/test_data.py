@@ -90,8 +90,8 @@ def test_synthetic_and_digits_need_no_download(tmp_path):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(dataset="imagenet", sizes=[1, 1]), "--dataset imagenet: unknown dataset"),
-    (dict(dataset="digits", sizes=[5, 5]), "--sizes: 2 sizes given; digits has 10"),
-    (dict(dataset="digits", sizes=[5] * 9 + [0]), "--sizes: 0 is not allowed"),
+    (dict(dataset="digits", sizes=[5, 5]), "class sizes: 2 given; digits has 10"),
+    (dict(dataset="digits", sizes=[5] * 9 + [0]), "class sizes: 0 is not allowed"),
     (dict(dataset="synthetic", sizes=[5]), "at least 2"),
 ])
 def test_bad_data_arguments(tmp_path, kwargs, match):

@@ -19,6 +19,7 @@ import limit_main  # noqa: E402
 import minority_l_main  # noqa: E402
 import minority_n_main  # noqa: E402
 import utils  # noqa: E402
+import plot_utils  # noqa: E402
 
 POINT_KEYS = {"params", "sizes", "clusters", "Z", "b", "nc", "minority_spread", "minority_spread_rel", "cosines",
               "theory", "run_dir", "index"}
@@ -99,7 +100,7 @@ def test_minority_l_ufm_point_assemble_and_reuse(tmp_path, capsys):
     assert res["threshold"] == pytest.approx(np.sqrt(10) / 300)
     assert len(res["theory_curve"]["x"]) == len(res["theory_curve"]["minority_spread"]) > 10
     for p in res["points"]:
-        assert p["params"]["lam"] == p["params"]["lam_arg"] and {"k_A", "n_A", "n_B"} <= set(p["params"])
+        assert set(p["params"]) == {"lam", "k_A", "n_A", "n_B"}
         assert p["train"]["lam_h"] == pytest.approx(p["params"]["lam"] / 20)
         assert p["train"]["lam_w"] == pytest.approx(5 * p["params"]["lam"])
         # the trained UFM agrees with the convex program
@@ -152,19 +153,19 @@ def test_replot_from_json_including_missing_theory(tmp_path, capsys):
     paths, _ = run_main(minority_l_main, ["--network", "UFM", "--na", "40", "--nb", "8", "--reg_z_l", "0.01",
                                           "--epoch", "3"] + dirs(tmp_path), capsys)
     js, res = load_json(paths)
-    out = utils.plot_figure_json(js, str(tmp_path / "again.png"))
+    out = plot_utils.plot_figure_json(js, str(tmp_path / "again.png"))
     assert os.path.getsize(out) > 1000
     # a failed convex solve and an empty sweep must still plot
     res["points"][0]["theory"].update(Z=None, minority_spread=None)
     res["theory_curve"]["minority_spread"][0] = None
     utils.atomic_write_json(str(tmp_path / "broken.json"), res)
-    assert os.path.exists(utils.plot_figure_json(str(tmp_path / "broken.json")))
+    assert os.path.exists(plot_utils.plot_figure_json(str(tmp_path / "broken.json")))
     res["points"] = []
     utils.atomic_write_json(str(tmp_path / "empty.json"), res)
-    assert os.path.exists(utils.plot_figure_json(str(tmp_path / "empty.json")))
+    assert os.path.exists(plot_utils.plot_figure_json(str(tmp_path / "empty.json")))
     res["figure"] = "limit"
     utils.atomic_write_json(str(tmp_path / "empty_limit.json"), res)
-    assert os.path.exists(utils.plot_figure_json(str(tmp_path / "empty_limit.json")))
+    assert os.path.exists(plot_utils.plot_figure_json(str(tmp_path / "empty_limit.json")))
 
 
 # --------------------------------------------------------------------------------------

@@ -11,17 +11,19 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import ana_utils  # noqa: E402
 import mixup_main  # noqa: E402
 import train_utils  # noqa: E402
 import utils  # noqa: E402
+import mixup_geometry  # noqa: E402
+import networks  # noqa: E402
+import replot  # noqa: E402
 
 
 def test_projection_of_exact_etf_is_equilateral_with_class_k_at_vertex_k():
-    W = ana_utils.simplex_etf(10, 16, omega=2.0, seed=3)
+    W = mixup_geometry.simplex_etf(10, 16, omega=2.0, seed=3)
     classes = [7, 2, 5]
-    P, centre = ana_utils.mixup_projection(W, classes)
-    V = ana_utils.project(W[classes], P, centre)
+    P, centre = mixup_geometry.mixup_projection(W, classes)
+    V = mixup_geometry.project(W[classes], P, centre)
     d = [np.linalg.norm(V[i] - V[j]) for i, j in [(0, 1), (0, 2), (1, 2)]]
     assert np.allclose(d, d[0], rtol=1e-10)
     layout = np.array([[0.5, -np.sqrt(3) / 6], [-0.5, -np.sqrt(3) / 6], [0.0, np.sqrt(3) / 3]])
@@ -30,29 +32,29 @@ def test_projection_of_exact_etf_is_equilateral_with_class_k_at_vertex_k():
 
 def test_closed_form_numbers_of_theory_section_5():
     K, beta = 10, 0.01
-    a, b, t = ana_utils.ufm_pair_logits(0.5, K, beta)
-    a_same = ana_utils.ufm_same_class_logit(K, beta)
+    a, b, t = mixup_geometry.ufm_pair_logits(0.5, K, beta)
+    a_same = mixup_geometry.ufm_same_class_logit(K, beta)
     # projected, the lam = 1/2 feature lies at 0.78 of the way to each same-class vertex
     assert (a - t) / (a_same * K / (K - 1)) == pytest.approx(0.778, abs=1e-3)
     for lam in (0.2, 0.7):
-        a, b, _ = ana_utils.ufm_pair_logits(lam, K, 1e-6)
+        a, b, _ = mixup_geometry.ufm_pair_logits(lam, K, 1e-6)
         assert a - b == pytest.approx(np.log(lam / (1 - lam)), abs=1e-4)
-    ce = ana_utils.ufm_mixup_snapshot("cross_entropy", K, beta, n_lam=9)
+    ce = mixup_geometry.ufm_mixup_snapshot("cross_entropy", K, beta, n_mix=9)
     same = ce["y_a"] == ce["y_b"]
     for c in ce["classes"]:      # same-class optimum independent of lam, along w_c
         H = ce["features"][same & (ce["y_a"] == c)]
         assert np.allclose(H, H[0], atol=1e-12)
         assert np.allclose(H[0] / np.linalg.norm(H[0]), ce["W"][c] / np.linalg.norm(ce["W"][c]))
-    s_ce = ana_utils.mixup_geometry_summary(ce)
-    s_mse = ana_utils.mixup_geometry_summary(ana_utils.ufm_mixup_snapshot("mse", K, beta, n_lam=9))
+    s_ce = mixup_geometry.mixup_geometry_summary(ce)
+    s_mse = mixup_geometry.mixup_geometry_summary(mixup_geometry.ufm_mixup_snapshot("mse", K, beta, n_mix=9))
     assert s_mse["diff_convex_residual_mean"] < 1e-12 < 0.2 < s_ce["diff_convex_residual_mean"]
     assert s_ce["diff_logit_gap_vs_log_odds_spearman"] > 0.99
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 def test_direct_optimiser_matches_closed_forms(loss):
-    closed = ana_utils.ufm_mixup_snapshot(loss, 6, 0.05, n_lam=5)
-    direct = ana_utils.ufm_mixup_snapshot(loss, 6, 0.05, n_lam=5, loss_fn=train_utils.get_loss(loss))
+    closed = mixup_geometry.ufm_mixup_snapshot(loss, 6, 0.05, n_mix=5)
+    direct = mixup_geometry.ufm_mixup_snapshot(loss, 6, 0.05, n_mix=5, loss_fn=train_utils.get_loss(loss))
     assert np.abs(closed["features"] - direct["features"]).max() < 1e-5
 
 
@@ -114,7 +116,7 @@ def test_losses_value_and_gradient_by_hand():
 def test_wide_resnet_vit_and_fixed_etf():
     x = torch.randn(2, 3, 32, 32)
     for name, kw in [("wrn", dict(width=1, depth=10)), ("vit", dict(width=32, depth=1))]:
-        model = train_utils.build_model(name, 5, 3, **kw)
+        model = networks.build_model(name, 5, 3, **kw)
         logits, h = model(x)
         assert logits.shape == (2, 5) and h.shape == (2, model.feat_dim)
     lin = train_utils.fixed_etf_classifier_(torch.nn.Linear(8, 4))
@@ -140,12 +142,12 @@ def runs(tmp_path_factory):
 
 def test_summary_centres_features_by_their_global_mean():
     K, beta = 10, 0.01
-    snap = ana_utils.ufm_mixup_snapshot("cross_entropy", K, beta, n_lam=9)
+    snap = mixup_geometry.ufm_mixup_snapshot("cross_entropy", K, beta, n_mix=9)
     shift = np.random.default_rng(0).normal(size=snap["features"].shape[1]) * 5
     shifted = dict(snap, features=snap["features"] + shift)
-    plain, centred = ana_utils.mixup_geometry_summary(snap), ana_utils.mixup_geometry_summary(
+    plain, centred = mixup_geometry.mixup_geometry_summary(snap), mixup_geometry.mixup_geometry_summary(
         dict(shifted, feature_mean=shift))
-    assert ana_utils.mixup_geometry_summary(shifted)["same_angle_deg_mean"] > 1  # an offset shows as an angle
+    assert mixup_geometry.mixup_geometry_summary(shifted)["same_angle_deg_mean"] > 1  # an offset shows as an angle
     for key in ("same_angle_deg_mean", "diff_convex_residual_mean", "same_spread"):
         assert centred[key] == pytest.approx(plain[key], abs=1e-9)
 
@@ -166,7 +168,7 @@ def test_end_to_end_writes_every_file(runs):
         assert {"loss", "train_acc", "test_loss", "test_acc", "test_ece"} <= set(rows[0])
         for e in (1, 3):
             snap = utils.load_snapshot(utils.mixup_snapshot_path(run_dir, e))
-            assert {"features", "lam", "y_a", "y_b", "logits", "W", "b", "classes", "feature_mean"} <= set(snap)
+            assert {"features", "mix", "y_a", "y_b", "logits", "W", "b", "classes", "feature_mean"} <= set(snap)
             assert snap["feature_mean"].shape == (16,)
             assert snap["features"].shape == (60, 16) and len(set(snap["classes"])) == 3
             assert "diff_convex_residual_mean" in utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json"))
@@ -193,7 +195,7 @@ def test_replot_commands(runs, capsys):
                 ["mixup-accuracy", run_dirs[0]], ["mixup-compare"] + run_dirs,
                 ["mixup-ufm", "--loss", "mse", "--num_classes", "5"]]
     for i, cmd in enumerate(commands):
-        utils.main(cmd + ["--out", str(out / f"{i}.png")])
+        replot.main(cmd + ["--out", str(out / f"{i}.png")])
         assert os.path.getsize(out / f"{i}.png") > 0
     assert os.path.exists(out / "4.json")
 

@@ -21,8 +21,11 @@ def test_worked_threshold_values():
     assert ana_utils.two_cluster_lambda_star(3, 500, 7, 100) == pytest.approx(1 / 220)
     assert ana_utils.two_cluster_nA_star(0.005, 5, 5, 100) == pytest.approx(300)
     assert ana_utils.two_cluster_nA_star(0.005, 3, 7, 100) == pytest.approx(433.33, abs=0.01)
-    assert ana_utils.lam_from_script(0.005 / 20, 5 * 0.005) == pytest.approx(0.005)
-    assert ana_utils.lam_from_script(**ana_utils.script_weights(0.0039)) == pytest.approx(0.0039)
+    for lam, ratio in ((0.005, 100.0), (0.0039, 100.0), (2e-3 * 7, 1000.0)):
+        lam_h, lam_w = ana_utils.split_lambda(lam, ratio)
+        assert 2 * np.sqrt(lam_h * lam_w) == pytest.approx(lam, rel=1e-14)
+        assert lam_w / lam_h == pytest.approx(ratio, rel=1e-14)
+    assert ana_utils.split_lambda(0.005) == (0.005 / 20, 5 * 0.005)    # the original scripts' split
     n, clusters = ana_utils.expand_clusters([3, 3, 4], [5000, 4000, 3000])
     assert n == [5000] * 3 + [4000] * 3 + [3000] * 4 and clusters[2] == [6, 7, 8, 9]
     assert ana_utils.cluster_thresholds([3, 1], [50, 10]) == [pytest.approx(np.sqrt(50) / 160), None]
@@ -106,13 +109,13 @@ def test_cosines_move_toward_etf_as_lambda_sqrt_N_shrinks():
 def test_bad_program_input():
     with pytest.raises(UserError, match="at least two classes"):
         ana_utils.solve_ufm([10], 0.01, 0.01)
-    with pytest.raises(UserError, match="--reg_z"):
+    with pytest.raises(UserError, match="lambda -0.01: must be a number > 0"):
         ana_utils.solve_ufm([10, 10], -0.01, 0.01)
-    with pytest.raises(UserError, match="--reg_z"):
+    with pytest.raises(UserError, match="lambda 0.0: must be a number > 0"):
         ana_utils.solve_ufm([10, 10], 0.0, 0.01)
     with pytest.raises(UserError, match="positive numbers"):
         ana_utils.solve_ufm([10, 0], 0.01, 0.01)
-    with pytest.raises(UserError, match="--solver"):
+    with pytest.raises(UserError, match="solver"):
         ana_utils.solve_ufm([10, 10], 0.01, 0.01, solver="mosek")
 
 

@@ -9,6 +9,7 @@ import torch
 
 import train_utils
 import utils
+import networks
 from utils import UserError
 
 CPU = torch.device("cpu")
@@ -26,7 +27,7 @@ CFG = dict(name="t", network="mlp", width=32, epochs=8, lr=0.05, batch_size=16, 
 @pytest.mark.parametrize("name,feat", [("ResNet18", 512), ("resnet18_nobias", 512), ("VGG11", 512),
                                        ("vgg13", 512), ("MLP", 256), ("cnn", 128)])
 def test_networks_share_one_interface(name, feat):
-    model = train_utils.build_model(name, num_classes=7, in_channels=3)
+    model = networks.build_model(name, num_classes=7, in_channels=3)
     logits, h = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 7) and h.shape == (2, feat) and model.feat_dim == feat
     assert isinstance(model.classifier, torch.nn.Linear)
@@ -34,17 +35,17 @@ def test_networks_share_one_interface(name, feat):
 
 
 def test_ufm_features_are_free_parameters():
-    model = train_utils.build_model("UFM", num_classes=3, num_samples=5, feat_dim=4)
+    model = networks.build_model("UFM", num_classes=3, num_samples=5, feat_dim=4)
     logits, h = model(torch.tensor([4, 0]))
     assert torch.equal(h, model.H[[4, 0]]) and logits.shape == (2, 3)
-    with pytest.raises(UserError, match="--network resnet50: unknown network"):
-        train_utils.build_model("resnet50", 10)
+    with pytest.raises(UserError, match="network resnet50: unknown"):
+        networks.build_model("resnet50", 10)
 
 
 def test_objective_matches_theory_formula():
     """Full batch: loss = mean CE + lam_W ||W||^2 + lam_H sum ||h||^2 + lam_b ||b||^2 (theory.md section 2)."""
     torch.manual_seed(0)
-    model = train_utils.build_model("ufm", num_classes=3, num_samples=6, feat_dim=4)
+    model = networks.build_model("ufm", num_classes=3, num_samples=6, feat_dim=4)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
     cfg = dict(lam_h=0.01, lam_w=0.02, lam_b=0.03)
     loss, terms = train_utils.regularized_objective(model, torch.arange(6), y, cfg, 6, 1.0)
@@ -109,8 +110,8 @@ def test_divergence_names_epoch_and_terms(tmp_path):
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(lam_h=-1.0), "--lam_h: -1.0 is not allowed"), (dict(epochs=0), "--epochs"), (dict(optimizer="rmsprop"), "--optimizer"),
-    (dict(eval_epochs=[99]), "eval epochs"),
+    (dict(lam_h=-1.0), "lam_h: -1.0 is not allowed"), (dict(epochs=0), "epochs"), (dict(optimizer="rmsprop"), "optimizer"),
+    (dict(eval_epochs=[99]), "eval_epochs"),
 ])
 def test_bad_training_settings(tmp_path, change, match):
     with pytest.raises(UserError, match=match):
