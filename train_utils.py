@@ -148,7 +148,7 @@ def check_train_config(cfg, prefix=""):
         utils.check_positive(prefix + "alpha", cfg["alpha"])
 
 
-def regularized_objective(model, xb, yb, cfg, num_train, reg_scale):
+def regularized_objective(model, xb, yb, cfg, num_train, warm_weight):
     """theory.md section 2: mean CE + lam_W ||W||^2 + lam_H * N * mean ||h||^2 + lam_b ||b||^2."""
     logits, h = model(xb)
     ce = F.cross_entropy(logits.float(), yb)
@@ -156,7 +156,7 @@ def regularized_objective(model, xb, yb, cfg, num_train, reg_scale):
     reg_w = cfg["lam_w"] * W.pow(2).sum()
     reg_h = cfg["lam_h"] * num_train * h.float().pow(2).sum(1).mean()
     reg_b = cfg["lam_b"] * b.pow(2).sum() if b is not None else ce.new_zeros(())
-    loss = ce + reg_scale * (reg_w + reg_h + reg_b)
+    loss = ce + warm_weight * (reg_w + reg_h + reg_b)
     acc = (logits.argmax(1) == yb).float().mean()
     return loss, {"loss": loss, "ce": ce, "reg_w": reg_w, "reg_h": reg_h, "reg_b": reg_b, "acc": acc}
 
@@ -259,7 +259,7 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     for epoch in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch)
-        reg_scale = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
+        warm_weight = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
         model.train()
         perm = torch.randperm(N, generator=gen).to(device)
         if N % bs == 1 and N > 1:  # never a final batch of one sample (batch norm)
@@ -273,7 +273,7 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                     if objective is None:
-                        loss, terms = regularized_objective(model, xb, yb, cfg, N, reg_scale)
+                        loss, terms = regularized_objective(model, xb, yb, cfg, N, warm_weight)
                     else:
                         loss, terms = objective(model, xb, yb, epoch, gen)
                 loss.backward()
