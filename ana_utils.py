@@ -7,6 +7,7 @@ import time
 import numpy as np
 import scipy.linalg
 import scipy.optimize
+import scipy.special
 import scipy.stats
 import torch
 
@@ -178,18 +179,198 @@ def _blas_threads(k):
     return threadpool_limits(limits=k, user_api="blas")
 
 
+def _ce_columns(V):
+    """Cross-entropy of every column of V (column k has label k), without cancellation:
+    CE_k = log(1 + sum_{j != k} exp(v_j - v_k)), computed as log1p where that sum is small.
+    Returns (CE (K,), off-diagonal softmax probabilities with a zero diagonal (K x K),
+    r = 1 - p_kk (K,), computed as a sum of the other probabilities, not as a difference)."""
+    D = V - np.diag(V)[None, :]                    # D[j, k] = v_j - v_k
+    np.fill_diagonal(D, -np.inf)
+    a = np.maximum(D.max(axis=0), 0.0)
+    E = np.exp(D - a)                               # diagonal: exp(-inf) = 0
+    S = E.sum(axis=0)
+    tot = np.exp(-a) + S
+    ce = np.where(a > 0, a + np.log(tot), np.log1p(S))
+    E /= tot
+    return ce, E, S / tot
+
+
 def _ufm_smooth(X, b, rho, q, lam_b):
     """Smooth part in scaled variables: sum_k rho_k CE(x_k/q_k + b, k) + lam_b |b|^2.
-    Returns (value, gradient in X, gradient in b)."""
-    K = X.shape[0]
-    V = X / q + b[:, None]
-    vmax = V.max(axis=0)
-    E = np.exp(V - vmax)
-    S = E.sum(axis=0)
-    f = float(rho @ (vmax + np.log(S) - np.diag(V)) + lam_b * (b @ b))
-    E /= S
-    E[np.diag_indices(K)] -= 1.0                       # softmax - onehot, per column
+    Returns (value, gradient in X, gradient in b). The CE and the gradient's diagonal
+    (p_kk - 1 = -(sum of the other probabilities)) are computed without cancellation, so the
+    objective keeps its relative accuracy when the CE is tiny (lam sqrt(N) -> 0)."""
+    ce, E, r = _ce_columns(X / q + b[:, None])
+    f = float(rho @ ce + lam_b * (b @ b))
+    E[np.diag_indices_from(E)] = -r                 # softmax - onehot, per column
     return f, E * q, E @ rho + 2.0 * lam_b * b
+
+
+def _entropy_columns(Poff, r):
+    """Entropy of each column distribution given by its off-diagonal entries Poff (zero diagonal)
+    and r = 1 - (diagonal entry), accurately for r -> 0."""
+    return -scipy.special.xlogy(Poff, Poff).sum(axis=0) - (1.0 - r) * np.log1p(-np.minimum(r, 1.0))
+
+
+def _spectral_norm(A):
+    """Largest singular value of A from the top eigenvalue of A^T A (LAPACK, deterministic),
+    rounded up by a relative 1e-13 to cover its rounding error."""
+    if not np.any(A):
+        return 0.0
+    top = scipy.linalg.eigh(A.T @ A, eigvals_only=True, subset_by_index=[A.shape[1] - 1] * 2,
+                            check_finite=False, driver="evr")[0]
+    return float(np.sqrt(max(top, 0.0))) * (1.0 + 1e-13)
+
+
+def _ufm_dual_point(X, b, rho, q, L, lam_b):
+    """A feasible point of the dual of the convex program, built from the primal point (X, b).
+
+    Dual (theory.md section 2, "Accuracy certificate"): maximise over P (columns p_k in the simplex)
+        D(P) = sum_k rho_k H(p_k) - |(P - I) rho|^2 / (4 lam_b)   subject to ||(P - I) diag(q)||_2 <= L
+    (for lam_b = 0 the second term becomes the constraint (P - I) rho = 0). P starts as the softmax
+    of the logits, G = (P - I) diag(q) being the gradient of the CE term in X. Two feasible points
+    are made from it and the better one is kept: (a) P pulled towards I until the spectral
+    constraint holds; (b) the singular values of G above L clipped to L (negative entries this
+    leaves, of the size of the clipped part, set to 0 and each column's diagonal entry recomputed so
+    that it sums to 1), then pulled towards I as in (a). For lam_b = 0 the marginal (P - I) rho = 0
+    is restored exactly first (column k moves by d_k (rho - e_k), d >= 0).
+    Returns (D, Poff, r) of that point (off-diagonal entries, 1 - diagonal)."""
+    ce, Poff, r = _ce_columns(X / q + b[:, None])
+    G = Poff * q
+    G[np.diag_indices_from(G)] = -r * q
+    cands = [(Poff, r)]
+    ev, Vv = scipy.linalg.eigh(G.T @ G, check_finite=False, driver="evd")
+    above = ev > L * L
+    ev, Vv = ev[above], Vv[:, above]
+    if ev.size:
+        s = np.sqrt(ev)
+        G2 = G - ((G @ Vv) * (1.0 - L / s)) @ Vv.T
+        P2 = np.maximum(G2 / q, 0.0)
+        np.fill_diagonal(P2, 0.0)
+        r2 = P2.sum(axis=0)
+        if np.all(r2 <= 1.0):
+            cands.append((P2, r2))
+    best = (-np.inf, Poff, r)
+    for Pc, rc in cands:
+        if lam_b == 0:
+            c = Pc @ rho - rc * rho                         # (P - I) rho
+            d = c / rho
+            d = d + max(0.0, -d.min())
+            if np.any(rc + d * (1.0 - rho) > 1.0):         # cannot keep the simplex
+                continue
+            Pc = Pc + rho[:, None] * d[None, :]
+            np.fill_diagonal(Pc, 0.0)
+            rc = rc + d * (1.0 - rho)
+        Gc = Pc * q
+        Gc[np.diag_indices_from(Gc)] = -rc * q
+        sn = _spectral_norm(Gc)
+        t = 1.0 if sn <= L else L / sn
+        Pc, rc = t * Pc, t * rc
+        dual = float(rho @ _entropy_columns(Pc, rc))
+        if lam_b > 0:
+            c = Pc @ rho - rc * rho
+            dual -= float(c @ c) / (4.0 * lam_b)
+        if dual > best[0]:
+            best = (dual, Pc, rc)
+    return best
+
+
+def _ufm_accuracy(primal, dual):
+    """Relative objective suboptimality bound (primal - dual) / primal, floored at the rounding
+    level of the two values (the objective is > 0: the CE term is)."""
+    if not np.isfinite(dual):
+        return float("inf")
+    return max(primal - dual, 0.0) / primal + 4e-16 * np.sqrt(primal ** 2 + dual ** 2) / primal
+
+
+def ufm_certificate(Z, b, n, lam, lam_b):
+    """Accuracy certificate of any answer (Z, b) of the convex program, whichever solver gave it.
+
+    Returns dict(objective, dual, gap, accuracy): the objective at (Z, b), the value of a feasible
+    point of the dual (so dual <= optimum <= objective), gap = objective - dual, and
+    accuracy = gap / objective, a bound on the relative suboptimality of the answer's objective."""
+    n = _check_ufm_args(n, lam, lam_b)
+    N = n.sum()
+    rho, q = n / N, np.sqrt(n / N)
+    X = np.asarray(Z, dtype=float) * q
+    b = np.asarray(b, dtype=float).ravel()
+    L = float(lam) * np.sqrt(N)
+    primal = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
+    dual = _ufm_dual_point(X, b, rho, q, L, lam_b)[0]
+    return dict(objective=primal, dual=dual, gap=primal - dual, accuracy=_ufm_accuracy(primal, dual))
+
+
+def _kl_small_side_bounds(s, kappa, iters=80):
+    """For entries s in [0, 1/2] and budgets kappa >= 0: the interval [lo, hi] of x with the binary
+    KL divergence kl(s, x) = s log(s/x) + (1-s) log((1-s)/(1-x)) <= kappa (bisection; rounded outward)."""
+    s = np.asarray(s, dtype=float)
+    kappa = np.broadcast_to(np.asarray(kappa, dtype=float), s.shape)
+
+    def kl(x):
+        return scipy.special.xlogy(s, s) - scipy.special.xlogy(s, x) + (1 - s) * (np.log1p(-s) - np.log1p(-x))
+    # lower end, bisection on log x in (log s - 800, log s)
+    lo_l, hi_l = np.log(np.maximum(s, 1e-300)) - 800.0, np.log(np.maximum(s, 1e-300))
+    for _ in range(iters):
+        mid = 0.5 * (lo_l + hi_l)
+        inside = kl(np.exp(mid)) <= kappa
+        hi_l, lo_l = np.where(inside, mid, hi_l), np.where(inside, lo_l, mid)
+    lo = np.where(s > 0, np.exp(lo_l) * (1 - 1e-12), 0.0)
+    # upper end, bisection on x in (s, 1)
+    a, z = s.copy(), np.ones_like(s)
+    for _ in range(iters):
+        mid = 0.5 * (a + z)
+        inside = kl(mid) <= kappa
+        a, z = np.where(inside, mid, a), np.where(inside, z, mid)
+    return lo, np.minimum(z * (1 + 1e-12), 1.0)
+
+
+def ufm_spread_bounds(Z, b, n, lam, lam_b, classes):
+    """Certified interval [lower, upper] for the optimum's spread max_{j,k in classes} |z*_j - z*_k|
+    (classes of one size), from the dual point of the answer (Z, b) and its duality gap.
+
+    The dual is strongly concave: sum_k rho_k KL(p_k || p*_k) <= gap for the dual point P built from
+    (Z, b), so every entry of p*_k lies in a binary-KL ball around p_k; within a class size
+    z*_j - z*_k = q (I - J/K)(log p*_j - log p*_k), which turns those balls into the interval."""
+    n = _check_ufm_args(n, lam, lam_b)
+    classes = list(classes)
+    if len(classes) < 2:
+        return 0.0, 0.0
+    if np.ptp(n[classes]) > 0:
+        raise ValueError("ufm_spread_bounds: the classes must have one size")
+    N = n.sum()
+    rho, q = n / N, np.sqrt(n / N)
+    X = np.asarray(Z, dtype=float) * q
+    b = np.asarray(b, dtype=float).ravel()
+    L = float(lam) * np.sqrt(N)
+    primal = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
+    dual, Poff, r = _ufm_dual_point(X, b, rho, q, L, lam_b)
+    if not np.isfinite(dual):
+        return 0.0, float("inf")
+    gap = max(primal - dual, 0.0) + 4e-16 * (abs(primal) + abs(dual))
+    K = len(n)
+    idx = np.array(classes)
+    P = Poff[:, idx].copy()
+    Pc = 1.0 - P                                           # complements (exact enough off the diagonal)
+    P[idx, np.arange(len(idx))] = 1.0 - r[idx]
+    Pc[idx, np.arange(len(idx))] = r[idx]
+    small = np.minimum(P, Pc)
+    lo, hi = _kl_small_side_bounds(np.minimum(small, 0.5), gap / rho[idx][None, :])
+    flip = P > Pc                                          # the entry is the large side: x = 1 - (small side)
+    with np.errstate(divide="ignore"):
+        log_lo = np.where(flip, np.log1p(-np.minimum(hi, 1.0)), np.log(lo))
+        log_hi = np.where(flip, np.log1p(-lo), np.log(hi))
+    lower = upper = 0.0
+    qc = q[idx[0]]
+    for a in range(len(idx)):
+        for c in range(a + 1, len(idx)):
+            w_lo, w_hi = log_lo[:, a] - log_hi[:, c], log_hi[:, a] - log_lo[:, c]
+            if not np.all(np.isfinite(w_lo)) or not np.all(np.isfinite(w_hi)):
+                return lower, float("inf")
+            mid, rad = 0.5 * (w_lo + w_hi), 0.5 * (w_hi - w_lo)
+            centre = np.linalg.norm(mid - mid.mean())
+            e = np.linalg.norm(rad)
+            lower, upper = max(lower, qc * (centre - e)), max(upper, qc * (centre + e))
+    return lower, upper
 
 
 def _eig_gram(A):
@@ -298,7 +479,7 @@ def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", **solver_opts):
                 solve_time=t, solver=f"cvxpy/{solver}")
 
 
-def solve_ufm_fast(n, lam, lam_b, tol=1e-10, max_iter=5000, Z0=None, b0=None,
+def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
                    warm_start=True, bm_iter=3000, blas_threads=1):
     """Solve the convex program with a first-order method; general (no structure assumed).
 
@@ -306,10 +487,13 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-10, max_iter=5000, Z0=None, b0=None,
        r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0).
        Cheap iterations (matrix products only); it lands very close to the optimum.
     2. Certify and finish with FISTA on X (singular-value soft-thresholding, joint b step,
-       adaptive step with backtracking, gradient restart). Stops when the relative
-       proximal-gradient fixed-point residual |(Z, b)_new - (Z, b)_y| / max(1, |(Z, b)|) < tol.
-       Soft-thresholding makes collapsed columns coincide exactly near thresholds.
-    Returns dict(Z, b, objective, status, solve_time, solver, iterations, bm_iterations, residual).
+       adaptive step with backtracking, gradient restart). Stops when the certified accuracy
+       (ufm_certificate: relative duality gap, a bound on the relative suboptimality of the
+       objective) is <= tol; scale-free. Soft-thresholding makes collapsed columns coincide
+       exactly near thresholds.
+    Returns dict(Z, b, objective, status, accuracy, solve_time, solver, iterations, bm_iterations,
+    residual): status 'optimal' when accuracy <= tol, else 'inaccurate'; residual is the last
+    relative proximal step |(Z, b)_new - (Z, b)_y| / |(Z, b)_new|.
     """
     n = _check_ufm_args(n, lam, lam_b)
     t0 = time.perf_counter()
@@ -354,6 +538,7 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-10, max_iter=5000, Z0=None, b0=None,
         Xy, by = X, b
         fy, gX, gb = _ufm_smooth(Xy, by, rho, q, lam_b)
         tk, c, res, it = 1.0, 0.5, np.inf, 0
+        best = (np.inf, None, None, None, None, None)   # (accuracy, X, b, F, res, iteration)
         for it in range(1, max_iter + 1):
             while True:
                 Xn, nucn = _svt(Xy - gX / c, L / c)
@@ -365,8 +550,9 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-10, max_iter=5000, Z0=None, b0=None,
                     break
                 c *= 2.0
             Fn = fn + L * nucn
-            res = np.sqrt(np.sum((dX / q) ** 2) + db @ db) / max(
-                1.0, np.sqrt(np.sum((Xn / q) ** 2) + bn @ bn))
+            # scale-free step size: relative to the size of the answer (Z, b)
+            size = np.sqrt(np.sum((Xn / q) ** 2) + bn @ bn)
+            res = np.sqrt(np.sum((dX / q) ** 2) + db @ db) / size if size > 0 else 0.0
             if np.sum(dX * (Xn - X)) + Lb * (db @ (bn - b)) > 0 or Fn > F:     # restart
                 tk = 1.0
                 Xy, by, fy, gX, gb = Xn, bn, fn, gXn, gbn
@@ -378,10 +564,22 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-10, max_iter=5000, Z0=None, b0=None,
                 fy, gX, gb = _ufm_smooth(Xy, by, rho, q, lam_b)
             X, b, F = Xn, bn, Fn
             c *= 0.9                                # let the step grow again
-            if res < tol:
-                break
-    return dict(Z=X / q, b=b, objective=float(F), status="optimal" if res < tol else "max_iter",
-                solve_time=time.perf_counter() - t0, solver="fast", iterations=it,
+            # the stopping rule is the certificate itself (relative duality gap), checked when the
+            # step has become small and every 25 iterations; the best certified iterate is kept
+            # (at the rounding floor the iterates wander without changing the objective)
+            if res < 1e-6 or it % 25 == 0 or it == max_iter:
+                acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
+                if acc < best[0]:
+                    best = (acc, X, b, F, res, it)
+                if acc <= tol:
+                    break
+        if best[1] is None or (best[5] != it and not res < 1e-6 and it % 25):
+            acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
+            if acc < best[0] or best[1] is None:
+                best = (acc, X, b, F, res, it)
+        acc, X, b, F, res, _ = best
+    return dict(Z=X / q, b=b, objective=float(F), status="optimal" if acc <= tol else "inaccurate",
+                accuracy=float(acc), solve_time=time.perf_counter() - t0, solver="fast", iterations=it,
                 bm_iterations=bm_its, residual=float(res))
 
 
