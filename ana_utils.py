@@ -330,7 +330,8 @@ def ufm_spread_bounds(Z, b, n, lam, lam_b, classes):
 
     The dual is strongly concave: sum_k rho_k KL(p_k || p*_k) <= gap for the dual point P built from
     (Z, b), so every entry of p*_k lies in a binary-KL ball around p_k; within a class size
-    z*_j - z*_k = q (I - J/K)(log p*_j - log p*_k), which turns those balls into the interval."""
+    z*_j - z*_k = (I - J/K)(log p*_j - log p*_k) (columns sum to 0 at the optimum), which turns
+    those balls into the interval."""
     n = _check_ufm_args(n, lam, lam_b)
     classes = list(classes)
     if len(classes) < 2:
@@ -347,7 +348,6 @@ def ufm_spread_bounds(Z, b, n, lam, lam_b, classes):
     if not np.isfinite(dual):
         return 0.0, float("inf")
     gap = max(primal - dual, 0.0) + 4e-16 * (abs(primal) + abs(dual))
-    K = len(n)
     idx = np.array(classes)
     P = Poff[:, idx].copy()
     Pc = 1.0 - P                                           # complements (exact enough off the diagonal)
@@ -360,16 +360,14 @@ def ufm_spread_bounds(Z, b, n, lam, lam_b, classes):
         log_lo = np.where(flip, np.log1p(-np.minimum(hi, 1.0)), np.log(lo))
         log_hi = np.where(flip, np.log1p(-lo), np.log(hi))
     lower = upper = 0.0
-    qc = q[idx[0]]
-    for a in range(len(idx)):
-        for c in range(a + 1, len(idx)):
-            w_lo, w_hi = log_lo[:, a] - log_hi[:, c], log_hi[:, a] - log_lo[:, c]
-            if not np.all(np.isfinite(w_lo)) or not np.all(np.isfinite(w_hi)):
-                return lower, float("inf")
-            mid, rad = 0.5 * (w_lo + w_hi), 0.5 * (w_hi - w_lo)
-            centre = np.linalg.norm(mid - mid.mean())
-            e = np.linalg.norm(rad)
-            lower, upper = max(lower, qc * (centre - e)), max(upper, qc * (centre + e))
+    if not (np.all(np.isfinite(log_lo)) and np.all(np.isfinite(log_hi))):
+        return lower, float("inf")
+    for a in range(len(idx) - 1):      # z*_j - z*_k = v*_j - v*_k = (I - J/K)(log p*_j - log p*_k)
+        w_lo, w_hi = log_lo[:, a:a + 1] - log_hi[:, a + 1:], log_hi[:, a:a + 1] - log_lo[:, a + 1:]
+        mid, rad = 0.5 * (w_lo + w_hi), 0.5 * (w_hi - w_lo)
+        centre = np.linalg.norm(mid - mid.mean(axis=0), axis=0)
+        e = np.linalg.norm(rad, axis=0)
+        lower, upper = max(lower, float(np.max(centre - e))), max(upper, float(np.max(centre + e)))
     return lower, upper
 
 
@@ -448,10 +446,12 @@ def ufm_objective(Z, b, n, lam, lam_b):
     return f + lam * float(np.linalg.svd(Z * np.sqrt(n), compute_uv=False).sum())
 
 
-def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", **solver_opts):
+def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", tol=1e-9, **solver_opts):
     """Solve the convex program with cvxpy: Clarabel (interior point) with tight tolerances by
     default; SCS is only ~1e-4 accurate near thresholds. solver_opts go to the solver.
-    Returns dict(Z, b, objective, status, solve_time, solver); objective is re-evaluated in numpy."""
+    Returns dict(Z, b, objective, status, accuracy, solver_status, solve_time, solver); objective is
+    re-evaluated in numpy; accuracy is ufm_certificate's bound, and status is 'optimal' only when
+    accuracy <= tol ('inaccurate' otherwise), whatever cvxpy's own status (solver_status) says."""
     import cvxpy as cp          # imported here: ~1 s to import, and only this function needs it
     n = _check_ufm_args(n, lam, lam_b)
     K, N = n.size, n.sum()
@@ -475,7 +475,9 @@ def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", **solver_opts):
         raise RuntimeError(f"cvxpy solver {solver} returned no solution (status {prob.status})")
     Z = X.value / q
     bv = np.asarray(b.value, dtype=float)
-    return dict(Z=Z, b=bv, objective=ufm_objective(Z, bv, n, lam, lam_b), status=prob.status,
+    cert = ufm_certificate(Z, bv, n, lam, lam_b)
+    return dict(Z=Z, b=bv, objective=cert["objective"], accuracy=cert["accuracy"],
+                status="optimal" if cert["accuracy"] <= tol else "inaccurate", solver_status=prob.status,
                 solve_time=t, solver=f"cvxpy/{solver}")
 
 
@@ -583,22 +585,26 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
                 bm_iterations=bm_its, residual=float(res))
 
 
-def solve_ufm(n, lam, lam_b, solver="auto"):
-    """The convex program by `solver`: 'cvxpy', 'fast', or 'auto' (cvxpy up to AUTO_CVXPY_MAX_K, fast above,
-    and fast wherever cvxpy does not reach an optimal status)."""
+def solve_ufm(n, lam, lam_b, solver="auto", tol=1e-9):
+    """The convex program by `solver`: 'cvxpy', 'fast', or 'auto' (up to AUTO_CVXPY_MAX_K both cvxpy
+    and the fast solver, keeping the answer with the better certified accuracy; the fast solver
+    alone above). Every answer carries `accuracy` (ufm_certificate) and its status rests on it:
+    'optimal' when accuracy <= tol, otherwise 'inaccurate' (reported, not hidden)."""
     if solver not in ("auto", "cvxpy", "fast"):
         raise UserError(f"--solver {solver}: allowed are auto, cvxpy, fast")
     if solver == "fast" or (solver == "auto" and len(n) > AUTO_CVXPY_MAX_K):
-        return solve_ufm_fast(n, lam, lam_b)
+        return solve_ufm_fast(n, lam, lam_b, tol=tol)
     try:
-        sol = solve_ufm_cvxpy(n, lam, lam_b)
+        sol = solve_ufm_cvxpy(n, lam, lam_b, tol=tol)
     except RuntimeError as e:  # the interior-point solver occasionally fails numerically
-        sol = {"status": f"failed ({e})"}
-    if solver == "auto" and sol["status"] != "optimal":
-        print(f"note: cvxpy ended with status {sol['status']!r}; solved with the fast solver instead", file=sys.stderr)
-        return solve_ufm_fast(n, lam, lam_b)
-    if sol["status"] != "optimal":
-        raise UserError(f"--solver cvxpy: the solver ended with status {sol['status']}; try --solver fast")
+        if solver == "cvxpy":
+            raise UserError(f"--solver cvxpy: {e}; try --solver fast") from e
+        sol = None
+        print(f"note: cvxpy failed ({e}); using the fast solver's answer", file=sys.stderr)
+    if solver == "auto":
+        fast = solve_ufm_fast(n, lam, lam_b, tol=tol)
+        if sol is None or (fast["accuracy"], fast["objective"]) < (sol["accuracy"], sol["objective"]):
+            sol = fast
     return sol
 
 
