@@ -217,8 +217,7 @@ def _spectral_norm(A):
     rounded up by a relative 1e-13 to cover its rounding error."""
     if not np.any(A):
         return 0.0
-    top = scipy.linalg.eigh(A.T @ A, eigvals_only=True, subset_by_index=[A.shape[1] - 1] * 2,
-                            check_finite=False, driver="evr")[0]
+    top = scipy.linalg.eigh(A.T @ A, eigvals_only=True, check_finite=False, driver="evd")[-1]
     return float(np.sqrt(max(top, 0.0))) * (1.0 + 1e-13)
 
 
