@@ -47,7 +47,7 @@ def _np64(a):
 
 def class_means(H, y, K):
     """Class means (K x d) and the sample-weighted global mean h_G, in float64."""
-    H, y = _np64(H), np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y, dtype=np.int64)
+    H, y = _np64(H), _labels(y, K)
     counts = np.bincount(y, minlength=K).astype(np.float64)
     onehot = np.zeros((K, len(y)))
     onehot[y, np.arange(len(y))] = 1.0
@@ -67,24 +67,55 @@ def _trace_within_over_between(R, centred, weights, K):
     return float(np.sum(proj**2 / s[:r] ** 2) / len(R) / K)
 
 
-def nc_metrics(H, y, W, b=None):
+NC4_TIE_RTOL = 1e-6   # nc4_ties: class means within this times the means' spread of the nearest tie
+
+
+def _labels(y, K):
+    y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
+    if y.size and not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y)):
+        raise UserError(f"labels: must be integers 0..{K - 1}")
+    y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= K):
+        bad = sorted(set(y[(y < 0) | (y >= K)].tolist()))[:5]
+        raise UserError(f"labels: {bad} outside 0..{K - 1} (the classifier has K = {K} rows)")
+    return y
+
+
+def nc_metrics(H, y, W, b=None, tie_rtol=NC4_TIE_RTOL):
     """Every NC metric of theory.md section 3, in float64 (numpy or torch inputs).
 
-    H: N x d features, y: labels, W: K x d classifier, b: K bias (None for bias-free)."""
+    H: N x d features, y: labels in 0..K-1 (a UserError otherwise), W: K x d classifier, b: K bias
+    (None for bias-free). A class without samples has no mean: every metric that needs the class
+    means is then NaN (nc2_equinorm_classifier, from W alone, is still given)."""
     H, W = _np64(H), _np64(W)
-    y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y, dtype=np.int64)
     K = W.shape[0]
+    y = _labels(y, K)
     b = np.zeros(K) if b is None else _np64(b)
     means, h_G = class_means(H, y, K)
     counts = np.bincount(y, minlength=K).astype(np.float64)
+    norms_w = np.linalg.norm(W, axis=1)
+    if np.any(counts == 0):
+        nan = float("nan")
+        out = {k: nan for k in ("nc1_weighted", "nc1", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means",
+                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties")}
+        out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
+        return out
     R = H - means[y]
     mu = means.mean(0)
+    w_size = counts / counts.sum()
     out = {
-        "nc1_weighted": _trace_within_over_between(R, means - h_G, counts / counts.sum(), K),
+        "nc1_weighted": _trace_within_over_between(R, means - h_G, w_size, K),
         "nc1": _trace_within_over_between(R, means - mu, np.full(K, 1.0 / K), K),
     }
+    # trace ratios tr(Sigma_W) / tr(Sigma_B): continuous through minority collapse
+    tr_w = float(np.sum(R * R)) / len(R)
+    tr_b = float(np.sum((means - mu) ** 2)) / K
+    tr_bw = float(w_size @ np.sum((means - h_G) ** 2, axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["nc1_trace"] = float(np.divide(tr_w, tr_b)) if tr_b > 0 else (0.0 if tr_w == 0 else float("inf"))
+        out["nc1_trace_weighted"] = float(tr_w / tr_bw) if tr_bw > 0 else (0.0 if tr_w == 0 else float("inf"))
     M = means - mu                                         # centred means as rows
-    norms_m, norms_w = np.linalg.norm(M, axis=1), np.linalg.norm(W, axis=1)
+    norms_m = np.linalg.norm(M, axis=1)
     out["nc2_equinorm_means"] = float(norms_m.std() / norms_m.mean())
     out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
     cos = (M @ M.T) / np.outer(norms_m, norms_m)
@@ -95,8 +126,14 @@ def nc_metrics(H, y, W, b=None):
     out["nc2_etf_distance"] = float(np.linalg.norm(G / np.linalg.norm(G) - etf))
     out["nc3"] = float(np.linalg.norm(W / np.linalg.norm(W) - M / np.linalg.norm(M)) ** 2)
     pred = np.argmax(H @ W.T + b, axis=1)
-    sq_dist = (H**2).sum(1)[:, None] - 2 * H @ means.T + (means**2).sum(1)[None, :]
+    Hc = H - mu                                            # centred: less cancellation in the distances
+    sq_dist = (Hc**2).sum(1)[:, None] - 2 * Hc @ M.T + (M**2).sum(1)[None, :]
     out["nc4"] = float(np.mean(pred == np.argmin(sq_dist, axis=1)))
+    # nc4_ties: the prediction agrees when its class mean is as near as the nearest one up to
+    # tie_rtol times the spread of the class means (coinciding means, e.g. after minority collapse)
+    dist = np.sqrt(np.maximum(sq_dist, 0.0))
+    slack = tie_rtol * float(norms_m.max())
+    out["nc4_ties"] = float(np.mean(dist[np.arange(len(y)), pred] <= dist.min(axis=1) + slack))
     return out
 
 
