@@ -1,16 +1,13 @@
-"""Analysis: feature extraction, NC metrics, the UFM convex program and its solvers, theory
-formulas, and the theory side of a figure point (its Z summary and the convex program's answer).
-No plotting."""
-import contextlib
+"""Analysis: feature extraction, NC metrics, Z summaries, theory formulas (thresholds, the
+lambda split, geometry from Z), and the theory side of a figure point (the convex program's answer
+for its sizes and lambda, and along a curve). No plotting."""
 import functools
 import sys
-import time
 
 import numpy as np
-import scipy.linalg
-import scipy.optimize
 import torch
 
+import ufm_program
 from utils import UserError
 
 # ======================================================================================
@@ -46,7 +43,7 @@ def _np64(a):
 
 def class_means(H, y, K):
     """Class means (K x d) and the sample-weighted global mean h_G, in float64."""
-    H, y = _np64(H), np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y, dtype=np.int64)
+    H, y = _np64(H), _labels(y, K)
     counts = np.bincount(y, minlength=K).astype(np.float64)
     onehot = np.zeros((K, len(y)))
     onehot[y, np.arange(len(y))] = 1.0
@@ -66,24 +63,55 @@ def _trace_within_over_between(R, centred, weights, K):
     return float(np.sum(proj**2 / s[:r] ** 2) / len(R) / K)
 
 
-def nc_metrics(H, y, W, b=None):
+NC4_TIE_RTOL = 1e-6   # nc4_ties: class means within this times the means' spread of the nearest tie
+
+
+def _labels(y, K):
+    y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
+    if y.size and not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y)):
+        raise UserError(f"labels: must be integers 0..{K - 1}")
+    y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= K):
+        bad = sorted(set(y[(y < 0) | (y >= K)].tolist()))[:5]
+        raise UserError(f"labels: {bad} outside 0..{K - 1} (the classifier has K = {K} rows)")
+    return y
+
+
+def nc_metrics(H, y, W, b=None, tie_rtol=NC4_TIE_RTOL):
     """Every NC metric of theory.md section 3, in float64 (numpy or torch inputs).
 
-    H: N x d features, y: labels, W: K x d classifier, b: K bias (None for bias-free)."""
+    H: N x d features, y: labels in 0..K-1 (a UserError otherwise), W: K x d classifier, b: K bias
+    (None for bias-free). A class without samples has no mean: every metric that needs the class
+    means is then NaN (nc2_equinorm_classifier, from W alone, is still given)."""
     H, W = _np64(H), _np64(W)
-    y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y, dtype=np.int64)
     K = W.shape[0]
+    y = _labels(y, K)
     b = np.zeros(K) if b is None else _np64(b)
     means, h_G = class_means(H, y, K)
     counts = np.bincount(y, minlength=K).astype(np.float64)
+    norms_w = np.linalg.norm(W, axis=1)
+    if np.any(counts == 0):
+        nan = float("nan")
+        out = {k: nan for k in ("nc1_weighted", "nc1", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means",
+                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties")}
+        out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
+        return out
     R = H - means[y]
     mu = means.mean(0)
+    w_size = counts / counts.sum()
     out = {
-        "nc1_weighted": _trace_within_over_between(R, means - h_G, counts / counts.sum(), K),
+        "nc1_weighted": _trace_within_over_between(R, means - h_G, w_size, K),
         "nc1": _trace_within_over_between(R, means - mu, np.full(K, 1.0 / K), K),
     }
+    # trace ratios tr(Sigma_W) / tr(Sigma_B): continuous through minority collapse
+    tr_w = float(np.sum(R * R)) / len(R)
+    tr_b = float(np.sum((means - mu) ** 2)) / K
+    tr_bw = float(w_size @ np.sum((means - h_G) ** 2, axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["nc1_trace"] = float(np.divide(tr_w, tr_b)) if tr_b > 0 else (0.0 if tr_w == 0 else float("inf"))
+        out["nc1_trace_weighted"] = float(tr_w / tr_bw) if tr_bw > 0 else (0.0 if tr_w == 0 else float("inf"))
     M = means - mu                                         # centred means as rows
-    norms_m, norms_w = np.linalg.norm(M, axis=1), np.linalg.norm(W, axis=1)
+    norms_m = np.linalg.norm(M, axis=1)
     out["nc2_equinorm_means"] = float(norms_m.std() / norms_m.mean())
     out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
     cos = (M @ M.T) / np.outer(norms_m, norms_m)
@@ -94,8 +122,14 @@ def nc_metrics(H, y, W, b=None):
     out["nc2_etf_distance"] = float(np.linalg.norm(G / np.linalg.norm(G) - etf))
     out["nc3"] = float(np.linalg.norm(W / np.linalg.norm(W) - M / np.linalg.norm(M)) ** 2)
     pred = np.argmax(H @ W.T + b, axis=1)
-    sq_dist = (H**2).sum(1)[:, None] - 2 * H @ means.T + (means**2).sum(1)[None, :]
+    Hc = H - mu                                            # centred: less cancellation in the distances
+    sq_dist = (Hc**2).sum(1)[:, None] - 2 * Hc @ M.T + (M**2).sum(1)[None, :]
     out["nc4"] = float(np.mean(pred == np.argmin(sq_dist, axis=1)))
+    # nc4_ties: the prediction agrees when its class mean is as near as the nearest one up to
+    # tie_rtol times the spread of the class means (coinciding means, e.g. after minority collapse)
+    dist = np.sqrt(np.maximum(sq_dist, 0.0))
+    slack = tie_rtol * float(norms_m.max())
+    out["nc4_ties"] = float(np.mean(dist[np.arange(len(y)), pred] <= dist.min(axis=1) + slack))
     return out
 
 
@@ -137,272 +171,8 @@ def minority_spread(Z, minority):
 
 
 # ======================================================================================
-# UFM convex program: cvxpy and fast solvers, thresholds, geometry from Z  (theory engine)
+# Theory formulas: the lambda split, collapse thresholds, geometry from Z
 # ======================================================================================
-
-# Z is K x K with classes as columns. Internally the solvers use the scaled variable
-# X = Z diag(sqrt(rho)), rho = n / N, in which the same objective reads
-#     sum_k rho_k CE(x_k / sqrt(rho_k) + b, k) + (lam sqrt(N)) ||X||_* + lam_b ||b||^2,
-# so everything is O(1) and (lam, N) enter only through lam * sqrt(N).
-
-# solve_ufm(solver='auto'): cvxpy up to this K, the fast solver above. Clarabel's cost grows
-# steeply (K = 20: ~2 s, K = 40: ~20 s and 0.7 GB; K = 100 would need ~25 GB).
-AUTO_CVXPY_MAX_K = 20
-# Clarabel's default tolerances (1e-8) leave ~1e-4 relative error in Z near thresholds;
-# these make it agree with the fast solver to ~1e-9 (K = 10: ~0.5 s instead of ~0.15 s).
-CLARABEL_TIGHT = dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-10)
-
-
-def _check_ufm_args(n, lam, lam_b):
-    n = np.asarray(n, dtype=float).ravel()
-    if n.size < 2:
-        raise UserError(f"class sizes: {n.size} class given; the UFM needs at least two classes")
-    if not np.all(np.isfinite(n)) or np.any(n <= 0):
-        raise UserError(f"class sizes: {n.tolist()} not allowed; sizes must be positive numbers")
-    if not np.isfinite(lam) or lam <= 0:       # at lam = 0 the infimum is not attained (Z -> inf)
-        raise UserError(f"lambda {lam}: must be a number > 0")
-    if not np.isfinite(lam_b) or lam_b < 0:
-        raise UserError(f"lambda_b {lam_b}: must be a number >= 0")
-    return n
-
-
-def _blas_threads(k):
-    """Context limiting BLAS threads to k (None: leave alone). On a shared 2-core machine
-    multi-threaded OpenBLAS on small matrices can be 100x slower than one thread."""
-    if k is None:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:                      # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=k, user_api="blas")
-
-
-def _ufm_smooth(X, b, rho, q, lam_b):
-    """Smooth part in scaled variables: sum_k rho_k CE(x_k/q_k + b, k) + lam_b |b|^2.
-    Returns (value, gradient in X, gradient in b)."""
-    K = X.shape[0]
-    V = X / q + b[:, None]
-    vmax = V.max(axis=0)
-    E = np.exp(V - vmax)
-    S = E.sum(axis=0)
-    f = float(rho @ (vmax + np.log(S) - np.diag(V)) + lam_b * (b @ b))
-    E /= S
-    E[np.diag_indices(K)] -= 1.0                       # softmax - onehot, per column
-    return f, E * q, E @ rho + 2.0 * lam_b * b
-
-
-def _eig_gram(A):
-    """Eigen-decomposition of A^T A: (singular values of A, right singular vectors).
-    eigh of the Gram is ~3x cheaper than an SVD; its errors are harmless for soft-thresholding,
-    which is a Lipschitz function of A^T A away from 0 and exactly 0 near it."""
-    ev, V = scipy.linalg.eigh(A.T @ A, overwrite_a=True, check_finite=False, driver="evd")
-    return np.sqrt(np.maximum(ev, 0.0)), V
-
-
-def _svt(A, tau):
-    """Singular-value soft-thresholding: (prox of tau ||.||_* at A, its nuclear norm)."""
-    sig, V = _eig_gram(A)
-    keep = sig > tau
-    if not keep.any():
-        return np.zeros_like(A), 0.0
-    Vk = V[:, keep]
-    return ((A @ Vk) * (1.0 - tau / sig[keep])) @ Vk.T, float(np.sum(sig[keep] - tau))
-
-
-def _lbfgs(fg, x, max_iter, gtol, m=10):
-    """Plain L-BFGS (two-loop recursion, Armijo backtracking). Returns (x, f, iterations)."""
-    axpy = scipy.linalg.blas.daxpy
-    f, g = fg(x)
-    S = np.empty((m, x.size))
-    Y = np.empty((m, x.size))
-    RH = np.zeros(m)
-    k = 0                                   # pairs stored so far; newest at (k - 1) % m
-    it = 0
-    for it in range(1, max_iter + 1):
-        if np.max(np.abs(g)) <= gtol:
-            break
-        d = -g
-        order = [(k - 1 - j) % m for j in range(min(k, m))]          # newest first
-        alphas = []
-        for i in order:
-            a = RH[i] * (S[i] @ d)
-            alphas.append(a)
-            axpy(Y[i], d, a=-a)
-        if k:
-            d *= 1.0 / (RH[order[0]] * (Y[order[0]] @ Y[order[0]]))
-        for i, a in zip(reversed(order), reversed(alphas)):
-            axpy(S[i], d, a=a - RH[i] * (Y[i] @ d))
-        gd = g @ d
-        if gd >= 0:                           # not a descent direction: reset memory
-            d, gd, k = -g, -(g @ g), 0
-        step = 1.0 if k else min(1.0, 1.0 / max(np.max(np.abs(g)), 1e-300))
-        for _ in range(40):
-            xn = x + step * d
-            fn, gn = fg(xn)
-            if fn <= f + 1e-4 * step * gd + 1e-15 * abs(f):
-                break
-            step *= 0.5
-        else:
-            break                             # no decrease possible at this precision
-        i = k % m
-        np.subtract(xn, x, out=S[i])
-        np.subtract(gn, g, out=Y[i])
-        sy = S[i] @ Y[i]
-        if sy > 1e-16 * np.sqrt((S[i] @ S[i]) * (Y[i] @ Y[i])):
-            RH[i] = 1.0 / sy
-            k += 1
-        x, f, g = xn, fn, gn
-    return x, f, it
-
-
-def ufm_objective(Z, b, n, lam, lam_b):
-    """Objective of the convex program at any (Z, b) (numpy, float64)."""
-    n = np.asarray(n, dtype=float).ravel()
-    Z = np.asarray(Z, dtype=float)
-    b = np.asarray(b, dtype=float).ravel()
-    N = n.sum()
-    rho, q = n / N, np.sqrt(n / N)
-    f = _ufm_smooth(Z * q, b, rho, q, lam_b)[0]
-    return f + lam * float(np.linalg.svd(Z * np.sqrt(n), compute_uv=False).sum())
-
-
-def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", **solver_opts):
-    """Solve the convex program with cvxpy: Clarabel (interior point) with tight tolerances by
-    default; SCS is only ~1e-4 accurate near thresholds. solver_opts go to the solver.
-    Returns dict(Z, b, objective, status, solve_time, solver); objective is re-evaluated in numpy."""
-    import cvxpy as cp          # imported here: ~1 s to import, and only this function needs it
-    n = _check_ufm_args(n, lam, lam_b)
-    K, N = n.size, n.sum()
-    rho = n / N
-    q = np.sqrt(rho)
-    X = cp.Variable((K, K))                    # X = Z diag(sqrt(rho)): well scaled for the solver
-    b = cp.Variable(K)
-    logits = X @ np.diag(1.0 / q) + cp.reshape(b, (K, 1), order="F") @ np.ones((1, K))
-    ce = rho @ cp.log_sum_exp(logits, axis=0) - rho @ (cp.diag(X) / q + b)
-    obj = ce + lam * np.sqrt(N) * cp.normNuc(X) + lam_b * cp.sum_squares(b)
-    prob = cp.Problem(cp.Minimize(obj))
-    if solver == "CLARABEL" and not solver_opts:
-        solver_opts = dict(CLARABEL_TIGHT)
-    t0 = time.perf_counter()
-    try:
-        prob.solve(solver=solver, **solver_opts)
-    except cp.error.SolverError as e:
-        raise RuntimeError(f"cvxpy solver {solver} failed: {e}") from e
-    t = time.perf_counter() - t0
-    if X.value is None:
-        raise RuntimeError(f"cvxpy solver {solver} returned no solution (status {prob.status})")
-    Z = X.value / q
-    bv = np.asarray(b.value, dtype=float)
-    return dict(Z=Z, b=bv, objective=ufm_objective(Z, bv, n, lam, lam_b), status=prob.status,
-                solve_time=t, solver=f"cvxpy/{solver}")
-
-
-def solve_ufm_fast(n, lam, lam_b, tol=1e-10, max_iter=5000, Z0=None, b0=None,
-                   warm_start=True, bm_iter=3000, blas_threads=1):
-    """Solve the convex program with a first-order method; general (no structure assumed).
-
-    1. Warm start: L-BFGS on the Burer-Monteiro form X = W H, ||X||_* = min (|W|^2 + |H|^2)/2,
-       r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0).
-       Cheap iterations (matrix products only); it lands very close to the optimum.
-    2. Certify and finish with FISTA on X (singular-value soft-thresholding, joint b step,
-       adaptive step with backtracking, gradient restart). Stops when the relative
-       proximal-gradient fixed-point residual |(Z, b)_new - (Z, b)_y| / max(1, |(Z, b)|) < tol.
-       Soft-thresholding makes collapsed columns coincide exactly near thresholds.
-    Returns dict(Z, b, objective, status, solve_time, solver, iterations, bm_iterations, residual).
-    """
-    n = _check_ufm_args(n, lam, lam_b)
-    t0 = time.perf_counter()
-    K, N = n.size, n.sum()
-    rho = n / N
-    q = np.sqrt(rho)
-    L = float(lam) * np.sqrt(N)                 # nuclear-norm weight in scaled variables
-    with _blas_threads(blas_threads):
-        if Z0 is not None:
-            X = np.asarray(Z0, dtype=float) * q
-            b = np.zeros(K) if b0 is None else np.asarray(b0, dtype=float).ravel().copy()
-            U, sig, Vt = np.linalg.svd(X)
-            W, H = U * np.sqrt(sig), np.sqrt(sig)[:, None] * Vt
-        else:
-            b = np.log(rho) - np.log(rho).mean()          # best b for Z = 0 when lam_b -> 0
-            A = -_ufm_smooth(np.zeros((K, K)), b, rho, q, lam_b)[1]
-            sig, V = _eig_gram(A)                          # prox step (unit step) from X = 0
-            keep = sig > L
-            X = ((A @ V[:, keep]) * (1.0 - L / sig[keep])) @ V[:, keep].T
-            # balanced factors of that step; directions below the threshold get a small weight
-            sv = np.maximum(sig - L, 1e-3 * max(sig.max() - L, 1e-3))
-            ok = sig > 1e-6 * sig.max()
-            U = np.where(ok, A @ V / np.where(ok, sig, 1.0), V)
-            W, H = U * np.sqrt(sv), np.sqrt(sv)[:, None] * V.T
-        bm_its = 0
-        if warm_start:
-            KK = K * K
-
-            def fg(x):
-                W, H, bb = x[:KK].reshape(K, K), x[KK:2 * KK].reshape(K, K), x[2 * KK:]
-                f, gX, gb = _ufm_smooth(W @ H, bb, rho, q, lam_b)
-                f += 0.5 * L * (np.sum(W * W) + np.sum(H * H))
-                return f, np.concatenate([(gX @ H.T + L * W).ravel(), (W.T @ gX + L * H).ravel(), gb])
-
-            x, _, bm_its = _lbfgs(fg, np.concatenate([W.ravel(), H.ravel(), b]), bm_iter, gtol=1e-11)
-            X = x[:KK].reshape(K, K) @ x[KK:2 * KK].reshape(K, K)
-            b = x[2 * KK:].copy()
-        # FISTA in the metric c * diag(1 on X, 1 + 2 lam_b on b); c = 1 is a global Lipschitz
-        # bound (softmax Hessian <= 1/2), backtracking finds the local one.
-        Lb = 1.0 + 2.0 * lam_b
-        F = np.inf
-        Xy, by = X, b
-        fy, gX, gb = _ufm_smooth(Xy, by, rho, q, lam_b)
-        tk, c, res, it = 1.0, 0.5, np.inf, 0
-        for it in range(1, max_iter + 1):
-            while True:
-                Xn, nucn = _svt(Xy - gX / c, L / c)
-                bn = by - gb / (c * Lb)
-                fn, gXn, gbn = _ufm_smooth(Xn, bn, rho, q, lam_b)
-                dX, db = Xn - Xy, bn - by
-                quad = fy + np.sum(gX * dX) + gb @ db + 0.5 * c * (np.sum(dX * dX) + Lb * (db @ db))
-                if fn <= quad + 1e-14 * abs(fy):
-                    break
-                c *= 2.0
-            Fn = fn + L * nucn
-            res = np.sqrt(np.sum((dX / q) ** 2) + db @ db) / max(
-                1.0, np.sqrt(np.sum((Xn / q) ** 2) + bn @ bn))
-            if np.sum(dX * (Xn - X)) + Lb * (db @ (bn - b)) > 0 or Fn > F:     # restart
-                tk = 1.0
-                Xy, by, fy, gX, gb = Xn, bn, fn, gXn, gbn
-            else:
-                tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * tk * tk))
-                beta = (tk - 1.0) / tn
-                tk = tn
-                Xy, by = Xn + beta * (Xn - X), bn + beta * (bn - b)
-                fy, gX, gb = _ufm_smooth(Xy, by, rho, q, lam_b)
-            X, b, F = Xn, bn, Fn
-            c *= 0.9                                # let the step grow again
-            if res < tol:
-                break
-    return dict(Z=X / q, b=b, objective=float(F), status="optimal" if res < tol else "max_iter",
-                solve_time=time.perf_counter() - t0, solver="fast", iterations=it,
-                bm_iterations=bm_its, residual=float(res))
-
-
-def solve_ufm(n, lam, lam_b, solver="auto"):
-    """The convex program by `solver`: 'cvxpy', 'fast', or 'auto' (cvxpy up to AUTO_CVXPY_MAX_K, fast above,
-    and fast wherever cvxpy does not reach an optimal status)."""
-    if solver not in ("auto", "cvxpy", "fast"):
-        raise UserError(f"solver {solver}: allowed are auto, cvxpy, fast")
-    if solver == "fast" or (solver == "auto" and len(n) > AUTO_CVXPY_MAX_K):
-        return solve_ufm_fast(n, lam, lam_b)
-    try:
-        sol = solve_ufm_cvxpy(n, lam, lam_b)
-    except RuntimeError as e:  # the interior-point solver occasionally fails numerically
-        sol = {"status": f"failed ({e})"}
-    if solver == "auto" and sol["status"] != "optimal":
-        print(f"note: cvxpy ended with status {sol['status']!r}; solved with the fast solver instead", file=sys.stderr)
-        return solve_ufm_fast(n, lam, lam_b)
-    if sol["status"] != "optimal":
-        raise UserError(f"solver cvxpy ended with status {sol['status']}; use the fast solver")
-    return sol
-
 
 # The original scripts split lambda as lam_H = lambda / 20, lam_W = 5 lambda: lam_W / lam_H = 100.
 SCRIPT_LAM_RATIO = 100.0
@@ -478,7 +248,7 @@ def z_summary(Z, clusters, minority):
 @functools.lru_cache(maxsize=512)
 def _solve_ufm_cached(sizes, lam, lam_b):
     """The fast solver (exact zeros at collapse, robust near thresholds), remembered within one process."""
-    return solve_ufm_fast(list(sizes), lam, lam_b)
+    return ufm_program.solve_ufm_fast(list(sizes), lam, lam_b)
 
 
 def ufm_theory(sizes, clusters, lam, lam_b):
@@ -498,23 +268,22 @@ def ufm_theory(sizes, clusters, lam, lam_b):
                    "cosines": {"within": [None] * len(clusters), "across": None}}
         print(f"warning: convex program failed for sizes {sizes}, lambda {lam:.4g}: {sol['status']}", file=sys.stderr)
     return dict(summary, Z=sol["Z"], b=sol["b"], objective=sol.get("objective"),
-                status=sol.get("status"), cluster_thresholds=thresholds, cluster_collapse=collapse,
+                status=sol.get("status"), accuracy=sol.get("accuracy"), cluster_thresholds=thresholds, cluster_collapse=collapse,
                 minority_threshold=thresholds[clusters.index(minority)],
                 verdict="collapse" if collapse[clusters.index(minority)] else "no collapse")
 
 
-
 def theory_curve(xs, make):
     """The convex program along a curve: make(x) -> (sizes, clusters, lam, lam_b); returns
-    {'x': xs, 'minority_spread', 'minority_spread_rel', 'within_A', 'within_B', 'across', 'status'}
-    (cosines of columns of Z, clusters ordered A, B)."""
+    {'x': xs, 'minority_spread', 'minority_spread_rel', 'within_A', 'within_B', 'across', 'status',
+    'accuracy'} (cosines of columns of Z, clusters ordered A, B; accuracy: the solver's certificate)."""
     out = {"x": [], "minority_spread": [], "minority_spread_rel": [], "within_A": [], "within_B": [], "across": [],
-           "status": []}
+           "status": [], "accuracy": []}
     for x in xs:
         sizes, clusters, lam, lam_b = make(x)
         th = ufm_theory(sizes, clusters, lam, lam_b)
         out["x"].append(x)
-        for k in ("minority_spread", "minority_spread_rel", "status"):
+        for k in ("minority_spread", "minority_spread_rel", "status", "accuracy"):
             out[k].append(th[k])
         within = th["cosines"]["within"] + [None, None]
         out["within_A"].append(within[0])

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 import ana_utils
-import train_utils
-import utils
 import networks
+import train_utils
+import ufm_program
+import utils
 
 def timed(fn, repeat=1):
     """Best wall time of `repeat` calls, and the last result."""
@@ -157,8 +158,8 @@ def bench_solver_agreement():
     n = [500] * 5 + [100] * 5
     worst = 0.0
     for lam in (0.9 / 300, 1.1 / 300):
-        ref = ana_utils.solve_ufm_cvxpy(n, lam, 0.01)
-        fast = ana_utils.solve_ufm_fast(n, lam, 0.01)
+        ref = ufm_program.solve_ufm_cvxpy(n, lam, 0.01)
+        fast = ufm_program.solve_ufm_fast(n, lam, 0.01)
         worst = max(worst, abs(fast["objective"] - ref["objective"]) / abs(ref["objective"]))
     print(f"fast vs cvxpy objective at K=10 (lambda = 0.9 and 1.1 lambda*): worst relative gap {worst:.1e}")
     return {"relative_gap": worst}
@@ -170,14 +171,14 @@ def bench_solver_speed():
     out = {}
     n = [500] * 50 + [100] * 50
     lam = 0.9 * 10 / sum(n)
-    t_cvx, ref = timed(lambda: ana_utils.solve_ufm_cvxpy(n, lam, 0.01, solver="SCS", eps_abs=1e-7, eps_rel=1e-7,
+    t_cvx, ref = timed(lambda: ufm_program.solve_ufm_cvxpy(n, lam, 0.01, solver="SCS", eps_abs=1e-7, eps_rel=1e-7,
                                                          max_iters=100000))
-    t_fast, fast = timed(lambda: ana_utils.solve_ufm_fast(n, lam, 0.01), repeat=3)
+    t_fast, fast = timed(lambda: ufm_program.solve_ufm_fast(n, lam, 0.01), repeat=3)
     gap = abs(fast["objective"] - ref["objective"]) / ref["objective"]
     print(f"UFM program at K=100: fast {t_fast:.2f} s vs cvxpy/SCS {t_cvx:.1f} s -> {t_cvx / t_fast:.0f}x faster "
           f"(objective gap {gap:.1e})")
     n = [500] * 500 + [100] * 500
-    t_big, big = timed(lambda: ana_utils.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01))
+    t_big, big = timed(lambda: ufm_program.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01))
     print(f"UFM program at K=1000: fast {t_big:.1f} s ({big['iterations']} iterations, {big['status']}); "
           f"cvxpy cannot run at this size here")
     out.update(k100_fast_s=t_fast, k100_cvxpy_s=t_cvx, k1000_fast_s=t_big)
@@ -195,7 +196,7 @@ def bench_ufm_training_vs_theory():
         cfg = dict(name="ufm_bench", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=3000, epochs=100,
                    eval_epochs=[100], lam_h=lam / 20, lam_w=5 * lam, lam_b=0.01, feat_dim=16)
         t, run = timed(lambda: train_utils.train_run(cfg, data, torch.device("cpu"), models_dir=tempfile.mkdtemp()))
-        ref = ana_utils.solve_ufm_cvxpy(sizes, lam, 0.01)
+        ref = ufm_program.solve_ufm_cvxpy(sizes, lam, 0.01)
         Z = np.array(run["Z"])
         rel = np.linalg.norm(Z - ref["Z"]) / np.linalg.norm(ref["Z"])
         spread_t, spread_c = ana_utils.minority_spread(Z, range(5, 10)), ana_utils.minority_spread(ref["Z"], range(5, 10))

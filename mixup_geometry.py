@@ -118,18 +118,25 @@ def mixup_geometry_summary(snap):
         H = H - np.asarray(snap["feature_mean"], dtype=np.float64)
     same, diff = ya == yb, ya != yb
     wa = W[ya[same]]
-    cos = (H[same] * wa).sum(1) / (np.linalg.norm(H[same], axis=1) * np.linalg.norm(wa, axis=1) + 1e-30)
-    ang = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    # angle from atan2(|h x w|, h.w): exact to rounding near 0 (arccos of a cosine is not: a rounding
+    # error of 1e-16 in the cosine reads as 1e-6 degrees, which made undefined correlations numbers)
+    hs = H[same]
+    dots = (hs * wa).sum(1)
+    wn2 = (wa * wa).sum(1)
+    perp = np.linalg.norm(hs - (dots / np.where(wn2 > 0, wn2, 1.0))[:, None] * wa, axis=1)
+    ang = np.degrees(np.arctan2(perp * np.sqrt(wn2), dots))
     vert = Wp[[classes.index(c) for c in ya[same]]]
     hp = Hp[same]
     pang = np.degrees(np.abs(np.arctan2(vert[:, 0] * hp[:, 1] - vert[:, 1] * hp[:, 0], (vert * hp).sum(1))))
     means = {c: H[same & (ya == c)].mean(0) for c in classes if (same & (ya == c)).any()}
-    spread = [np.mean(np.linalg.norm(H[same & (ya == c)] - m, axis=1)) / (np.linalg.norm(m) + 1e-30)
-              for c, m in means.items()]
-    ok = diff & np.array([a in means and b in means for a, b in zip(ya, yb)]) & (mix > 0) & (mix < 1)
+    # relative quantities are undefined (left out; None when nothing is left) where the norm is 0
+    spread = [np.mean(np.linalg.norm(H[same & (ya == c)] - m, axis=1)) / np.linalg.norm(m)
+              for c, m in means.items() if np.linalg.norm(m) > 0]
+    ok = diff & np.array([a in means and b in means for a, b in zip(ya, yb)]) & (mix > 0) & (mix < 1) \
+        & (np.linalg.norm(H, axis=1) > 0)
     target = mix[ok, None] * np.array([means[a] for a in ya[ok]]).reshape(-1, H.shape[1]) + \
         (1 - mix[ok, None]) * np.array([means[b] for b in yb[ok]]).reshape(-1, H.shape[1])
-    resid = np.linalg.norm(H[ok] - target, axis=1) / (np.linalg.norm(H[ok], axis=1) + 1e-30)
+    resid = np.linalg.norm(H[ok] - target, axis=1) / np.linalg.norm(H[ok], axis=1)
     # the same residual for bin means (pair, tenth of mix): noise within a class averages out
     lo, hi = np.minimum(ya[ok], yb[ok]), np.maximum(ya[ok], yb[ok])
     mix_lo = np.where(ya[ok] == lo, mix[ok], 1 - mix[ok])
@@ -137,8 +144,8 @@ def mixup_geometry_summary(snap):
     binned, weights = [], []
     for key in np.unique(cell):
         m = cell == key
-        if m.sum() >= 2:
-            h_bar = H[ok][m].mean(0)
+        h_bar = H[ok][m].mean(0)
+        if m.sum() >= 2 and np.linalg.norm(h_bar) > 0:
             binned.append(np.linalg.norm(h_bar - target[m].mean(0)) / (np.linalg.norm(h_bar) + 1e-30))
             weights.append(m.sum())
     rows = np.flatnonzero(diff & (mix > 0) & (mix < 1))
@@ -220,10 +227,15 @@ def ufm_features_from_logits(Z, W):
     return (K - 1) / (K * omega2) * np.asarray(Z) @ np.asarray(W)
 
 
-def ufm_direct(loss_fn, y_a, y_b, mix, K, d, gamma, W=None, lam_w=5e-4, steps=500, seed=0):
+def ufm_direct(loss_fn, y_a, y_b, mix, K, d, gamma, W=None, lam_w=5e-4, steps=500, seed=0, rtol=1e-10,
+               max_rounds=200):
     """Minimise mean_i [mix_i l(W h_i, a_i) + (1 - mix_i) l(W h_i, b_i)] + (gamma/2) mean_i ||h_i||^2
     over free features h_i (float64, L-BFGS) for any per-sample torch loss `loss_fn(logits, y)`.
-    W fixed when given; otherwise learned too, with + (lam_w/2)||W||_F^2. Returns (H, W) numpy."""
+    W fixed when given; otherwise learned too, with + (lam_w/2)||W||_F^2. Returns (H, W) numpy.
+
+    Scale-free stopping: rounds of `steps` L-BFGS iterations until the largest gradient entry is
+    <= rtol times its value at the start, or a round no longer lowers the objective (rounding
+    floor); no absolute tolerance, which stopped flat losses (focal, small gamma) early."""
     g = torch.Generator().manual_seed(seed)
     ya, yb = torch.as_tensor(np.asarray(y_a)), torch.as_tensor(np.asarray(y_b))
     mix_t = torch.as_tensor(np.asarray(mix, dtype=np.float64))
@@ -232,8 +244,6 @@ def ufm_direct(loss_fn, y_a, y_b, mix, K, d, gamma, W=None, lam_w=5e-4, steps=50
     Wt = (0.1 * torch.randn(K, d, generator=g, dtype=torch.float64) if learned
           else torch.as_tensor(np.asarray(W), dtype=torch.float64)).requires_grad_(learned)
     params = [H, Wt] if learned else [H]
-    opt = torch.optim.LBFGS(params, lr=1, max_iter=steps, tolerance_grad=1e-12,
-                            tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -243,7 +253,21 @@ def ufm_direct(loss_fn, y_a, y_b, mix, K, d, gamma, W=None, lam_w=5e-4, steps=50
             f = f + lam_w / 2 * Wt.pow(2).sum()
         f.backward()
         return f
-    opt.step(closure)
+
+    def grad_max():
+        return max(float(p.grad.abs().max()) for p in params)
+    opt = torch.optim.LBFGS(params, lr=1, max_iter=steps, tolerance_grad=0.0, tolerance_change=0.0,
+                            history_size=50, line_search_fn="strong_wolfe")
+    f_prev = float(closure().detach())
+    g0 = grad_max()
+    for _ in range(max_rounds):
+        opt = torch.optim.LBFGS(params, lr=1, max_iter=steps, tolerance_grad=0.0, tolerance_change=0.0,
+                                history_size=50, line_search_fn="strong_wolfe")
+        opt.step(closure)
+        f = float(closure().detach())
+        if grad_max() <= rtol * g0 or not f < f_prev:
+            break
+        f_prev = f
     return H.detach().numpy(), Wt.detach().numpy()
 
 

@@ -2,8 +2,9 @@
 
     python opt_main.py --cluster_s 3 3 4 --sample_s 5000 4000 3000 --reg_z 0.005 --reg_b 0.01
 
-Prints Z (classes as columns), b, the objective and, per cluster, its collapse threshold
-sqrt(n_c)/N and whether it collapsed; writes opt_results/NAME.npz and NAME.json and plots Z
+Prints Z (classes as columns), b, the objective with its certified accuracy and, per cluster, its
+collapse threshold sqrt(n_c)/N and the verdict the certified accuracy supports (collapsed, apart,
+or within solver accuracy of the threshold); writes opt_results/NAME.npz and NAME.json and plots Z
 with the cluster boundaries into plots/NAME.png."""
 import argparse
 import os
@@ -13,10 +14,11 @@ import numpy as np
 
 import ana_utils
 import plot_utils
+import ufm_program
 import utils
 from utils import UserError
 
-COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one (solver accuracy)
+COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one
 
 
 def parse_args(argv):
@@ -27,7 +29,7 @@ def parse_args(argv):
     p.add_argument("--reg_b", type=float, default=0.01, help="lambda_b, the bias penalty")
     p.add_argument("--solver", default="auto", choices=("auto", "cvxpy", "fast"),
                    help="cvxpy (Clarabel/SCS), fast (accelerated proximal gradient), auto: cvxpy up to "
-                        f"K = {ana_utils.AUTO_CVXPY_MAX_K}, else fast")
+                        f"K = {ufm_program.AUTO_CVXPY_MAX_K}, else fast")
     p.add_argument("--name", default=None, help="output stem (default: from the arguments)")
     p.add_argument("--out_dir", default="opt_results")
     p.add_argument("--plot_dir", default="plots")
@@ -51,14 +53,24 @@ def check_args(args):
                          + f"_lam{args.reg_z:g}_b{args.reg_b:g}")
 
 
-def cluster_report(Z, clusters, thresholds, lam):
-    """Per cluster: threshold, whether theory says it collapses, and the spread found."""
-    scale = max(np.linalg.norm(Z), 1.0)
+def cluster_report(sol, n, clusters, thresholds, lam, lam_b):
+    """Per cluster: threshold, whether theory says it collapses, the spread found, and the verdict
+    that the answer's certified accuracy supports: 'collapsed' (the optimum's spread is certainly
+    <= COLLAPSE_TOL * max(|Z|_F, 1)), 'apart' (certainly above), or 'within solver accuracy of the
+    threshold' (the certified interval [spread_lower, spread_upper] straddles it)."""
+    Z, b = np.asarray(sol["Z"]), np.asarray(sol["b"])
+    tol = COLLAPSE_TOL * max(np.linalg.norm(Z), 1.0)
     rows = []
     for c, t in zip(clusters, thresholds):
-        spread = ana_utils.minority_spread(Z, c) if len(c) > 1 else 0.0
+        if len(c) > 1:
+            spread = ana_utils.minority_spread(Z, c)
+            lo, hi = ufm_program.ufm_spread_bounds(Z, b, n, lam, lam_b, c)
+            verdict = "collapsed" if hi <= tol else "apart" if lo > tol else "within solver accuracy of the threshold"
+        else:
+            spread, lo, hi, verdict = 0.0, 0.0, 0.0, "single class"
         rows.append({"classes": c, "threshold": t, "theory_collapse": None if t is None else bool(lam >= t),
-                     "spread": spread, "collapsed": bool(len(c) > 1 and spread <= COLLAPSE_TOL * scale)})
+                     "spread": spread, "spread_lower": lo, "spread_upper": hi, "verdict": verdict,
+                     "collapsed": verdict == "collapsed"})
     return rows
 
 
@@ -68,18 +80,20 @@ def main(argv=None):
     n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
     thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
 
-    sol = ana_utils.solve_ufm(n, args.reg_z, args.reg_b, solver=args.solver)
+    sol = ufm_program.solve_ufm(n, args.reg_z, args.reg_b, solver=args.solver)
     Z, b = np.asarray(sol["Z"]), np.asarray(sol["b"])
-    report = cluster_report(Z, clusters, thresholds, args.reg_z)
+    report = cluster_report(sol, n, clusters, thresholds, args.reg_z, args.reg_b)
 
     np.set_printoptions(precision=4, suppress=True, linewidth=150)
     print(f"K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}, lambda_b = {args.reg_b:g}; "
-          f"solver {sol['solver']}: {sol['status']} in {sol['solve_time']:.2f} s")
+          f"solver {sol['solver']}: {sol['status']} (certified relative accuracy {sol['accuracy']:.1e}) "
+          f"in {sol['solve_time']:.2f} s")
     print(f"Z (classes as columns):\n{Z}\nb = {b}\nobjective = {sol['objective']:.10g}")
     for i, r in enumerate(report):
         t = "single class" if r["threshold"] is None else f"threshold {r['threshold']:.6g}"
         print(f"cluster {i} (classes {r['classes'][0]}-{r['classes'][-1]}, n = {n[r['classes'][0]]}): {t}; "
-              f"{'collapsed' if r['collapsed'] else 'not collapsed'} (spread {r['spread']:.3g})")
+              f"{r['verdict']} (spread {r['spread']:.3g}; optimum's spread certified in "
+              f"[{r['spread_lower']:.3g}, {r['spread_upper']:.3g}])")
     live = [t for t in thresholds if t is not None]
     if live and args.reg_z >= max(live):
         print(f"warning: lambda = {args.reg_z:g} is above every cluster's threshold (largest {max(live):.6g}); "
@@ -93,7 +107,8 @@ def main(argv=None):
                        cluster_s=np.asarray(args.cluster_s), sample_s=np.asarray(args.sample_s))
     utils.atomic_write_json(summary, {"cluster_s": args.cluster_s, "sample_s": args.sample_s, "n": n, "lam": args.reg_z,
                                       "lam_b": args.reg_b, "Z": Z, "b": b, "objective": sol["objective"],
-                                      "solver": sol["solver"], "status": sol["status"], "solve_time": sol["solve_time"],
+                                      "solver": sol["solver"], "status": sol["status"], "accuracy": sol["accuracy"],
+                                      "solve_time": sol["solve_time"],
                                       "clusters": report})
     plot_utils.save_z_heatmap(Z, args.cluster_s, f"Z of the convex program, λ = {args.reg_z:g}", png)
     print("wrote:\n  " + "\n  ".join([npz, summary, png]))

@@ -18,8 +18,8 @@ import block_main  # noqa: E402
 import limit_main  # noqa: E402
 import minority_l_main  # noqa: E402
 import minority_n_main  # noqa: E402
-import utils  # noqa: E402
 import plot_utils  # noqa: E402
+import utils  # noqa: E402
 
 POINT_KEYS = {"params", "sizes", "clusters", "Z", "b", "nc", "minority_spread", "minority_spread_rel", "cosines",
               "theory", "run_dir", "index"}

@@ -113,3 +113,75 @@ def test_mean_logit_matrix_cosines_and_spread():
     Z2[:, 3] = Z2[:, 2]
     assert ana_utils.minority_spread(Z2, [2, 3]) == 0.0
     assert ana_utils.minority_spread(Z, [2, 3]) == pytest.approx(np.linalg.norm(Z[:, 2] - Z[:, 3]))
+
+
+def direct_trace_ratio(H, y, K, weighted):
+    """tr(Sigma_W) / tr(Sigma_B) with explicit covariance matrices."""
+    N = len(y)
+    means = np.stack([H[y == k].mean(0) for k in range(K)])
+    R = H - means[y]
+    w = np.bincount(y, minlength=K) / N if weighted else np.full(K, 1.0 / K)
+    C = means - (w @ means if weighted else means.mean(0))
+    return np.trace(R.T @ R / N) / np.trace((C * w[:, None]).T @ C)
+
+
+def minority_collapsing(scale, seed=0):
+    """Two majority classes and two minority classes whose means and within-class noise both
+    shrink by `scale` (the minority collapsing onto one point): the reproducer of theory.md section 3."""
+    rng = np.random.default_rng(seed)
+    K, d, counts = 4, 6, [30, 30, 10, 10]
+    y = np.repeat(np.arange(K), counts)
+    centres = np.array([[3.0, 0, 0, 0, 0, 0], [-3.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0], [0, -1.0, 0, 0, 0, 0]])
+    noise = 0.1 * rng.normal(size=(len(y), d))
+    minority = y >= 2
+    H = centres[y] + noise
+    H[minority] = centres[y[minority]] * scale + noise[minority] * scale
+    return H, y, K
+
+
+def test_trace_ratios_match_direct_computation_and_stay_continuous_through_collapse():
+    prev = None
+    for scale in [1.0, 1e-3, 1e-6]:
+        H, y, K = minority_collapsing(scale)
+        m = ana_utils.nc_metrics(H, y, np.eye(K, H.shape[1]))
+        assert m["nc1_trace"] == pytest.approx(direct_trace_ratio(H, y, K, False), rel=1e-10)
+        assert m["nc1_trace_weighted"] == pytest.approx(direct_trace_ratio(H, y, K, True), rel=1e-10)
+        assert m["nc1"] == pytest.approx(direct_nc1(H, y, K, False), rel=1e-6)
+        if prev is not None:
+            # nc1 divides the majority's noise by the vanishing minority direction and grows ...
+            assert m["nc1"] > 0.1 * prev["nc1"]
+            # ... the trace ratio does not: it falls, continuously, towards the majority's own ratio
+            assert m["nc1_trace"] < prev["nc1_trace"]
+        prev = m
+    assert prev["nc1"] > 1e3 and prev["nc1_trace"] < 0.02
+
+
+def test_nc4_ties_do_not_count_coinciding_means_as_disagreement():
+    """Classes 2 and 3 share one mean exactly; the classifier picks 2 for both. nc4 counts class 3's
+    samples as disagreement (its argmin picks the first of two equal distances), nc4_ties does not."""
+    H = np.array([[2.0, 0], [2.0, 0], [-2.0, 0], [-2.0, 0], [0, 1.0], [0, 1.0], [0, 1.0], [0, 1.0]])
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    W = np.array([[1.0, 0], [-1.0, 0], [0, 1.0], [0, 0.5]])
+    m = ana_utils.nc_metrics(H, y, W)
+    pred = np.argmax(H @ W.T, axis=1)
+    assert list(pred) == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert m["nc4_ties"] == 1.0
+    # a prediction of a class whose mean is really farther is still a disagreement
+    W2 = np.array([[1.0, 0], [-1.0, 0], [0, 1.0], [3.0, 0]])
+    assert ana_utils.nc_metrics(H, y, W2)["nc4_ties"] == pytest.approx(6 / 8)
+
+
+def test_absent_class_gives_nan_and_bad_labels_one_error():
+    from utils import UserError
+    H, y, M = collapsed()
+    keep = y != 3
+    m = ana_utils.nc_metrics(H[keep], y[keep], M.T)
+    for k in ("nc1", "nc1_weighted", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means", "nc2_equiangle",
+              "nc2_etf_distance", "nc3", "nc4", "nc4_ties"):
+        assert np.isnan(m[k]), k
+    assert m["nc2_equinorm_classifier"] == pytest.approx(0, abs=1e-12)
+    for bad in (5, -1):
+        y2 = y.copy()
+        y2[0] = bad
+        with pytest.raises(UserError, match="labels"):
+            ana_utils.nc_metrics(H, y2, M.T)

@@ -11,12 +11,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import mixup_main  # noqa: E402
-import train_utils  # noqa: E402
-import utils  # noqa: E402
 import mixup_geometry  # noqa: E402
+import mixup_main  # noqa: E402
 import networks  # noqa: E402
 import replot  # noqa: E402
+import train_utils  # noqa: E402
+import utils  # noqa: E402
 
 
 def test_projection_of_exact_etf_is_equilateral_with_class_k_at_vertex_k():

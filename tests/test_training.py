@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import networks
 import train_utils
 import utils
-import networks
 from utils import UserError
 
 CPU = torch.device("cpu")
