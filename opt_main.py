@@ -54,10 +54,11 @@ def check_args(args):
 
 
 def cluster_report(sol, n, clusters, thresholds, lam, lam_b):
-    """Per cluster: threshold, whether theory says it collapses, the spread found, and the verdict
-    that the answer's certified accuracy supports: 'collapsed' (the optimum's spread is certainly
-    <= COLLAPSE_TOL * max(|Z|_F, 1)), 'apart' (certainly above), or 'within solver accuracy of the
-    threshold' (the certified interval [spread_lower, spread_upper] straddles it)."""
+    """Per cluster: threshold, whether theory says it collapses, the spread found, the certified
+    interval [spread_lower, spread_upper] of the optimum's spread, and the verdict it supports:
+    'apart' (the optimum's spread is certainly > 0), 'collapsed' (certainly <= COLLAPSE_TOL *
+    max(|Z|_F, 1), on the collapsing side of the threshold), or 'within solver accuracy of the
+    threshold' (neither can be certified: the optimum may be apart by less than the accuracy)."""
     Z, b = np.asarray(sol["Z"]), np.asarray(sol["b"])
     tol = COLLAPSE_TOL * max(np.linalg.norm(Z), 1.0)
     rows = []
@@ -65,7 +66,8 @@ def cluster_report(sol, n, clusters, thresholds, lam, lam_b):
         if len(c) > 1:
             spread = ana_utils.minority_spread(Z, c)
             lo, hi = ufm_program.ufm_spread_bounds(Z, b, n, lam, lam_b, c)
-            verdict = "collapsed" if hi <= tol else "apart" if lo > tol else "within solver accuracy of the threshold"
+            verdict = ("apart" if lo > 0 else "collapsed" if hi <= tol and lam >= t
+                       else "within solver accuracy of the threshold")
         else:
             spread, lo, hi, verdict = 0.0, 0.0, 0.0, "single class"
         rows.append({"classes": c, "threshold": t, "theory_collapse": None if t is None else bool(lam >= t),

@@ -195,3 +195,15 @@ def test_opt_main_bad_input(tmp_path, args, match):
     r = run_opt_main(tmp_path, *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and match in r.stderr
+
+
+@pytest.mark.parametrize("ratio,verdict", [(0.9999, "apart"), (1.0001, "collapsed"), (0.98, "apart"), (1.05, "collapsed")])
+def test_opt_main_verdict_follows_the_certificate_at_the_threshold(ratio, verdict):
+    # k = 2 + 2 classes of 2000 / 50: the minority threshold sqrt(50) / 4100 from the formula, not the solver
+    import opt_main
+    lam = ratio * np.sqrt(50) / 4100
+    n, clusters = ana_utils.expand_clusters([2, 2], [2000, 50])
+    sol = ufm_program.solve_ufm(n, lam, 0.01)
+    rows = opt_main.cluster_report(sol, n, clusters, ana_utils.cluster_thresholds([2, 2], [2000, 50]), lam, 0.01)
+    assert rows[1]["verdict"] == verdict
+    assert rows[1]["spread_lower"] <= rows[1]["spread"] + 1e-9 and rows[1]["spread"] <= rows[1]["spread_upper"] + 1e-9
