@@ -287,11 +287,14 @@ def train_points(points, args, argv=None):
         launch_points(runs, args, sys.argv[1:] if argv is None else list(argv))
         records, missing = run_sweep(runs, None, args.models_dir, assemble_only=True)
     else:
-        device = figure_device(args)
-        if not args.assemble:
-            print(utils.describe_device(device, args.amp), file=sys.stderr)
-        records, missing = run_sweep(runs, lambda pt: train_point(pt, device, args.models_dir, args.data_dir),
-                                     args.models_dir, args.point, args.assemble)
+        device, trained = figure_device(args), []
+
+        def run_point(pt):  # the device line once, before the first point trained here
+            if not trained:
+                print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
+            trained.append(pt)
+            return train_point(pt, device, args.models_dir, args.data_dir)
+        records, missing = run_sweep(runs, run_point, args.models_dir, args.point, args.assemble)
     n = len(seeds)
     return merge_seeds(records, n), [(i // n, runs[i]["seed"]) for i in missing]
 

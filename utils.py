@@ -65,7 +65,8 @@ def describe_device(device, amp=False):
         index = device.index if device.index is not None else torch.cuda.current_device()
         detail = torch.cuda.get_device_name(index) + (", bf16 autocast" if amp else "")
         return f"device: cuda:{index} ({detail})"
-    detail = f"{torch.get_num_threads()} threads" if device.type == "cpu" else "Apple GPU"
+    n = torch.get_num_threads()
+    detail = f"{n} thread{'s' if n != 1 else ''}" if device.type == "cpu" else "Apple GPU"
     return f"device: {device.type} ({detail}{'; --amp ignored: bf16 autocast is CUDA only' if amp else ''})"
 
 
