@@ -2,6 +2,7 @@
 lambda split, geometry from Z), and the theory side of a figure point (the convex program's answer
 for its sizes and lambda, and along a curve). No plotting."""
 import functools
+import math
 import sys
 
 import numpy as np
@@ -291,3 +292,23 @@ def theory_curve(xs, make):
         out["across"].append(th["cosines"]["across"])
     return out
 
+
+
+# ======================================================================================
+# Statistics over seeds
+# ======================================================================================
+
+
+def mean_std_interval(values):
+    """{'n', 'mean', 'std', 'ci95'} of the defined (non-None, finite) values: the sample standard
+    deviation (ddof 1) and the 95% Student-t interval of the mean, mean +- t(0.975, n - 1) s / sqrt(n).
+    std and the interval are None below two values, the mean too with none: undefined, not 0."""
+    import scipy.stats  # lazily: only sweeps over seeds need it
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    out = {"n": n, "mean": float(np.mean(vals)) if n else None, "std": None, "ci95": None}
+    if n >= 2:
+        std = float(np.std(vals, ddof=1))
+        half = float(scipy.stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        out.update(std=std, ci95=[out["mean"] - half, out["mean"] + half])
+    return out

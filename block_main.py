@@ -61,7 +61,7 @@ def main(argv=None):
     point = sweep.figure_point(FIGURE, args, sizes, clusters, dict(lam=lam, structure=args.structure),
                                epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4, history=True,
                                lam_ratio=args.reg_w / args.reg_h)
-    records, missing = sweep.train_points([point], args)
+    records, missing = sweep.train_points([point], args, argv)
 
     # Analyse against the convex program with the same sizes and lambda.
     settings = dict(dataset=args.dataset_t, network=args.network, structure=args.structure, sizes=sizes,

@@ -74,8 +74,8 @@ def main(argv=None):
                                          epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4,
                                          ufm_epochs=15))
 
-    # Train the missing points (or only --point I), reuse the finished ones.
-    records, missing = sweep.train_points(points, args)
+    # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
+    records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: cosines of columns of Z at every point, against the convex program.
     lo, hi = min(nas), max(nas)

@@ -68,8 +68,8 @@ def main(argv=None):
                                  warm_frac=args.ln_pro)
               for lam in lams]
 
-    # Train the missing points (or only --point I), reuse the finished ones.
-    records, missing = sweep.train_points(points, args)
+    # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
+    records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: every point against the convex program; the threshold and the theory curve.
     lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)

@@ -66,8 +66,8 @@ def main(argv=None):
                                  warm_frac=args.ln_pro)
               for n_A in nas]
 
-    # Train the missing points (or only --point I), reuse the finished ones.
-    records, missing = sweep.train_points(points, args)
+    # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
+    records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: every point against the convex program; the threshold n_A* and the theory curve.
     na_star = ana_utils.two_cluster_nA_star(lam, args.ka, k_B, args.nb)

@@ -2,6 +2,7 @@
 features of mixed-up training examples from three classes, project them to 2-D, summarise the
 geometry, and plot it against the free-feature (UFM) optimum of the same loss."""
 import os
+import sys
 
 import numpy as np
 import torch
@@ -142,6 +143,7 @@ def main(argv=None):
     device = utils.get_device(args.device)
     if args.quick and device.type == "cpu":
         torch.set_num_threads(1)  # these small layers run fastest single-threaded on a shared CPU
+    print(utils.describe_device(device, args.amp), file=sys.stderr)
     cfg = train_config(args)
     loss_fn = train_utils.get_loss(args.loss, args.mse_scale, args.smoothing, args.focal_gamma)
 

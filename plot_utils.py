@@ -65,6 +65,36 @@ def _cluster_sizes(point):
     return [len(c) for c in point["clusters"]]
 
 
+def _seed_spread(ax, x, point, stat, value, color):
+    """With several seeds at a point ('stats' in its record, sweep.merge_seeds): each seed's value as a
+    faint dot and the mean with its 95% t-interval as an error bar. Returns the value to mark: the
+    mean over seeds, or `value` (the one seed's) as before."""
+    s = (point.get("stats") or {}).get(stat)
+    if s is None:
+        return value
+    vals = [utils.flatten(r).get(stat) for r in point["seeds"]]
+    ax.plot([x] * len(vals), [np.nan if v is None else v for v in vals], ".", color=color, alpha=0.35, ms=4)
+    if s["ci95"] is not None:
+        label = f"mean of {s['n']} seeds (dots), 95% t-interval"
+        ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]], color=color,
+                    capsize=3, lw=1, label=None if label in ax.get_legend_handles_labels()[1] else label)
+    return s["mean"]
+
+
+def _history_band(ax, point, key, color):
+    """With several seeds: the range (min to max over seeds) of an NC metric at each epoch, shaded."""
+    hists = [r["history"] for r in point.get("seeds", []) if r.get("history")]
+    if len(hists) < 2:
+        return
+    by_epoch = {}
+    for hist in hists:
+        for row in hist:
+            if row.get(key) is not None and row[key] > 0:
+                by_epoch.setdefault(row["epoch"], []).append(row[key])
+    ep = sorted(e for e, v in by_epoch.items() if len(v) == len(hists))
+    ax.fill_between(ep, [min(by_epoch[e]) for e in ep], [max(by_epoch[e]) for e in ep], color=color, alpha=0.2, lw=0)
+
+
 def plot_minority_figure(result, path):
     """Figs 5-8: grid of Z heat-maps sorted by the swept value (shared symlog scale, cluster lines,
     theory verdict per panel) above minority_spread against the swept value, with the convex
@@ -95,7 +125,9 @@ def plot_minority_figure(result, path):
     if curve.get("x"):
         ax.plot(curve["x"], np.array(curve["minority_spread"], dtype=float), "-", color="0.5",
                 label="convex program (UFM)")
-    ax.plot([p["params"][x_key] for p in pts], [p["minority_spread"] for p in pts], "o", color="tab:red",
+    ax.plot([p["params"][x_key] for p in pts],
+            [_seed_spread(ax, p["params"][x_key], p, "minority_spread", p["minority_spread"], "tab:red") for p in pts],
+            "o", color="tab:red",
             label=f"trained ({result['settings'].get('network', '')})")
     thr = result.get("threshold")
     if thr is not None:
@@ -117,7 +149,8 @@ def plot_block_figure(result, path):
     for key in ("nc1", "nc1_weighted", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
         ys = [r.get(key) for r in hist]
         if any(y is not None and y > 0 for y in ys):
-            axes[0].plot(ep, [y if y is not None and y > 0 else np.nan for y in ys], "-o", ms=2, label=key)
+            line = axes[0].plot(ep, [y if y is not None and y > 0 else np.nan for y in ys], "-o", ms=2, label=key)[0]
+            _history_band(axes[0], p, key, line.get_color())
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("epoch")
@@ -154,7 +187,8 @@ def plot_limit_figure(result, path):
     for key, color, label in styles:
         if curve.get("x"):
             ax.plot(curve["x"], np.array(curve[key], dtype=float), "--", color=color, alpha=0.7, label=f"{label} (convex program)")
-        vals = [(p["params"]["n_A"], _cos_of(p["cosines"], key)) for p in pts]
+        vals = [(p["params"]["n_A"], _seed_spread(ax, p["params"]["n_A"], p, _COS_STATS[key], _cos_of(p["cosines"], key),
+                                                  color)) for p in pts]
         ax.plot([v[0] for v in vals], [np.nan if v[1] is None else v[1] for v in vals], "o-", color=color, label=f"{label} (trained)")
     K = len(pts[0]["sizes"]) if pts else result["settings"].get("num_classes", 10)
     ax.axhline(-1 / (K - 1), color="k", lw=1, label=f"ETF -1/(K-1) = {-1 / (K - 1):.3f}")
@@ -164,6 +198,9 @@ def plot_limit_figure(result, path):
     ax.grid(alpha=0.3)
     ax.set_title(result["settings"].get("title", result["figure"]), fontsize=9)
     return save_figure(fig, path)
+
+
+_COS_STATS = {"within_A": "cosines.within.0", "within_B": "cosines.within.1", "across": "cosines.across"}
 
 
 def _cos_of(cosines, key):

@@ -1,11 +1,15 @@
 """The `python utils.py <command>` commands: prepare a dataset subset, redraw a figure from its
-JSON, and the mixup replot commands (projection, grid, loss, accuracy, compare, ufm)."""
+JSON, collect finished runs into one CSV, and the mixup replot commands (projection, grid, loss,
+accuracy, compare, ufm)."""
+import csv
+import io
 import json
 import os
 import sys
 
 import numpy as np
 
+import ana_utils
 import mixup_geometry
 import plot_utils
 import train_utils
@@ -64,31 +68,74 @@ def cmd_mixup_accuracy(args):
 
 
 def cmd_mixup_compare(args):
-    """Last-snapshot projections of several runs side by side, and their geometry summaries
-    averaged over seeds (runs grouped by the config value `--label`). Summary numbers are
-    averaged, never features of different networks."""
+    """Last-snapshot projections of several runs side by side, and per group of runs (the config value
+    `--label`; split by network when the runs span several) every geometry summary number's mean,
+    std and 95% t-interval over the group's runs (its seeds). Summary numbers are averaged, never
+    features, and never across networks."""
     snaps, titles, groups = [], [], {}
-    for d in args.run_dirs:
-        cfg = _run_config(d)
+    configs = [_run_config(d) for d in args.run_dirs]
+    several_networks = len({cfg.get("network") for cfg in configs}) > 1
+    for d, cfg in zip(args.run_dirs, configs):
         epoch, path = utils.mixup_snapshots(d)[-1]
         summary = utils.read_json(utils.mixup_snapshot_path(d, epoch, "json"))
         snaps.append(utils.load_snapshot(path))
         titles.append(f"{_run_label(cfg, args.label)} e{epoch}")
-        groups.setdefault(str(cfg.get(args.label)), []).append(summary)
-    averaged = {}
+        group = str(cfg.get(args.label)) + (f" ({cfg.get('network')})" if several_networks else "")
+        groups.setdefault(group, []).append(utils.flatten(summary))
+    stats = {}
     for label, summaries in groups.items():
-        averaged[label] = {"n_runs": len(summaries)}
-        for key in summaries[0]:
-            vals = [s[key] for s in summaries if s.get(key) is not None]
-            averaged[label][key] = float(np.mean(vals)) if vals else None
+        names = dict.fromkeys(k for s in summaries for k, v in s.items() if isinstance(v, (int, float, type(None)))
+                              and not isinstance(v, bool))
+        stats[label] = {"n_runs": len(summaries),
+                        **{k: ana_utils.mean_std_interval([s.get(k) for s in summaries]) for k in names}}
     out = args.out or "plots/mixup_compare.png"
     print(plot_utils.save_mixup_grid(snaps, titles, out))
     json_out = os.path.splitext(out)[0] + ".json"
-    utils.atomic_write_json(json_out, averaged)
+    utils.atomic_write_json(json_out, stats)
     print(json_out)
-    for label, s in averaged.items():
-        print(f"{args.label}={label}: " + ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()))
+    for label, group in stats.items():
+        print(f"{args.label}={label} ({group['n_runs']} runs): mean ± std [95% t-interval]")
+        for k, st in group.items():
+            if k != "n_runs":
+                print(f"  {k}: {_format_stat(st)}")
+
+
+def _format_stat(st):
+    """'mean ± std [lo, hi]' of ana_utils.mean_std_interval; 'undefined' without values."""
+    if st["mean"] is None:
+        return "undefined (no values)"
+    if st["std"] is None:
+        return f"{st['mean']:.4g} (one run: no std or interval)"
+    return f"{st['mean']:.4g} ± {st['std']:.2g} [{st['ci95'][0]:.4g}, {st['ci95'][1]:.4g}] (n={st['n']})"
+
+
+def cmd_collect(args):
+    """One CSV row per finished run (a folder with final.json) under DIR: the run folder, its
+    configuration (lists as space-separated values) and its final metrics (the last evaluated epoch)."""
+    if not os.path.isdir(args.dir):
+        raise UserError(f"collect: no such folder {args.dir}")
+    rows = []
+    for root, dirs, files in os.walk(args.dir):
+        dirs.sort()
+        if "final.json" not in files:
+            continue
+        final = utils.read_json(os.path.join(root, "final.json"))
+        config = dict(final.get("config", {}), data=final.get("data"), sizes=final.get("sizes"))
+        row = {"run_dir": root}
+        row.update({f"config.{k}": " ".join(map(str, v)) if isinstance(v, list) else v for k, v in config.items()})
+        row.update({f"final.{k}": v for k, v in (final.get("final") or {}).items()})
+        rows.append(row)
+    if not rows:
+        raise UserError(f"collect: no finished run (a folder with final.json) under {args.dir}")
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out = args.out or os.path.join(args.dir, "runs.csv")
+    utils.atomic_write(out, lambda f: f.write(text.getvalue().encode()))
+    print(out)
+    print(f"{len(rows)} finished runs, {len(columns)} columns", file=sys.stderr)
 
 
 def cmd_mixup_ufm(args):
@@ -128,7 +175,7 @@ def add_mixup_commands(subparsers):
     p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     for name, fn, what in [("mixup-loss", cmd_mixup_loss, "loss curves"),
                            ("mixup-accuracy", cmd_mixup_accuracy, "accuracy and ECE curves"),
-                           ("mixup-compare", cmd_mixup_compare, "runs side by side, summaries averaged over seeds")]:
+                           ("mixup-compare", cmd_mixup_compare, "runs side by side; summaries' mean ± std and 95% interval over seeds")]:
         p = add(name, fn, what)
         p.add_argument("run_dirs", nargs="+")
         p.add_argument("--label", default="loss", help="config key that names (and groups) the runs")
@@ -173,6 +220,10 @@ def main(argv=None):
     p.add_argument("json", help="the JSON written beside the figure")
     p.add_argument("--out", default=None, help="output PNG (default: beside the JSON)")
     p.set_defaults(func=cmd_replot_figure)
+    p = sub.add_parser("collect", help="one CSV row per finished run under DIR (configuration and final metrics)")
+    p.add_argument("dir", help="a folder holding run folders, e.g. models")
+    p.add_argument("--out", default=None, help="output CSV (default: DIR/runs.csv)")
+    p.set_defaults(func=cmd_collect)
     add_mixup_commands(sub)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -7,7 +7,12 @@ result (dataset, class sizes, clusters, seed, the train_run configuration, and `
 values the figure plots, with `lam`, the lambda of the convex program, stored once). A finished
 point is recorded in <models_dir>/points/<figure>_<config_key(point)>.json and reused; train_run
 reuses the trained network itself the same way."""
+import argparse
+import contextlib
+import fcntl
+import json
 import os
+import shlex
 import sys
 
 import torch
@@ -46,8 +51,40 @@ def add_figure_args(parser, epochs_help, ka=True):
                              "whatever points are finished, naming the missing ones (for cluster job arrays)")
     parser.add_argument("--assemble", action="store_true",
                         help="train nothing: plot the finished points and name the missing ones")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="several seeds (replaces --seed): every (point, seed) is its own run, and the figure "
+                             "gets per point the mean, std and 95%% t-interval over seeds. Runs are numbered point "
+                             "by point: --point I trains point I // (number of seeds) with seed number "
+                             "I %% (number of seeds) (see --list_points)")
+    parser.add_argument("--list_points", action="store_true",
+                        help="print the runs (index for --point, parameters, seed, finished or not) as JSON and exit")
+    add_launch_args(parser)
     utils.add_common_args(parser)
     return parser
+
+
+def add_launch_args(parser):
+    """--launch local|slurm (submitit) and its settings: submit every missing run as one job array."""
+    g = parser.add_argument_group("launching the missing runs as jobs (submitit)")
+    for flags, kw in LAUNCH_ARGS:
+        g.add_argument(*flags, **kw)
+
+
+LAUNCH_ARGS = [
+    (("--launch",), dict(default=None, choices=("local", "slurm"),
+                         help="submit every missing run as a job running this command with --point I: slurm (a "
+                              "job array through sbatch) or local (every job at once on this machine, one GPU "
+                              "each when several are visible); logs in <models_dir>/launcher/")),
+    (("--wait",), dict(action="store_true", help="with --launch: wait for the jobs, then assemble the figure")),
+    (("--slurm_partition",), dict(default=None, help="SLURM partition")),
+    (("--slurm_time",), dict(type=int, default=24 * 60,
+                             help="time limit of a job in minutes (default 1440; also the local jobs' timeout)")),
+    (("--slurm_gpus_per_task",), dict(type=int, default=None, help="GPUs per SLURM job (default: none asked)")),
+    (("--slurm_array_parallelism",), dict(type=int, default=None,
+                                          help="at most this many SLURM jobs of the array at once")),
+    (("--slurm_extra",), dict(nargs="+", default=[], metavar="KEY=VALUE",
+                              help="more sbatch options, passed through as --KEY=VALUE (e.g. account=abc mem=32G)")),
+]
 
 
 def check_figure_args(args):
@@ -59,10 +96,31 @@ def check_figure_args(args):
         utils.check_positive_ints("--epoch", [args.epoch])
     if args.width is not None:
         utils.check_positive_ints("--width", [args.width])
+    check_launch_args(args)
     K = utils.num_classes_of(args.dataset_t)
     if getattr(args, "ka", None) is not None and not 1 <= args.ka < K:
         raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
     return K
+
+
+def check_launch_args(args):
+    """--seeds, --list_points, --launch and its settings: one line naming the argument when bad."""
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is given twice")
+    modes = [name for name, on in (("--point", args.point is not None), ("--assemble", args.assemble),
+                                   ("--launch", args.launch is not None), ("--list_points", args.list_points)) if on]
+    if len(modes) > 1:
+        raise UserError(f"{modes[0]} with {modes[1]}: give one of them")
+    if args.wait and args.launch is None:
+        raise UserError("--wait: waits for the jobs of --launch local|slurm; give --launch too")
+    utils.check_positive_ints("--slurm_time", [args.slurm_time])
+    if args.slurm_array_parallelism is not None:
+        utils.check_positive_ints("--slurm_array_parallelism", [args.slurm_array_parallelism])
+    if args.slurm_gpus_per_task is not None and args.slurm_gpus_per_task < 0:
+        raise UserError(f"--slurm_gpus_per_task {args.slurm_gpus_per_task}: must be >= 0")
+    bad = [kv for kv in args.slurm_extra if "=" not in kv or not kv.split("=", 1)[0]]
+    if bad:
+        raise UserError(f"--slurm_extra {bad[0]}: give KEY=VALUE pairs, e.g. account=abc mem=32G")
 
 
 def figure_tag(args):
@@ -133,6 +191,28 @@ def describe_params(params):
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+def describe_point(point):
+    return f"{describe_params(point['params'])}, seed={point['seed']}"
+
+
+@contextlib.contextmanager
+def point_lock(record_path):
+    """Hold an exclusive lock (flock on <record>.lock) while this process trains a point. Two tasks on
+    the same point (an overlapping array, a resubmission): the second waits here, then finds the
+    record written and reuses it."""
+    os.makedirs(os.path.dirname(record_path), exist_ok=True)
+    with open(record_path + ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another process is training {record_path}", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
     """Run (or reuse) every point, or only point `only`; return (records, missing indices).
 
@@ -150,15 +230,19 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
         if os.path.exists(path):
             record = utils.read_json(path)
         elif not assemble_only and only in (None, i):
-            print(f"[point {i}/{len(points) - 1}] {describe_params(point['params'])}", file=sys.stderr)
-            record = run_point(point)
-            utils.atomic_write_json(path, record)
+            with point_lock(path):
+                if os.path.exists(path):  # finished by another process while this one waited
+                    record = utils.read_json(path)
+                else:
+                    print(f"[point {i}/{len(points) - 1}] {describe_point(point)}", file=sys.stderr)
+                    record = run_point(point)
+                    utils.atomic_write_json(path, record)
         if record is None:
             missing.append(i)
         records.append(record)
     if missing:
         print(f"missing points ({len(missing)} of {len(points)}, not trained yet; run each with --point I): "
-              + "; ".join(f"{i} ({describe_params(points[i]['params'])})" for i in missing), file=sys.stderr)
+              + "; ".join(f"{i} ({describe_point(points[i])})" for i in missing), file=sys.stderr)
     return records, missing
 
 
@@ -176,23 +260,159 @@ def train_point(point, device, models_dir, data_dir):
     return record
 
 
-def train_points(points, args):
-    """Train the missing points of a figure (or only --point I) and reuse the finished ones;
-    returns (records, missing indices)."""
-    device = figure_device(args)
-    return run_sweep(points, lambda pt: train_point(pt, device, args.models_dir, args.data_dir),
-                     args.models_dir, args.point, args.assemble)
+def seeded_points(points, seeds):
+    """Every (point, seed) as its own run, point by point: run I is point I // len(seeds) with seed
+    seeds[I % len(seeds)]. The seed keys the data subset and the training, as --seed does."""
+    return [dict(pt, seed=int(s), train=dict(pt["train"], seed=int(s))) for pt in points for s in seeds]
+
+
+def train_points(points, args, argv=None):
+    """The scripts' one call: train the missing runs here (or only --point I, or none with --assemble),
+    or list them (--list_points: prints JSON and ends the script), or launch them as jobs (--launch:
+    ends the script after submitting, unless --wait); then reuse the finished ones.
+
+    argv: the script's command line (None: sys.argv[1:]), which the jobs rerun with --point I.
+    Returns (records, missing): records[i] is point i's record (None if no seed finished; with several
+    seeds, the first finished seed's record plus 'seeds' and 'stats', merge_seeds), missing the
+    (point index, seed) pairs not trained yet."""
+    seeds = args.seeds or [args.seed]
+    runs = seeded_points(points, seeds)
+    if args.list_points:
+        rows = [json.dumps(dict(index=i, point=i // len(seeds), seed=run["seed"], params=run["params"],
+                                finished=os.path.exists(point_record_path(args.models_dir, run))))
+                for i, run in enumerate(runs)]
+        print("[\n " + ",\n ".join(rows) + "\n]")  # one run per line
+        raise SystemExit(0)
+    if args.launch:
+        launch_points(runs, args, sys.argv[1:] if argv is None else list(argv))
+        records, missing = run_sweep(runs, None, args.models_dir, assemble_only=True)
+    else:
+        device, trained = figure_device(args), []
+
+        def run_point(pt):  # the device line once, before the first point trained here
+            if not trained:
+                print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
+            trained.append(pt)
+            return train_point(pt, device, args.models_dir, args.data_dir)
+        records, missing = run_sweep(runs, run_point, args.models_dir, args.point, args.assemble)
+    n = len(seeds)
+    return merge_seeds(records, n), [(i // n, runs[i]["seed"]) for i in missing]
+
+
+# Per-seed fields of a point record whose numbers get mean, std and interval over seeds.
+STAT_FIELDS = ("minority_spread", "minority_spread_rel", "z_norm", "cosines", "nc")
+POINT_FIELDS = ("params", "sizes", "clusters", "train")  # shared by the seeds of a point
+
+
+def merge_seeds(records, n_seeds):
+    """One record per point from its n_seeds consecutive run records. A single seed: the record as
+    it is. Several: the first finished seed's record (its Z is the one drawn), plus 'seeds' (every
+    finished seed's own numbers) and 'stats' ({name: ana_utils.mean_std_interval}) of every number
+    in STAT_FIELDS over the finished seeds, named as utils.flatten names them (e.g. 'cosines.within.0',
+    'nc.test_acc'; the epoch and lr of the last row are left out)."""
+    if n_seeds == 1:
+        return records
+    merged = []
+    for start in range(0, len(records), n_seeds):
+        done = [r for r in records[start:start + n_seeds] if r is not None]
+        if not done:
+            merged.append(None)
+            continue
+        per_seed = [dict({k: v for k, v in r.items() if k not in POINT_FIELDS}, seed=r["train"]["seed"]) for r in done]
+        flat = [utils.flatten({k: r[k] for k in STAT_FIELDS if k in r}) for r in done]
+        names = [k for k in dict.fromkeys(k for f in flat for k in f) if k not in ("nc.epoch", "nc.lr")]
+        stats = {k: ana_utils.mean_std_interval([f.get(k) for f in flat]) for k in names}
+        merged.append(dict(done[0], seeds=per_seed, stats=stats))
+    return merged
+
+
+# ======================================================================================
+# Launching the missing runs as a job array (submitit)
+# ======================================================================================
+
+
+def job_argv(argv):
+    """The script's command line without the launcher's own options (--launch, --wait, --slurm_*)."""
+    launcher = argparse.ArgumentParser(add_help=False)
+    for flags, kw in LAUNCH_ARGS:
+        launcher.add_argument(*flags, **kw)
+    return launcher.parse_known_args(argv)[1]
+
+
+def slurm_parameters(args):
+    """submitit SlurmExecutor parameters of the launcher's options (--slurm_extra as sbatch options)."""
+    params = dict(time=args.slurm_time, additional_parameters=dict(kv.split("=", 1) for kv in args.slurm_extra))
+    for key in ("partition", "gpus_per_task", "array_parallelism"):
+        if getattr(args, "slurm_" + key) is not None:
+            params[key] = getattr(args, "slurm_" + key)
+    return params
+
+
+def visible_gpus():
+    """Indices of the GPUs this process may use (CUDA_VISIBLE_DEVICES when it lists indices)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None and all(p.strip().isdigit() for p in listed.split(",") if p.strip()):
+        return [int(p) for p in listed.split(",") if p.strip()]
+    return list(range(torch.cuda.device_count()))
+
+
+def launch_points(runs, args, argv):
+    """Submit every unfinished run as a job (one job array) that runs this script's command line with
+    --point I, print the job ids and the command that assembles the figure; with --wait, wait for
+    them (a failed job is named with its log; its run resumes from its checkpoint when launched
+    again), otherwise end the script. The launcher's logs go to <models_dir>/launcher/."""
+    import submitit  # lazily: only launching needs it
+    utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
+    folder = os.path.join(utils.ensure_writable_dir(args.models_dir, "--models_dir"), "launcher", "%j")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{runs[0]['figure']}_main.py")
+    base = [sys.executable, script] + job_argv(argv)
+    todo = [i for i, run in enumerate(runs) if not os.path.exists(point_record_path(args.models_dir, run))]
+    assemble = shlex.join(["python", os.path.relpath(script)] + job_argv(argv) + ["--assemble"])
+    if not todo:
+        print(f"all {len(runs)} runs are finished; nothing to launch")
+        return
+    commands = [submitit.helpers.CommandFunction(base + ["--point", str(i)], cwd=os.getcwd()) for i in todo]
+    if args.launch == "slurm":
+        try:
+            executor = submitit.SlurmExecutor(folder=folder)
+        except RuntimeError as e:  # no srun here
+            raise UserError(f"--launch slurm: {e}; use --launch local on a machine without SLURM") from None
+        executor.update_parameters(**slurm_parameters(args))
+        jobs = executor.submit_array(commands)
+    else:  # one job per run, all at once, each on its own GPU (round robin) when several are visible
+        executor, gpus = submitit.LocalExecutor(folder=folder), visible_gpus()
+        jobs = []
+        for k, command in enumerate(commands):
+            executor.update_parameters(timeout_min=args.slurm_time, gpus_per_node=1 if gpus else 0,
+                                       visible_gpus=[gpus[k % len(gpus)]] if gpus else [])
+            jobs.append(executor.submit(command))
+    for i, job in zip(todo, jobs):
+        print(f"run {i} ({describe_point(runs[i])}): job {job.job_id}, log {job.paths.stderr}")
+    print(f"submitted {len(jobs)} {args.launch} jobs; when they are done, assemble the figure with:\n  {assemble}")
+    if not args.wait:
+        raise SystemExit(0)
+    failed = []
+    for i, job in zip(todo, jobs):
+        try:
+            job.result()
+        except Exception as e:  # the job's own error is in its log; the other jobs' points still count
+            failed.append(i)
+            print(f"run {i}: job {job.job_id} failed ({type(e).__name__}); see {job.paths.stderr}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} jobs failed; launching again resumes their runs from the last checkpoint",
+              file=sys.stderr)
 
 
 def assemble_figure(figure, settings, points, records, missing, lam_b):
-    """The figure's JSON: settings, each finished point with its theory prediction, the missing ones."""
+    """The figure's JSON: settings, each finished point with its theory prediction, the missing
+    (point, seed) runs."""
     out = []
     for i, rec in enumerate(records):
         if rec is not None:
             out.append(dict(rec, index=i,
                             theory=ana_utils.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b)))
     return {"figure": figure, "argv": sys.argv[1:], "settings": settings, "points": out,
-            "missing": [dict(index=i, params=points[i]["params"]) for i in missing]}
+            "missing": [dict(index=i, seed=seed, params=points[i]["params"]) for i, seed in missing]}
 
 
 def save_figure_result(result, args, stem):

@@ -210,6 +210,13 @@ def _load_checkpoint(path):
         raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); move it away to start that run over") from None
 
 
+def epoch_log_line(cfg, row, terms):
+    """One log line of an evaluated epoch: the loss terms, the accuracies and nc1."""
+    keys = terms + [k for k in ("train_acc", "test_acc", "nc1") if k in row]
+    return f"{cfg['name']} epoch {row['epoch']}/{cfg['epochs']}: " + " ".join(
+        f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys)
+
+
 def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=None):
     """Train one configuration (or reuse / resume it) and return its final results.
 
@@ -297,6 +304,8 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
             if on_eval is not None:
                 row.update(on_eval(model, epoch, run_dir))
             history.append(row)
+            if not sys.stderr.isatty():  # a cluster job or nohup: a log line instead of the progress bar
+                print(epoch_log_line(cfg, row, list(means)), file=sys.stderr, flush=True)
             utils.atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),
                                      "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch}, ckpt_path)
             utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)

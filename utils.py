@@ -58,6 +58,18 @@ def get_device(spec="auto"):
     raise UserError(f"--device {spec}: allowed are auto, cpu, cuda, cuda:N, mps")
 
 
+def describe_device(device, amp=False):
+    """One line naming the device a script trains on, e.g. `device: cpu (2 threads)` or
+    `device: cuda:0 (NVIDIA H100, bf16 autocast)`; printed once at start so a job's log says where it ran."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        detail = torch.cuda.get_device_name(index) + (", bf16 autocast" if amp else "")
+        return f"device: cuda:{index} ({detail})"
+    n = torch.get_num_threads()
+    detail = f"{n} thread{'s' if n != 1 else ''}" if device.type == "cpu" else "Apple GPU"
+    return f"device: {device.type} ({detail}{'; --amp ignored: bf16 autocast is CUDA only' if amp else ''})"
+
+
 def check_positive_ints(name, values):
     """Every value must be an integer > 0."""
     for v in values:
@@ -423,6 +435,21 @@ def atomic_write_csv(path, rows):
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = [",".join(cols)] + [",".join("" if r.get(c) is None else f"{r[c]}" for c in cols) for r in rows]
     atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def flatten(obj, prefix=""):
+    """The scalar leaves of nested dicts and lists as {"a.b.0": value}: one name per number, for
+    statistics over seeds and for one-row-per-run tables."""
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return {prefix: obj}
+    out = {}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def read_csv(path):
