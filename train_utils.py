@@ -215,7 +215,8 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
 
     The run folder holds config.json, summary.csv (one row per evaluated epoch), checkpoint.pt
     while training (written atomically at every evaluated epoch; a killed run resumes from it),
-    and, when finished, model.pt and final.json. A finished run is reused, not retrained.
+    and, when finished, model.pt and final.json. A finished run is reused, not retrained; a run is
+    trained under its lock file (a second task waits, then reuses it), the UFM on one thread.
     `objective(model, xb, yb, epoch, gen) -> (loss, terms)` replaces the regularised CE of
     theory.md section 2 (terms: dict of scalar tensors, averaged per epoch into the CSV);
     `on_eval(model, epoch, run_dir) -> dict` adds columns to the CSV row of an evaluated epoch."""
@@ -232,7 +233,13 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
         if os.path.exists(final_path):  # finished by the process this one waited for
             return _reuse(final_path, cfg, data)
         utils.remove_leftovers(run_dir)  # temporary files of writes killed midway
-        return _train(cfg, data, device, run_dir, objective, on_eval)
+        threads = torch.get_num_threads()
+        if is_ufm(cfg["network"]):  # one thread: the same Z whatever the machine's core count (2e-3 apart otherwise)
+            torch.set_num_threads(1)
+        try:
+            return _train(cfg, data, device, run_dir, objective, on_eval)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _reuse(final_path, cfg, data):

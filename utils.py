@@ -31,8 +31,8 @@ def cli(main, argv=None):
     try:
         return main(argv)
     except (UserError, MemoryError) as e:
-        oom = "out of memory; lower the sizes (classes, samples per class, width or batch size)"
-        print(f"error: {oom if isinstance(e, MemoryError) else e}", file=sys.stderr)
+        print(f"error: {e if isinstance(e, UserError) else 'out of memory; lower the sizes (classes, samples, width)'}",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; the run resumes from its last checkpoint when the same command is run again",
@@ -354,8 +354,8 @@ def get_data(dataset, sizes, seed=0, data_dir="data", allow_test_fill=False, syn
             with np.load(path) as f:
                 arrays = {k: torch.as_tensor(f[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
                 info = json.loads(str(f["info"]))
-            counts = np.bincount(arrays["y_train"].numpy(), minlength=K).tolist()
-            if not ({k: info.get(k) for k in desc} == desc and counts == sizes and len(arrays["x_train"]) == sum(sizes)
+            if not ({k: info.get(k) for k in desc} == desc and len(arrays["x_train"]) == sum(sizes)
+                    and np.bincount(arrays["y_train"].numpy(), minlength=K).tolist() == sizes
                     and len(arrays["x_test"]) == len(arrays["y_test"]) and int(arrays["y_test"].max()) < K):
                 raise ValueError("mismatch")
         except Exception as e:
@@ -399,8 +399,7 @@ def ensure_writable_dir(path, arg_name):
 def atomic_write(path, write):
     """Write `.tmp_<name>.*` beside `path` (fsynced, mode as the umask gives), rename it over `path`, fsync
     the folder: a crash leaves the old or the new file, never an empty one. OSError is a UserError."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    folder, tmp = os.path.dirname(os.path.abspath(path)), None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp_{os.path.basename(path)}.")
@@ -417,8 +416,7 @@ def atomic_write(path, write):
             os.fsync(dfd)
         os.close(dfd)
     except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+        remove_leftovers(folder, None, [tmp] if tmp else [])
         if isinstance(e, OSError):
             raise UserError(f"cannot write {path}: {e.strerror or e}; free space there or choose another "
                             "folder") from None
@@ -436,9 +434,8 @@ def remove_leftovers(folder, name="", also=()):
 
 @contextlib.contextmanager
 def run_lock(path, what, wait_s=None, poll_s=2.0):
-    """Hold the lock file `path` for `what`: JSON with the owner's host and pid, made atomically with
-    os.link (safe on NFS). A dead process's lock on this host is stale and taken over; a live one's
-    is waited for, saying once who holds it, and after wait_s seconds (None: never) named in a UserError."""
+    """Hold the lock file `path` for `what`: JSON with the owner's host and pid, made with os.link (atomic on NFS).
+    A dead process's lock on this host is taken over; a live one's is waited for (saying once who holds it)."""
     mine, t0, told = f"{path}.{socket.gethostname()}.{os.getpid()}", time.time(), False
     atomic_write_json(mine, {"host": socket.gethostname(), "pid": os.getpid()})
     try:
@@ -525,9 +522,12 @@ def atomic_write_csv(path, rows):
 
 def read_csv(path):
     """Rows of a CSV written by atomic_write_csv, numbers parsed."""
-    with open(path) as f:
-        lines = f.read().splitlines()
-    cols = lines[0].split(",")
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+        cols = lines[0].split(",")
+    except (OSError, IndexError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or empty ({type(e).__name__}); move its run folder away to retrain") from None
 
     def parse(v):
         try:
