@@ -30,9 +30,10 @@ def cli(main, argv=None):
     """Run main(argv): a UserError is `error: ...` on stderr and exit 2; Ctrl-C one line and exit 130."""
     try:
         return main(argv)
-    except (UserError, MemoryError) as e:
-        print(f"error: {e if isinstance(e, UserError) else 'out of memory; lower the sizes (classes, samples, width)'}",
-              file=sys.stderr)
+    except (UserError, MemoryError, RuntimeError) as e:  # RuntimeError: only torch's out of memory (CPU or CUDA)
+        if isinstance(e, RuntimeError) and not ("can't allocate memory" in str(e) or "out of memory" in str(e)):
+            raise
+        print(f"error: {e if isinstance(e, UserError) else 'out of memory; lower the sizes or the width'}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; the run resumes from its last checkpoint when the same command is run again",
@@ -463,7 +464,7 @@ def run_lock(path, what, wait_s=None, poll_s=2.0):
                 raise UserError(f"{what} is held by {holder} (lock {path}); wait for it, or delete the lock if "
                                 "that process is gone")
             if not told:
-                print(f"waiting for {holder}, which holds {what} (lock {path})", file=sys.stderr)
+                print(f"waiting for {holder}, which holds {what} (delete {path} if it is gone)", file=sys.stderr)
             told = True
             time.sleep(poll_s)
     finally:
@@ -501,8 +502,7 @@ def read_json(path):
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or broken ({type(e).__name__}: {str(e)[:80]}); move it away to "
-                        "recompute it") from None
+        raise UserError(f"{path} is unreadable or broken ({type(e).__name__}); move it away to recompute it") from None
 
 
 def atomic_savez(path, **arrays):

@@ -416,3 +416,11 @@ def test_broken_summary_csv_is_one_line(tmp_path, monkeypatch, capsys):
     (run / "summary.csv").write_text("")
     code, lines = run_cli("replot", ["mixup-loss", str(run), "--out", str(tmp_path / "x.png")], capsys)
     assert_one_error_line(code, lines, str(run / "summary.csv"))
+
+
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """A UFM too large for memory (torch's allocator fails): one line, exit status 2."""
+    monkeypatch.chdir(tmp_path)
+    code, lines = run_cli("minority_l_main", ["--network", "UFM", "--na", str(10**12), "--reg_z_l", "0.003",
+                                              "--epoch", "1"], capsys)
+    assert code == 2 and lines[-1].startswith("error: out of memory") and not any("Traceback" in ln for ln in lines)
