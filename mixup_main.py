@@ -87,7 +87,7 @@ def check_args(args):
     K = utils.num_classes_of(args.dataset, [0] * args.num_classes)
     per_class = (args.train_per_class if args.train_per_class is not None
                  else utils.TRAIN_PER_CLASS.get(args.dataset, SYNTHETIC_PER_CLASS))
-    utils.check_positive_ints("--train_per_class", [per_class])
+    utils.check_class_sizes(args.dataset, [per_class], False, "--train_per_class", fill_hint=False)
     if args.classes is None:
         args.classes = sorted(np.random.default_rng(args.seed).choice(K, 3, replace=False).tolist())
     if len(args.classes) != 3 or len(set(args.classes)) != 3 or not all(0 <= c < K for c in args.classes):

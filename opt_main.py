@@ -18,7 +18,8 @@ import ufm_program
 import utils
 from utils import UserError
 
-COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one
+COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one (solver accuracy)
+LAM_MAX = 1e6  # largest --reg_z / --reg_b: Clarabel panics at 1e300, and Z = b = 0 long before
 
 
 def parse_args(argv):
@@ -47,10 +48,22 @@ def check_args(args):
     if not args.reg_z > 0:  # at lambda = 0 the infimum is not attained (Z grows without bound)
         raise UserError(f"--reg_z: {args.reg_z} is not allowed; lambda must be a number > 0")
     utils.check_nonneg("--reg_b", args.reg_b)
+    for flag, value in (("--reg_z", args.reg_z), ("--reg_b", args.reg_b)):
+        if value > LAM_MAX:
+            raise UserError(f"{flag} {value:g}: at most {LAM_MAX:g} (every collapse threshold sqrt(n_c)/N is at most 1; "
+                            "far beyond it the solvers fail)")
+    if args.name is not None:
+        check_file_name("--name", args.name)
     utils.ensure_writable_dir(args.out_dir, "--out_dir")
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return args.name or ("ufm_c" + "-".join(map(str, args.cluster_s)) + "_n" + "-".join(map(str, args.sample_s))
                          + f"_lam{args.reg_z:g}_b{args.reg_b:g}")
+
+
+def check_file_name(name, value):
+    """One file name: not empty, no path separator or newline, at most 100 characters."""
+    if not value or len(value) > 100 or value in (".", "..") or any(c in value for c in "/\\\n\r\0"):
+        raise UserError(f"{name} {value[:40]!r}: give one file name (1-100 characters, no / or newline)")
 
 
 def cluster_report(sol, n, clusters, thresholds, lam, lam_b):

@@ -142,8 +142,7 @@ def cmd_mixup_ufm(args):
     """Plot the free-feature (UFM) mixup optimum of a loss in the projection (no training)."""
     if args.num_classes < 3:
         raise UserError(f"--num_classes: needs >= 3, got {args.num_classes}")
-    if not args.beta > 0:
-        raise UserError(f"--beta: must be > 0, got {args.beta}")
+    utils.check_positive("--beta", args.beta)
     classes = [0, 1, 2]
     if args.learned or args.loss not in train_utils.MIXUP_CLOSED_FORM_LOSSES:
         snap = mixup_geometry.ufm_mixup_snapshot(args.loss, args.num_classes, args.beta, classes,
@@ -212,7 +211,7 @@ def main(argv=None):
     p = sub.add_parser("prepare", help="build and cache an imbalanced training subset (run where there is internet)")
     p.add_argument("--dataset", required=True, help=" | ".join(utils.DATASETS))
     p.add_argument("--sizes", type=int, nargs="+", required=True, help="training images per class")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=utils.seed_type, default=0)
     p.add_argument("--data_dir", default="data")
     p.add_argument("--allow_test_fill", action="store_true", help="top up short classes from the test split")
     p.set_defaults(func=cmd_prepare)

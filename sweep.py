@@ -8,13 +8,12 @@ values the figure plots, with `lam`, the lambda of the convex program, stored on
 point is recorded in <models_dir>/points/<figure>_<config_key(point)>.json and reused; train_run
 reuses the trained network itself the same way."""
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import shlex
 import sys
 
+import numpy as np
 import torch
 
 import ana_utils
@@ -187,30 +186,32 @@ def point_record_path(models_dir, point):
     return os.path.join(models_dir, "points", f"{point['figure']}_{utils.config_key(point)}.json")
 
 
+def read_point_record(path, point):
+    """The finished record of `point`, checked against the point it claims (params, sizes, clusters,
+    a K x K Z); None when there is none, or (said on stderr) when it is broken: it then counts as
+    missing and is recomputed, the trained run itself being reused."""
+    if not os.path.exists(path):
+        return None
+    K = len(point["sizes"])
+    try:
+        rec = utils.read_json(path)
+        ok = (isinstance(rec, dict) and rec.get("params") == utils.to_jsonable(point["params"])
+              and rec.get("sizes") == point["sizes"] and rec.get("clusters") == point["clusters"]
+              and np.shape(rec.get("Z")) == (K, K))
+        if not ok:
+            raise UserError(f"point record {path} does not match its point (params, sizes, clusters, Z {K}x{K})")
+    except UserError as e:
+        print(f"warning: {e}; counted as missing (recomputed when trained)", file=sys.stderr)
+        return None
+    return rec
+
+
 def describe_params(params):
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def describe_point(point):
     return f"{describe_params(point['params'])}, seed={point['seed']}"
-
-
-@contextlib.contextmanager
-def point_lock(record_path):
-    """Hold an exclusive lock (flock on <record>.lock) while this process trains a point. Two tasks on
-    the same point (an overlapping array, a resubmission): the second waits here, then finds the
-    record written and reuses it."""
-    os.makedirs(os.path.dirname(record_path), exist_ok=True)
-    with open(record_path + ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting: another process is training {record_path}", file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
@@ -226,14 +227,13 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
     records, missing = [], []
     for i, point in enumerate(points):
         path = point_record_path(models_dir, point)
-        record = None
-        if os.path.exists(path):
-            record = utils.read_json(path)
-        elif not assemble_only and only in (None, i):
-            with point_lock(path):
-                if os.path.exists(path):  # finished by another process while this one waited
-                    record = utils.read_json(path)
-                else:
+        record = read_point_record(path, point)
+        if record is None and not assemble_only and only in (None, i):
+            utils.ensure_writable_dir(os.path.dirname(path), "--models_dir")
+            with utils.run_lock(path + ".lock", f"point {i}"):
+                utils.remove_leftovers(os.path.dirname(path), os.path.basename(path))
+                record = read_point_record(path, point)  # finished by the process this one waited for
+                if record is None:
                     print(f"[point {i}/{len(points) - 1}] {describe_point(point)}", file=sys.stderr)
                     record = run_point(point)
                     utils.atomic_write_json(path, record)

@@ -222,7 +222,8 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
 
     The run folder holds config.json, summary.csv (one row per evaluated epoch), checkpoint.pt
     while training (written atomically at every evaluated epoch; a killed run resumes from it),
-    and, when finished, model.pt and final.json. A finished run is reused, not retrained.
+    and, when finished, model.pt and final.json. A finished run is reused, not retrained; a run is
+    trained under its lock file (a second task waits, then reuses it), the UFM on one thread.
     `objective(model, xb, yb, epoch, gen) -> (loss, terms)` replaces the regularised CE of
     theory.md section 2 (terms: dict of scalar tensors, averaged per epoch into the CSV);
     `on_eval(model, epoch, run_dir) -> dict` adds columns to the CSV row of an evaluated epoch."""
@@ -233,8 +234,39 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     run_dir = run_dir_of(cfg, data, models_dir)
     final_path = os.path.join(run_dir, "final.json")
     if os.path.exists(final_path):
-        return dict(utils.read_json(final_path), run_dir=run_dir, reused=True)
+        return _reuse(final_path, cfg, data)
     utils.ensure_writable_dir(run_dir, "--models_dir")
+    with utils.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}"):
+        if os.path.exists(final_path):  # finished by the process this one waited for
+            return _reuse(final_path, cfg, data)
+        utils.remove_leftovers(run_dir)  # temporary files of writes killed midway
+        threads = torch.get_num_threads()
+        if is_ufm(cfg["network"]):  # one thread: the same Z whatever the machine's core count (2e-3 apart otherwise)
+            torch.set_num_threads(1)
+        try:
+            return _train(cfg, data, device, run_dir, objective, on_eval)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _reuse(final_path, cfg, data):
+    """A finished run's final.json, checked against the configuration it claims; a checkpoint or
+    temporary file a kill left beside it is removed."""
+    run_dir = os.path.dirname(final_path)
+    final = utils.read_json(final_path)
+    K = data.num_classes
+    if not (isinstance(final, dict) and final.get("config") == utils.to_jsonable(cfg) and final.get("data") == data.key
+            and final.get("sizes") == data.sizes and np.shape(final.get("Z")) == (K, K)
+            and np.shape(final.get("b")) == (K,) and isinstance(final.get("final"), dict)):
+        raise UserError(f"{final_path} does not match the configuration of its run (config, data, sizes, Z {K}x{K}); "
+                        "move the run folder away to retrain it")
+    utils.remove_leftovers(run_dir, "", [os.path.join(run_dir, "checkpoint.pt")])
+    return dict(final, run_dir=run_dir, reused=True)
+
+
+def _train(cfg, data, device, run_dir, objective, on_eval):
+    """train_run's training part, under the run's lock: resume or start, train, finish."""
+    final_path = os.path.join(run_dir, "final.json")
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     ckpt = _load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
     utils.atomic_write_json(os.path.join(run_dir, "config.json"), dict(cfg, data=data.key, sizes=data.sizes))
@@ -257,6 +289,7 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
         gen.set_state(ckpt["gen"])
         torch.set_rng_state(ckpt["torch_rng"])
         history, start = ckpt["history"], ckpt["epoch"]
+        utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)  # the rows of the checkpoint, no more, no less
         print(f"resuming {run_dir} from epoch {start}", file=sys.stderr)
 
     bs = min(cfg["batch_size"], N)
@@ -306,9 +339,10 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
             history.append(row)
             if not sys.stderr.isatty():  # a cluster job or nohup: a log line instead of the progress bar
                 print(epoch_log_line(cfg, row, list(means)), file=sys.stderr, flush=True)
+            # The CSV first: a kill between the two resumes from the previous checkpoint, which rewrites the CSV.
+            utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
             utils.atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),
                                      "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch}, ckpt_path)
-            utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
     bar.close()
 
     if start == cfg["epochs"]:  # killed after the last checkpoint, before final.json
@@ -316,8 +350,7 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     utils.atomic_torch_save(model.state_dict(), os.path.join(run_dir, "model.pt"))
     final = {"config": cfg, "data": data.key, "sizes": data.sizes, "final": history[-1], "Z": Z, "b": b}
     utils.atomic_write_json(final_path, final)
-    if os.path.exists(ckpt_path):
-        os.remove(ckpt_path)
+    utils.remove_leftovers(run_dir, "", [ckpt_path])
     return dict(utils.read_json(final_path), run_dir=run_dir, reused=False)
 
 

@@ -2,12 +2,16 @@
 cached imbalanced subsets, and atomic result files. Imports no other project module and no
 matplotlib. `python utils.py <command>` runs the commands of replot.py."""
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import random
+import re
+import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,12 +27,18 @@ class UserError(Exception):
 
 
 def cli(main, argv=None):
-    """Run main(argv); report a UserError as `error: ...` on stderr and exit 2."""
+    """Run main(argv): a UserError is `error: ...` on stderr and exit 2; Ctrl-C one line and exit 130."""
     try:
         return main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, MemoryError, RuntimeError) as e:  # RuntimeError: only torch's out of memory (CPU or CUDA)
+        if isinstance(e, RuntimeError) and not ("can't allocate memory" in str(e) or "out of memory" in str(e)):
+            raise
+        print(f"error: {e if isinstance(e, UserError) else 'out of memory; lower the sizes or the width'}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; the run resumes from its last checkpoint when the same command is run again",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def set_seed(seed):
@@ -85,16 +95,28 @@ def check_nonneg(name, values):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are UserErrors: one line `error: ...`, exit status 2, no usage dump."""
+    """argparse whose errors are UserErrors: one line `error: ...`, exit status 2, no usage dump.
+    Negative numbers in any float notation (-1e-6, -inf) are values, not options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
 
     def error(self, message):
         raise UserError(message)
 
 
+def seed_type(text):
+    """argparse type of --seed: an integer >= 0 (numpy's rule), refused with one line otherwise."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text} is not allowed; a seed is an integer >= 0")
+    return int(text)
+
+
 def add_common_args(parser):
     """--device, --seed, --data_dir, --quick, --amp: shared by every experiment script."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data subsets, init and batches")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed for data subsets, init and batches (>= 0)")
     parser.add_argument("--data_dir", default="data", help="datasets and cached subsets")
     parser.add_argument("--models_dir", default="models", help="run folders (weights, CSV, results)")
     parser.add_argument("--plot_dir", default="plots", help="figures and their JSON")
@@ -345,8 +367,13 @@ def get_data(dataset, sizes, seed=0, data_dir="data", allow_test_fill=False, syn
             with np.load(path) as f:
                 arrays = {k: torch.as_tensor(f[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
                 info = json.loads(str(f["info"]))
+            if not ({k: info.get(k) for k in desc} == desc and len(arrays["x_train"]) == sum(sizes)
+                    and np.bincount(arrays["y_train"].numpy(), minlength=K).tolist() == sizes
+                    and len(arrays["x_test"]) == len(arrays["y_test"]) and int(arrays["y_test"].max()) < K):
+                raise ValueError("mismatch")
         except Exception as e:
-            raise UserError(f"cached subset {path} is unreadable ({type(e).__name__}); delete it to rebuild") from None
+            raise UserError(f"cached subset {path} is unreadable or does not match its name (key, class counts, "
+                            f"shapes) ({type(e).__name__}); delete it to rebuild") from None
     else:
         ensure_writable_dir(os.path.dirname(path), "--data_dir")
         x, y, xt, yt, borrowed = build_subset(dataset, sizes, seed, data_dir, allow_test_fill)
@@ -383,17 +410,81 @@ def ensure_writable_dir(path, arg_name):
 
 
 def atomic_write(path, write):
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_")
+    """Write `.tmp_<name>.*` beside `path` (fsynced, mode as the umask gives), rename it over `path`, fsync
+    the folder: a crash leaves the old or the new file, never an empty one. OSError is a UserError."""
+    folder, tmp = os.path.dirname(os.path.abspath(path)), None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp_{os.path.basename(path)}.")
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            mask = os.umask(0o22)
+            os.umask(mask)
+            os.fchmod(f.fileno(), 0o666 & ~mask)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        dfd = os.open(folder, os.O_RDONLY)
+        with contextlib.suppress(OSError):  # a durable rename, where the file system can sync folders
+            os.fsync(dfd)
+        os.close(dfd)
+    except BaseException as e:
+        remove_leftovers(folder, None, [tmp] if tmp else [])
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path}: {e.strerror or e}; free space there or choose another "
+                            "folder") from None
         raise
+
+
+def remove_leftovers(folder, name="", also=()):
+    """Delete the temporary files `.tmp_<name>*` a killed write left in `folder` (name None: none;
+    only while holding the lock of what they belong to) and the files `also`."""
+    tmps = [] if name is None else [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(".tmp_" + name)]
+    for p in tmps + list(also):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(p)
+
+
+@contextlib.contextmanager
+def run_lock(path, what, wait_s=None, poll_s=2.0):
+    """Hold the lock file `path` for `what`: JSON with the owner's host and pid, made with os.link (atomic on NFS).
+    A dead process's lock on this host is taken over; a live one's is waited for (saying once who holds it)."""
+    mine, t0, told = f"{path}.{socket.gethostname()}.{os.getpid()}", time.time(), False
+    atomic_write_json(mine, {"host": socket.gethostname(), "pid": os.getpid()})
+    try:
+        while True:
+            try:
+                os.link(mine, path)
+                break
+            except FileExistsError:
+                owner, gone = None, False
+            try:  # owner None while unreadable; PermissionError: alive (another user's)
+                raw = read_json(path)
+                owner = {"host": str(raw["host"]), "pid": int(raw["pid"])}
+                if owner["host"] == socket.gethostname():  # a pid can be checked on its own host only
+                    os.kill(owner["pid"], 0)
+            except ProcessLookupError:
+                gone = True
+            except (UserError, KeyError, TypeError, ValueError, PermissionError):
+                pass
+            if gone:
+                print(f"note: taking over the stale lock {path} of pid {owner['pid']} (gone)", file=sys.stderr)
+                remove_leftovers(None, None, [path])
+                continue
+            holder = f"pid {owner['pid']} on host {owner['host']}" if owner else "another process"
+            if wait_s is not None and time.time() - t0 >= wait_s:
+                raise UserError(f"{what} is held by {holder} (lock {path}); wait for it, or delete the lock if "
+                                "that process is gone")
+            if not told:
+                print(f"waiting for {holder}, which holds {what} (delete {path} if it is gone)", file=sys.stderr)
+            told = True
+            time.sleep(poll_s)
+    finally:
+        os.remove(mine)
+    try:
+        yield
+    finally:
+        remove_leftovers(None, None, [path])
 
 
 def to_jsonable(obj):
@@ -418,8 +509,12 @@ def atomic_write_json(path, obj):
 
 
 def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file, or one line naming it: unreadable, truncated or empty files are UserErrors."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or broken ({type(e).__name__}); move it away to recompute it") from None
 
 
 def atomic_savez(path, **arrays):
@@ -454,9 +549,12 @@ def flatten(obj, prefix=""):
 
 def read_csv(path):
     """Rows of a CSV written by atomic_write_csv, numbers parsed."""
-    with open(path) as f:
-        lines = f.read().splitlines()
-    cols = lines[0].split(",")
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+        cols = lines[0].split(",")
+    except (OSError, IndexError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or empty ({type(e).__name__}); move its run folder away to retrain") from None
 
     def parse(v):
         try:
@@ -472,9 +570,9 @@ TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500, "fashion_mnist": 6000, "mni
 TEST_PER_CLASS = {"cifar10": 1000, "cifar100": 100, "fashion_mnist": 1000, "mnist": 892}
 
 
-def check_class_sizes(dataset, sizes, allow_test_fill, arg_name, network=None):
+def check_class_sizes(dataset, sizes, allow_test_fill, arg_name, network=None, fill_hint=True):
     """Fail before any training when a class asks for more images than the dataset holds
-    (the UFM uses no images, so any size goes)."""
+    (the UFM uses no images, so any size goes); fill_hint: name --allow_test_fill where it helps."""
     check_positive_ints(arg_name, sizes)
     if dataset == "synthetic" or str(network).lower() == "ufm":
         return
@@ -486,7 +584,7 @@ def check_class_sizes(dataset, sizes, allow_test_fill, arg_name, network=None):
     n = max(sizes)
     if n > have + (extra if allow_test_fill else 0):
         hint = (f"; pass --allow_test_fill to top up from the test split (up to {have + extra})"
-                if not allow_test_fill and n <= have + extra else "")
+                if fill_hint and not allow_test_fill and n <= have + extra else "")
         raise UserError(f"{arg_name}: {n} images per class asked, but the {dataset} train split has {have} per class"
                         f"{' (plus ' + str(extra) + ' in the test split)' if allow_test_fill else ''}{hint}")
 
@@ -501,8 +599,11 @@ def load_snapshot(path):
     """A mixup snapshot .npz as a dict of arrays (no pickle)."""
     if not os.path.isfile(path):
         raise UserError(f"snapshot: no such file {path}")
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:
+        raise UserError(f"snapshot {path} is unreadable ({type(e).__name__}); move it away (rerun to rewrite it)") from None
 
 
 

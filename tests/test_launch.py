@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -128,22 +127,6 @@ def test_launch_local_kill_resume_and_assemble(tmp_path, capsys):
     np.testing.assert_array_equal(np.array(got["Z"]), np.array(ref["Z"]))
     for key in ("nc1", "train_acc", "test_acc", "loss"):
         assert got["nc"][key] == ref["nc"][key], key
-
-
-def test_point_lock_makes_a_second_task_wait_and_reuse(tmp_path):
-    point = dict(figure="limit", params={"lam": 1.0}, seed=0, train={"seed": 0})
-    path = sweep.point_record_path(str(tmp_path), point)
-    trained = []
-    with sweep.point_lock(path):  # a first task is training this point
-        worker = threading.Thread(target=lambda: sweep.run_sweep([point], lambda pt: trained.append(pt) or {"x": 2},
-                                                                 str(tmp_path), only=0))
-        worker.start()
-        time.sleep(0.5)
-        assert worker.is_alive()  # the second task waits for the lock
-        utils.atomic_write_json(path, {"x": 1})  # the first task's record
-    worker.join(timeout=60)
-    assert not worker.is_alive() and trained == []  # the second task reused the record
-    assert utils.read_json(path) == {"x": 1}
 
 
 def test_slurm_parameters_reach_the_sbatch_script(tmp_path):
