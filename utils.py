@@ -44,9 +44,18 @@ def set_seed(seed):
 
 
 def _nvidia_gpu_present():
-    """Whether this machine shows an NVIDIA GPU to the system (driver loaded or nvidia-smi), whatever torch says."""
+    """Whether this machine shows an NVIDIA GPU (a loaded driver, or nvidia-smi listing one), whatever torch says."""
     import shutil
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0") or bool(shutil.which("nvidia-smi"))
+    import subprocess
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"):
+        return True
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "GPU" in r.stdout
 
 
 def _cuda_status():
@@ -202,6 +211,8 @@ def _torchvision_datasets(name):
         major, minor = (torch.__version__.split("+")[0].split(".") + ["0"])[:2]
         pair = (f"pip install 'torchvision==0.{int(minor) + 15}.*'" if major == "2" and minor.isdigit()
                 else "pip install torchvision (the release made for this torch)")
+        if "+cpu" in torch.__version__:  # PyPI's torchvision is built for PyPI's CUDA torch
+            pair += " from the index this CPU build of torch came from"
         said = (str(e).strip().splitlines() or [""])[0][:160]
         state = ("is not installed" if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torchvision"
                  else f"does not import with torch {torch.__version__} ({type(e).__name__}: {said})")
