@@ -78,22 +78,16 @@ def _cuda_status():
 
 
 def get_device(spec="auto"):
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
+    """'auto' (CUDA when this torch can use it, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
 
-    'auto' says on stderr which device it picked, and warns when a GPU is present that this torch
-    cannot use (a CPU-only build, or a CUDA build newer than the driver)."""
+    'auto' warns on stderr (one line) when a GPU is present that this torch cannot use (a CPU-only
+    build, or a CUDA build newer than the driver); the scripts' device line says what was picked."""
     spec = str(spec).lower()
     if spec == "auto":
         usable, why_not = _cuda_status()
-        if usable:
-            device = torch.device("cuda")
-            print(f"device: cuda (auto: {torch.cuda.get_device_name(0)})", file=sys.stderr)
-        else:
-            device = torch.device("cpu")
-            print("device: cpu (auto: no usable CUDA GPU)", file=sys.stderr)
-            if why_not:
-                print(f"warning: {why_not}; running on the CPU", file=sys.stderr)
-        return device
+        if why_not:
+            print(f"warning: --device auto: {why_not}; running on the CPU", file=sys.stderr)
+        return torch.device("cuda" if usable else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "mps":
