@@ -346,6 +346,10 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
         run(1)
         reps = 1 if tiny else 2  # best of two: checkpoint writes and the like jitter
         loop = (min(run(1 + k) for _ in range(reps)) - min(run(1) for _ in range(reps))) / k
+        if loop <= 0:  # the k epochs drowned in the noise of the fixed costs
+            print(f"{name} {variant}: train_run's epochs too short to time against its set-up; use more --epochs",
+                  flush=True)
+            loop = float("nan")
         share = n_evals * t_eval / (E * loop + n_evals * t_eval)
         out[variant] = dict(bare_epoch_s=bare, loop_epoch_s=loop, eval_s=t_eval, images=N, batch_size=bs,
                             bare_img_s=N / bare, loop_img_s=N / loop, overhead=loop / bare - 1,
@@ -405,6 +409,7 @@ def main(argv=None):
         try:
             return gpu_main(args)
         except utils.UserError as e:
+            import sys
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
     for bench, name in zip(benches, names):
