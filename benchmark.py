@@ -2,8 +2,12 @@
 
     python benchmark.py            # everything (a few minutes on 2 cores)
     python benchmark.py --only subset nc_metrics
+    python benchmark.py --device cuda --json gpu.json   # the GPU path: ResNet18, WRN-40-10, ViT
+    python benchmark.py --device cpu --tiny             # the same code at toy sizes (a test runs it)
 """
 import argparse
+import contextlib
+import dataclasses
 import os
 import struct
 import tempfile
@@ -211,6 +215,191 @@ THEORY_BENCHMARKS = [bench_solver_agreement, bench_solver_speed, bench_ufm_train
 
 
 # ======================================================================================
+# The GPU path (--device cuda): train_run against a bare loop, and the NC evaluation's share
+# ======================================================================================
+# Each network trains on synthetic CIFAR-shaped data (the cost does not depend on the pixels) at
+# its study's batch size (128), in variants: fp32, bf16 autocast (--amp), and bf16 with channels-last
+# memory format or torch.compile. Every variant is timed as
+#   bare:  forward + backward + optimizer step on the same device tensors, same objective, no
+#          bookkeeping: the floor for train_run;
+#   loop:  train_utils.train_run; its time per epoch is the difference of a (1 + k)-epoch and a
+#          1-epoch run (both evaluated and checkpointed once), so set-up and compile cancel;
+#   eval:  train_utils.evaluate (features of the train and test sets, every NC metric), whose
+#          share of a run is given at the study's evaluation schedule.
+
+GPU_NETWORKS = {
+    # minority-collapse figures: ResNet18 (CIFAR form), 5 x 500 + 5 x 100 images, batch 128, 2000 epochs
+    # evaluated at train_utils.default_eval_epochs(2000); the test split is CIFAR-10's 10 x 1000.
+    "resnet18": dict(cfg=dict(network="resnet18", batch_size=128, lr=0.01, lam_h=1e-5, lam_w=5e-3, lam_b=1e-2,
+                              weight_decay=5e-4),
+                     sizes=[500] * 5 + [100] * 5, test_per_class=1000, mixup=False,
+                     schedule=("figures: 2000 epochs, default_eval_epochs", 2000,
+                               len(train_utils.default_eval_epochs(2000)))),
+    # mixup study: WRN-40-10 and the ViT, batch 128, mixup (alpha 1), evaluated every epoch; CIFAR-10's
+    # 5 : 1 train : test ratio at a tenth of its size.
+    "wrn": dict(cfg=dict(network="wrn", batch_size=128, lr=0.1, weight_decay=1e-4),
+                sizes=[500] * 10, test_per_class=100, mixup=True, schedule=("mixup study: every epoch", 1, 1)),
+    "vit": dict(cfg=dict(network="vit", batch_size=128, lr=0.1, weight_decay=1e-4),
+                sizes=[500] * 10, test_per_class=100, mixup=True, schedule=("mixup study: every epoch", 1, 1)),
+}
+# toy sizes (--tiny): the same code in seconds on a CPU
+TINY_NETWORKS = {"resnet18": dict(width=4), "wrn": dict(width=1, depth=10), "vit": dict(width=16, depth=1)}
+GPU_VARIANTS = {  # name: (bf16 autocast, channels-last, torch.compile)
+    "fp32": (False, False, False), "bf16": (True, False, False),
+    "bf16_cl": (True, True, False), "bf16_compile": (True, False, True),
+}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepare_model(model, channels_last, compile_model):
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile_model else model
+
+
+@contextlib.contextmanager
+def _train_run_builds(channels_last, compile_model):
+    """train_run builds its network itself: give it the channels-last / compiled one for this variant."""
+    original = train_utils.build_model
+
+    def build(*args, **kwargs):
+        return _prepare_model(original(*args, **kwargs), channels_last, compile_model)
+
+    train_utils.build_model = build
+    try:
+        yield
+    finally:
+        train_utils.build_model = original
+
+
+def _gpu_bench_data(spec, tiny):
+    if tiny:
+        return utils.get_data("synthetic", [6] * 4, seed=0,
+                              synthetic={"image_size": 16, "channels": 3, "test_per_class": 2})
+    return utils.get_data("synthetic", spec["sizes"], seed=0,
+                          synthetic={"image_size": 32, "channels": 3, "test_per_class": spec["test_per_class"]})
+
+
+def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
+    """One network: for each variant, images/s of the bare loop and of train_run, train_run's
+    overhead, and the evaluation's cost against an epoch and its share of a run at the study's
+    schedule. Returns {variant: figures}."""
+    spec = GPU_NETWORKS[name]
+    k = epochs or (1 if tiny else 5)
+    data = _gpu_bench_data(spec, tiny)
+    cfg = {**train_utils.TRAIN_DEFAULTS, "name": f"bench_{name}", **spec["cfg"],
+           **(TINY_NETWORKS[name] if tiny else {}), **({"batch_size": 8} if tiny else {})}
+    objective = (train_utils.make_mixup_objective(train_utils.get_loss("cross_entropy"), 1.0)
+                 if spec["mixup"] else None)
+    N, bs = len(data.y_train), min(cfg["batch_size"], len(data.y_train))
+    label, E, n_evals = spec["schedule"]
+    out = {}
+    for variant in variants:
+        amp, channels_last, compile_model = GPU_VARIANTS[variant]
+        amp = amp and device.type == "cuda"  # as train_run: autocast on CUDA only
+        vdata = (dataclasses.replace(data, x_train=data.x_train.contiguous(memory_format=torch.channels_last))
+                 if channels_last else data)
+        vcfg = dict(cfg, amp=amp)
+
+        # bare loop: the same model, optimizer, objective and batches; one warm-up epoch, then k timed
+        utils.set_seed(0)
+        model = _prepare_model(train_utils.build_model(vcfg["network"], data.num_classes, data.in_channels,
+                                                       width=vcfg["width"], image_size=data.x_train.shape[-1],
+                                                       depth=vcfg.get("depth")).to(device),
+                               channels_last, compile_model)
+        opt = train_utils.make_optimizer(model, vcfg)
+        x, y = vdata.x_train.to(device), data.y_train.to(device)
+        gen = torch.Generator().manual_seed(0)
+
+        def epoch_bare():
+            model.train()
+            perm = torch.randperm(N, generator=gen).to(device)
+            for i in range(0, N - (N % bs == 1), bs):
+                idx = perm[i:i + bs]
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    if objective is None:
+                        loss, _ = train_utils.regularized_objective(model, x[idx], y[idx], vcfg, N, 1.0)
+                    else:
+                        loss, _ = objective(model, x[idx], y[idx], 1, gen)
+                loss.backward()
+                opt.step()
+
+        epoch_bare()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(k):
+            epoch_bare()
+        _sync(device)
+        bare = (time.perf_counter() - t) / k
+
+        # the NC evaluation of the trained model (warmed up once: compile, cuDNN)
+        def evaluation():
+            train_utils.evaluate(model, data, x, vcfg, device)
+            _sync(device)
+
+        evaluation()
+        t_eval, _ = timed(evaluation, repeat=2)
+        del model, opt, x, y
+
+        # train_run: (1 + k) epochs minus 1 epoch, each evaluated once at its end; a warm-up run first
+        def run(n_epochs):
+            _sync(device)
+            t0 = time.perf_counter()
+            with _train_run_builds(channels_last, compile_model):
+                train_utils.train_run(dict(vcfg, epochs=n_epochs, eval_epochs=[n_epochs]), vdata, device,
+                                      models_dir=tempfile.mkdtemp(), objective=objective)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        run(1)
+        reps = 1 if tiny else 2  # best of two: checkpoint writes and the like jitter
+        loop = (min(run(1 + k) for _ in range(reps)) - min(run(1) for _ in range(reps))) / k
+        if loop <= 0:  # the k epochs drowned in the noise of the fixed costs
+            print(f"{name} {variant}: train_run's epochs too short to time against its set-up; use more --epochs",
+                  flush=True)
+            loop = float("nan")
+        share = n_evals * t_eval / (E * loop + n_evals * t_eval)
+        out[variant] = dict(bare_epoch_s=bare, loop_epoch_s=loop, eval_s=t_eval, images=N, batch_size=bs,
+                            bare_img_s=N / bare, loop_img_s=N / loop, overhead=loop / bare - 1,
+                            eval_per_epoch=t_eval / loop, eval_share=share, schedule=label)
+        print(f"{name} {variant:13s} N={N} batch {bs}: bare {N / bare:8.0f} img/s, train_run {N / loop:8.0f} img/s "
+              f"-> overhead {100 * (loop / bare - 1):+5.1f}%; evaluation {t_eval:.3f} s = {t_eval / loop:.2f} epochs, "
+              f"{100 * share:.1f}% of a run ({label})", flush=True)
+    base = out.get("fp32")
+    if base:
+        for variant, r in out.items():
+            r["speedup_vs_fp32_bare"] = base["bare_epoch_s"] / r["bare_epoch_s"]
+            r["speedup_vs_fp32_loop"] = base["loop_epoch_s"] / r["loop_epoch_s"]
+        print(f"{name}: train_run speed against fp32 train_run: "
+              + ", ".join(f"{v} {r['speedup_vs_fp32_loop']:.2f}x" for v, r in out.items()), flush=True)
+    return out
+
+
+def gpu_main(args):
+    """The GPU-path benchmarks on args.device; figures as JSON in args.json if given."""
+    device = utils.get_device(args.device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        where = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    else:
+        torch.set_num_threads(1)
+        where = f"{device.type}, torch {torch.__version__}"
+    print(f"GPU path on {where}{' (tiny sizes)' if args.tiny else ''}", flush=True)
+    variants = args.variants or (list(GPU_VARIANTS) if device.type == "cuda" else ["fp32", "bf16_cl"])
+    results = {"device": where, "tiny": args.tiny, "networks": {}}
+    for name in args.networks:
+        results["networks"][name] = bench_gpu_network(name, device, variants, epochs=args.epochs, tiny=args.tiny)
+        if args.json:  # after each network, so a run cut short keeps what it measured
+            utils.atomic_write_json(args.json, results)
+    return results
+
+
+# ======================================================================================
 # Entry point
 # ======================================================================================
 
@@ -220,7 +409,22 @@ def main(argv=None):
     names = [b.__name__[len("bench_"):] for b in benches]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=names, help="run only these")
+    gpu = parser.add_argument_group("the GPU path (runs instead of the benchmarks above when --device is given)")
+    gpu.add_argument("--device", default=None, help="cuda | cuda:N | cpu (cpu: only sensible with --tiny)")
+    gpu.add_argument("--networks", nargs="+", choices=list(GPU_NETWORKS), default=list(GPU_NETWORKS))
+    gpu.add_argument("--variants", nargs="+", choices=list(GPU_VARIANTS), default=None,
+                     help="default: all on CUDA; fp32 bf16_cl elsewhere (bf16 autocast is CUDA only)")
+    gpu.add_argument("--epochs", type=int, default=None, help="timed epochs per measurement (5; --tiny 1)")
+    gpu.add_argument("--tiny", action="store_true", help="toy sizes: the same code in seconds")
+    gpu.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.device is not None:
+        try:
+            return gpu_main(args)
+        except utils.UserError as e:
+            import sys
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
     for bench, name in zip(benches, names):
         if not args.only or name in args.only:
             bench()

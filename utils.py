@@ -48,11 +48,51 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
+def _nvidia_gpu_present():
+    """Whether this machine shows an NVIDIA GPU (a loaded driver, or nvidia-smi listing one), whatever torch says."""
+    import shutil
+    import subprocess
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"):
+        return True
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "GPU" in r.stdout
+
+
+def _cuda_status():
+    """(usable, why_not): whether this torch can use CUDA, and, when a GPU is present but unusable,
+    one line saying why and what to do (None when there is no GPU to miss)."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    if usable or not _nvidia_gpu_present():
+        return usable, None
+    if torch.version.cuda is None:
+        return False, (f"an NVIDIA GPU is present but this torch {torch.__version__} is a CPU-only build; "
+                       f"install a CUDA build of torch (README, Installing)")
+    said = next((str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()), "")
+    said = f" (torch says: {said[:200]})" if said else ""
+    return False, (f"an NVIDIA GPU is present but this torch {torch.__version__} (built for CUDA {torch.version.cuda}) "
+                   f"cannot use it{said}; usually the NVIDIA driver is older than that CUDA build needs: install the "
+                   f"torch built for the CUDA version nvidia-smi shows, or update the driver (README, Installing)")
+
+
 def get_device(spec="auto"):
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    """'auto' (CUDA when this torch can use it, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
+
+    'auto' warns on stderr (one line) when a GPU is present that this torch cannot use (a CPU-only
+    build, or a CUDA build newer than the driver); the scripts' device line says what was picked."""
     spec = str(spec).lower()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        usable, why_not = _cuda_status()
+        if why_not:
+            print(f"warning: --device auto: {why_not}; running on the CPU", file=sys.stderr)
+        return torch.device("cuda" if usable else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "mps":
@@ -60,8 +100,9 @@ def get_device(spec="auto"):
             raise UserError("--device mps: MPS is not available on this machine; use auto or cpu")
         return torch.device("mps")
     if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {spec}: CUDA is not available on this machine; use auto or cpu")
+        usable, why_not = _cuda_status()
+        if not usable:
+            raise UserError(f"--device {spec}: {why_not or 'CUDA is not available on this machine'}; use auto or cpu")
         if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
             raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return torch.device(spec)
@@ -213,9 +254,28 @@ def num_classes_of(dataset, sizes=None):
     return _NUM_CLASSES[dataset]
 
 
+def _torchvision_datasets(name):
+    """torchvision.datasets, imported only here (torchvision is optional: only the four torchvision
+    datasets need it); missing or broken, one line saying so and how to fix it."""
+    try:
+        import torchvision.datasets as tvd
+        return tvd
+    except Exception as e:  # not installed (ImportError), or built for another torch (RuntimeError, OSError)
+        major, minor = (torch.__version__.split("+")[0].split(".") + ["0"])[:2]
+        pair = (f"pip install 'torchvision==0.{int(minor) + 15}.*'" if major == "2" and minor.isdigit()
+                else "pip install torchvision (the release made for this torch)")
+        if "+cpu" in torch.__version__:  # PyPI's torchvision is built for PyPI's CUDA torch
+            pair += " from the index this CPU build of torch came from"
+        said = (str(e).strip().splitlines() or [""])[0][:160]
+        state = ("is not installed" if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torchvision"
+                 else f"does not import with torch {torch.__version__} ({type(e).__name__}: {said})")
+        raise UserError(f"dataset {name} needs torchvision, which {state}; install the torchvision matching "
+                        f"torch {torch.__version__} ({pair}), or use --dataset synthetic or digits") from None
+
+
 def _torchvision_split(name, train, data_dir):
     """(uint8 images N x C x H x W, int64 labels) of a torchvision dataset, downloading if possible."""
-    import torchvision.datasets as tvd
+    tvd = _torchvision_datasets(name)
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
     try:
         ds = cls(data_dir, train=train, download=False)
