@@ -10,6 +10,8 @@ reuses the trained network itself the same way."""
 import os
 import sys
 
+import numpy as np
+import scipy.stats
 import torch
 
 import ana_utils
@@ -201,3 +203,51 @@ def save_figure_result(result, args, stem):
     stem += "_quick" if args.quick else ""
     for path in plot_utils.write_figure(result, args.plot_dir, stem):
         print(path)
+
+
+# ======================================================================================
+# Summaries over seeds (the mixup study)
+# ======================================================================================
+
+
+def seed_interval(values, level=0.95):
+    """n, mean, sample std (ddof 1) and the two-sided Student-t interval of the mean at `level`
+    over the defined values (None and NaN dropped). With one value std and interval are NaN,
+    with none the mean too: undefined, never 0."""
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n, nan = len(v), float("nan")
+    if n < 2:
+        return {"n": n, "mean": float(v[0]) if n else nan, "std": nan, "ci_lo": nan, "ci_hi": nan}
+    std = float(v.std(ddof=1))
+    half = float(scipy.stats.t.ppf((1 + level) / 2, n - 1)) * std / np.sqrt(n)
+    mean = float(v.mean())
+    return {"n": n, "mean": mean, "std": std, "ci_lo": mean - half, "ci_hi": mean + half}
+
+
+def table_over_seeds(records, keys, metrics, level=0.95):
+    """One row per distinct combination of `keys` among the per-seed records (first-seen order):
+    the keys, n_seeds, and for each metric <m>_mean, <m>_std, <m>_ci_lo, <m>_ci_hi (seed_interval)."""
+    groups = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    rows = []
+    for combo, rs in groups.items():
+        row = dict(zip(keys, combo), n_seeds=len(rs))
+        for m in metrics:
+            stats = seed_interval([r.get(m) for r in rs], level)
+            row.update({f"{m}_{k}": stats[k] for k in ("mean", "std", "ci_lo", "ci_hi")})
+        rows.append(row)
+    return rows
+
+
+def band_over_seeds(series):
+    """Per position, the mean, min and max over equally long series (one per seed; None as NaN):
+    the line and band of a curve over seeds. Returns {"mean", "lo", "hi"} lists."""
+    a = np.array([[np.nan if x is None else x for x in s] for s in series], dtype=float)
+    defined = np.isfinite(a).any(0)
+    safe = np.where(np.isfinite(a), a, 0.0)
+    count = np.isfinite(a).sum(0)
+    mean = np.where(defined, safe.sum(0) / np.maximum(count, 1), np.nan)
+    lo = np.where(defined, np.where(np.isfinite(a), a, np.inf).min(0), np.nan)
+    hi = np.where(defined, np.where(np.isfinite(a), a, -np.inf).max(0), np.nan)
+    return {"mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
