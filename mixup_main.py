@@ -29,9 +29,10 @@ SYNTHETIC_PER_CLASS = 100
 QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=64, lr=0.05, weight_decay=1e-2,
              snapshot_size=900, feature_mode="eval")
 # --study --quick: a CPU grid of a few minutes (2 datasets x 2 networks x 2 losses x with/without mixup x
-# 2 seeds, and label smoothing and focal on the first dataset and network): short runs on small subsets.
-STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=30,
-                   train_per_class=60, width=32, snapshot_size=600)
+# 2 seeds, and label smoothing and focal on the first dataset and network): 40 epochs on 60 images per class
+# (10 synthetic classes); weight decay 5e-2 collapses the features that fast.
+STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=40,
+                   train_per_class=60, num_classes=10, weight_decay=5e-2, snapshot_size=600)
 # The study's table: the per-seed numbers of a cell, and what keys a row.
 STUDY_KEYS = ("dataset", "model", "loss", "mixup")
 STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_vs_log_odds_spearman",
@@ -247,8 +248,14 @@ def study_cell(point, device, args):
     """Train (or reuse) one cell; its record: the per-seed numbers of the table (last row of
     summary.csv, last snapshot's geometry) and the curves over epochs."""
     p = point["params"]
-    run_dir = train(point["train"], p["dataset"], point["per_class"], point["K"], device, args.data_dir,
-                    args.models_dir)["run_dir"]
+    try:
+        run_dir = train(point["train"], p["dataset"], point["per_class"], point["K"], device, args.data_dir,
+                        args.models_dir)["run_dir"]
+    except UserError as e:  # a diverged cell is a result of the grid (kept, reported), not the end of the study
+        if not str(e).startswith("training diverged"):
+            raise
+        print(f"cell {describe(p)}: {e}", file=sys.stderr)
+        return dict(p, diverged=str(e), **{m: None for m in STUDY_METRICS})
     rows = utils.read_csv(os.path.join(run_dir, "summary.csv"))
     snaps = utils.mixup_snapshots(run_dir)
     geometry = [utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps]
@@ -258,6 +265,10 @@ def study_cell(point, device, args):
                 **{k: geometry[-1][k] for k in STUDY_METRICS[2:]},
                 epochs=[r["epoch"] for r in rows], curves=curves, snapshot_epochs=[e for e, _ in snaps],
                 residual=[g["diff_convex_residual_mean"] for g in geometry])
+
+
+def describe(params):
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
 def study_dynamics(records, dataset, model):
@@ -293,12 +304,15 @@ def study(args):
     device = sweep.figure_device(args)
     records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
                                        args.point, args.assemble)
-    done = [r for r in records if r is not None]
-    table = sweep.table_over_seeds(done, STUDY_KEYS, STUDY_METRICS)
+    done = [r for r in records if r is not None and "diverged" not in r]
+    table = sweep.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
+    for row in table:
+        row["n_diverged"] = sum(1 for r in records if r is not None and "diverged" in r
+                                and all(r[k] == row[k] for k in STUDY_KEYS))
     d0, m0 = args.datasets[0], args.models[0].lower()
     models = [m.lower() for m in args.models]
     result = {"figure": "mixup_study", "argv": sys.argv[1:], "level": 0.95, "keys": STUDY_KEYS,
-              "metrics": STUDY_METRICS, "table": table, "cells": done,
+              "metrics": STUDY_METRICS, "table": table, "cells": [r for r in records if r is not None],
               "missing": [points[i]["params"] for i in missing], "dynamics": study_dynamics(done, d0, m0)}
     stem = os.path.join(args.plot_dir, "mixup_study" + ("_quick" if args.quick else ""))
     written = [stem + ".json", stem + ".csv"]
@@ -314,7 +328,7 @@ def study(args):
         plot_utils.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
         plot_utils.save_study_calibration(table, stem + "_calibration.png")]
     for row in table:
-        print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}): " + "; ".join(
+        print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}, diverged {row['n_diverged']}): " + "; ".join(
             f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} [{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]"
             for m in STUDY_METRICS))
     for path in written:
