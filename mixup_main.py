@@ -1,16 +1,21 @@
 """Mixup and neural collapse (theory.md section 5): train with mixup, snapshot the last-layer
 features of mixed-up training examples from three classes, project them to 2-D, summarise the
-geometry, and plot it against the free-feature (UFM) optimum of the same loss."""
+geometry, and plot it against the free-feature (UFM) optimum of the same loss.
+
+--study runs the study grid (datasets x models x losses x with/without mixup x seeds, each cell a
+run as above) and writes one table with mean, std and 95% t-interval over seeds, and its figures."""
+import argparse
+import itertools
 import os
 import sys
 
 import numpy as np
-import torch
 
 import ana_utils
 import mixup_geometry
 import networks
 import plot_utils
+import sweep
 import train_utils
 import utils
 from utils import UserError
@@ -22,6 +27,15 @@ SYNTHETIC_PER_CLASS = 100
 # eval-mode collection, since batch statistics of mixed batches from three classes blur a small network's features.
 QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=64, lr=0.05, weight_decay=1e-2,
              snapshot_size=900, feature_mode="eval")
+# --study --quick: a CPU grid of a few minutes (2 datasets x 2 networks x 2 losses x with/without mixup x
+# 2 seeds, and label smoothing and focal on the first dataset and network): 40 epochs on 60 images per class
+# (10 synthetic classes); weight decay 5e-2 collapses the features that fast.
+STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=40,
+                   train_per_class=60, num_classes=10, weight_decay=5e-2, snapshot_size=600)
+# The study's table: the per-seed numbers of a cell, and what keys a row.
+STUDY_KEYS = ("dataset", "model", "loss", "mixup")
+STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_vs_log_odds_spearman",
+                 "diff_convex_residual_mean", "diff_convex_residual_binned", "same_spread")
 
 
 def parse_args(argv):
@@ -45,6 +59,8 @@ def parse_args(argv):
     p.add_argument("--lr_gamma", type=float, default=0.1)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--alpha", type=float, default=1.0, help="mixup coefficient ~ Beta(alpha, alpha)")
+    p.add_argument("--lam_per", default="batch", help="batch (one coefficient per batch, as the original mixup "
+                   "code and timm) | sample (one per example)")
     p.add_argument("--no_mixup", action="store_true", help="plain training (baseline)")
     p.add_argument("--fixed_etf", action="store_true", help="a fixed simplex-ETF classifier")
     p.add_argument("--train_per_class", type=int, default=None, help="training images per class (default: all)")
@@ -56,8 +72,22 @@ def parse_args(argv):
     p.add_argument("--snapshot_size", type=int, default=1500, help="mixed examples per snapshot")
     p.add_argument("--feature_mode", default="train", help="train (batch-norm batch statistics, as the paper) | eval")
     p.add_argument("--theory_beta", type=float, default=0.01, help="beta of the UFM overlay")
+    s = p.add_argument_group("the study (--study): a grid of runs, summarised over seeds")
+    s.add_argument("--study", action="store_true", help="run the study grid instead of one run")
+    s.add_argument("--datasets", nargs="+", default=["fashion_mnist", "cifar10", "cifar100"])
+    s.add_argument("--models", nargs="+", default=["wrn", "vit_b4"])
+    s.add_argument("--losses", nargs="+", default=["cross_entropy", "mse"])
+    s.add_argument("--panel_losses", nargs="*", default=["label_smoothing", "focal"],
+                   help="losses trained too, with mixup, on the first dataset and network only (the per-loss figure)")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    s.add_argument("--no_baselines", action="store_true", help="skip the cells without mixup (calibration baselines)")
+    s.add_argument("--point", type=int, default=None,
+                   help="train only cell I (0-based, in grid order: dataset, network, loss, "
+                   "mixup then not, seed; panel losses last), then assemble what is finished")
+    s.add_argument("--assemble", action="store_true", help="train nothing: table and figures of the finished cells")
     utils.add_common_args(p)
-    return utils.parse_with_presets(p, argv, QUICK)
+    study = p.parse_args(argv).study
+    return utils.parse_with_presets(p, argv, STUDY_QUICK if study else QUICK)
 
 
 def check_args(args):
@@ -74,6 +104,7 @@ def check_args(args):
     utils.check_fraction("--smoothing", args.smoothing)
     utils.check_nonneg("--focal_gamma", args.focal_gamma)
     utils.check_choice("--optimizer", args.optimizer.lower(), ("sgd", "adam", "adamw"))
+    utils.check_choice("--lam_per", args.lam_per, train_utils.LAM_PER)
     if args.feature_mode not in ("train", "eval"):
         raise UserError(f"--feature_mode {args.feature_mode}: allowed are train, eval")
     utils.check_positive_ints("--epochs", [args.epochs])
@@ -113,7 +144,7 @@ def train_config(args):
                 weight_decay=args.weight_decay, lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma,
                 batch_size=args.batch_size, eval_epochs=list(range(1, args.epochs + 1)), seed=args.seed,
                 amp=args.amp, loss=args.loss, mse_scale=args.mse_scale, smoothing=args.smoothing,
-                focal_gamma=args.focal_gamma, alpha=args.alpha, mixup=not args.no_mixup,
+                focal_gamma=args.focal_gamma, alpha=args.alpha, mixup=not args.no_mixup, lam_per=args.lam_per,
                 fixed_etf=args.fixed_etf, classes=args.classes, snapshots=args.snapshots,
                 snapshot_size=args.snapshot_size, feature_mode=args.feature_mode)
 
@@ -137,20 +168,26 @@ def make_on_eval(cfg, data, loss_fn, device):
     return on_eval
 
 
+def train(cfg, dataset, per_class, K, device, data_dir, models_dir):
+    """Train (or reuse, or resume) the mixup run `cfg` on a balanced subset of `dataset`."""
+    loss_fn = train_utils.get_loss(cfg["loss"], cfg["mse_scale"], cfg["smoothing"], cfg["focal_gamma"])
+    data = utils.get_data(dataset, [per_class] * K, cfg["seed"], data_dir)
+    objective = train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"], lam_per=cfg["lam_per"])
+    return train_utils.train_run(cfg, data, device, models_dir, objective=objective,
+                                 on_eval=make_on_eval(cfg, data, loss_fn, device))
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.study:
+        return study(args)
+    if args.point is not None or args.assemble:
+        raise UserError("--point/--assemble: they select cells of the study grid; add --study")
     K, per_class = check_args(args)
-    device = utils.get_device(args.device)
-    if args.quick and device.type == "cpu":
-        torch.set_num_threads(1)  # these small layers run fastest single-threaded on a shared CPU
+    device = sweep.figure_device(args)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
     cfg = train_config(args)
-    loss_fn = train_utils.get_loss(args.loss, args.mse_scale, args.smoothing, args.focal_gamma)
-
-    data = utils.get_data(args.dataset, [per_class] * K, args.seed, args.data_dir)
-    objective = train_utils.make_mixup_objective(loss_fn, args.alpha, mixup=not args.no_mixup)
-    result = train_utils.train_run(cfg, data, device, args.models_dir, objective=objective,
-                                   on_eval=make_on_eval(cfg, data, loss_fn, device))
+    result = train(cfg, args.dataset, per_class, K, device, args.data_dir, args.models_dir)
     run_dir = result["run_dir"]
     if result["reused"]:
         print(f"reusing finished run {run_dir}")
@@ -178,6 +215,123 @@ def main(argv=None):
     print(f"epoch {max(summaries)} geometry: " + ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
     for path in [os.path.join(run_dir, "summary.csv")] + written:
+        print(path)
+
+
+# ======================================================================================
+# The study: a grid of runs, a table over seeds, its figures
+# ======================================================================================
+
+
+def study_cells(args):
+    """Every cell of the grid as a sweep point (checked before anything trains): datasets x
+    networks x losses x (mixup, no mixup unless --no_baselines) x seeds, then the panel losses with mixup on the first
+    dataset and network. Each cell is a single run with these five settings replaced."""
+    combos = [(d, m, loss, mix) for d in args.datasets for m in args.models for loss in args.losses
+              for mix in ((True,) if args.no_baselines else (True, False))]
+    combos += [(args.datasets[0], args.models[0], loss, True) for loss in args.panel_losses if loss not in args.losses]
+    points = []
+    for (dataset, model, loss, mix), seed in itertools.product(combos, args.seeds):
+        cell = argparse.Namespace(**dict(vars(args), dataset=dataset, model=model, loss=loss, no_mixup=not mix,
+                                         seed=seed))
+        K, per_class = check_args(cell)
+        # NC metrics at epochs 1-5, every 10th, the last and the snapshots, not at every epoch as a single run
+        train = dict(train_config(cell), eval_epochs=sorted(set(train_utils.default_eval_epochs(cell.epochs))
+                                                            | set(cell.snapshots)))
+        points.append(dict(figure="mixup_study", params=dict(dataset=cell.dataset, model=cell.model.lower(),
+                                                             loss=loss, mixup=mix, seed=seed),
+                           per_class=per_class, K=K, train=train))
+    return points
+
+
+def study_cell(point, device, args):
+    """Train (or reuse) one cell; its record: the per-seed numbers of the table (last row of
+    summary.csv, last snapshot's geometry) and the curves over epochs."""
+    p = point["params"]
+    try:
+        run_dir = train(point["train"], p["dataset"], point["per_class"], point["K"], device, args.data_dir,
+                        args.models_dir)["run_dir"]
+    except UserError as e:  # a diverged cell is a result of the grid (kept, reported), not the end of the study
+        if not str(e).startswith("training diverged"):
+            raise
+        print(f"cell {describe(p)}: {e}", file=sys.stderr)
+        return dict(p, diverged=str(e), **{m: None for m in STUDY_METRICS})
+    rows = utils.read_csv(os.path.join(run_dir, "summary.csv"))
+    snaps = utils.mixup_snapshots(run_dir)
+    geometry = [utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps]
+    curves = {k: [r.get(k) for r in rows] for k in ("nc1", "nc1_trace", "nc3") if k in rows[0]}
+    return dict(p, run_dir=run_dir, last_snapshot=snaps[-1][1], K=point["K"], classes=point["train"]["classes"],
+                test_acc=rows[-1]["test_acc"], test_ece=rows[-1]["test_ece"],
+                **{k: geometry[-1][k] for k in STUDY_METRICS[2:]},
+                epochs=[r["epoch"] for r in rows], curves=curves, snapshot_epochs=[e for e, _ in snaps],
+                residual=[g["diff_convex_residual_mean"] for g in geometry])
+
+
+def describe(params):
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def study_dynamics(records, dataset, model):
+    """Per loss (with mixup, on one dataset and network): nc curves and the convex-combination
+    residual against epoch, as mean and min-max band over seeds."""
+    out = {}
+    for loss in dict.fromkeys(r["loss"] for r in records):
+        rs = [r for r in records if (r["dataset"], r["model"], r["loss"], r["mixup"]) == (dataset, model, loss, True)]
+        if rs:
+            out[loss] = dict(epochs=rs[0]["epochs"], snapshot_epochs=rs[0]["snapshot_epochs"],
+                             residual=sweep.band_over_seeds([r["residual"] for r in rs]),
+                             **{k: sweep.band_over_seeds([r["curves"][k] for r in rs]) for k in rs[0]["curves"]})
+    return out
+
+
+def projection_panel(records, args, dataset, model, loss):
+    """(snapshot, UFM overlay) of the first seed's last snapshot of a cell with mixup, or None
+    if not trained: one network's features, never pooled across networks."""
+    for r in records:
+        if (r["dataset"], r["model"], r["loss"], r["mixup"], r["seed"]) == (dataset, model, loss, True, args.seeds[0]):
+            cfg = dict(loss=loss, mse_scale=args.mse_scale, smoothing=args.smoothing, focal_gamma=args.focal_gamma)
+            return utils.load_snapshot(r["last_snapshot"]), train_utils.ufm_overlay(cfg, r["K"], r["classes"],
+                                                                                    args.theory_beta)
+    return None
+
+
+def study(args):
+    """The study recipe: cells -> train or reuse (--point, --assemble) -> table over seeds -> figures."""
+    args.datasets = [utils.check_dataset(d, "--datasets") for d in args.datasets]
+    for loss in args.losses + args.panel_losses:
+        utils.check_choice("--losses/--panel_losses", loss, tuple(train_utils.LOSSES))
+    points = study_cells(args)
+    device = sweep.figure_device(args)
+    records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
+                                       args.point, args.assemble)
+    done = [r for r in records if r is not None and "diverged" not in r]
+    table = sweep.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
+    for row in table:
+        row["n_diverged"] = sum(1 for r in records if r is not None and "diverged" in r
+                                and all(r[k] == row[k] for k in STUDY_KEYS))
+    d0, m0 = args.datasets[0], args.models[0].lower()
+    models = [m.lower() for m in args.models]
+    result = {"figure": "mixup_study", "argv": sys.argv[1:], "level": 0.95, "keys": STUDY_KEYS,
+              "metrics": STUDY_METRICS, "table": table, "cells": [r for r in records if r is not None],
+              "missing": [points[i]["params"] for i in missing], "dynamics": study_dynamics(done, d0, m0)}
+    stem = os.path.join(args.plot_dir, "mixup_study" + ("_quick" if args.quick else ""))
+    written = [stem + ".json", stem + ".csv"]
+    utils.atomic_write_json(written[0], result)
+    utils.atomic_write_csv(written[1], table)
+    losses = list(dict.fromkeys(args.losses + args.panel_losses))
+    written += [
+        plot_utils.save_projection_table(
+            [[projection_panel(done, args, d, m, args.losses[0]) for m in models] for d in args.datasets],
+            args.datasets, models, stem + "_projections.png", f"{args.losses[0]}, with mixup, last epoch"),
+        plot_utils.save_projection_table([[projection_panel(done, args, d0, m0, loss) for loss in losses]],
+                                         [f"{d0}, {m0}"], losses, stem + "_losses.png", "with mixup, last epoch"),
+        plot_utils.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
+        plot_utils.save_study_calibration(table, stem + "_calibration.png")]
+    for row in table:
+        print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}, diverged {row['n_diverged']}): " + "; ".join(
+            f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} [{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]"
+            for m in STUDY_METRICS))
+    for path in written:
         print(path)
 
 

@@ -1,6 +1,6 @@
 """Networks: every model maps x to (logits, features), with the classifier the one nn.Linear
 named `classifier`, so analysis code never guesses. ResNet18 (CIFAR form), VGG11/13, MLP, small
-CNN, the unconstrained feature model (UFM), wide ResNet and small ViT; `build_model` by name."""
+CNN, the unconstrained feature model (UFM), wide ResNet, small ViT and ViT-B/4; `build_model` by name."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -193,8 +193,9 @@ class SmallViT(nn.Module):
             raise UserError(f"image size {image_size}: the ViT needs a multiple of {patch}")
         if width < 1 or depth < 1:
             raise UserError(f"width/depth {width}/{depth}: the ViT needs positive values")
-        # heads of about 32 dimensions that divide the width
-        heads = max(h for h in range(1, max(1, width // 32) + 1) if width % h == 0)
+        # heads of 64 dimensions as in ViT-Ti/S/B (192 -> 3, 384 -> 6, 768 -> 12), or the nearest count
+        # below that divides the width
+        heads = max(h for h in range(1, max(1, width // 64) + 1) if width % h == 0)
         self.patch_embed = nn.Conv2d(in_channels, width, patch, patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.randn(1, (image_size // patch) ** 2 + 1, width) * 0.02)
@@ -225,7 +226,42 @@ def make_vit(num_classes, in_channels, width=None, depth=None, image_size=32):
     return SmallViT(num_classes, in_channels, image_size=image_size, width=width or 192, depth=depth or 6)
 
 
-MIXUP_NETWORKS = {"wrn": make_wrn, "vit": make_vit}
+class TorchvisionViT(nn.Module):
+    """torchvision's VisionTransformer with its head replaced by `classifier`; features are the
+    class token after the encoder's final LayerNorm (what the original head reads)."""
+
+    def __init__(self, vit, num_classes):
+        super().__init__()
+        vit.heads = nn.Identity()
+        self.vit, self.feat_dim = vit, vit.hidden_dim
+        self.classifier = nn.Linear(vit.hidden_dim, num_classes)
+
+    def forward(self, x):
+        h = self.vit(x)
+        return self.classifier(h), h
+
+
+VIT_B4 = dict(patch_size=4, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072)
+
+
+def make_vit_b4(num_classes, in_channels, width=None, depth=None, image_size=32):
+    """ViT-B/4 (Dosovitskiy et al.'s ViT-Base: 12 layers, width 768, 12 heads, MLP 3072; 4x4
+    patches), the paper's ViT at 32x32, built by torchvision; the patch embedding takes
+    `in_channels`. Exactly this architecture: width and depth cannot be changed."""
+    if width is not None or depth is not None:
+        raise UserError("--width/--depth: vit_b4 is exactly ViT-B/4; use --model vit for a resizable ViT")
+    if image_size % VIT_B4["patch_size"]:
+        raise UserError(f"image size {image_size}: ViT-B/4 needs a multiple of 4")
+    from torchvision.models import VisionTransformer  # lazily: only this preset needs torchvision
+    vit = VisionTransformer(image_size=image_size, num_classes=num_classes, **VIT_B4)
+    p = VIT_B4["patch_size"]
+    vit.conv_proj = nn.Conv2d(in_channels, VIT_B4["hidden_dim"], p, p)
+    nn.init.trunc_normal_(vit.conv_proj.weight, std=(in_channels * p * p) ** -0.5)  # torchvision's own init
+    nn.init.zeros_(vit.conv_proj.bias)
+    return TorchvisionViT(vit, num_classes)
+
+
+MIXUP_NETWORKS = {"wrn": make_wrn, "vit": make_vit, "vit_b4": make_vit_b4}
 
 
 def check_network_name(name, arg="--network"):

@@ -328,3 +328,83 @@ def save_mixup_curves(runs, path, kind):
         ax.set_yscale("log")
     ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+# ======================================================================================
+# The mixup study: projection tables, NC dynamics over seeds, calibration  (mixup study)
+# ======================================================================================
+
+
+def save_projection_table(panels, row_labels, col_labels, path, title=None):
+    """A table of projections: panels[r][c] is (snapshot, UFM overlay) or None (not trained yet,
+    left blank and labelled so); rows and columns labelled (e.g. datasets x networks)."""
+    nrow, ncol = len(panels), max(len(r) for r in panels)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 3.0 * nrow), squeeze=False)
+    for r, row in enumerate(panels):
+        for c, panel in enumerate(row):
+            ax = axes[r, c]
+            if panel is None:
+                ax.text(0.5, 0.5, "not trained yet", ha="center", va="center", transform=ax.transAxes, color="0.5")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                plot_mixup_projection(ax, panel[0], theory=panel[1])
+            if r == 0:
+                ax.set_title(col_labels[c], fontsize=10)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def save_study_dynamics(dynamics, path, title=None):
+    """NC dynamics of the study: nc1 (nc1_trace where recorded), nc3 and the convex-combination
+    residual of the snapshots against epoch, one line per loss (mean over seeds) with the
+    min-max band over seeds. dynamics: {loss: {epochs, snapshot_epochs, <metric>: {mean, lo, hi}}}."""
+    keys = [k for k in ("nc1", "nc1_trace", "nc3") if any(k in d for d in dynamics.values())] + ["residual"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for i, (loss, d) in enumerate(dynamics.items()):
+            if key not in d:
+                continue
+            x = d["snapshot_epochs"] if key == "residual" else d["epochs"]
+            band = {k: np.array(v, dtype=float) for k, v in d[key].items()}
+            ax.plot(x, band["mean"], "-o" if key == "residual" else "-", ms=3, color=f"C{i}", label=loss)
+            ax.fill_between(x, band["lo"], band["hi"], color=f"C{i}", alpha=0.2, lw=0)
+        ax.set_xscale("log")
+        ax.set_yscale("log" if key != "residual" else "linear")
+        ax.set_xlabel("epoch")
+        ax.set_title("convex-combination residual" if key == "residual" else key, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, title="mean; band: min-max over seeds", title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_study_calibration(table, path):
+    """Test ECE with and without mixup per (network, loss), one panel per dataset: bars at the mean
+    over seeds, error bars the 95% t-interval (none where a cell has one seed)."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in table)) or ["(no finished cells)"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        rows = [r for r in table if r["dataset"] == dataset]
+        groups = list(dict.fromkeys((r["model"], r["loss"]) for r in rows))
+        for j, mixup in enumerate((True, False)):
+            for i, g in enumerate(groups):
+                r = next((r for r in rows if (r["model"], r["loss"], r["mixup"]) == (*g, mixup)), None)
+                if r is None:
+                    continue
+                m, lo, hi = r["test_ece_mean"], r["test_ece_ci_lo"], r["test_ece_ci_hi"]
+                err = None if not np.isfinite(lo) else [[m - lo], [hi - m]]
+                ax.bar(i + (j - 0.5) * 0.4, m, 0.4, yerr=err, capsize=3, color="tab:orange" if mixup else "tab:blue",
+                       label=("mixup" if mixup else "no mixup") if i == 0 else None)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"{m}\n{loss}" for m, loss in groups], fontsize=7)
+        ax.set_ylabel("test ECE")
+        ax.set_title(dataset, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)

@@ -187,19 +187,23 @@ def point_record_path(models_dir, point):
 
 
 def read_point_record(path, point):
-    """The finished record of `point`, checked against the point it claims (params, sizes, clusters,
-    a K x K Z); None when there is none, or (said on stderr) when it is broken: it then counts as
-    missing and is recomputed, the trained run itself being reused."""
+    """The finished record of `point`, checked against the point it claims (params; for a figure
+    point also sizes, clusters and a K x K Z); None when there is none, or (said on stderr) when it
+    is broken: it then counts as missing and is recomputed, the trained run itself being reused."""
     if not os.path.exists(path):
         return None
-    K = len(point["sizes"])
     try:
         rec = utils.read_json(path)
-        ok = (isinstance(rec, dict) and rec.get("params") == utils.to_jsonable(point["params"])
-              and rec.get("sizes") == point["sizes"] and rec.get("clusters") == point["clusters"]
-              and np.shape(rec.get("Z")) == (K, K))
+        ok = isinstance(rec, dict)
+        if ok:  # a figure record keeps its params; a study cell's record holds them among its fields
+            claimed = rec.get("params") if "params" in rec else {k: rec.get(k) for k in point["params"]}
+            ok = claimed == utils.to_jsonable(point["params"])
+        if ok and "sizes" in point:
+            K = len(point["sizes"])
+            ok = (rec.get("sizes") == point["sizes"] and rec.get("clusters") == point["clusters"]
+                  and np.shape(rec.get("Z")) == (K, K))
         if not ok:
-            raise UserError(f"point record {path} does not match its point (params, sizes, clusters, Z {K}x{K})")
+            raise UserError(f"point record {path} does not match its point (params, sizes, clusters, Z)")
     except UserError as e:
         print(f"warning: {e}; counted as missing (recomputed when trained)", file=sys.stderr)
         return None
@@ -211,7 +215,9 @@ def describe_params(params):
 
 
 def describe_point(point):
-    return f"{describe_params(point['params'])}, seed={point['seed']}"
+    """The point's plotted values and (unless they hold it) its seed."""
+    text = describe_params(point["params"])
+    return text if "seed" in point["params"] or "seed" not in point else f"{text}, seed={point['seed']}"
 
 
 def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
@@ -421,3 +427,46 @@ def save_figure_result(result, args, stem):
     stem += "_quick" if args.quick else ""
     for path in plot_utils.write_figure(result, args.plot_dir, stem):
         print(path)
+
+
+# ======================================================================================
+# Summaries over seeds (the mixup study)
+# ======================================================================================
+
+
+def seed_interval(values):
+    """ana_utils.mean_std_interval in the study table's flat form: n, mean, std, ci_lo, ci_hi
+    (NaN where undefined: std and interval with one value, everything with none)."""
+    s, nan = ana_utils.mean_std_interval(values), float("nan")
+    lo, hi = s["ci95"] or (nan, nan)
+    return {"n": s["n"], "mean": nan if s["mean"] is None else s["mean"],
+            "std": nan if s["std"] is None else s["std"], "ci_lo": lo, "ci_hi": hi}
+
+
+def table_over_seeds(records, keys, metrics):
+    """One row per distinct combination of `keys` among the per-seed records (first-seen order):
+    the keys, n_seeds, and for each metric <m>_mean, <m>_std, <m>_ci_lo, <m>_ci_hi (seed_interval)."""
+    groups = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    rows = []
+    for combo, rs in groups.items():
+        row = dict(zip(keys, combo), n_seeds=len(rs))
+        for m in metrics:
+            stats = seed_interval([r.get(m) for r in rs])
+            row.update({f"{m}_{k}": stats[k] for k in ("mean", "std", "ci_lo", "ci_hi")})
+        rows.append(row)
+    return rows
+
+
+def band_over_seeds(series):
+    """Per position, the mean, min and max over equally long series (one per seed; None as NaN):
+    the line and band of a curve over seeds. Returns {"mean", "lo", "hi"} lists."""
+    a = np.array([[np.nan if x is None else x for x in s] for s in series], dtype=float)
+    defined = np.isfinite(a).any(0)
+    safe = np.where(np.isfinite(a), a, 0.0)
+    count = np.isfinite(a).sum(0)
+    mean = np.where(defined, safe.sum(0) / np.maximum(count, 1), np.nan)
+    lo = np.where(defined, np.where(np.isfinite(a), a, np.inf).min(0), np.nan)
+    hi = np.where(defined, np.where(np.isfinite(a), a, -np.inf).max(0), np.nan)
+    return {"mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}

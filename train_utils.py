@@ -73,24 +73,31 @@ def mixup_loss(loss_fn, logits, y_a, y_b, mix):
     return (mix * loss_fn(logits, y_a) + (1 - mix) * loss_fn(logits, y_b)).mean()
 
 
-def mix_batch(x, y, alpha, gen):
-    """Mixup of a batch with a random partner: returns (x_mixed, y_a, y_b, mix), mix ~ Beta(alpha,
-    alpha) per sample (float32 on x's device). Draws come from the CPU torch.Generator `gen` (the
-    training loop's, checkpointed with the run), so they are reproducible on any device."""
+LAM_PER = ("batch", "sample")
+
+
+def mix_batch(x, y, alpha, gen, lam_per="batch"):
+    """Mixup of a batch with a random partner permutation: returns (x_mixed, y_a, y_b, mix),
+    mix ~ Beta(alpha, alpha), one value for the whole batch (lam_per "batch": the original mixup
+    code and timm, a 0-dim tensor) or one per sample ("sample"); float32 on x's device. Draws come
+    from the CPU torch.Generator `gen` (the training loop's, checkpointed with the run), so they
+    are reproducible on any device."""
     n = len(x)
     perm = torch.randperm(n, generator=gen).to(x.device)
-    u = torch.rand(n, generator=gen, dtype=torch.float64).numpy()
+    u = torch.rand(1 if lam_per == "batch" else n, generator=gen, dtype=torch.float64).numpy()
     mix = torch.as_tensor(scipy.special.betaincinv(alpha, alpha, u), dtype=torch.float32, device=x.device)
+    mix = mix[0] if lam_per == "batch" else mix
     mix_x = mix.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
     return mix_x * x + (1 - mix_x) * x[perm], y, y[perm], mix
 
 
-def make_mixup_objective(loss_fn, alpha, mixup=True):
+def make_mixup_objective(loss_fn, alpha, mixup=True, lam_per="batch"):
     """An objective(model, xb, yb, epoch, gen) -> (loss, terms) for train_run that feeds the
-    network the mixed inputs and applies the mixed loss (the plain loss when mixup is False)."""
+    network the mixed inputs (mix_batch, one coefficient per batch or per sample) and applies the
+    mixed loss (the plain loss when mixup is False)."""
     def objective(model, xb, yb, epoch, gen):
         if mixup:
-            x_in, y_a, y_b, mix = mix_batch(xb, yb, alpha, gen)
+            x_in, y_a, y_b, mix = mix_batch(xb, yb, alpha, gen, lam_per)
         else:
             x_in, y_a, y_b, mix = xb, yb, yb, 1.0
         logits, _ = model(x_in)
@@ -146,6 +153,7 @@ def check_train_config(cfg, prefix=""):
             raise UserError(f"{prefix}{k} {bad}: epochs must lie in 1..{cfg['epochs']}")
     if cfg.get("mixup"):
         utils.check_positive(prefix + "alpha", cfg["alpha"])
+        utils.check_choice(prefix + "lam_per", cfg.get("lam_per", "batch"), LAM_PER)
 
 
 def regularized_objective(model, xb, yb, cfg, num_train, warm_weight):
