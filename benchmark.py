@@ -307,7 +307,7 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
 
         # bare loop: the same model, optimizer, objective and batches; one warm-up epoch, then k timed
         utils.set_seed(0)
-        model = _prepare_model(train_utils.build_model(vcfg["network"], data.num_classes, data.in_channels,
+        model = _prepare_model(networks.build_model(vcfg["network"], data.num_classes, data.in_channels,
                                                        width=vcfg["width"], image_size=data.x_train.shape[-1],
                                                        depth=vcfg.get("depth")).to(device),
                                channels_last, compile_model)
