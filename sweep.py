@@ -31,13 +31,18 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--dataset_t", "--dataset", dest="dataset_t", default="cifar10",
                         help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
     parser.add_argument("--network", "--model", dest="network", default="ResNet18",
-                        help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
+                        help="ResNet18 (default), VGG11, VGG13, MLP, MLP_linear (an MLP whose features pass a last linear "
+                             "layer, so they can be negative as the UFM's), CNN, UFM")
     if ka:
         parser.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
     parser.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
     parser.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None, help=epochs_help)
     parser.add_argument("--width", type=int, default=None, help="network width (default: the network's own; "
                         "--quick uses 128 for the MLP)")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01; --quick 0.05)")
+    parser.add_argument("--weight_decay", type=float, default=None,
+                        help="SGD weight decay (default: the figure's, 5e-4 for block and limit, none for the minority "
+                             "figures; --quick none, since on the classifier it adds to lam_W)")
     parser.add_argument("--allow_test_fill", action="store_true",
                         help="top up classes larger than the train split from the test split (the original did "
                              "this silently); otherwise such sizes are an error")
@@ -55,6 +60,9 @@ def check_figure_args(args):
     args.dataset_t = utils.check_dataset(args.dataset_t, "--dataset_t")
     args.network = networks.check_network_name(args.network)
     utils.check_nonneg("--reg_b", args.reg_b)
+    utils.check_positive("--lr", args.lr)
+    if args.weight_decay is not None:
+        utils.check_nonneg("--weight_decay", args.weight_decay)
     if args.epoch is not None:
         utils.check_positive_ints("--epoch", [args.epoch])
     if args.width is not None:
@@ -99,9 +107,9 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
 
     params["lam"] is the lambda of the convex program; the training weights lam_H, lam_W follow
     from it and lam_ratio = lam_W / lam_H (ana_utils.split_lambda), in this one place.
-    Networks: SGD (momentum 0.9, batch 128), lr 0.01 -> 0.001 at milestone_frac of `epochs`
-    (--epoch overrides), regularisation at 1/10 for the first warm_frac of training (theory.md
-    section 4). --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs
+    Networks: SGD (momentum 0.9, batch 128), lr --lr (0.01) -> --lr/10 at milestone_frac of `epochs`
+    (--epoch overrides), weight decay --weight_decay or else the figure's `weight_decay`,
+    regularisation at 1/10 for the first warm_frac of training (theory.md section 4). --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs
     unless --epoch is given)."""
     network = args.network
     sizes = [int(n) for n in sizes]
@@ -112,11 +120,12 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
         train = ufm_train_config(dict(base, name=f"{figure}_ufm"), len(sizes), sum(sizes), E)
     else:
         E = int(args.epoch or epochs)
-        train = dict(base, name=f"{figure}_{network}", network=network, epochs=E, optimizer="sgd", lr=0.01,
+        train = dict(base, name=f"{figure}_{network}", network=network, epochs=E, optimizer="sgd", lr=float(args.lr),
                      momentum=0.9, batch_size=128, lr_milestones=[max(1, int(round(E * milestone_frac)))],
-                     lr_gamma=0.1, weight_decay=float(weight_decay), warm_epochs=int(round(E * warm_frac)),
+                     lr_gamma=0.1, warm_epochs=int(round(E * warm_frac)),
+                     weight_decay=float(weight_decay if args.weight_decay is None else args.weight_decay),
                      warm_factor=0.1, amp=bool(args.amp),
-                     width=args.width if args.width is not None else (QUICK_MLP_WIDTH if args.quick and network == "mlp" else None))
+                     width=args.width if args.width is not None else (QUICK_MLP_WIDTH if args.quick and network in ("mlp", "mlp_linear") else None))
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
     dataset = "synthetic" if network == "ufm" else args.dataset_t
     synthetic = QUICK_SYNTHETIC if (network == "ufm" or (args.quick and dataset == "synthetic")) else None
