@@ -8,7 +8,9 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap, Normalize, SymLogNorm
+from matplotlib.patches import Patch
 
+import ana_utils
 import mixup_geometry
 import utils
 from utils import UserError
@@ -65,46 +67,140 @@ def _cluster_sizes(point):
     return [len(c) for c in point["clusters"]]
 
 
+def label_clusters(ax, cluster_sizes, class_ticks=True, fontsize=6):
+    """Class numbers as ticks (columns below, rows left) and the clusters' letters A, B, ...
+    centred under their columns, so a heat-map reads without the caption."""
+    K = int(sum(cluster_sizes))
+    if class_ticks:
+        ax.set_xticks(range(K), [str(k) for k in range(K)], fontsize=fontsize - 1)
+        ax.set_yticks(range(K), [str(k) for k in range(K)], fontsize=fontsize - 1)
+        ax.tick_params(length=1.5, pad=1)
+    starts = np.concatenate([[0], np.cumsum(cluster_sizes)])
+    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        ax.text((a + b - 1) / 2, K - 0.5 + 0.12 * K, chr(ord("A") + i), ha="center", va="center",
+                fontsize=fontsize + 2, fontweight="bold", clip_on=False)
+
+
+def z_norm_note(points):
+    """One line for a figure's face: whether the trained ||Z|| is within ana_utils.Z_NORM_TOL of
+    the convex program's at every point, and the worst deviation; plus the colour it is drawn in."""
+    devs = ana_utils.z_norm_deviations(points)
+    known = [(d, p) for d, p in zip(devs, points) if d is not None]
+    if not known:
+        return "||Z||: no convex-program answer to compare with", "0.3"
+    worst = max(d for d, _ in known)
+    off = [p for d, p in known if d > ana_utils.Z_NORM_TOL]
+    if not off:
+        return (f"trained ||Z|| within {ana_utils.Z_NORM_TOL:.0%} of the convex program at every point "
+                f"(worst {worst:.1%})", "tab:green")
+    return (f"NOT FOLLOWING THE UFM: trained ||Z|| off the convex program by more than {ana_utils.Z_NORM_TOL:.0%} "
+            f"at {len(off)} of {len(known)} points (worst {worst:.0%})", "tab:red")
+
+
+NC_KEYS = (("nc1", "nc1  tr(S_W S_B^+)/K"), ("nc1_trace", "nc1_trace  tr S_W / tr S_B"),
+           ("nc2_equiangle", "nc2 equiangularity"), ("nc3", "nc3 self-duality"))
+
+
+def plot_nc_panel(ax, xs, rows, x_label):
+    """NC metrics of the final evaluations against the swept value (log y); nc1_trace when recorded."""
+    for key, label in NC_KEYS:
+        ys = [r.get(key) if r else None for r in rows]
+        if any(isinstance(y, (int, float)) and y > 0 for y in ys):
+            ax.plot(xs, [y if isinstance(y, (int, float)) and y > 0 else np.nan for y in ys], "o-", ms=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("NC metric (final epoch)")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+
+
+def plot_accuracy_panel(ax, xs, pts, x_label):
+    """Test accuracy of the majority and the minority classes (the usual measure of minority
+    collapse) and overall, against the swept value; says so where there is no test set (UFM)."""
+    series = (("test_acc_majority", "majority classes (A)", "tab:blue"),
+              ("test_acc_minority", "minority classes (B)", "tab:red"), (None, "all classes", "0.4"))
+    drawn = False
+    for key, label, color in series:
+        ys = [p.get(key) if key else (p.get("nc") or {}).get("test_acc") for p in pts]
+        if any(y is not None for y in ys):
+            ax.plot(xs, [np.nan if y is None else y for y in ys], "o-", ms=3, color=color, label=label)
+            drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no test set (UFM)", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    else:
+        ax.legend(fontsize=6)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+
+
+def plot_z_norm_panel(ax, xs, pts, curve, x_label):
+    """||Z||_F of the trained points against the convex program's (its curve and its value at each point)."""
+    if curve.get("x") and curve.get("z_norm"):
+        ax.plot(curve["x"], np.array(curve["z_norm"], dtype=float), "-", color="0.5", label="convex program (UFM)")
+    ax.plot(xs, [p["theory"].get("z_norm", np.nan) for p in pts], "s", mfc="none", color="0.3", ms=5,
+            label="convex program at the points")
+    ax.plot(xs, [p["z_norm"] for p in pts], "o", color="tab:red", ms=4, label="trained")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("||Z||_F")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+
+
 def plot_minority_figure(result, path):
-    """Figs 5-8: grid of Z heat-maps sorted by the swept value (shared symlog scale, cluster lines,
-    theory verdict per panel) above minority_spread against the swept value, with the convex
-    program's curve and the collapse threshold."""
+    """Figs 5-8: grid of Z heat-maps sorted by the swept value (shared symlog scale, clusters A/B,
+    class ticks, theory verdict per panel as the frame's colour) above minority_spread and ||Z||
+    against the swept value with the convex program's curve and the collapse threshold, and the
+    NC metrics and the majority/minority test accuracy; the ||Z|| agreement is stated on the face."""
     x_key, x_label = result["settings"]["x_key"], result["settings"]["x_label"]
     pts = sorted(result["points"], key=lambda p: p["params"][x_key])
     n = max(len(pts), 1)
     ncol = min(n, 5)
     nrow = -(-n // ncol)
-    fig = plt.figure(figsize=(max(2.1 * ncol + 0.8, 7.0), 2.3 * nrow + 3.2))
-    gs = fig.add_gridspec(nrow + 1, ncol + 1, height_ratios=[1] * nrow + [1.5], width_ratios=[1] * ncol + [0.08],
-                          hspace=0.45, wspace=0.15)
+    fig = plt.figure(figsize=(max(2.2 * ncol + 1.0, 9.0), 2.6 * nrow + 6.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.6 * nrow + 0.5, 5.9])
+    axes = top.subplots(nrow, ncol, squeeze=False)
     norm = symlog_norm([p["Z"] for p in pts]) if pts else None
     im = None
-    for i, p in enumerate(pts):
-        ax = fig.add_subplot(gs[i // ncol, i % ncol])
+    for ax, p in zip(axes.flat, pts):
         v = p["params"][x_key]
         mark = "collapse" if p["theory"]["verdict"] == "collapse" else "no collapse"
         im = plot_z_heatmap(ax, p["Z"], _cluster_sizes(p), norm,
-                            f"{x_label} = {v:.4g}\ntheory: {mark}\nspread {p['minority_spread']:.3g}")
-        for s in ax.spines.values():
-            s.set_edgecolor("tab:red" if mark == "collapse" else "tab:blue")
-            s.set_linewidth(2)
+                            f"{x_label} = {v:.4g}\nspread {p['minority_spread']:.3g}, ||Z|| {p['z_norm']:.3g}")
+        label_clusters(ax, _cluster_sizes(p))
+        for sp in ax.spines.values():
+            sp.set_edgecolor("tab:red" if mark == "collapse" else "tab:blue")
+            sp.set_linewidth(2.5)
+    for ax in axes.flat[len(pts):]:
+        ax.axis("off")
     if im is not None:
-        fig.colorbar(im, cax=fig.add_subplot(gs[:nrow, ncol]), label="Z (symlog)")
-    ax = fig.add_subplot(gs[nrow, :ncol])
+        top.colorbar(im, ax=axes, shrink=0.9, label="Z entry: mean logit of class (row) on class (column) samples, symlog")
+    top.legend(handles=[Patch(facecolor="none", edgecolor="tab:red", lw=2.5, label="theory: minority collapse"),
+                        Patch(facecolor="none", edgecolor="tab:blue", lw=2.5, label="theory: no collapse")],
+               loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    (ax_s, ax_z), (ax_nc, ax_acc) = bottom.subplots(2, 2)
+    xs = [p["params"][x_key] for p in pts]
     curve = result.get("theory_curve") or {}
     if curve.get("x"):
-        ax.plot(curve["x"], np.array(curve["minority_spread"], dtype=float), "-", color="0.5",
-                label="convex program (UFM)")
-    ax.plot([p["params"][x_key] for p in pts], [p["minority_spread"] for p in pts], "o", color="tab:red",
-            label=f"trained ({result['settings'].get('network', '')})")
+        ax_s.plot(curve["x"], np.array(curve["minority_spread"], dtype=float), "-", color="0.5",
+                  label="convex program (UFM)")
+    ax_s.plot(xs, [p["minority_spread"] for p in pts], "o", color="tab:red",
+              label=f"trained ({result['settings'].get('network', '')})")
     thr = result.get("threshold")
-    if thr is not None:
-        ax.axvline(thr, ls="--", color="k", label=f"threshold {x_label}* = {thr:.4g}")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("minority spread  max ||z_j - z_k||")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10, y=1.0)
+    for ax in (ax_s, ax_z, ax_nc, ax_acc):
+        if thr is not None:
+            ax.axvline(thr, ls="--", color="k", lw=1, label=f"threshold {x_label}* = {thr:.4g}" if ax is ax_s else None)
+    ax_s.set_xlabel(x_label)
+    ax_s.set_ylabel("minority spread  max ||z_j - z_k||")
+    ax_s.legend(fontsize=7)
+    ax_s.grid(alpha=0.3)
+    plot_z_norm_panel(ax_z, xs, pts, curve, x_label)
+    plot_nc_panel(ax_nc, xs, [p.get("nc") for p in pts], x_label)
+    plot_accuracy_panel(ax_acc, xs, pts, x_label)
+    note, color = z_norm_note(pts)
+    bottom.suptitle(note, fontsize=9, color=color)
+    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10)
     return save_figure(fig, path)
 
 
@@ -121,6 +217,7 @@ def plot_block_figure(result, path):
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("NC metric (log scale)")
     axes[0].set_title("NC metrics", fontsize=9)
     axes[0].legend(fontsize=7)
     axes[0].grid(alpha=0.3)
@@ -139,8 +236,13 @@ def plot_block_figure(result, path):
                    f"(diagonal {diag[0].min():.3g} .. {diag[0].max():.3g})")
     im = plot_z_heatmap(axes[2], Zs[1], sizes, norm, f"convex program Z (lambda = {p['params']['lam']:.3g}), off-diagonal\n"
                         f"(diagonal {diag[1].min():.3g} .. {diag[1].max():.3g})")
-    fig.colorbar(im, ax=axes[1:], fraction=0.03, label="Z off-diagonal (linear)")
-    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10)
+    for ax in axes[1:]:
+        label_clusters(ax, sizes)
+    fig.colorbar(im, ax=axes[1:], fraction=0.03, label="Z off-diagonal entry (linear)")
+    note, color = z_norm_note([p])
+    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10, y=1.04)
+    fig.text(0.5, 0.97, f"{note}; ||Z||_F trained {p['z_norm']:.3g}, convex program {p['theory'].get('z_norm', float('nan')):.3g}",
+             ha="center", fontsize=8, color=color)
     return save_figure(fig, path)
 
 
@@ -157,12 +259,15 @@ def plot_limit_figure(result, path):
         vals = [(p["params"]["n_A"], _cos_of(p["cosines"], key)) for p in pts]
         ax.plot([v[0] for v in vals], [np.nan if v[1] is None else v[1] for v in vals], "o-", color=color, label=f"{label} (trained)")
     K = len(pts[0]["sizes"]) if pts else result["settings"].get("num_classes", 10)
-    ax.axhline(-1 / (K - 1), color="k", lw=1, label=f"ETF -1/(K-1) = {-1 / (K - 1):.3f}")
+    # drawn last and on top, dashed, so it stays visible where the across-cluster cosine sits on it
+    ax.axhline(-1 / (K - 1), color="k", lw=1.4, ls=(0, (5, 3)), zorder=5, label=f"ETF -1/(K-1) = {-1 / (K - 1):.3f}")
     ax.set_xlabel("n_A (samples per majority class)")
     ax.set_ylabel("mean cosine between columns of Z")
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     ax.grid(alpha=0.3)
-    ax.set_title(result["settings"].get("title", result["figure"]), fontsize=9)
+    note, color = z_norm_note(pts)
+    ax.set_title(result["settings"].get("title", result["figure"]) + "\n", fontsize=9)
+    ax.text(0.5, 1.015, note, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color=color)
     return save_figure(fig, path)
 
 

@@ -9,6 +9,7 @@ point is recorded in <models_dir>/points/<figure>_<config_key(point)>.json and r
 reuses the trained network itself the same way."""
 import os
 import sys
+import tempfile
 
 import torch
 
@@ -51,6 +52,9 @@ def add_figure_args(parser, epochs_help, ka=True):
                              "whatever points are finished, naming the missing ones (for cluster job arrays)")
     parser.add_argument("--assemble", action="store_true",
                         help="train nothing: plot the finished points and name the missing ones")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="train and plot nothing: list the points, which are finished, and estimate the time "
+                             "of the rest (from the finished points' recorded seconds per epoch, else a 2-epoch probe)")
     utils.add_common_args(parser)
     return parser
 
@@ -152,19 +156,23 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
         raise UserError(f"--point {only}: allowed are 0..{len(points) - 1} ({len(points)} points)")
     if only is not None and assemble_only:
         raise UserError("--point with --assemble: --assemble trains nothing; give one of them")
-    records, missing = [], []
+    records, missing, reused = [], [], []
     for i, point in enumerate(points):
         path = point_record_path(models_dir, point)
         record = None
         if os.path.exists(path):
             record = utils.read_json(path)
+            reused.append(i)
         elif not assemble_only and only in (None, i):
-            print(f"[point {i}/{len(points) - 1}] {describe_params(point['params'])}", file=sys.stderr)
+            print(f"[point {i + 1} of {len(points)} (--point {i})] {describe_params(point['params'])}", file=sys.stderr)
             record = run_point(point)
             utils.atomic_write_json(path, record)
         if record is None:
             missing.append(i)
         records.append(record)
+    if reused:
+        print(f"reused finished points ({len(reused)} of {len(points)}, from {os.path.join(models_dir, 'points')}): "
+              + "; ".join(f"{i + 1} ({describe_params(points[i]['params'])})" for i in reused), file=sys.stderr)
     if missing:
         print(f"missing points ({len(missing)} of {len(points)}, not trained yet; run each with --point I): "
               + "; ".join(f"{i} ({describe_params(points[i]['params'])})" for i in missing), file=sys.stderr)
@@ -180,17 +188,86 @@ def train_point(point, device, models_dir, data_dir):
     record = dict(params=point["params"], sizes=point["sizes"], clusters=point["clusters"], Z=res["Z"], b=res["b"],
                   nc=res["final"], **ana_utils.z_summary(res["Z"], point["clusters"], minority),
                   run_dir=res["run_dir"], train=point["train"])
+    record.update(per_class_test_accuracy(res["final"], point["sizes"], point["clusters"]))
     if point.get("history"):
         record["history"] = utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))
     return record
 
 
+def per_class_test_accuracy(final, sizes, clusters):
+    """test_acc_per_class from an evaluated row's test_acc_c<k> columns, and its means over the
+    majority (largest classes) and minority (smallest) clusters; {} without a test set (UFM)."""
+    per_class = [final.get(f"test_acc_c{k}") for k in range(len(sizes))]
+    if any(a is None for a in per_class):
+        return {}
+    by_size = sorted(clusters, key=lambda c: sizes[c[0]])
+    return {"test_acc_per_class": per_class,
+            "test_acc_majority": sum(per_class[k] for k in by_size[-1]) / len(by_size[-1]),
+            "test_acc_minority": sum(per_class[k] for k in by_size[0]) / len(by_size[0])}
+
+
 def train_points(points, args):
     """Train the missing points of a figure (or only --point I) and reuse the finished ones;
-    returns (records, missing indices)."""
+    returns (records, missing indices). With --dry_run: print dry_run_report and exit (status 0)."""
     device = figure_device(args)
+    if getattr(args, "dry_run", False):
+        dry_run_report(points, args, device)
+        raise SystemExit(0)
     return run_sweep(points, lambda pt: train_point(pt, device, args.models_dir, args.data_dir),
                      args.models_dir, args.point, args.assemble)
+
+
+def _batches(point):
+    """Batches per epoch of a point's training (the last, partial one counted)."""
+    return -(-sum(point["sizes"]) // min(point["train"]["batch_size"], sum(point["sizes"])))
+
+
+def _seconds_per_batch(records):
+    """Mean recorded training seconds per batch over finished points, or None."""
+    rates = []
+    for rec in records:
+        csv_path = os.path.join(rec.get("run_dir", ""), "summary.csv")
+        rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+        secs = [r["seconds_per_epoch"] for r in rows if isinstance(r.get("seconds_per_epoch"), float)]
+        if secs:
+            rates.append(sum(secs) / len(secs) / _batches(rec))
+    return sum(rates) / len(rates) if rates else None
+
+
+def _probe_seconds_per_batch(point, device, data_dir):
+    """Training seconds per batch of `point`, measured by training it for 2 epochs in a
+    throw-away folder."""
+    probe = dict(point["train"], epochs=2, eval_epochs=[2], lr_milestones=[], warm_epochs=0)
+    data = utils.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
+                          point.get("synthetic"))
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train_utils.train_run(probe, data, device, tmp)
+        rows = utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))
+    return rows[-1]["seconds_per_epoch"] / _batches(point)
+
+
+def dry_run_report(points, args, device):
+    """--dry_run: every point (1-based, with its --point index), finished or to train, and an
+    estimate of the training time of the rest (seconds per epoch scale with the batches per epoch)."""
+    todo, finished = [], []
+    for i, point in enumerate(points):
+        path = point_record_path(args.models_dir, point)
+        done = os.path.exists(path)
+        if done:
+            finished.append(utils.read_json(path))
+        elif args.point in (None, i):
+            todo.append(point)
+        print(f"point {i + 1} of {len(points)} (--point {i}): {describe_params(point['params'])}, "
+              f"{point['train']['epochs']} epochs, N = {sum(point['sizes'])}: {'finished' if done else 'to train'}")
+    if not todo:
+        print("nothing to train")
+        return
+    rate, how = _seconds_per_batch(finished), "the finished points' recorded seconds per epoch"
+    if rate is None:
+        rate, how = _probe_seconds_per_batch(todo[0], device, args.data_dir), "a 2-epoch probe of the first"
+    total = sum(rate * _batches(p) * p["train"]["epochs"] for p in todo)
+    print(f"estimate for the {len(todo)} points to train: {total / 60:.1f} min on {device} "
+          f"(training only, from {how})")
 
 
 def assemble_figure(figure, settings, points, records, missing, lam_b):
