@@ -118,12 +118,14 @@ def train_config(args):
 
 
 def make_on_eval(cfg, data, loss_fn, device):
-    """Per evaluated epoch: test loss and ECE (15 bins) as CSV columns; at snapshot epochs, the
+    """Per evaluated epoch: test loss and ECE (15 bins, on the confidence the loss defines:
+    mixup_geometry.loss_probabilities) as CSV columns; at snapshot epochs, the
     mixed-feature snapshot (.npz) and its geometry summary (.json) in the run folder."""
     def on_eval(model, epoch, run_dir):
         _, logits = ana_utils.extract_features(model, data.x_test.to(device))
         row = {"test_loss": loss_fn(logits, data.y_test).mean().item(),
-               "test_ece": mixup_geometry.expected_calibration_error(logits, data.y_test)}
+               "test_ece": mixup_geometry.expected_calibration_error(logits, data.y_test, loss=cfg["loss"],
+                                                                     mse_scale=cfg["mse_scale"])}
         if epoch in cfg["snapshots"]:
             rng = np.random.default_rng([cfg["seed"], epoch])
             snap = mixup_geometry.collect_mixup_features(model, data.x_train, data.y_train, cfg["classes"],
@@ -157,17 +159,20 @@ def main(argv=None):
     summaries = {e: utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps}
     theory = train_utils.ufm_overlay(cfg, K, args.classes, args.theory_beta)
 
-    out_dir = os.path.join(args.plot_dir, os.path.basename(run_dir))
     written = [utils.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
     for e, snap in snaps:
-        written.append(plot_utils.save_mixup_projection(snap, os.path.join(out_dir, f"projection_e{e:04d}.png"),
-                                                   f"{cfg['name']}, epoch {e}", theory))
-    written.append(plot_utils.save_mixup_grid([s for _, s in snaps], [f"epoch {e}" for e, _ in snaps],
-                                          os.path.join(out_dir, "projection_grid.png"), theory))
+        written.append(plot_utils.save_mixup_projection(
+            snap, plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"projection_e{e:04d}.png"),
+            f"{cfg['name']}, epoch {e}", theory))
+    written.append(plot_utils.save_mixup_grid(
+        [s for _, s in snaps], [f"epoch {e}" for e, _ in snaps],
+        plot_utils.mixup_plot_path(args.plot_dir, run_dir, "projection_grid.png"), theory,
+        suptitle=f"{cfg['name']}: mixed features of classes {args.classes} over training"))
     label = {cfg["name"]: os.path.join(run_dir, "summary.csv")}
     for kind in ("loss", "accuracy"):
-        written.append(plot_utils.save_mixup_curves(label, os.path.join(out_dir, f"{kind}.png"), kind))
-    geometry_path = os.path.join(out_dir, "geometry.json")
+        written.append(plot_utils.save_mixup_curves(label, plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
+                                                    kind))
+    geometry_path = plot_utils.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
     utils.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
                                             "ufm_optimum": mixup_geometry.mixup_geometry_summary(theory)})
     written.append(geometry_path)

@@ -8,6 +8,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap, Normalize, SymLogNorm
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 import ana_utils
@@ -302,9 +303,6 @@ def write_figure(result, plot_dir, stem):
 # ======================================================================================
 # Plotting helpers: mixup projections and curves  (mixup)
 # ======================================================================================
-# colour ramps from black (mix = 1/2) to full colour (lam = 0 or 1)
-_SAME_CMAP = LinearSegmentedColormap.from_list("same", ["black", "tab:blue"])
-_DIFF_CMAP = LinearSegmentedColormap.from_list("diff", ["black", "tab:orange"])
 
 
 def _theory_points(theory, scale):
@@ -325,30 +323,57 @@ def _theory_points(theory, scale):
     return verts, curves
 
 
+def _mix_cmap(color):
+    """Colour over the mixup coefficient mix in [0, 1]: full colour at 0 and 1, black at 1/2."""
+    return LinearSegmentedColormap.from_list(f"mix_{color}", [color, "black", color])
+
+
+def mixup_legend_handles(theory=True):
+    """Legend entries in fixed colours (a scatter's own swatch takes its first point's shade)."""
+    handles = [Line2D([], [], ls="", marker="o", color="tab:blue", label="same class"),
+               Line2D([], [], ls="", marker="o", color="tab:orange", label="different classes"),
+               Line2D([], [], ls="", marker="o", color="black", label="mix = 1/2 (either kind)"),
+               Line2D([], [], color="tab:green", label="classifier rows w_c")]
+    if theory:
+        handles += [Line2D([], [], color="0.45", ls="--", label="UFM optimum (different classes)"),
+                    Line2D([], [], ls="", marker="x", color="0.3", label="UFM optimum (same class)")]
+    return handles
+
+
+def mixup_colorbars(fig, axes):
+    """Colour bars of the mixup coefficient for both kinds of pair."""
+    for color, what in (("tab:blue", "same class"), ("tab:orange", "different classes")):
+        sm = matplotlib.cm.ScalarMappable(norm=Normalize(0, 1), cmap=_mix_cmap(color))
+        fig.colorbar(sm, ax=axes, fraction=0.02, aspect=40, shrink=0.85, pad=0.01, label=f"mixup coefficient, {what}")
+
+
 def plot_mixup_projection(ax, snap, title=None, theory=None):
     """Scatter the 2-D projection (theory.md section 5) of a snapshot's mixed features on ax:
     same-class pairs blue, different-class orange, darker as mix -> 1/2 (black at 1/2); classifier
-    rows as labelled lines. `theory`, a UFM snapshot, is overlaid as grey curves scaled so its
-    same-class vertices sit at the median radius of the same-class features."""
+    rows as labelled lines (labels inside the frame). `theory`, a UFM snapshot, is overlaid above
+    the points as grey curves scaled so its same-class vertices sit at the median radius of the
+    same-class features."""
     classes = [int(c) for c in snap["classes"]]
     P, centre = mixup_geometry.mixup_projection(snap["W"], classes)
     pts = mixup_geometry.project(snap["features"], P, centre)
     same = snap["y_a"] == snap["y_b"]
-    shade = 2 * np.abs(snap["mix"] - 0.5)
-    ax.scatter(*pts[~same].T, c=shade[~same], cmap=_DIFF_CMAP, vmin=0, vmax=1, s=6, lw=0,
-               label="different class")
-    ax.scatter(*pts[same].T, c=shade[same], cmap=_SAME_CMAP, vmin=0, vmax=1, s=6, lw=0, label="same class")
+    mix = np.asarray(snap["mix"], dtype=float)
+    ax.scatter(*pts[~same].T, c=mix[~same], cmap=_mix_cmap("tab:orange"), vmin=0, vmax=1, s=6, lw=0, zorder=1)
+    ax.scatter(*pts[same].T, c=mix[same], cmap=_mix_cmap("tab:blue"), vmin=0, vmax=1, s=6, lw=0, zorder=2)
     reach = 1.15 * np.max(np.linalg.norm(pts, axis=1)) if len(pts) else 1.0
     wp = mixup_geometry.project(np.asarray(snap["W"])[classes], P, centre)
     for c, w in zip(classes, wp):
         tip = w / (np.linalg.norm(w) + 1e-30) * reach
-        ax.plot([0, tip[0]], [0, tip[1]], color="tab:green", lw=1)
-        ax.annotate(f"w{c}", tip, color="tab:green", fontsize=8, ha="center", va="center")
+        ax.plot([0, tip[0]], [0, tip[1]], color="tab:green", lw=1, zorder=3)
+        ax.annotate(f"w{c}", tip * 1.08, color="tab:green", fontsize=8, ha="center", va="center", zorder=6)
     if theory is not None and same.any():
         verts, curves = _theory_points(theory, np.median(np.linalg.norm(pts[same], axis=1)))
         for curve in curves:
-            ax.plot(*curve.T, color="0.45", ls="--", lw=1.2)
-        ax.scatter(*np.array(verts).T, marker="x", color="0.3", s=40, zorder=3, label="UFM optimum")
+            ax.plot(*curve.T, color="0.3", ls="--", lw=1.4, zorder=4)
+        ax.scatter(*np.array(verts).T, marker="x", color="0.2", s=40, zorder=5)
+    lim = 1.22 * reach  # the frame holds the classifier rows and their labels
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -357,31 +382,63 @@ def plot_mixup_projection(ax, snap, title=None, theory=None):
 
 
 def save_mixup_projection(snap, path, title=None, theory=None):
-    """One projection figure (with legend) written to path."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    """One projection figure (with legend and the mixup-coefficient colour bars) written to path."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
     plot_mixup_projection(ax, snap, title, theory)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2, frameon=False)
+    mixup_colorbars(fig, ax)
+    fig.legend(handles=mixup_legend_handles(theory is not None), loc="outside lower center", ncol=2, fontsize=7,
+               frameon=False)
     return save_figure(fig, path)
 
 
-def save_mixup_grid(snaps, titles, path, theory=None):
-    """Projections of several snapshots (e.g. over epochs) side by side, at most 4 per row."""
+def mixup_plot_path(plot_dir, run_dir, name):
+    """Where mixup_main and the mixup replot commands put a run's picture `name`
+    (projection_eNNNN.png, projection_grid.png, loss.png, accuracy.png): <plot_dir>/<run folder name>/."""
+    return os.path.join(plot_dir, os.path.basename(os.path.normpath(run_dir)), name)
+
+
+def summary_note(summary):
+    """Two short lines of a snapshot's geometry summary for under its panel."""
+    def f(key, fmt):
+        v = summary.get(key)
+        return "n/a" if v is None else format(v, fmt)
+    return (f"same-class angle {f('same_angle_deg_mean', '.1f')} deg\n"
+            f"chord residual {f('diff_convex_residual_mean', '.3f')}, gap~log-odds {f('diff_logit_gap_vs_log_odds_spearman', '.2f')}")
+
+
+def save_mixup_grid(snaps, titles, path, theory=None, suptitle=None, notes=None):
+    """Projections of several snapshots (e.g. over epochs) side by side, at most 4 per row, with a
+    legend, the mixup-coefficient colour bars, an overall title and a note (e.g. summary numbers)
+    under each panel. `theory`: one UFM snapshot for all panels, or a list, one per panel."""
     ncol = min(4, len(snaps))
     nrow = -(-len(snaps) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.2 * nrow), squeeze=False)
-    for ax, snap, t in zip(axes.flat, snaps, titles):
-        plot_mixup_projection(ax, snap, t, theory)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol + 1.6, 3.3 * nrow + 0.9), squeeze=False,
+                             layout="constrained")
+    theories = theory if isinstance(theory, list) else [theory] * len(snaps)
+    for i, (ax, snap, t) in enumerate(zip(axes.flat, snaps, titles)):
+        plot_mixup_projection(ax, snap, t, theories[i])
+        if notes:
+            ax.set_xlabel(notes[i], fontsize=7)
     for ax in axes.flat[len(snaps):]:
         ax.axis("off")
+    mixup_colorbars(fig, axes)
+    fig.legend(handles=mixup_legend_handles(any(t is not None for t in theories)), loc="outside lower center", ncol=3, fontsize=7,
+               frameon=False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     return save_figure(fig, path)
 
 
 def save_mixup_curves(runs, path, kind):
     """Curves from each run's summary.csv (runs: {label: csv path}); kind 'loss' (the mixed
-    training loss and the plain test loss) or 'accuracy' (clean train and test accuracy, test ECE)."""
+    training loss and the plain test loss) or 'accuracy' (clean train and test accuracy, and the
+    test ECE on an axis of its own)."""
     cols = {"loss": [("loss", "-", "train (mixed)"), ("test_loss", "--", "test")],
-            "accuracy": [("train_acc", "-", "train"), ("test_acc", "--", "test"), ("test_ece", ":", "test ECE")]}[kind]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+            "accuracy": [("train_acc", "-", "train"), ("test_acc", "--", "test")]}[kind]
+    if kind == "accuracy":
+        fig, (ax, ax_ece) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    else:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     for i, (label, csv_path) in enumerate(runs.items()):
         if not os.path.isfile(csv_path):
             raise UserError(f"run_dirs: no summary.csv at {csv_path}")
@@ -390,9 +447,17 @@ def save_mixup_curves(runs, path, kind):
             if rows and col in rows[0]:
                 ax.plot([r["epoch"] for r in rows], [r[col] for r in rows], ls=ls, color=f"C{i}",
                         label=f"{label}: {what}")
+        if kind == "accuracy" and rows and "test_ece" in rows[0]:
+            ax_ece.plot([r["epoch"] for r in rows], [r["test_ece"] for r in rows], color=f"C{i}", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(kind)
     if kind == "loss":
         ax.set_yscale("log")
+    else:
+        ax_ece.set_xlabel("epoch")
+        ax_ece.set_ylabel("test ECE (15 bins, the loss's own confidence)")
+        ax_ece.grid(alpha=0.3)
+        ax_ece.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)

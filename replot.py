@@ -33,8 +33,11 @@ def cmd_mixup_projection(args):
         cfg = utils.read_json(os.path.join(run_dir, "config.json")) if os.path.isfile(
             os.path.join(run_dir, "config.json")) else {}
         theory = train_utils.ufm_overlay(cfg, len(snap["b"]), snap["classes"], args.beta)
-    out = args.out or os.path.splitext(args.snapshot)[0] + ".png"
-    print(plot_utils.save_mixup_projection(snap, out, os.path.basename(args.snapshot), theory))
+    epoch = int(snap["epoch"]) if "epoch" in snap else None
+    name = f"projection_e{epoch:04d}.png" if epoch is not None else os.path.splitext(os.path.basename(args.snapshot))[0] + ".png"
+    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, run_dir, name)
+    title = f"{os.path.basename(run_dir)}, epoch {epoch}" if epoch is not None else os.path.basename(args.snapshot)
+    print(plot_utils.save_mixup_projection(snap, out, title, theory))
 
 
 def cmd_mixup_grid(args):
@@ -43,13 +46,16 @@ def cmd_mixup_grid(args):
     loaded = [utils.load_snapshot(p) for _, p in snaps]
     theory = None if args.no_theory else train_utils.ufm_overlay(
         _run_config(args.run_dir), len(loaded[0]["b"]), loaded[0]["classes"], args.beta)
-    out = args.out or os.path.join(args.run_dir, "mixup_grid.png")
-    print(plot_utils.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory))
+    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dir, "projection_grid.png")
+    cfg = _run_config(args.run_dir)
+    print(plot_utils.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory,
+                                     suptitle=f"{cfg.get('name', os.path.basename(args.run_dir))}: mixed features of "
+                                              f"classes {[int(c) for c in loaded[0]['classes']]} over training"))
 
 
 def _cmd_curves(args, kind):
     runs = {_run_label(_run_config(d), args.label): os.path.join(d, "summary.csv") for d in args.run_dirs}
-    out = args.out or os.path.join(args.run_dirs[0], f"mixup_{kind}.png")
+    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dirs[0], f"{kind}.png")
     print(plot_utils.save_mixup_curves(runs, out, kind))
 
 
@@ -67,13 +73,16 @@ def cmd_mixup_compare(args):
     """Last-snapshot projections of several runs side by side, and their geometry summaries
     averaged over seeds (runs grouped by the config value `--label`). Summary numbers are
     averaged, never features of different networks."""
-    snaps, titles, groups = [], [], {}
+    snaps, titles, groups, theories, notes = [], [], {}, [], []
     for d in args.run_dirs:
         cfg = _run_config(d)
         epoch, path = utils.mixup_snapshots(d)[-1]
         summary = utils.read_json(utils.mixup_snapshot_path(d, epoch, "json"))
         snaps.append(utils.load_snapshot(path))
         titles.append(f"{_run_label(cfg, args.label)} e{epoch}")
+        notes.append(plot_utils.summary_note(summary))
+        theories.append(None if args.no_theory else train_utils.ufm_overlay(
+            cfg, len(snaps[-1]["b"]), snaps[-1]["classes"], args.beta))
         groups.setdefault(str(cfg.get(args.label)), []).append(summary)
     averaged = {}
     for label, summaries in groups.items():
@@ -81,8 +90,9 @@ def cmd_mixup_compare(args):
         for key in summaries[0]:
             vals = [s[key] for s in summaries if s.get(key) is not None]
             averaged[label][key] = float(np.mean(vals)) if vals else None
-    out = args.out or "plots/mixup_compare.png"
-    print(plot_utils.save_mixup_grid(snaps, titles, out))
+    out = args.out or os.path.join(args.plot_dir, "mixup_compare.png")
+    print(plot_utils.save_mixup_grid(snaps, titles, out, theories, notes=notes,
+                                     suptitle=f"last snapshots of {len(snaps)} runs by {args.label}"))
     json_out = os.path.splitext(out)[0] + ".json"
     utils.atomic_write_json(json_out, averaged)
     print(json_out)
@@ -104,7 +114,7 @@ def cmd_mixup_ufm(args):
                                             n_mix=11 if args.learned else 41)
     else:
         snap = mixup_geometry.ufm_mixup_snapshot(args.loss, args.num_classes, args.beta, classes)
-    out = args.out or f"plots/mixup_ufm_{args.loss}{'_learned' if args.learned else ''}.png"
+    out = args.out or os.path.join(args.plot_dir, f"mixup_ufm_{args.loss}{'_learned' if args.learned else ''}.png")
     title = f"UFM optimum, {args.loss}, K={args.num_classes}, beta={args.beta}"
     print(plot_utils.save_mixup_projection(snap, out, title))
     print(json.dumps(mixup_geometry.mixup_geometry_summary(snap)))
@@ -115,7 +125,9 @@ def add_mixup_commands(subparsers):
     def add(name, fn, help_text):
         p = subparsers.add_parser(name, help=help_text, description=fn.__doc__)
         p.set_defaults(func=fn)
-        p.add_argument("--out", default=None, help="output PNG (default: next to the input)")
+        p.add_argument("--out", default=None, help="output PNG (default: where mixup_main writes it, "
+                                                     "<plot_dir>/<run folder name>/)")
+        p.add_argument("--plot_dir", default="plots", help="figures folder, as mixup_main's --plot_dir (default plots)")
         return p
 
     p = add("mixup-projection", cmd_mixup_projection, "projection of one snapshot .npz")
@@ -132,6 +144,9 @@ def add_mixup_commands(subparsers):
         p = add(name, fn, what)
         p.add_argument("run_dirs", nargs="+")
         p.add_argument("--label", default="loss", help="config key that names (and groups) the runs")
+        if name == "mixup-compare":
+            p.add_argument("--no_theory", action="store_true", help="omit the UFM overlay")
+            p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     p = add("mixup-ufm", cmd_mixup_ufm, "free-feature mixup optimum of a loss")
     p.add_argument("--loss", default="cross_entropy")
     p.add_argument("--num_classes", type=int, default=10)
