@@ -75,7 +75,9 @@ def main(argv=None):
     np.set_printoptions(precision=4, suppress=True, linewidth=150)
     print(f"K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}, lambda_b = {args.reg_b:g}; "
           f"solver {sol['solver']}: {sol['status']} in {sol['solve_time']:.2f} s")
-    print(f"Z (classes as columns):\n{Z}\nb = {b}\nobjective = {sol['objective']:.10g}")
+    # rounded to the printed digits, + 0.0: no "-0." for entries that are zero up to solver accuracy
+    print(f"Z (classes as columns):\n{np.round(Z, 4) + 0.0}\nb = {np.round(b, 4) + 0.0}\n"
+          f"objective = {sol['objective']:.10g}")
     for i, r in enumerate(report):
         t = "single class" if r["threshold"] is None else f"threshold {r['threshold']:.6g}"
         print(f"cluster {i} (classes {r['classes'][0]}-{r['classes'][-1]}, n = {n[r['classes'][0]]}): {t}; "

@@ -57,10 +57,15 @@ def save_figure(fig, path, dpi=110):
 
 
 def save_z_heatmap(Z, cluster_sizes, title, path):
-    """One Z heat-map with its colour bar, written to path."""
-    fig, ax = plt.subplots(figsize=(4, 3.6))
+    """One Z heat-map (clusters A, B, ... and class ticks) with its labelled colour bar, written to
+    path; an all-zero Z (the trivial answer) says so on the picture rather than showing a blank."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.0))
     im = plot_z_heatmap(ax, Z, cluster_sizes, title=title)
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    label_clusters(ax, cluster_sizes)
+    if not np.any(np.abs(np.asarray(Z, dtype=float)) > 1e-9):
+        ax.text(0.5, 0.5, "Z = 0\n(the trivial answer:\nevery class collapsed)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, bbox=dict(facecolor="white", edgecolor="0.5"))
+    fig.colorbar(im, ax=ax, shrink=0.8, label="Z entry (mean logit), symlog scale")
     return save_figure(fig, path)
 
 
@@ -284,8 +289,12 @@ FIGURE_PLOTTERS = {"block": plot_block_figure, "minority_l": plot_minority_figur
 
 
 def plot_figure_json(json_path, png_path=None):
-    """Redraw a figure from its saved JSON (beside it, same stem, unless png_path is given)."""
+    """Redraw a figure from its saved JSON (beside it, same stem, unless png_path is given); also
+    opt_main's JSON (its Z heat-map)."""
     result = utils.read_json(json_path)
+    if result.get("figure") is None and {"cluster_s", "Z", "lam"} <= set(result):  # opt_main's JSON
+        return save_z_heatmap(result["Z"], result["cluster_s"], f"Z of the convex program, λ = {result['lam']:g}",
+                              png_path or os.path.splitext(json_path)[0] + ".png")
     plotter = FIGURE_PLOTTERS.get(result.get("figure"))
     if plotter is None:
         raise UserError(f"{json_path}: not a figure result (its 'figure' is {result.get('figure')!r})")

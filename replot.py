@@ -168,7 +168,8 @@ def cmd_prepare(args):
 
 
 def cmd_replot_figure(args):
-    """Redraw an imbalanced-NC figure (block, minority_l, minority_n, limit) from its JSON, without retraining."""
+    """Redraw an imbalanced-NC figure (block, minority_l, minority_n, limit) or opt_main's Z from its JSON,
+    without retraining or solving."""
     if not os.path.isfile(args.json):
         raise UserError(f"replot-figure: no such file {args.json}")
     print(plot_utils.plot_figure_json(args.json, args.out))
@@ -184,7 +185,7 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--allow_test_fill", action="store_true", help="top up short classes from the test split")
     p.set_defaults(func=cmd_prepare)
-    p = sub.add_parser("replot-figure", help="redraw a figure of block/minority_l/minority_n/limit_main from its JSON")
+    p = sub.add_parser("replot-figure", help="redraw a figure of block/minority_l/minority_n/limit_main, or opt_main's Z, from its JSON")
     p.add_argument("json", help="the JSON written beside the figure")
     p.add_argument("--out", default=None, help="output PNG (default: beside the JSON)")
     p.set_defaults(func=cmd_replot_figure)
