@@ -247,8 +247,9 @@ def plot_block_figure(result, path):
     fig.colorbar(im, ax=axes[1:], fraction=0.03, label="Z off-diagonal entry (linear)")
     note, color = z_norm_note([p])
     fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10, y=1.04)
-    fig.text(0.5, 0.97, f"{note}; ||Z||_F trained {p['z_norm']:.3g}, convex program {p['theory'].get('z_norm', float('nan')):.3g}",
-             ha="center", fontsize=8, color=color)
+    ufm_norm = p["theory"].get("z_norm")
+    fig.text(0.5, 0.97, f"{note}; ||Z||_F trained {p['z_norm']:.3g}, convex program "
+             f"{'n/a' if ufm_norm is None else format(ufm_norm, '.3g')}", ha="center", fontsize=8, color=color)
     return save_figure(fig, path)
 
 

@@ -113,8 +113,9 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     from it and lam_ratio = lam_W / lam_H (ana_utils.split_lambda), in this one place.
     Networks: SGD (momentum 0.9, batch 128), lr --lr (0.01) -> --lr/10 at milestone_frac of `epochs`
     (--epoch overrides), weight decay --weight_decay or else the figure's `weight_decay`,
-    regularisation at 1/10 for the first warm_frac of training (theory.md section 4). --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs
-    unless --epoch is given)."""
+    regularisation at 1/10 for the first warm_frac of training (theory.md section 4).
+    --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs unless
+    --epoch is given)."""
     network = args.network
     sizes = [int(n) for n in sizes]
     lam_h, lam_w = ana_utils.split_lambda(params["lam"], lam_ratio)
@@ -129,7 +130,8 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
                      lr_gamma=0.1, warm_epochs=int(round(E * warm_frac)),
                      weight_decay=float(weight_decay if args.weight_decay is None else args.weight_decay),
                      warm_factor=0.1, amp=bool(args.amp),
-                     width=args.width if args.width is not None else (QUICK_MLP_WIDTH if args.quick and network in ("mlp", "mlp_linear") else None))
+                     width=args.width if args.width is not None
+                     else (QUICK_MLP_WIDTH if args.quick and network in ("mlp", "mlp_linear") else None))
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
     dataset = "synthetic" if network == "ufm" else args.dataset_t
     synthetic = QUICK_SYNTHETIC if (network == "ufm" or (args.quick and dataset == "synthetic")) else None
