@@ -148,6 +148,9 @@ def plot_z_norm_panel(ax, xs, pts, curve, x_label):
     ax.plot(xs, [p["theory"].get("z_norm", np.nan) for p in pts], "s", mfc="none", color="0.3", ms=5,
             label="convex program at the points")
     ax.plot(xs, [p["z_norm"] for p in pts], "o", color="tab:red", ms=4, label="trained")
+    top = max([p["z_norm"] for p in pts] + [v for v in [p["theory"].get("z_norm") for p in pts] + list(
+        curve.get("z_norm") or []) if v is not None] + [1e-12])
+    ax.set_ylim(0, 1.1 * top)
     ax.set_xlabel(x_label)
     ax.set_ylabel("||Z||_F")
     ax.legend(fontsize=6)
@@ -181,7 +184,7 @@ def plot_minority_figure(result, path):
     for ax in axes.flat[len(pts):]:
         ax.axis("off")
     if im is not None:
-        top.colorbar(im, ax=axes, shrink=0.9, label="Z entry: mean logit of class (row) on class (column) samples, symlog")
+        top.colorbar(im, ax=axes, shrink=0.9, label="Z entry (mean logit), symlog scale")
     top.legend(handles=[Patch(facecolor="none", edgecolor="tab:red", lw=2.5, label="theory: minority collapse"),
                         Patch(facecolor="none", edgecolor="tab:blue", lw=2.5, label="theory: no collapse")],
                loc="outside lower center", ncol=2, fontsize=8, frameon=False)
@@ -216,7 +219,7 @@ def plot_block_figure(result, path):
     hist = result["history"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     ep = [r["epoch"] for r in hist]
-    for key in ("nc1", "nc1_weighted", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
+    for key in ("nc1", "nc1_weighted", "nc1_trace", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
         ys = [r.get(key) for r in hist]
         if any(y is not None and y > 0 for y in ys):
             axes[0].plot(ep, [y if y is not None and y > 0 else np.nan for y in ys], "-o", ms=2, label=key)
