@@ -348,8 +348,8 @@ def mixup_legend_handles(theory=True):
                Line2D([], [], ls="", marker="o", color="black", label="mix = 1/2 (either kind)"),
                Line2D([], [], color="tab:green", label="classifier rows w_c")]
     if theory:
-        handles += [Line2D([], [], color="0.45", ls="--", label="UFM optimum (different classes)"),
-                    Line2D([], [], ls="", marker="x", color="0.3", label="UFM optimum (same class)")]
+        handles += [Line2D([], [], color="tab:purple", ls="--", label="UFM optimum (different classes)"),
+                    Line2D([], [], ls="", marker="x", color="tab:purple", label="UFM optimum (same class)")]
     return handles
 
 
@@ -382,8 +382,8 @@ def plot_mixup_projection(ax, snap, title=None, theory=None):
     if theory is not None and same.any():
         verts, curves = _theory_points(theory, np.median(np.linalg.norm(pts[same], axis=1)))
         for curve in curves:
-            ax.plot(*curve.T, color="0.3", ls="--", lw=1.4, zorder=4)
-        ax.scatter(*np.array(verts).T, marker="x", color="0.2", s=40, zorder=5)
+            ax.plot(*curve.T, color="tab:purple", ls="--", lw=1.6, zorder=4)
+        ax.scatter(*np.array(verts).T, marker="x", color="tab:purple", s=50, lw=2, zorder=5)
     lim = 1.22 * reach  # the frame holds the classifier rows and their labels
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
@@ -419,7 +419,7 @@ def summary_note(summary):
             f"chord residual {f('diff_convex_residual_mean', '.3f')}, gap~log-odds {f('diff_logit_gap_vs_log_odds_spearman', '.2f')}")
 
 
-def save_mixup_grid(snaps, titles, path, theory=None, suptitle=None, notes=None):
+def save_mixup_grid(snaps, titles, path, theory=None, suptitle=None, notes=None, dpi=110):
     """Projections of several snapshots (e.g. over epochs) side by side, at most 4 per row, with a
     legend, the mixup-coefficient colour bars, an overall title and a note (e.g. summary numbers)
     under each panel. `theory`: one UFM snapshot for all panels, or a list, one per panel."""
@@ -439,7 +439,7 @@ def save_mixup_grid(snaps, titles, path, theory=None, suptitle=None, notes=None)
                frameon=False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def save_mixup_curves(runs, path, kind):

@@ -42,6 +42,7 @@ def cmd_mixup_projection(args):
 
 def cmd_mixup_grid(args):
     """Redraw the grid of a run's snapshots over epochs."""
+    utils.check_positive_ints("--dpi", [args.dpi])
     snaps = utils.mixup_snapshots(args.run_dir)
     loaded = [utils.load_snapshot(p) for _, p in snaps]
     theory = None if args.no_theory else train_utils.ufm_overlay(
@@ -50,7 +51,8 @@ def cmd_mixup_grid(args):
     cfg = _run_config(args.run_dir)
     print(plot_utils.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory,
                                      suptitle=f"{cfg.get('name', os.path.basename(args.run_dir))}: mixed features of "
-                                              f"classes {[int(c) for c in loaded[0]['classes']]} over training"))
+                                              f"classes {[int(c) for c in loaded[0]['classes']]} over training",
+                                     dpi=args.dpi))
 
 
 def _cmd_curves(args, kind):
@@ -136,6 +138,7 @@ def add_mixup_commands(subparsers):
     p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     p = add("mixup-grid", cmd_mixup_grid, "grid of a run's snapshots over epochs")
     p.add_argument("run_dir")
+    p.add_argument("--dpi", type=int, default=110, help="resolution (default 110; the README's picture uses 80)")
     p.add_argument("--no_theory", action="store_true", help="omit the UFM overlay")
     p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     for name, fn, what in [("mixup-loss", cmd_mixup_loss, "loss curves"),

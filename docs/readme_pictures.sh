@@ -24,8 +24,9 @@ for fig in block_synthetic_mlp_linear_s1 minority_l_synthetic_mlp_linear_ka5 min
 done
 run python utils.py replot-figure $P/readme_opt_main.json --out docs/img/opt_main.png
 CE=$(ls -d $M/mixup_digits_mlp_cross_entropy_*/) MSE=$(ls -d $M/mixup_digits_mlp_mse_*/)
-run python utils.py mixup-grid "$CE" --out docs/img/mixup_quick_grid.png
+run python utils.py mixup-grid "$CE" --dpi 80 --out docs/img/mixup_quick_grid.png
 run python utils.py mixup-accuracy "$CE" "$MSE" --label loss --out docs/img/mixup_quick_accuracy.png
-run python utils.py mixup-compare "$CE" "$MSE" --label loss --plot_dir $P --out docs/img/mixup_quick_compare.png
+run python utils.py mixup-compare "$CE" "$MSE" --label loss --plot_dir $P   # prints the README's mixup table
+cp $P/mixup_compare.png docs/img/mixup_quick_compare.png
 run python utils.py mixup-ufm --loss cross_entropy --num_classes 10 --beta 0.01 --out docs/img/mixup_ufm_ce.png
 run python utils.py mixup-ufm --loss mse --num_classes 10 --beta 0.01 --out docs/img/mixup_ufm_mse.png
