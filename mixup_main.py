@@ -2,6 +2,7 @@
 features of mixed-up training examples from three classes, project them to 2-D, summarise the
 geometry, and plot it against the free-feature (UFM) optimum of the same loss."""
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -55,6 +56,9 @@ def parse_args(argv):
     p.add_argument("--snapshot_size", type=int, default=1500, help="mixed examples per snapshot")
     p.add_argument("--feature_mode", default="train", help="train (batch-norm batch statistics, as the paper) | eval")
     p.add_argument("--theory_beta", type=float, default=0.01, help="beta of the UFM overlay")
+    p.add_argument("--dry_run", action="store_true",
+                   help="train nothing: print the run folder, whether it is finished, and an estimate of the time "
+                        "left (from its recorded seconds per epoch, else a 2-epoch probe)")
     utils.add_common_args(p)
     return utils.parse_with_presets(p, argv, QUICK)
 
@@ -138,6 +142,29 @@ def make_on_eval(cfg, data, loss_fn, device):
     return on_eval
 
 
+def dry_run(cfg, data, device, objective, models_dir):
+    """--dry_run: the run's folder, finished or how far, and the training time left, from the
+    recorded seconds per epoch or a 2-epoch probe in a throw-away folder (evaluation excluded)."""
+    run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **cfg}, data, models_dir)
+    csv_path = os.path.join(run_dir, "summary.csv")
+    rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+    if os.path.exists(os.path.join(run_dir, "final.json")):
+        print(f"{run_dir}: finished, nothing to train")
+        return 0
+    if rows:
+        sec, how = np.mean([r["seconds_per_epoch"] for r in rows]), "its recorded seconds per epoch"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = train_utils.train_run(dict(cfg, epochs=2, eval_epochs=[2], lr_milestones=[], snapshots=[]),
+                                          data, device, tmp, objective=objective)
+            sec = utils.read_csv(os.path.join(probe["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
+        how = "a 2-epoch probe"
+    done = rows[-1]["epoch"] if rows else 0
+    print(f"{run_dir}: {'at epoch ' + str(done) if done else 'not started'} of {cfg['epochs']}; estimate for the "
+          f"rest: {sec * (cfg['epochs'] - done) / 60:.1f} min on {device} (training only, from {how})")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     K, per_class = check_args(args)
@@ -149,6 +176,8 @@ def main(argv=None):
 
     data = utils.get_data(args.dataset, [per_class] * K, args.seed, args.data_dir)
     objective = train_utils.make_mixup_objective(loss_fn, args.alpha, mixup=not args.no_mixup)
+    if args.dry_run:
+        return dry_run(cfg, data, device, objective, args.models_dir)
     result = train_utils.train_run(cfg, data, device, args.models_dir, objective=objective,
                                    on_eval=make_on_eval(cfg, data, loss_fn, device))
     run_dir = result["run_dir"]

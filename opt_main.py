@@ -31,6 +31,8 @@ def parse_args(argv):
     p.add_argument("--name", default=None, help="output stem (default: from the arguments)")
     p.add_argument("--out_dir", default="opt_results")
     p.add_argument("--plot_dir", default="plots")
+    p.add_argument("--dry_run", action="store_true",
+                   help="solve nothing: print the program's size, the solver, and whether its result exists")
     return p.parse_args(argv)
 
 
@@ -67,6 +69,13 @@ def main(argv=None):
     name = check_args(args)
     n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
     thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
+    if args.dry_run:
+        done = os.path.exists(os.path.join(args.out_dir, name + ".json"))
+        solver = args.solver if args.solver != "auto" else ("cvxpy" if len(n) <= ana_utils.AUTO_CVXPY_MAX_K else "fast")
+        print(f"{name}: K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}; solver {solver}; "
+              f"{'finished (' + os.path.join(args.out_dir, name + '.json') + ')' if done else 'not solved yet'}; "
+              "nothing to train (the solve is the whole run)")
+        return
 
     sol = ana_utils.solve_ufm(n, args.reg_z, args.reg_b, solver=args.solver)
     Z, b = np.asarray(sol["Z"]), np.asarray(sol["b"])

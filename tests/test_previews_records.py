@@ -19,6 +19,7 @@ import limit_main  # noqa: E402
 import minority_l_main  # noqa: E402
 import minority_n_main  # noqa: E402
 import mixup_geometry  # noqa: E402
+import opt_main  # noqa: E402
 import train_utils  # noqa: E402
 import utils  # noqa: E402
 
@@ -122,3 +123,17 @@ def test_mse_calibration_uses_the_clipped_renormalised_outputs():
     # one correct sample at confidence 2/3 -> |1 - 2/3|; the logit losses keep the softmax
     assert mixup_geometry.expected_calibration_error(z[:1], torch.tensor([0]), loss="mse") == pytest.approx(1 / 3)
     assert torch.allclose(mixup_geometry.loss_probabilities(z, "focal"), torch.softmax(z, 1))
+
+
+def test_opt_main_dry_run_solves_and_writes_nothing(tmp_path, capsys):
+    # lambda above both thresholds: Z = 0 up to solver noise, which must not print as -0.
+    argv = ["--cluster_s", "3", "7", "--sample_s", "500", "100", "--reg_z", "0.02", "--out_dir", str(tmp_path / "o"),
+            "--plot_dir", str(tmp_path / "p"), "--name", "x"]
+    opt_main.main(argv + ["--dry_run"])
+    assert "K = 10, N = 2200" in capsys.readouterr().out and not os.listdir(tmp_path / "o")
+    opt_main.main(argv)
+    out = capsys.readouterr().out
+    z_text = out.split("Z (classes as columns):")[1].split("b =")[0]
+    assert re.findall(r"-?\d+\.\d*", z_text) and not re.search(r"-0\.(?!\d)", z_text)
+    opt_main.main(argv + ["--dry_run"])
+    assert "finished" in capsys.readouterr().out
