@@ -246,6 +246,18 @@ def z_summary(Z, clusters, minority):
             "z_norm": norm, "cosines": cos}
 
 
+Z_NORM_TOL = 0.10  # a trained figure point follows the UFM when its ||Z|| is this close to the program's
+
+
+def z_norm_deviations(points):
+    """Per figure point (with z_norm and theory.z_norm): |trained ||Z|| - program's| relative to the
+    program's, floored at 5% of the largest program ||Z|| of the figure, where the program's Z is
+    (nearly) 0 and a ratio means nothing; None where the solver failed."""
+    ufm = [p["theory"].get("z_norm") for p in points]
+    scale = max([u for u in ufm if u is not None] + [0.0])
+    return [None if u is None else abs(p["z_norm"] - u) / max(u, 0.05 * scale, 1e-12) for p, u in zip(points, ufm)]
+
+
 @functools.lru_cache(maxsize=512)
 def _solve_ufm_cached(sizes, lam, lam_b):
     """The fast solver (exact zeros at collapse, robust near thresholds), remembered within one process."""
@@ -276,15 +288,15 @@ def ufm_theory(sizes, clusters, lam, lam_b):
 
 def theory_curve(xs, make):
     """The convex program along a curve: make(x) -> (sizes, clusters, lam, lam_b); returns
-    {'x': xs, 'minority_spread', 'minority_spread_rel', 'within_A', 'within_B', 'across', 'status',
+    {'x': xs, 'minority_spread', 'minority_spread_rel', 'z_norm', 'within_A', 'within_B', 'across', 'status',
     'accuracy'} (cosines of columns of Z, clusters ordered A, B; accuracy: the solver's certificate)."""
-    out = {"x": [], "minority_spread": [], "minority_spread_rel": [], "within_A": [], "within_B": [], "across": [],
-           "status": [], "accuracy": []}
+    out = {"x": [], "minority_spread": [], "minority_spread_rel": [], "z_norm": [], "within_A": [], "within_B": [],
+           "across": [], "status": [], "accuracy": []}
     for x in xs:
         sizes, clusters, lam, lam_b = make(x)
         th = ufm_theory(sizes, clusters, lam, lam_b)
         out["x"].append(x)
-        for k in ("minority_spread", "minority_spread_rel", "status", "accuracy"):
+        for k in ("minority_spread", "minority_spread_rel", "z_norm", "status", "accuracy"):
             out[k].append(th[k])
         within = th["cosines"]["within"] + [None, None]
         out["within_A"].append(within[0])

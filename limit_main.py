@@ -20,7 +20,7 @@ from utils import UserError
 FIGURE = "limit"
 PAPER_NA = [500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 5500]
 QUICK_SCALE = 0.05  # --quick: n_A x 0.05 (25 ... 275)
-QUICK = dict(dataset_t="synthetic", network="mlp", train_epochs=200)
+QUICK = dict(dataset_t="synthetic", network="mlp_linear", lr=0.05, weight_decay=0.0, train_epochs=200)
 
 
 def parse_args(argv):

@@ -38,10 +38,23 @@ def project(H, P, centre):
     return (np.asarray(H, dtype=np.float64) - centre) @ P.T
 
 
-def expected_calibration_error(logits, y, n_bins=15):
-    """ECE with equal-width confidence bins: sum over bins of (bin share) * |accuracy - confidence|."""
-    logits = torch.as_tensor(logits, dtype=torch.float64)
-    conf, pred = torch.softmax(logits, 1).max(1)
+def loss_probabilities(outputs, loss="cross_entropy", mse_scale=1.0):
+    """The class probabilities a loss defines on the network's outputs (theory.md section 5): the
+    softmax for the losses on logits (cross_entropy, label_smoothing, focal); for mse, whose
+    outputs regress mse_scale * one-hot, the outputs / mse_scale clipped to [0, 1] and renormalised
+    to sum 1 (uniform where every output clips to 0)."""
+    outputs = torch.as_tensor(outputs, dtype=torch.float64)
+    if loss != "mse":
+        return torch.softmax(outputs, 1)
+    p = (outputs / mse_scale).clamp(0.0, 1.0)
+    total = p.sum(1, keepdim=True)
+    return torch.where(total > 0, p / total.clamp_min(1e-300), torch.full_like(p, 1.0 / p.shape[1]))
+
+
+def expected_calibration_error(logits, y, n_bins=15, loss="cross_entropy", mse_scale=1.0):
+    """ECE with equal-width confidence bins: sum over bins of (bin share) * |accuracy - confidence|,
+    the confidence being the largest of loss_probabilities (so it means something for mse too)."""
+    conf, pred = loss_probabilities(logits, loss, mse_scale).max(1)
     correct = (pred == torch.as_tensor(y)).double()
     bins = torch.clamp((conf * n_bins).ceil().long() - 1, 0, n_bins - 1)
     ece = 0.0

@@ -8,6 +8,7 @@ import argparse
 import itertools
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -72,6 +73,9 @@ def parse_args(argv):
     p.add_argument("--snapshot_size", type=int, default=1500, help="mixed examples per snapshot")
     p.add_argument("--feature_mode", default="train", help="train (batch-norm batch statistics, as the paper) | eval")
     p.add_argument("--theory_beta", type=float, default=0.01, help="beta of the UFM overlay")
+    p.add_argument("--dry_run", action="store_true",
+                   help="train nothing: print the run folder, whether it is finished, and an estimate of the time "
+                        "left (from its recorded seconds per epoch, else a 2-epoch probe)")
     s = p.add_argument_group("the study (--study): a grid of runs, summarised over seeds")
     s.add_argument("--study", action="store_true", help="run the study grid instead of one run")
     s.add_argument("--datasets", nargs="+", default=["fashion_mnist", "cifar10", "cifar100"])
@@ -150,12 +154,14 @@ def train_config(args):
 
 
 def make_on_eval(cfg, data, loss_fn, device):
-    """Per evaluated epoch: test loss and ECE (15 bins) as CSV columns; at snapshot epochs, the
+    """Per evaluated epoch: test loss and ECE (15 bins, on the confidence the loss defines:
+    mixup_geometry.loss_probabilities) as CSV columns; at snapshot epochs, the
     mixed-feature snapshot (.npz) and its geometry summary (.json) in the run folder."""
     def on_eval(model, epoch, run_dir):
         _, logits = ana_utils.extract_features(model, data.x_test.to(device))
         row = {"test_loss": loss_fn(logits, data.y_test).mean().item(),
-               "test_ece": mixup_geometry.expected_calibration_error(logits, data.y_test)}
+               "test_ece": mixup_geometry.expected_calibration_error(logits, data.y_test, loss=cfg["loss"],
+                                                                     mse_scale=cfg["mse_scale"])}
         if epoch in cfg["snapshots"]:
             rng = np.random.default_rng([cfg["seed"], epoch])
             snap = mixup_geometry.collect_mixup_features(model, data.x_train, data.y_train, cfg["classes"],
@@ -168,13 +174,42 @@ def make_on_eval(cfg, data, loss_fn, device):
     return on_eval
 
 
-def train(cfg, dataset, per_class, K, device, data_dir, models_dir):
-    """Train (or reuse, or resume) the mixup run `cfg` on a balanced subset of `dataset`."""
+def run_inputs(cfg, dataset, per_class, K, data_dir):
+    """(per-sample loss, data, mixup objective) of the run `cfg` on a balanced subset of `dataset`."""
     loss_fn = train_utils.get_loss(cfg["loss"], cfg["mse_scale"], cfg["smoothing"], cfg["focal_gamma"])
     data = utils.get_data(dataset, [per_class] * K, cfg["seed"], data_dir)
-    objective = train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"], lam_per=cfg["lam_per"])
+    return loss_fn, data, train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"],
+                                                           lam_per=cfg["lam_per"])
+
+
+def train(cfg, dataset, per_class, K, device, data_dir, models_dir):
+    """Train (or reuse, or resume) the mixup run `cfg` on a balanced subset of `dataset`."""
+    loss_fn, data, objective = run_inputs(cfg, dataset, per_class, K, data_dir)
     return train_utils.train_run(cfg, data, device, models_dir, objective=objective,
                                  on_eval=make_on_eval(cfg, data, loss_fn, device))
+
+
+def dry_run(cfg, data, device, objective, models_dir):
+    """--dry_run: the run's folder, finished or how far, and the training time left, from the
+    recorded seconds per epoch or a 2-epoch probe in a throw-away folder (evaluation excluded)."""
+    run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **cfg}, data, models_dir)
+    csv_path = os.path.join(run_dir, "summary.csv")
+    rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+    if os.path.exists(os.path.join(run_dir, "final.json")):
+        print(f"{run_dir}: finished, nothing to train")
+        return 0
+    if rows:
+        sec, how = np.mean([r["seconds_per_epoch"] for r in rows]), "its recorded seconds per epoch"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = train_utils.train_run(dict(cfg, epochs=2, eval_epochs=[2], lr_milestones=[], snapshots=[]),
+                                          data, device, tmp, objective=objective)
+            sec = utils.read_csv(os.path.join(probe["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
+        how = "a 2-epoch probe"
+    done = rows[-1]["epoch"] if rows else 0
+    print(f"{run_dir}: {'at epoch ' + str(done) if done else 'not started'} of {cfg['epochs']}; estimate for the "
+          f"rest: {sec * (cfg['epochs'] - done) / 60:.1f} min on {device} (training only, from {how})")
+    return 0
 
 
 def main(argv=None):
@@ -187,6 +222,9 @@ def main(argv=None):
     device = sweep.figure_device(args)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
     cfg = train_config(args)
+    if args.dry_run:
+        _, data, objective = run_inputs(cfg, args.dataset, per_class, K, args.data_dir)
+        return dry_run(cfg, data, device, objective, args.models_dir)
     result = train(cfg, args.dataset, per_class, K, device, args.data_dir, args.models_dir)
     run_dir = result["run_dir"]
     if result["reused"]:
@@ -196,17 +234,20 @@ def main(argv=None):
     summaries = {e: utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps}
     theory = train_utils.ufm_overlay(cfg, K, args.classes, args.theory_beta)
 
-    out_dir = os.path.join(args.plot_dir, os.path.basename(run_dir))
     written = [utils.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
     for e, snap in snaps:
-        written.append(plot_utils.save_mixup_projection(snap, os.path.join(out_dir, f"projection_e{e:04d}.png"),
-                                                   f"{cfg['name']}, epoch {e}", theory))
-    written.append(plot_utils.save_mixup_grid([s for _, s in snaps], [f"epoch {e}" for e, _ in snaps],
-                                          os.path.join(out_dir, "projection_grid.png"), theory))
+        written.append(plot_utils.save_mixup_projection(
+            snap, plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"projection_e{e:04d}.png"),
+            f"{cfg['name']}, epoch {e}", theory))
+    written.append(plot_utils.save_mixup_grid(
+        [s for _, s in snaps], [f"epoch {e}" for e, _ in snaps],
+        plot_utils.mixup_plot_path(args.plot_dir, run_dir, "projection_grid.png"), theory,
+        suptitle=f"{cfg['name']}: mixed features of classes {args.classes} over training"))
     label = {cfg["name"]: os.path.join(run_dir, "summary.csv")}
     for kind in ("loss", "accuracy"):
-        written.append(plot_utils.save_mixup_curves(label, os.path.join(out_dir, f"{kind}.png"), kind))
-    geometry_path = os.path.join(out_dir, "geometry.json")
+        written.append(plot_utils.save_mixup_curves(label, plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
+                                                    kind))
+    geometry_path = plot_utils.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
     utils.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
                                             "ufm_optimum": mixup_geometry.mixup_geometry_summary(theory)})
     written.append(geometry_path)

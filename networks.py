@@ -62,12 +62,18 @@ def vgg_body(name, in_channels, width=64):
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), cin
 
 
-def mlp_body(in_features, width=256, depth=3):
-    """Fully connected ReLU network on flattened images (CPU-sized)."""
+def mlp_body(in_features, width=256, depth=3, linear_features=False):
+    """Fully connected ReLU network on flattened images (CPU-sized). linear_features adds a last
+    linear layer, so the features can take any sign, like the UFM's: features after a ReLU are
+    non-negative, their Gram matrix cannot be the UFM optimum's (negative cosines between class
+    means), and the extra feature norm this costs makes the network's Z shrink faster than the
+    UFM's as lambda grows (theory.md section 4)."""
     layers, cin = [nn.Flatten()], in_features
     for _ in range(depth):
         layers += [nn.Linear(cin, width), nn.BatchNorm1d(width), nn.ReLU()]
         cin = width
+    if linear_features:
+        layers.append(nn.Linear(width, width))
     return nn.Sequential(*layers), width
 
 
@@ -95,7 +101,7 @@ class UFM(nn.Module):
         return self.classifier(h), h
 
 
-NETWORKS = ("resnet18", "resnet18_nobias", "vgg11", "vgg13", "mlp", "cnn", "ufm")
+NETWORKS = ("resnet18", "resnet18_nobias", "vgg11", "vgg13", "mlp", "mlp_linear", "cnn", "ufm")
 
 
 def build_model(name, num_classes, in_channels=3, num_samples=None, width=None, feat_dim=None, image_size=32,
@@ -114,8 +120,8 @@ def build_model(name, num_classes, in_channels=3, num_samples=None, width=None, 
         return FeatureClassifier(body, d, num_classes, bias=(key == "resnet18"))
     if key in _VGG:
         body, d = vgg_body(key, in_channels, width or 64)
-    elif key == "mlp":
-        body, d = mlp_body(in_channels * image_size**2, width or 256)
+    elif key in ("mlp", "mlp_linear"):
+        body, d = mlp_body(in_channels * image_size**2, width or 256, linear_features=(key == "mlp_linear"))
     elif key == "cnn":
         body, d = cnn_body(in_channels, width or 32)
     else:

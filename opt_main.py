@@ -34,6 +34,8 @@ def parse_args(argv):
     p.add_argument("--name", default=None, help="output stem (default: from the arguments)")
     p.add_argument("--out_dir", default="opt_results")
     p.add_argument("--plot_dir", default="plots")
+    p.add_argument("--dry_run", action="store_true",
+                   help="solve nothing: print the program's size, the solver, and whether its result exists")
     return p.parse_args(argv)
 
 
@@ -94,6 +96,13 @@ def main(argv=None):
     name = check_args(args)
     n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
     thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
+    if args.dry_run:
+        done = os.path.exists(os.path.join(args.out_dir, name + ".json"))
+        solver = args.solver if args.solver != "auto" else ("cvxpy" if len(n) <= ufm_program.AUTO_CVXPY_MAX_K else "fast")
+        print(f"{name}: K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}; solver {solver}; "
+              f"{'finished (' + os.path.join(args.out_dir, name + '.json') + ')' if done else 'not solved yet'}; "
+              "nothing to train (the solve is the whole run)")
+        return
 
     sol = ufm_program.solve_ufm(n, args.reg_z, args.reg_b, solver=args.solver)
     Z, b = np.asarray(sol["Z"]), np.asarray(sol["b"])
@@ -103,7 +112,9 @@ def main(argv=None):
     print(f"K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}, lambda_b = {args.reg_b:g}; "
           f"solver {sol['solver']}: {sol['status']} (certified relative accuracy {sol['accuracy']:.1e}) "
           f"in {sol['solve_time']:.2f} s")
-    print(f"Z (classes as columns):\n{Z}\nb = {b}\nobjective = {sol['objective']:.10g}")
+    # rounded to the printed digits, + 0.0: no "-0." for entries that are zero up to solver accuracy
+    print(f"Z (classes as columns):\n{np.round(Z, 4) + 0.0}\nb = {np.round(b, 4) + 0.0}\n"
+          f"objective = {sol['objective']:.10g}")
     for i, r in enumerate(report):
         t = "single class" if r["threshold"] is None else f"threshold {r['threshold']:.6g}"
         print(f"cluster {i} (classes {r['classes'][0]}-{r['classes'][-1]}, n = {n[r['classes'][0]]}): {t}; "

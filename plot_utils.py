@@ -8,7 +8,10 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap, Normalize, SymLogNorm
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
+import ana_utils
 import mixup_geometry
 import utils
 from utils import UserError
@@ -54,10 +57,15 @@ def save_figure(fig, path, dpi=110):
 
 
 def save_z_heatmap(Z, cluster_sizes, title, path):
-    """One Z heat-map with its colour bar, written to path."""
-    fig, ax = plt.subplots(figsize=(4, 3.6))
+    """One Z heat-map (clusters A, B, ... and class ticks) with its labelled colour bar, written to
+    path; an all-zero Z (the trivial answer) says so on the picture rather than showing a blank."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.0))
     im = plot_z_heatmap(ax, Z, cluster_sizes, title=title)
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    label_clusters(ax, cluster_sizes)
+    if not np.any(np.abs(np.asarray(Z, dtype=float)) > 1e-9):
+        ax.text(0.5, 0.5, "Z = 0\n(the trivial answer:\nevery class collapsed)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, bbox=dict(facecolor="white", edgecolor="0.5"))
+    fig.colorbar(im, ax=ax, shrink=0.8, label="Z entry (mean logit), symlog scale")
     return save_figure(fig, path)
 
 
@@ -95,48 +103,143 @@ def _history_band(ax, point, key, color):
     ax.fill_between(ep, [min(by_epoch[e]) for e in ep], [max(by_epoch[e]) for e in ep], color=color, alpha=0.2, lw=0)
 
 
+def label_clusters(ax, cluster_sizes, class_ticks=True, fontsize=6):
+    """Class numbers as ticks (columns below, rows left) and the clusters' letters A, B, ...
+    centred under their columns, so a heat-map reads without the caption."""
+    K = int(sum(cluster_sizes))
+    if class_ticks:
+        ax.set_xticks(range(K), [str(k) for k in range(K)], fontsize=fontsize - 1)
+        ax.set_yticks(range(K), [str(k) for k in range(K)], fontsize=fontsize - 1)
+        ax.tick_params(length=1.5, pad=1)
+    starts = np.concatenate([[0], np.cumsum(cluster_sizes)])
+    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        ax.text((a + b - 1) / 2, K - 0.5 + 0.12 * K, chr(ord("A") + i), ha="center", va="center",
+                fontsize=fontsize + 2, fontweight="bold", clip_on=False)
+
+
+def z_norm_note(points):
+    """One line for a figure's face: whether the trained ||Z|| is within ana_utils.Z_NORM_TOL of
+    the convex program's at every point, and the worst deviation; plus the colour it is drawn in."""
+    devs = ana_utils.z_norm_deviations(points)
+    known = [(d, p) for d, p in zip(devs, points) if d is not None]
+    if not known:
+        return "||Z||: no convex-program answer to compare with", "0.3"
+    worst = max(d for d, _ in known)
+    off = [p for d, p in known if d > ana_utils.Z_NORM_TOL]
+    if not off:
+        return (f"trained ||Z|| within {ana_utils.Z_NORM_TOL:.0%} of the convex program at every point "
+                f"(worst {worst:.1%})", "tab:green")
+    return (f"NOT FOLLOWING THE UFM: trained ||Z|| off the convex program by more than {ana_utils.Z_NORM_TOL:.0%} "
+            f"at {len(off)} of {len(known)} points (worst {worst:.0%})", "tab:red")
+
+
+NC_KEYS = (("nc1", "nc1  tr(S_W S_B^+)/K"), ("nc1_trace", "nc1_trace  tr S_W / tr S_B"),
+           ("nc2_equiangle", "nc2 equiangularity"), ("nc3", "nc3 self-duality"))
+
+
+def plot_nc_panel(ax, xs, rows, x_label):
+    """NC metrics of the final evaluations against the swept value (log y); nc1_trace when recorded."""
+    for key, label in NC_KEYS:
+        ys = [r.get(key) if r else None for r in rows]
+        if any(isinstance(y, (int, float)) and y > 0 for y in ys):
+            ax.plot(xs, [y if isinstance(y, (int, float)) and y > 0 else np.nan for y in ys], "o-", ms=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("NC metric (final epoch)")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+
+
+def plot_accuracy_panel(ax, xs, pts, x_label):
+    """Test accuracy of the majority and the minority classes (the usual measure of minority
+    collapse) and overall, against the swept value; says so where there is no test set (UFM)."""
+    series = (("test_acc_majority", "majority classes (A)", "tab:blue"),
+              ("test_acc_minority", "minority classes (B)", "tab:red"), (None, "all classes", "0.4"))
+    drawn = False
+    for key, label, color in series:
+        ys = [p.get(key) if key else (p.get("nc") or {}).get("test_acc") for p in pts]
+        if any(y is not None for y in ys):
+            ax.plot(xs, [np.nan if y is None else y for y in ys], "o-", ms=3, color=color, label=label)
+            drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no test set (UFM)", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    else:
+        ax.legend(fontsize=6)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+
+
+def plot_z_norm_panel(ax, xs, pts, curve, x_label):
+    """||Z||_F of the trained points against the convex program's (its curve and its value at each point)."""
+    if curve.get("x") and curve.get("z_norm"):
+        ax.plot(curve["x"], np.array(curve["z_norm"], dtype=float), "-", color="0.5", label="convex program (UFM)")
+    ax.plot(xs, [p["theory"].get("z_norm", np.nan) for p in pts], "s", mfc="none", color="0.3", ms=5,
+            label="convex program at the points")
+    ax.plot(xs, [p["z_norm"] for p in pts], "o", color="tab:red", ms=4, label="trained")
+    top = max([p["z_norm"] for p in pts] + [v for v in [p["theory"].get("z_norm") for p in pts] + list(
+        curve.get("z_norm") or []) if v is not None] + [1e-12])
+    ax.set_ylim(0, 1.1 * top)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("||Z||_F")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+
+
 def plot_minority_figure(result, path):
-    """Figs 5-8: grid of Z heat-maps sorted by the swept value (shared symlog scale, cluster lines,
-    theory verdict per panel) above minority_spread against the swept value, with the convex
-    program's curve and the collapse threshold."""
+    """Figs 5-8: grid of Z heat-maps sorted by the swept value (shared symlog scale, clusters A/B,
+    class ticks, theory verdict per panel as the frame's colour) above minority_spread and ||Z||
+    against the swept value with the convex program's curve and the collapse threshold, and the
+    NC metrics and the majority/minority test accuracy; the ||Z|| agreement is stated on the face."""
     x_key, x_label = result["settings"]["x_key"], result["settings"]["x_label"]
     pts = sorted(result["points"], key=lambda p: p["params"][x_key])
     n = max(len(pts), 1)
     ncol = min(n, 5)
     nrow = -(-n // ncol)
-    fig = plt.figure(figsize=(max(2.1 * ncol + 0.8, 7.0), 2.3 * nrow + 3.2))
-    gs = fig.add_gridspec(nrow + 1, ncol + 1, height_ratios=[1] * nrow + [1.5], width_ratios=[1] * ncol + [0.08],
-                          hspace=0.45, wspace=0.15)
+    fig = plt.figure(figsize=(max(2.2 * ncol + 1.0, 9.0), 2.6 * nrow + 6.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.6 * nrow + 0.5, 5.9])
+    axes = top.subplots(nrow, ncol, squeeze=False)
     norm = symlog_norm([p["Z"] for p in pts]) if pts else None
     im = None
-    for i, p in enumerate(pts):
-        ax = fig.add_subplot(gs[i // ncol, i % ncol])
+    for ax, p in zip(axes.flat, pts):
         v = p["params"][x_key]
         mark = "collapse" if p["theory"]["verdict"] == "collapse" else "no collapse"
         im = plot_z_heatmap(ax, p["Z"], _cluster_sizes(p), norm,
-                            f"{x_label} = {v:.4g}\ntheory: {mark}\nspread {p['minority_spread']:.3g}")
-        for s in ax.spines.values():
-            s.set_edgecolor("tab:red" if mark == "collapse" else "tab:blue")
-            s.set_linewidth(2)
+                            f"{x_label} = {v:.4g}\nspread {p['minority_spread']:.3g}, ||Z|| {p['z_norm']:.3g}")
+        label_clusters(ax, _cluster_sizes(p))
+        for sp in ax.spines.values():
+            sp.set_edgecolor("tab:red" if mark == "collapse" else "tab:blue")
+            sp.set_linewidth(2.5)
+    for ax in axes.flat[len(pts):]:
+        ax.axis("off")
     if im is not None:
-        fig.colorbar(im, cax=fig.add_subplot(gs[:nrow, ncol]), label="Z (symlog)")
-    ax = fig.add_subplot(gs[nrow, :ncol])
+        top.colorbar(im, ax=axes, shrink=0.9, label="Z entry (mean logit), symlog scale")
+    top.legend(handles=[Patch(facecolor="none", edgecolor="tab:red", lw=2.5, label="theory: minority collapse"),
+                        Patch(facecolor="none", edgecolor="tab:blue", lw=2.5, label="theory: no collapse")],
+               loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    (ax_s, ax_z), (ax_nc, ax_acc) = bottom.subplots(2, 2)
+    xs = [p["params"][x_key] for p in pts]
     curve = result.get("theory_curve") or {}
     if curve.get("x"):
-        ax.plot(curve["x"], np.array(curve["minority_spread"], dtype=float), "-", color="0.5",
-                label="convex program (UFM)")
-    ax.plot([p["params"][x_key] for p in pts],
-            [_seed_spread(ax, p["params"][x_key], p, "minority_spread", p["minority_spread"], "tab:red") for p in pts],
-            "o", color="tab:red",
-            label=f"trained ({result['settings'].get('network', '')})")
+        ax_s.plot(curve["x"], np.array(curve["minority_spread"], dtype=float), "-", color="0.5",
+                  label="convex program (UFM)")
+    ax_s.plot(xs, [_seed_spread(ax_s, x, p, "minority_spread", p["minority_spread"], "tab:red") for x, p in zip(xs, pts)],
+              "o", color="tab:red", label=f"trained ({result['settings'].get('network', '')})")
     thr = result.get("threshold")
-    if thr is not None:
-        ax.axvline(thr, ls="--", color="k", label=f"threshold {x_label}* = {thr:.4g}")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("minority spread  max ||z_j - z_k||")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10, y=1.0)
+    for ax in (ax_s, ax_z, ax_nc, ax_acc):
+        if thr is not None:
+            ax.axvline(thr, ls="--", color="k", lw=1, label=f"threshold {x_label}* = {thr:.4g}" if ax is ax_s else None)
+    ax_s.set_xlabel(x_label)
+    ax_s.set_ylabel("minority spread  max ||z_j - z_k||")
+    ax_s.legend(fontsize=7)
+    ax_s.grid(alpha=0.3)
+    plot_z_norm_panel(ax_z, xs, pts, curve, x_label)
+    plot_nc_panel(ax_nc, xs, [p.get("nc") for p in pts], x_label)
+    plot_accuracy_panel(ax_acc, xs, pts, x_label)
+    note, color = z_norm_note(pts)
+    bottom.suptitle(note, fontsize=9, color=color)
+    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10)
     return save_figure(fig, path)
 
 
@@ -146,7 +249,7 @@ def plot_block_figure(result, path):
     hist = result["history"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     ep = [r["epoch"] for r in hist]
-    for key in ("nc1", "nc1_weighted", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
+    for key in ("nc1", "nc1_weighted", "nc1_trace", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
         ys = [r.get(key) for r in hist]
         if any(y is not None and y > 0 for y in ys):
             line = axes[0].plot(ep, [y if y is not None and y > 0 else np.nan for y in ys], "-o", ms=2, label=key)[0]
@@ -154,6 +257,7 @@ def plot_block_figure(result, path):
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("NC metric (log scale)")
     axes[0].set_title("NC metrics", fontsize=9)
     axes[0].legend(fontsize=7)
     axes[0].grid(alpha=0.3)
@@ -172,8 +276,14 @@ def plot_block_figure(result, path):
                    f"(diagonal {diag[0].min():.3g} .. {diag[0].max():.3g})")
     im = plot_z_heatmap(axes[2], Zs[1], sizes, norm, f"convex program Z (lambda = {p['params']['lam']:.3g}), off-diagonal\n"
                         f"(diagonal {diag[1].min():.3g} .. {diag[1].max():.3g})")
-    fig.colorbar(im, ax=axes[1:], fraction=0.03, label="Z off-diagonal (linear)")
-    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10)
+    for ax in axes[1:]:
+        label_clusters(ax, sizes)
+    fig.colorbar(im, ax=axes[1:], fraction=0.03, label="Z off-diagonal entry (linear)")
+    note, color = z_norm_note([p])
+    fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10, y=1.04)
+    ufm_norm = p["theory"].get("z_norm")
+    fig.text(0.5, 0.97, f"{note}; ||Z||_F trained {p['z_norm']:.3g}, convex program "
+             f"{'n/a' if ufm_norm is None else format(ufm_norm, '.3g')}", ha="center", fontsize=8, color=color)
     return save_figure(fig, path)
 
 
@@ -191,12 +301,15 @@ def plot_limit_figure(result, path):
                                                   color)) for p in pts]
         ax.plot([v[0] for v in vals], [np.nan if v[1] is None else v[1] for v in vals], "o-", color=color, label=f"{label} (trained)")
     K = len(pts[0]["sizes"]) if pts else result["settings"].get("num_classes", 10)
-    ax.axhline(-1 / (K - 1), color="k", lw=1, label=f"ETF -1/(K-1) = {-1 / (K - 1):.3f}")
+    # drawn last and on top, dashed, so it stays visible where the across-cluster cosine sits on it
+    ax.axhline(-1 / (K - 1), color="k", lw=1.4, ls=(0, (5, 3)), zorder=5, label=f"ETF -1/(K-1) = {-1 / (K - 1):.3f}")
     ax.set_xlabel("n_A (samples per majority class)")
     ax.set_ylabel("mean cosine between columns of Z")
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     ax.grid(alpha=0.3)
-    ax.set_title(result["settings"].get("title", result["figure"]), fontsize=9)
+    note, color = z_norm_note(pts)
+    ax.set_title(result["settings"].get("title", result["figure"]) + "\n", fontsize=9)
+    ax.text(0.5, 1.015, note, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color=color)
     return save_figure(fig, path)
 
 
@@ -215,8 +328,12 @@ FIGURE_PLOTTERS = {"block": plot_block_figure, "minority_l": plot_minority_figur
 
 
 def plot_figure_json(json_path, png_path=None):
-    """Redraw a figure from its saved JSON (beside it, same stem, unless png_path is given)."""
+    """Redraw a figure from its saved JSON (beside it, same stem, unless png_path is given); also
+    opt_main's JSON (its Z heat-map)."""
     result = utils.read_json(json_path)
+    if result.get("figure") is None and {"cluster_s", "Z", "lam"} <= set(result):  # opt_main's JSON
+        return save_z_heatmap(result["Z"], result["cluster_s"], f"Z of the convex program, λ = {result['lam']:g}",
+                              png_path or os.path.splitext(json_path)[0] + ".png")
     plotter = FIGURE_PLOTTERS.get(result.get("figure"))
     if plotter is None:
         raise UserError(f"{json_path}: not a figure result (its 'figure' is {result.get('figure')!r})")
@@ -234,9 +351,6 @@ def write_figure(result, plot_dir, stem):
 # ======================================================================================
 # Plotting helpers: mixup projections and curves  (mixup)
 # ======================================================================================
-# colour ramps from black (mix = 1/2) to full colour (lam = 0 or 1)
-_SAME_CMAP = LinearSegmentedColormap.from_list("same", ["black", "tab:blue"])
-_DIFF_CMAP = LinearSegmentedColormap.from_list("diff", ["black", "tab:orange"])
 
 
 def _theory_points(theory, scale):
@@ -257,30 +371,57 @@ def _theory_points(theory, scale):
     return verts, curves
 
 
+def _mix_cmap(color):
+    """Colour over the mixup coefficient mix in [0, 1]: full colour at 0 and 1, black at 1/2."""
+    return LinearSegmentedColormap.from_list(f"mix_{color}", [color, "black", color])
+
+
+def mixup_legend_handles(theory=True):
+    """Legend entries in fixed colours (a scatter's own swatch takes its first point's shade)."""
+    handles = [Line2D([], [], ls="", marker="o", color="tab:blue", label="same class"),
+               Line2D([], [], ls="", marker="o", color="tab:orange", label="different classes"),
+               Line2D([], [], ls="", marker="o", color="black", label="mix = 1/2 (either kind)"),
+               Line2D([], [], color="tab:green", label="classifier rows w_c")]
+    if theory:
+        handles += [Line2D([], [], color="tab:purple", ls="--", label="UFM optimum (different classes)"),
+                    Line2D([], [], ls="", marker="x", color="tab:purple", label="UFM optimum (same class)")]
+    return handles
+
+
+def mixup_colorbars(fig, axes):
+    """Colour bars of the mixup coefficient for both kinds of pair."""
+    for color, what in (("tab:blue", "same class"), ("tab:orange", "different classes")):
+        sm = matplotlib.cm.ScalarMappable(norm=Normalize(0, 1), cmap=_mix_cmap(color))
+        fig.colorbar(sm, ax=axes, fraction=0.02, aspect=40, shrink=0.85, pad=0.01, label=f"mixup coefficient, {what}")
+
+
 def plot_mixup_projection(ax, snap, title=None, theory=None):
     """Scatter the 2-D projection (theory.md section 5) of a snapshot's mixed features on ax:
     same-class pairs blue, different-class orange, darker as mix -> 1/2 (black at 1/2); classifier
-    rows as labelled lines. `theory`, a UFM snapshot, is overlaid as grey curves scaled so its
-    same-class vertices sit at the median radius of the same-class features."""
+    rows as labelled lines (labels inside the frame). `theory`, a UFM snapshot, is overlaid above
+    the points as grey curves scaled so its same-class vertices sit at the median radius of the
+    same-class features."""
     classes = [int(c) for c in snap["classes"]]
     P, centre = mixup_geometry.mixup_projection(snap["W"], classes)
     pts = mixup_geometry.project(snap["features"], P, centre)
     same = snap["y_a"] == snap["y_b"]
-    shade = 2 * np.abs(snap["mix"] - 0.5)
-    ax.scatter(*pts[~same].T, c=shade[~same], cmap=_DIFF_CMAP, vmin=0, vmax=1, s=6, lw=0,
-               label="different class")
-    ax.scatter(*pts[same].T, c=shade[same], cmap=_SAME_CMAP, vmin=0, vmax=1, s=6, lw=0, label="same class")
+    mix = np.asarray(snap["mix"], dtype=float)
+    ax.scatter(*pts[~same].T, c=mix[~same], cmap=_mix_cmap("tab:orange"), vmin=0, vmax=1, s=6, lw=0, zorder=1)
+    ax.scatter(*pts[same].T, c=mix[same], cmap=_mix_cmap("tab:blue"), vmin=0, vmax=1, s=6, lw=0, zorder=2)
     reach = 1.15 * np.max(np.linalg.norm(pts, axis=1)) if len(pts) else 1.0
     wp = mixup_geometry.project(np.asarray(snap["W"])[classes], P, centre)
     for c, w in zip(classes, wp):
         tip = w / (np.linalg.norm(w) + 1e-30) * reach
-        ax.plot([0, tip[0]], [0, tip[1]], color="tab:green", lw=1)
-        ax.annotate(f"w{c}", tip, color="tab:green", fontsize=8, ha="center", va="center")
+        ax.plot([0, tip[0]], [0, tip[1]], color="tab:green", lw=1, zorder=3)
+        ax.annotate(f"w{c}", tip * 1.08, color="tab:green", fontsize=8, ha="center", va="center", zorder=6)
     if theory is not None and same.any():
         verts, curves = _theory_points(theory, np.median(np.linalg.norm(pts[same], axis=1)))
         for curve in curves:
-            ax.plot(*curve.T, color="0.45", ls="--", lw=1.2)
-        ax.scatter(*np.array(verts).T, marker="x", color="0.3", s=40, zorder=3, label="UFM optimum")
+            ax.plot(*curve.T, color="tab:purple", ls="--", lw=1.6, zorder=4)
+        ax.scatter(*np.array(verts).T, marker="x", color="tab:purple", s=50, lw=2, zorder=5)
+    lim = 1.22 * reach  # the frame holds the classifier rows and their labels
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -289,31 +430,63 @@ def plot_mixup_projection(ax, snap, title=None, theory=None):
 
 
 def save_mixup_projection(snap, path, title=None, theory=None):
-    """One projection figure (with legend) written to path."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    """One projection figure (with legend and the mixup-coefficient colour bars) written to path."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
     plot_mixup_projection(ax, snap, title, theory)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2, frameon=False)
+    mixup_colorbars(fig, ax)
+    fig.legend(handles=mixup_legend_handles(theory is not None), loc="outside lower center", ncol=2, fontsize=7,
+               frameon=False)
     return save_figure(fig, path)
 
 
-def save_mixup_grid(snaps, titles, path, theory=None):
-    """Projections of several snapshots (e.g. over epochs) side by side, at most 4 per row."""
+def mixup_plot_path(plot_dir, run_dir, name):
+    """Where mixup_main and the mixup replot commands put a run's picture `name`
+    (projection_eNNNN.png, projection_grid.png, loss.png, accuracy.png): <plot_dir>/<run folder name>/."""
+    return os.path.join(plot_dir, os.path.basename(os.path.normpath(run_dir)), name)
+
+
+def summary_note(summary):
+    """Two short lines of a snapshot's geometry summary for under its panel."""
+    def f(key, fmt):
+        v = summary.get(key)
+        return "n/a" if v is None else format(v, fmt)
+    return (f"same-class angle {f('same_angle_deg_mean', '.1f')} deg\n"
+            f"chord residual {f('diff_convex_residual_mean', '.3f')}, gap~log-odds {f('diff_logit_gap_vs_log_odds_spearman', '.2f')}")
+
+
+def save_mixup_grid(snaps, titles, path, theory=None, suptitle=None, notes=None, dpi=110):
+    """Projections of several snapshots (e.g. over epochs) side by side, at most 4 per row, with a
+    legend, the mixup-coefficient colour bars, an overall title and a note (e.g. summary numbers)
+    under each panel. `theory`: one UFM snapshot for all panels, or a list, one per panel."""
     ncol = min(4, len(snaps))
     nrow = -(-len(snaps) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.2 * nrow), squeeze=False)
-    for ax, snap, t in zip(axes.flat, snaps, titles):
-        plot_mixup_projection(ax, snap, t, theory)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol + 1.6, 3.3 * nrow + 0.9), squeeze=False,
+                             layout="constrained")
+    theories = theory if isinstance(theory, list) else [theory] * len(snaps)
+    for i, (ax, snap, t) in enumerate(zip(axes.flat, snaps, titles)):
+        plot_mixup_projection(ax, snap, t, theories[i])
+        if notes:
+            ax.set_xlabel(notes[i], fontsize=7)
     for ax in axes.flat[len(snaps):]:
         ax.axis("off")
-    return save_figure(fig, path)
+    mixup_colorbars(fig, axes)
+    fig.legend(handles=mixup_legend_handles(any(t is not None for t in theories)), loc="outside lower center", ncol=3, fontsize=7,
+               frameon=False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def save_mixup_curves(runs, path, kind):
     """Curves from each run's summary.csv (runs: {label: csv path}); kind 'loss' (the mixed
-    training loss and the plain test loss) or 'accuracy' (clean train and test accuracy, test ECE)."""
+    training loss and the plain test loss) or 'accuracy' (clean train and test accuracy, and the
+    test ECE on an axis of its own)."""
     cols = {"loss": [("loss", "-", "train (mixed)"), ("test_loss", "--", "test")],
-            "accuracy": [("train_acc", "-", "train"), ("test_acc", "--", "test"), ("test_ece", ":", "test ECE")]}[kind]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+            "accuracy": [("train_acc", "-", "train"), ("test_acc", "--", "test")]}[kind]
+    if kind == "accuracy":
+        fig, (ax, ax_ece) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    else:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     for i, (label, csv_path) in enumerate(runs.items()):
         if not os.path.isfile(csv_path):
             raise UserError(f"run_dirs: no summary.csv at {csv_path}")
@@ -322,10 +495,18 @@ def save_mixup_curves(runs, path, kind):
             if rows and col in rows[0]:
                 ax.plot([r["epoch"] for r in rows], [r[col] for r in rows], ls=ls, color=f"C{i}",
                         label=f"{label}: {what}")
+        if kind == "accuracy" and rows and "test_ece" in rows[0]:
+            ax_ece.plot([r["epoch"] for r in rows], [r["test_ece"] for r in rows], color=f"C{i}", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(kind)
     if kind == "loss":
         ax.set_yscale("log")
+    else:
+        ax_ece.set_xlabel("epoch")
+        ax_ece.set_ylabel("test ECE (15 bins, the loss's own confidence)")
+        ax_ece.grid(alpha=0.3)
+        ax_ece.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 

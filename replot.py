@@ -37,23 +37,31 @@ def cmd_mixup_projection(args):
         cfg = utils.read_json(os.path.join(run_dir, "config.json")) if os.path.isfile(
             os.path.join(run_dir, "config.json")) else {}
         theory = train_utils.ufm_overlay(cfg, len(snap["b"]), snap["classes"], args.beta)
-    out = args.out or os.path.splitext(args.snapshot)[0] + ".png"
-    print(plot_utils.save_mixup_projection(snap, out, os.path.basename(args.snapshot), theory))
+    epoch = int(snap["epoch"]) if "epoch" in snap else None
+    name = f"projection_e{epoch:04d}.png" if epoch is not None else os.path.splitext(os.path.basename(args.snapshot))[0] + ".png"
+    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, run_dir, name)
+    title = f"{os.path.basename(run_dir)}, epoch {epoch}" if epoch is not None else os.path.basename(args.snapshot)
+    print(plot_utils.save_mixup_projection(snap, out, title, theory))
 
 
 def cmd_mixup_grid(args):
     """Redraw the grid of a run's snapshots over epochs."""
+    utils.check_positive_ints("--dpi", [args.dpi])
     snaps = utils.mixup_snapshots(args.run_dir)
     loaded = [utils.load_snapshot(p) for _, p in snaps]
     theory = None if args.no_theory else train_utils.ufm_overlay(
         _run_config(args.run_dir), len(loaded[0]["b"]), loaded[0]["classes"], args.beta)
-    out = args.out or os.path.join(args.run_dir, "mixup_grid.png")
-    print(plot_utils.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory))
+    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dir, "projection_grid.png")
+    cfg = _run_config(args.run_dir)
+    print(plot_utils.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory,
+                                     suptitle=f"{cfg.get('name', os.path.basename(args.run_dir))}: mixed features of "
+                                              f"classes {[int(c) for c in loaded[0]['classes']]} over training",
+                                     dpi=args.dpi))
 
 
 def _cmd_curves(args, kind):
     runs = {_run_label(_run_config(d), args.label): os.path.join(d, "summary.csv") for d in args.run_dirs}
-    out = args.out or os.path.join(args.run_dirs[0], f"mixup_{kind}.png")
+    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dirs[0], f"{kind}.png")
     print(plot_utils.save_mixup_curves(runs, out, kind))
 
 
@@ -68,11 +76,11 @@ def cmd_mixup_accuracy(args):
 
 
 def cmd_mixup_compare(args):
-    """Last-snapshot projections of several runs side by side, and per group of runs (the config value
-    `--label`; split by network when the runs span several) every geometry summary number's mean,
-    std and 95% t-interval over the group's runs (its seeds). Summary numbers are averaged, never
-    features, and never across networks."""
-    snaps, titles, groups = [], [], {}
+    """Last-snapshot projections of several runs side by side (each with its UFM overlay and summary
+    numbers), and per group of runs (the config value `--label`; split by network when the runs span
+    several) every geometry summary number's mean, std and 95% t-interval over the group's runs (its
+    seeds). Summary numbers are averaged, never features, and never across networks."""
+    snaps, titles, groups, theories, notes = [], [], {}, [], []
     configs = [_run_config(d) for d in args.run_dirs]
     several_networks = len({cfg.get("network") for cfg in configs}) > 1
     for d, cfg in zip(args.run_dirs, configs):
@@ -80,6 +88,9 @@ def cmd_mixup_compare(args):
         summary = utils.read_json(utils.mixup_snapshot_path(d, epoch, "json"))
         snaps.append(utils.load_snapshot(path))
         titles.append(f"{_run_label(cfg, args.label)} e{epoch}")
+        notes.append(plot_utils.summary_note(summary))
+        theories.append(None if args.no_theory else train_utils.ufm_overlay(
+            cfg, len(snaps[-1]["b"]), snaps[-1]["classes"], args.beta))
         group = str(cfg.get(args.label)) + (f" ({cfg.get('network')})" if several_networks else "")
         groups.setdefault(group, []).append(utils.flatten(summary))
     stats = {}
@@ -88,8 +99,9 @@ def cmd_mixup_compare(args):
                               and not isinstance(v, bool))
         stats[label] = {"n_runs": len(summaries),
                         **{k: ana_utils.mean_std_interval([s.get(k) for s in summaries]) for k in names}}
-    out = args.out or "plots/mixup_compare.png"
-    print(plot_utils.save_mixup_grid(snaps, titles, out))
+    out = args.out or os.path.join(args.plot_dir, "mixup_compare.png")
+    print(plot_utils.save_mixup_grid(snaps, titles, out, theories, notes=notes,
+                                     suptitle=f"last snapshots of {len(snaps)} runs by {args.label}"))
     json_out = os.path.splitext(out)[0] + ".json"
     utils.atomic_write_json(json_out, stats)
     print(json_out)
@@ -150,7 +162,7 @@ def cmd_mixup_ufm(args):
                                             n_mix=11 if args.learned else 41)
     else:
         snap = mixup_geometry.ufm_mixup_snapshot(args.loss, args.num_classes, args.beta, classes)
-    out = args.out or f"plots/mixup_ufm_{args.loss}{'_learned' if args.learned else ''}.png"
+    out = args.out or os.path.join(args.plot_dir, f"mixup_ufm_{args.loss}{'_learned' if args.learned else ''}.png")
     title = f"UFM optimum, {args.loss}, K={args.num_classes}, beta={args.beta}"
     print(plot_utils.save_mixup_projection(snap, out, title))
     print(json.dumps(mixup_geometry.mixup_geometry_summary(snap)))
@@ -161,7 +173,9 @@ def add_mixup_commands(subparsers):
     def add(name, fn, help_text):
         p = subparsers.add_parser(name, help=help_text, description=fn.__doc__)
         p.set_defaults(func=fn)
-        p.add_argument("--out", default=None, help="output PNG (default: next to the input)")
+        p.add_argument("--out", default=None, help="output PNG (default: where mixup_main writes it, "
+                                                     "<plot_dir>/<run folder name>/)")
+        p.add_argument("--plot_dir", default="plots", help="figures folder, as mixup_main's --plot_dir (default plots)")
         return p
 
     p = add("mixup-projection", cmd_mixup_projection, "projection of one snapshot .npz")
@@ -170,6 +184,7 @@ def add_mixup_commands(subparsers):
     p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     p = add("mixup-grid", cmd_mixup_grid, "grid of a run's snapshots over epochs")
     p.add_argument("run_dir")
+    p.add_argument("--dpi", type=int, default=110, help="resolution (default 110; the README's picture uses 80)")
     p.add_argument("--no_theory", action="store_true", help="omit the UFM overlay")
     p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     for name, fn, what in [("mixup-loss", cmd_mixup_loss, "loss curves"),
@@ -178,6 +193,9 @@ def add_mixup_commands(subparsers):
         p = add(name, fn, what)
         p.add_argument("run_dirs", nargs="+")
         p.add_argument("--label", default="loss", help="config key that names (and groups) the runs")
+        if name == "mixup-compare":
+            p.add_argument("--no_theory", action="store_true", help="omit the UFM overlay")
+            p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     p = add("mixup-ufm", cmd_mixup_ufm, "free-feature mixup optimum of a loss")
     p.add_argument("--loss", default="cross_entropy")
     p.add_argument("--num_classes", type=int, default=10)
@@ -199,7 +217,8 @@ def cmd_prepare(args):
 
 
 def cmd_replot_figure(args):
-    """Redraw an imbalanced-NC figure (block, minority_l, minority_n, limit) from its JSON, without retraining."""
+    """Redraw an imbalanced-NC figure (block, minority_l, minority_n, limit) or opt_main's Z from its JSON,
+    without retraining or solving."""
     if not os.path.isfile(args.json):
         raise UserError(f"replot-figure: no such file {args.json}")
     print(plot_utils.plot_figure_json(args.json, args.out))
@@ -215,7 +234,7 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--allow_test_fill", action="store_true", help="top up short classes from the test split")
     p.set_defaults(func=cmd_prepare)
-    p = sub.add_parser("replot-figure", help="redraw a figure of block/minority_l/minority_n/limit_main from its JSON")
+    p = sub.add_parser("replot-figure", help="redraw a figure of block/minority_l/minority_n/limit_main, or opt_main's Z, from its JSON")
     p.add_argument("json", help="the JSON written beside the figure")
     p.add_argument("--out", default=None, help="output PNG (default: beside the JSON)")
     p.set_defaults(func=cmd_replot_figure)

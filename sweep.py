@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -35,13 +36,18 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--dataset_t", "--dataset", dest="dataset_t", default="cifar10",
                         help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
     parser.add_argument("--network", "--model", dest="network", default="ResNet18",
-                        help="ResNet18 (default), VGG11, VGG13, MLP, CNN, UFM")
+                        help="ResNet18 (default), VGG11, VGG13, MLP, MLP_linear (an MLP whose features pass a last linear "
+                             "layer, so they can be negative as the UFM's), CNN, UFM")
     if ka:
         parser.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
     parser.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
     parser.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None, help=epochs_help)
     parser.add_argument("--width", type=int, default=None, help="network width (default: the network's own; "
                         "--quick uses 128 for the MLP)")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01; --quick 0.05)")
+    parser.add_argument("--weight_decay", type=float, default=None,
+                        help="SGD weight decay (default: the figure's, 5e-4 for block and limit, none for the minority "
+                             "figures; --quick none, since on the classifier it adds to lam_W)")
     parser.add_argument("--allow_test_fill", action="store_true",
                         help="top up classes larger than the train split from the test split (the original did "
                              "this silently); otherwise such sizes are an error")
@@ -58,6 +64,9 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--list_points", action="store_true",
                         help="print the runs (index for --point, parameters, seed, finished or not) as JSON and exit")
     add_launch_args(parser)
+    parser.add_argument("--dry_run", action="store_true",
+                        help="train and plot nothing: list the points, which are finished, and estimate the time "
+                             "of the rest (from the finished points' recorded seconds per epoch, else a 2-epoch probe)")
     utils.add_common_args(parser)
     return parser
 
@@ -91,6 +100,9 @@ def check_figure_args(args):
     args.dataset_t = utils.check_dataset(args.dataset_t, "--dataset_t")
     args.network = networks.check_network_name(args.network)
     utils.check_nonneg("--reg_b", args.reg_b)
+    utils.check_positive("--lr", args.lr)
+    if args.weight_decay is not None:
+        utils.check_nonneg("--weight_decay", args.weight_decay)
     if args.epoch is not None:
         utils.check_positive_ints("--epoch", [args.epoch])
     if args.width is not None:
@@ -156,10 +168,11 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
 
     params["lam"] is the lambda of the convex program; the training weights lam_H, lam_W follow
     from it and lam_ratio = lam_W / lam_H (ana_utils.split_lambda), in this one place.
-    Networks: SGD (momentum 0.9, batch 128), lr 0.01 -> 0.001 at milestone_frac of `epochs`
-    (--epoch overrides), regularisation at 1/10 for the first warm_frac of training (theory.md
-    section 4). --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs
-    unless --epoch is given)."""
+    Networks: SGD (momentum 0.9, batch 128), lr --lr (0.01) -> --lr/10 at milestone_frac of `epochs`
+    (--epoch overrides), weight decay --weight_decay or else the figure's `weight_decay`,
+    regularisation at 1/10 for the first warm_frac of training (theory.md section 4).
+    --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs unless
+    --epoch is given)."""
     network = args.network
     sizes = [int(n) for n in sizes]
     lam_h, lam_w = ana_utils.split_lambda(params["lam"], lam_ratio)
@@ -169,11 +182,13 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
         train = ufm_train_config(dict(base, name=f"{figure}_ufm"), len(sizes), sum(sizes), E)
     else:
         E = int(args.epoch or epochs)
-        train = dict(base, name=f"{figure}_{network}", network=network, epochs=E, optimizer="sgd", lr=0.01,
+        train = dict(base, name=f"{figure}_{network}", network=network, epochs=E, optimizer="sgd", lr=float(args.lr),
                      momentum=0.9, batch_size=128, lr_milestones=[max(1, int(round(E * milestone_frac)))],
-                     lr_gamma=0.1, weight_decay=float(weight_decay), warm_epochs=int(round(E * warm_frac)),
+                     lr_gamma=0.1, warm_epochs=int(round(E * warm_frac)),
+                     weight_decay=float(weight_decay if args.weight_decay is None else args.weight_decay),
                      warm_factor=0.1, amp=bool(args.amp),
-                     width=args.width if args.width is not None else (QUICK_MLP_WIDTH if args.quick and network == "mlp" else None))
+                     width=args.width if args.width is not None
+                     else (QUICK_MLP_WIDTH if args.quick and network in ("mlp", "mlp_linear") else None))
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
     dataset = "synthetic" if network == "ufm" else args.dataset_t
     synthetic = QUICK_SYNTHETIC if (network == "ufm" or (args.quick and dataset == "synthetic")) else None
@@ -230,22 +245,27 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
         raise UserError(f"--point {only}: allowed are 0..{len(points) - 1} ({len(points)} points)")
     if only is not None and assemble_only:
         raise UserError("--point with --assemble: --assemble trains nothing; give one of them")
-    records, missing = [], []
+    records, missing, reused = [], [], []
     for i, point in enumerate(points):
         path = point_record_path(models_dir, point)
         record = read_point_record(path, point)
-        if record is None and not assemble_only and only in (None, i):
+        if record is not None:
+            reused.append(i)
+        elif not assemble_only and only in (None, i):
             utils.ensure_writable_dir(os.path.dirname(path), "--models_dir")
             with utils.run_lock(path + ".lock", f"point {i}"):
                 utils.remove_leftovers(os.path.dirname(path), os.path.basename(path))
                 record = read_point_record(path, point)  # finished by the process this one waited for
                 if record is None:
-                    print(f"[point {i}/{len(points) - 1}] {describe_point(point)}", file=sys.stderr)
+                    print(f"[point {i + 1} of {len(points)} (--point {i})] {describe_point(point)}", file=sys.stderr)
                     record = run_point(point)
                     utils.atomic_write_json(path, record)
         if record is None:
             missing.append(i)
         records.append(record)
+    if reused:
+        print(f"reused finished points ({len(reused)} of {len(points)}, from {os.path.join(models_dir, 'points')}): "
+              + "; ".join(f"{i + 1} ({describe_params(points[i]['params'])})" for i in reused), file=sys.stderr)
     if missing:
         print(f"missing points ({len(missing)} of {len(points)}, not trained yet; run each with --point I): "
               + "; ".join(f"{i} ({describe_point(points[i])})" for i in missing), file=sys.stderr)
@@ -261,9 +281,22 @@ def train_point(point, device, models_dir, data_dir):
     record = dict(params=point["params"], sizes=point["sizes"], clusters=point["clusters"], Z=res["Z"], b=res["b"],
                   nc=res["final"], **ana_utils.z_summary(res["Z"], point["clusters"], minority),
                   run_dir=res["run_dir"], train=point["train"])
+    record.update(per_class_test_accuracy(res["final"], point["sizes"], point["clusters"]))
     if point.get("history"):
         record["history"] = utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))
     return record
+
+
+def per_class_test_accuracy(final, sizes, clusters):
+    """test_acc_per_class from an evaluated row's test_acc_c<k> columns, and its means over the
+    majority (largest classes) and minority (smallest) clusters; {} without a test set (UFM)."""
+    per_class = [final.get(f"test_acc_c{k}") for k in range(len(sizes))]
+    if any(a is None for a in per_class):
+        return {}
+    by_size = sorted(clusters, key=lambda c: sizes[c[0]])
+    return {"test_acc_per_class": per_class,
+            "test_acc_majority": sum(per_class[k] for k in by_size[-1]) / len(by_size[-1]),
+            "test_acc_minority": sum(per_class[k] for k in by_size[0]) / len(by_size[0])}
 
 
 def seeded_points(points, seeds):
@@ -288,6 +321,9 @@ def train_points(points, args, argv=None):
                                 finished=os.path.exists(point_record_path(args.models_dir, run))))
                 for i, run in enumerate(runs)]
         print("[\n " + ",\n ".join(rows) + "\n]")  # one run per line
+        raise SystemExit(0)
+    if args.dry_run:
+        dry_run_report(runs, args, figure_device(args))
         raise SystemExit(0)
     if args.launch:
         launch_points(runs, args, sys.argv[1:] if argv is None else list(argv))
@@ -407,6 +443,69 @@ def launch_points(runs, args, argv):
     if failed:
         print(f"{len(failed)} jobs failed; launching again resumes their runs from the last checkpoint",
               file=sys.stderr)
+
+
+# ======================================================================================
+# Dry runs: which points are finished, and how long the rest would take
+# ======================================================================================
+
+
+def _batches(point):
+    """Batches per epoch of a point's training (the last, partial one counted)."""
+    return -(-sum(point["sizes"]) // min(point["train"]["batch_size"], sum(point["sizes"])))
+
+
+def _seconds_per_batch(records):
+    """Mean recorded training seconds per batch over finished points, or None."""
+    rates = []
+    for rec in records:
+        csv_path = os.path.join(rec.get("run_dir", ""), "summary.csv")
+        rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+        secs = [r["seconds_per_epoch"] for r in rows if isinstance(r.get("seconds_per_epoch"), float)]
+        if secs:
+            rates.append(sum(secs) / len(secs) / _batches(rec))
+    return sum(rates) / len(rates) if rates else None
+
+
+def _probe_seconds_per_batch(point, device, data_dir):
+    """Training seconds per batch of `point`, measured by training it for 2 epochs in a
+    throw-away folder."""
+    probe = dict(point["train"], epochs=2, eval_epochs=[2], lr_milestones=[], warm_epochs=0)
+    data = utils.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
+                          point.get("synthetic"))
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train_utils.train_run(probe, data, device, tmp)
+        rows = utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))
+    return rows[-1]["seconds_per_epoch"] / _batches(point)
+
+
+def dry_run_report(points, args, device):
+    """--dry_run: every point (1-based, with its --point index), finished or to train, and an
+    estimate of the training time of the rest (seconds per epoch scale with the batches per epoch)."""
+    todo, finished = [], []
+    for i, point in enumerate(points):
+        path = point_record_path(args.models_dir, point)
+        done = os.path.exists(path)
+        if done:
+            finished.append(utils.read_json(path))
+        elif args.point in (None, i):
+            todo.append(point)
+        print(f"point {i + 1} of {len(points)} (--point {i}): {describe_params(point['params'])}, "
+              f"{point['train']['epochs']} epochs, N = {sum(point['sizes'])}: {'finished' if done else 'to train'}")
+    if not todo:
+        print("nothing to train")
+        return
+    rate, how = _seconds_per_batch(finished), "the finished points' recorded seconds per epoch"
+    if rate is None:
+        rate, how = _probe_seconds_per_batch(todo[0], device, args.data_dir), "a 2-epoch probe of the first"
+    total = sum(rate * _batches(p) * p["train"]["epochs"] for p in todo)
+    print(f"estimate for the {len(todo)} points to train: {total / 60:.1f} min on {device} "
+          f"(training only, from {how})")
+
+
+# ======================================================================================
+# Assembling and saving a figure
+# ======================================================================================
 
 
 def assemble_figure(figure, settings, points, records, missing, lam_b):

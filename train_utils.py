@@ -3,6 +3,7 @@ training loop with checkpoints and resume, and the free-feature mixup optimum of
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import scipy.special
@@ -189,7 +190,8 @@ def lr_at(cfg, epoch):
 
 
 def evaluate(model, data, x_train, cfg, device):
-    """Train/test accuracy and every NC metric of the current model (eval mode, no gradients)."""
+    """Train/test accuracy (test also per class) and every NC metric of the current model (eval
+    mode, no gradients)."""
     H, logits = ana_utils.extract_features(model, x_train, batch_size=max(cfg["batch_size"], 1024))
     y = data.y_train
     W = model.classifier.weight.detach().cpu()
@@ -197,7 +199,11 @@ def evaluate(model, data, x_train, cfg, device):
     row = {"train_acc": (logits.argmax(1) == y).float().mean().item()}
     if not is_ufm(cfg["network"]):
         _, test_logits = ana_utils.extract_features(model, data.x_test.to(device), batch_size=1024)
-        row["test_acc"] = (test_logits.argmax(1) == data.y_test).float().mean().item()
+        correct = (test_logits.argmax(1) == data.y_test).float()
+        row["test_acc"] = correct.mean().item()
+        # per class (test_acc_c0, ...): minority collapse shows as the minority classes' accuracy
+        row.update({f"test_acc_c{k}": correct[data.y_test == k].mean().item() if (data.y_test == k).any() else None
+                    for k in range(data.num_classes)})
     row.update(ana_utils.nc_metrics(H, y, W, b))
     Z = ana_utils.mean_logit_matrix(H, y, W, data.num_classes)
     return row, Z, (b.numpy() if b is not None else np.zeros(data.num_classes))
@@ -228,7 +234,9 @@ def epoch_log_line(cfg, row, terms):
 def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=None):
     """Train one configuration (or reuse / resume it) and return its final results.
 
-    The run folder holds config.json, summary.csv (one row per evaluated epoch), checkpoint.pt
+    The run folder holds config.json (the configuration, plus `record`: utils.run_record),
+    summary.csv (one row per evaluated epoch; seconds_per_epoch is the mean training time of the
+    epochs since the previous row, evaluation excluded), checkpoint.pt
     while training (written atomically at every evaluated epoch; a killed run resumes from it),
     and, when finished, model.pt and final.json. A finished run is reused, not retrained; a run is
     trained under its lock file (a second task waits, then reuses it), the UFM on one thread.
@@ -277,7 +285,8 @@ def _train(cfg, data, device, run_dir, objective, on_eval):
     final_path = os.path.join(run_dir, "final.json")
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     ckpt = _load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
-    utils.atomic_write_json(os.path.join(run_dir, "config.json"), dict(cfg, data=data.key, sizes=data.sizes))
+    utils.atomic_write_json(os.path.join(run_dir, "config.json"),
+                            dict(cfg, data=data.key, sizes=data.sizes, record=utils.run_record(device)))
 
     utils.set_seed(cfg["seed"])
     N = len(data.y_train)
@@ -304,7 +313,9 @@ def _train(cfg, data, device, run_dir, objective, on_eval):
     amp = cfg["amp"] and device.type == "cuda"
     bar = tqdm(range(start + 1, cfg["epochs"] + 1), desc=cfg["name"], initial=start, total=cfg["epochs"],
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch: seconds_per_epoch of its CSV row
     for epoch in bar:
+        t_epoch = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch)
         warm_weight = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
@@ -339,9 +350,12 @@ def _train(cfg, data, device, run_dir, objective, on_eval):
             raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "
                             f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the regularisation")
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})  # every loss term and the accuracy
+        train_seconds, timed_epochs = train_seconds + time.perf_counter() - t_epoch, timed_epochs + 1
         if epoch in cfg["eval_epochs"]:
             row, Z, b = evaluate(model, data, x_train, cfg, device)
-            row = {"epoch": epoch, "lr": lr_at(cfg, epoch), **means, **row}
+            row = {"epoch": epoch, "lr": lr_at(cfg, epoch), **means, **row,
+                   "seconds_per_epoch": train_seconds / timed_epochs}
+            train_seconds, timed_epochs = 0.0, 0
             if on_eval is not None:
                 row.update(on_eval(model, epoch, run_dir))
             history.append(row)

@@ -6,9 +6,11 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import random
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +22,8 @@ import torch
 # ======================================================================================
 # Errors, seeds, devices  (foundation)
 # ======================================================================================
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class UserError(Exception):
@@ -119,6 +123,31 @@ def describe_device(device, amp=False):
     n = torch.get_num_threads()
     detail = f"{n} thread{'s' if n != 1 else ''}" if device.type == "cpu" else "Apple GPU"
     return f"device: {device.type} ({detail}{'; --amp ignored: bf16 autocast is CUDA only' if amp else ''})"
+
+
+def git_state(repo_dir=REPO_DIR):
+    """(commit, dirty) of the code's git checkout: dirty when tracked files differ from the commit;
+    (None, None) outside a git checkout or without git."""
+    def git(*cmd):
+        return subprocess.run(["git", "-C", repo_dir, *cmd], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        return head.stdout.strip(), bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def run_record(device):
+    """How a run was made, for its config.json (never part of the configuration that keys it): the
+    code's git commit and whether the tree was dirty, the versions, the device and thread count,
+    the host and the start time (UTC, ISO 8601)."""
+    commit, dirty = git_state()
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__, "device": str(device),
+            "threads": torch.get_num_threads(), "host": socket.gethostname(),
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def check_positive_ints(name, values):

@@ -113,7 +113,7 @@ def test_minority_n_mlp_quick(tmp_path, capsys):
     _, res = load_json(paths)
     check_points(res)
     assert [p["params"]["n_A"] for p in res["points"]] == [10, 30]
-    assert res["settings"]["network"] == "mlp" and res["settings"]["n_B"] == 20
+    assert res["settings"]["network"] == "mlp_linear" and res["settings"]["n_B"] == 20
     assert res["points"][0]["params"]["lam"] == pytest.approx(0.005 * np.sqrt(5))
     assert res["threshold"] == pytest.approx((np.sqrt(20) / (0.005 * np.sqrt(5)) - 7 * 20) / 3)
 

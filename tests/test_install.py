@@ -150,7 +150,7 @@ def test_without_torchvision_everything_else_works(tmp_path):
         ("opt_main.py", "--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.0039", "--solver", "fast"))
     assert rc == 0, err[-3000:]
     assert "Traceback" not in err
-    for stem in ("minority_l_synthetic_mlp_ka5_quick", "block_ufm_s1_quick"):
+    for stem in ("minority_l_synthetic_mlp_linear_ka5_quick", "block_ufm_s1_quick"):
         assert (tmp_path / "plots" / f"{stem}.json").exists()
 
 

@@ -100,7 +100,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, cfg):
     resumed = train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "b"))
     assert not resumed["reused"]
     for k, v in whole["final"].items():
-        assert resumed["final"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+        if k != "seconds_per_epoch":  # wall-clock time, the one column a resume cannot reproduce
+            assert resumed["final"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
     np.testing.assert_allclose(resumed["Z"], whole["Z"], rtol=1e-6)
 
 
