@@ -62,6 +62,11 @@ def _ce_columns(V):
     r = 1 - p_kk (K,), computed as a sum of the other probabilities, not as a difference)."""
     D = V - np.diag(V)[None, :]                    # D[j, k] = v_j - v_k
     np.fill_diagonal(D, -np.inf)
+    return _ce_differences(D)
+
+
+def _ce_differences(D):
+    """_ce_columns from D[j, k] = v_j - v_k (-inf where absent): log(1 + sum_j exp(D[j, k]))."""
     a = np.maximum(D.max(axis=0), 0.0)
     E = np.exp(D - a)                               # diagonal: exp(-inf) = 0
     S = E.sum(axis=0)
@@ -310,81 +315,108 @@ def _lbfgs(fg, x, max_iter, gtol, m=10):
     return x, f, it
 
 
-def _ufm_smooth_hessp(X, b, rho, q, lam_b, dX, db):
-    """Hessian of the smooth part (_ufm_smooth) at (X, b) times (dX, db), without cancellation:
-    per column, (diag(p) - p p^T) dv = (diag(p) - p p^T) u with u = dv - dv_k (u_k = 0)."""
-    _, P, r = _ce_columns(X / q + b[:, None])
-    dV = dX / q + db[:, None]
-    u = dV - np.diag(dV)[None, :]
-    s = np.sum(P * u, axis=0)                        # sum over j != k of p_j u_j
-    Hc = P * (u - s)
-    Hc[np.diag_indices_from(Hc)] = -(1.0 - r) * s
-    Hc *= rho
-    return Hc / q, Hc.sum(axis=1) + 2.0 * lam_b * db
-
-
-def _newton_polish(X, b, rho, q, L, lam_b, max_iter=40):
-    """Second-order finish: Newton-CG (exact Hessian-vector products) on the factored form X = W H
-    with balanced factors of rank K. At an optimum with strict complementarity this form is locally
-    strongly convex up to the rotations (W R, R^T H), so Newton converges fast where first-order
-    methods crawl (small lam sqrt(N): the smooth part's curvature ~ the CE ~ 1e-8). Everything is
-    relative: the objective is divided by its starting value, and near the rounding floor a step is
-    also accepted when it shrinks the gradient without raising the objective beyond rounding."""
-    K = X.shape[0]
-    KK = K * K
-    U, sig, Vt = np.linalg.svd(X)
-    F0 = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(sig.sum())
-    x = np.concatenate([(U * np.sqrt(sig)).ravel(), (np.sqrt(sig)[:, None] * Vt).ravel(), b])
+def _class_coordinates(n, L, lam_b):
+    """The program in the coordinates of the matrices that commute with every permutation of classes
+    of one size. The program is invariant under those permutations, so by convexity an optimum lies
+    among them: A = sum_a s_a Pi_a + E M E^T (Pi_a: projector on the zero-sum vectors of size group
+    a; E: K x g orthonormal group indicators) has the singular values |s_a| (m_a - 1 times) and
+    those of M, products act as (s s', M M'), and the CE of a column depends on its group only. So
+    the factored form (s = sW sH, M = MW MH, |s| <= (sW^2 + sH^2)/2, ||M||_* <= (|MW|^2 + |MH|^2)/2)
+    costs O(g^3) per evaluation with g distinct sizes (cluster layouts: g = 2 at any K), O(K^3)
+    without repeated sizes. Returns (fg, start, point, gi): fg(x) the factored objective and its
+    gradient; start(X, b, tau, floor) the coordinates of balanced factors of X (projected) soft-thresholded
+    by tau, singular values floored at floor * (largest - tau); point(x) -> (X, b) in scaled variables."""
+    N = n.sum()
+    _, gi = np.unique(n, return_inverse=True)
+    m = np.bincount(gi).astype(float)
+    g, w, rho = m.size, m - 1.0, np.bincount(gi, weights=n, minlength=m.size) / m / N
+    q, rr = np.sqrt(rho), 1.0 / np.sqrt(np.outer(m, m))
+    with np.errstate(divide="ignore"):                       # count of entries j != k in group c, column in a
+        logcnt = np.log(m[:, None] - np.eye(g))
+    order = np.argsort(gi, kind="stable")
+    starts = np.searchsorted(gi[order], np.arange(g))
 
     def split(x):
-        return x[:KK].reshape(K, K), x[KK:2 * KK].reshape(K, K), x[2 * KK:]
+        return x[:g], x[g:2 * g], x[2 * g:2 * g + g * g].reshape(g, g), x[2 * g + g * g:2 * g + 2 * g * g].reshape(g, g), x[-g:]
 
     def fg(x):
-        W, H, bb = split(x)
-        f, gX, gb = _ufm_smooth(W @ H, bb, rho, q, lam_b)
-        f += 0.5 * L * (np.sum(W * W) + np.sum(H * H))
-        return f / F0, np.concatenate([(gX @ H.T + L * W).ravel(), (W.T @ gX + L * H).ravel(), gb]) / F0, gX
+        sW, sH, MW, MH, bg = split(x)
+        s, M = sW * sH, MW @ MH
+        B = M * rr - np.diag(s / m)                  # X's entry off the diagonal, row group c, column group a
+        ce, Pi, r = _ce_differences((B - np.diag(B) - s) / q + bg[:, None] - bg[None, :] + logcnt)
+        Pw = Pi * (m * rho)
+        off = Pw - np.diag(np.diag(Pw))
+        gB = off / q
+        gs = -(m * rho / q) * (np.diag(Pi) + (r - np.diag(Pi)) * (1.0 - 1.0 / m))
+        gM = gB * rr
+        gM[np.diag_indices(g)] = -gB.sum(axis=0) / m
+        f = (m * rho) @ ce + lam_b * (m @ (bg * bg)) + 0.5 * L * (w @ (sW * sW + sH * sH) + np.sum(MW * MW) + np.sum(MH * MH))
+        gb = off.sum(axis=1) - off.sum(axis=0) + 2.0 * lam_b * m * bg
+        return f, np.concatenate([gs * sH + L * w * sW, gs * sW + L * w * sH, (gM @ MH.T + L * MW).ravel(),
+                                  (MW.T @ gM + L * MH).ravel(), gb])
 
-    f, g, gX = fg(x)
+    def start(X, b, tau, floor):
+        Xs = X[np.ix_(order, order)]
+        M = np.add.reduceat(np.add.reduceat(Xs, starts, axis=0), starts, axis=1) * rr
+        s = (np.bincount(gi, weights=np.diag(X), minlength=g) - np.diag(M)) / np.maximum(w, 1.0)
+        U, sig, Vt = np.linalg.svd(M)
+        floor *= max(max(sig.max(), np.abs(s).max()) - tau, 1e-3)
+        sv, ss = np.sqrt(np.maximum(sig - tau, floor)), np.sqrt(np.maximum(np.abs(s) - tau, floor))
+        return np.concatenate([np.where(s < 0, -ss, ss), ss, (U * sv).ravel(), (sv[:, None] * Vt).ravel(),
+                               np.bincount(gi, weights=b, minlength=g) / m])
+
+    def point(x):
+        sW, sH, MW, MH, bg = split(x)
+        s = sW * sH
+        X = ((MW @ MH) * rr - np.diag(s / m))[gi][:, gi]
+        X[np.diag_indices_from(X)] += s[gi]
+        return X, bg[gi].copy()
+    return fg, start, point
+
+
+def _newton_polish(fg, x, max_iter=40):
+    """Second-order finish: Newton-CG on the factored form (Hessian-vector products by central
+    differences of the exact gradient). At an optimum with strict complementarity this form is
+    locally strongly convex up to rotations of the factors, so Newton converges fast where
+    first-order methods crawl (small lam sqrt(N): the smooth part's curvature ~ the CE ~ 1e-8).
+    Everything is relative: the objective is divided by its starting value, and near the rounding
+    floor a step is also accepted when it shrinks the gradient without raising the objective."""
+    F0 = fg(x)[0]
+    f, g = fg(x)
+    f, g = f / F0, g / F0
     for _ in range(max_iter):
-        W, H, bb = split(x)
-        Xc = W @ H
+        gg, xn = g @ g, np.sqrt(x @ x)
 
         def hessp(v):
-            dW, dH, db = split(v)
-            HX, Hb = _ufm_smooth_hessp(Xc, bb, rho, q, lam_b, dW @ H + W @ dH, db)
-            return np.concatenate([(HX @ H.T + gX @ dH.T + L * dW).ravel(),
-                                   (W.T @ HX + dW.T @ gX + L * dH).ravel(), Hb]) / F0
-        # truncated CG on H d = -g, stopped at negative curvature
-        d, r = np.zeros_like(g), -g
-        p, rr, gg = r.copy(), r @ r, g @ g
+            e = 1e-6 * max(xn, 1.0) / np.sqrt(v @ v)
+            return (fg(x + e * v)[1] - fg(x - e * v)[1]) / (2.0 * e * F0)
+        d, r = np.zeros_like(g), -g                  # truncated CG on H d = -g, stopped at negative curvature
+        p, rr = r.copy(), gg
         for _ in range(200):
             Hp = hessp(p)
             pHp = p @ Hp
             if pHp <= 1e-14 * (p @ p):
-                if not d.any():
-                    d = -g
+                d = d if d.any() else -g
                 break
             a = rr / pHp
-            d += a * p
-            r -= a * Hp
+            d, r = d + a * p, r - a * Hp
             rn = r @ r
             if rn <= 1e-6 * gg:
                 break
             p, rr = r + (rn / rr) * p, rn
         step = 1.0
         for _ in range(30):
-            fn, gn, gXn = fg(x + step * d)
+            fn, gn = fg(x + step * d)
+            fn, gn = fn / F0, gn / F0
             if fn <= f + 1e-4 * step * (g @ d) or (fn <= f + 1e-15 and gn @ gn < gg):
                 break
             step *= 0.5
         else:
             break
-        x, f, g, gX = x + step * d, fn, gn, gXn
+        x, f, g = x + step * d, fn, gn
         if np.sqrt(g @ g) < 1e-15:
             break
-    W, H, bb = split(x)
-    return W @ H, bb.copy()
+    return x
 
 
 def ufm_objective(Z, b, n, lam, lam_b):
@@ -438,8 +470,9 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
     """Solve the convex program with a first-order method; general (no structure assumed).
 
     1. Warm start: L-BFGS on the Burer-Monteiro form X = W H, ||X||_* = min (|W|^2 + |H|^2)/2,
-       r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0).
-       Cheap iterations (matrix products only); it lands very close to the optimum.
+       r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0), in the
+       coordinates of the matrices invariant under permuting classes of one size
+       (_class_coordinates: exact, and O(g^3) per step for g distinct sizes instead of O(K^3)).
     2. Certify and finish with FISTA on X (singular-value soft-thresholding, joint b step,
        adaptive step with backtracking, gradient restart). Stops when the certified accuracy
        (ufm_certificate: relative duality gap, a bound on the relative suboptimality of the
@@ -457,35 +490,17 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
     q = np.sqrt(rho)
     L = float(lam) * np.sqrt(N)                 # nuclear-norm weight in scaled variables
     with _blas_threads(blas_threads):
+        fg, start, point = _class_coordinates(n, L, lam_b)
         if Z0 is not None:
-            X = np.asarray(Z0, dtype=float) * q
-            b = np.zeros(K) if b0 is None else np.asarray(b0, dtype=float).ravel().copy()
-            U, sig, Vt = np.linalg.svd(X)
-            W, H = U * np.sqrt(sig), np.sqrt(sig)[:, None] * Vt
+            x = start(np.asarray(Z0, dtype=float) * q, np.zeros(K) if b0 is None else np.ravel(b0), 0.0, 0.0)
         else:
             b = np.log(rho) - np.log(rho).mean()          # best b for Z = 0 when lam_b -> 0
             A = -_ufm_smooth(np.zeros((K, K)), b, rho, q, lam_b)[1]
-            sig, V = _eig_gram(A)                          # prox step (unit step) from X = 0
-            keep = sig > L
-            X = ((A @ V[:, keep]) * (1.0 - L / sig[keep])) @ V[:, keep].T
-            # balanced factors of that step; directions below the threshold get a small weight
-            sv = np.maximum(sig - L, 1e-3 * max(sig.max() - L, 1e-3))
-            ok = sig > 1e-6 * sig.max()
-            U = np.where(ok, A @ V / np.where(ok, sig, 1.0), V)
-            W, H = U * np.sqrt(sv), np.sqrt(sv)[:, None] * V.T
+            x = start(A, b, L, 1e-3)       # prox step from X = 0; directions below the threshold get a small weight
         bm_its = 0
         if warm_start:
-            KK = K * K
-
-            def fg(x):
-                W, H, bb = x[:KK].reshape(K, K), x[KK:2 * KK].reshape(K, K), x[2 * KK:]
-                f, gX, gb = _ufm_smooth(W @ H, bb, rho, q, lam_b)
-                f += 0.5 * L * (np.sum(W * W) + np.sum(H * H))
-                return f, np.concatenate([(gX @ H.T + L * W).ravel(), (W.T @ gX + L * H).ravel(), gb])
-
-            x, _, bm_its = _lbfgs(fg, np.concatenate([W.ravel(), H.ravel(), b]), bm_iter, gtol=1e-11)
-            X = x[:KK].reshape(K, K) @ x[KK:2 * KK].reshape(K, K)
-            b = x[2 * KK:].copy()
+            x, _, bm_its = _lbfgs(fg, x, bm_iter, gtol=1e-11)
+        X, b = point(x)
         # FISTA in the metric c * diag(1 on X, 1 + 2 lam_b on b); c = 1 is a global Lipschitz
         # bound (softmax Hessian <= 1/2), backtracking finds the local one.
         Lb = 1.0 + 2.0 * lam_b
@@ -531,7 +546,7 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
                     break
                 if not polished:               # first failed check: second-order finish, then go on
                     polished = True
-                    X, b = _newton_polish(X, b, rho, q, L, lam_b)
+                    X, b = point(_newton_polish(fg, start(X, b, 0.0, 0.0)))
                     Xy, by, tk = X, b, 1.0
                     fy, gX, gb = _ufm_smooth(X, b, rho, q, lam_b)
                     F = fy + L * float(np.linalg.svd(X, compute_uv=False).sum())
