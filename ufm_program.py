@@ -323,79 +323,87 @@ def _class_coordinates(n, L, lam_b):
     those of M, products act as (s s', M M'), and the CE of a column depends on its group only. So
     the factored form (s = sW sH, M = MW MH, |s| <= (sW^2 + sH^2)/2, ||M||_* <= (|MW|^2 + |MH|^2)/2)
     costs O(g^3) per evaluation with g distinct sizes (cluster layouts: g = 2 at any K), O(K^3)
-    without repeated sizes. Returns (fg, start, point, gi): fg(x) the factored objective and its
-    gradient; start(X, b, tau, floor) the coordinates of balanced factors of X (projected) soft-thresholded
-    by tau, singular values floored at floor * (largest - tau); point(x) -> (X, b) in scaled variables."""
+    without repeated sizes. Returns (fg, hessp, start, point): the factored objective and gradient,
+    its Hessian times v, start(X, b, tau, floor) the coordinates of balanced factors of X (projected)
+    soft-thresholded by tau (singular values floored at floor * (largest - tau)), point(x) -> (X, b)."""
     N = n.sum()
     _, gi = np.unique(n, return_inverse=True)
     m = np.bincount(gi).astype(float)
-    g, w, rho = m.size, m - 1.0, np.bincount(gi, weights=n, minlength=m.size) / m / N
-    q, rr = np.sqrt(rho), 1.0 / np.sqrt(np.outer(m, m))
-    with np.errstate(divide="ignore"):                       # count of entries j != k in group c, column in a
+    g, rho = m.size, np.bincount(gi, weights=n) / m / N
+    wp, sm = np.maximum(m - 1.0, 1.0), np.sqrt(m)      # x holds orthonormal coordinates: s wp, b sqrt(m)
+    q, rr, wgt = np.sqrt(rho), 1.0 / np.sqrt(np.outer(m, m)), m * rho
+    with np.errstate(divide="ignore"):                  # log of the count of entries j != k in group c, k in a
         logcnt = np.log(m[:, None] - np.eye(g))
     order = np.argsort(gi, kind="stable")
     starts = np.searchsorted(gi[order], np.arange(g))
+    regw = np.concatenate([np.tile(L * np.minimum(m - 1.0, 1.0), 2), np.full(2 * g * g, L), np.full(g, 2.0 * lam_b)])
 
     def split(x):
-        return x[:g], x[g:2 * g], x[2 * g:2 * g + g * g].reshape(g, g), x[2 * g + g * g:2 * g + 2 * g * g].reshape(g, g), x[-g:]
+        return x[:g], x[g:2 * g], x[2 * g:2 * g + g * g].reshape(g, g), x[2 * g + g * g:-g].reshape(g, g), x[-g:]
+
+    def logits(sW, sH, MW, MH, bx, dsW=None, dsH=None, dMW=None, dMH=None, db=None):
+        """T[c, a] = v_j - v_k, j in group c, k in group a (linear in (s, M, b); with d*: its derivative)."""
+        s, M, b = (sW * sH / wp, MW @ MH, bx / sm) if dsW is None else \
+            ((dsW * sH + sW * dsH) / wp, dMW @ MH + MW @ dMH, db / sm)
+        B = M * rr - np.diag(s / m)
+        return (B - np.diag(B) - s) / q + b[:, None] - b[None, :]
+
+    def adjoint(G, sW, sH, MW, MH, with_b=True):
+        """Gradient in the factors of a function with gradient G in T (G[c, a] = d/dT[c, a])."""
+        off = G - np.diag(np.diag(G))
+        gs = -(np.diag(G) + off.sum(axis=0) * (1.0 - 1.0 / m)) / q / wp
+        gM = off / q * rr
+        gM[np.diag_indices(g)] = -off.sum(axis=0) / q / m
+        gb = (off.sum(axis=1) - off.sum(axis=0)) / sm if with_b else np.zeros(g)
+        return np.concatenate([gs * sH, gs * sW, (gM @ MH.T).ravel(), (MW.T @ gM).ravel(), gb])
 
     def fg(x):
-        sW, sH, MW, MH, bg = split(x)
-        s, M = sW * sH, MW @ MH
-        B = M * rr - np.diag(s / m)                  # X's entry off the diagonal, row group c, column group a
-        ce, Pi, r = _ce_differences((B - np.diag(B) - s) / q + bg[:, None] - bg[None, :] + logcnt)
-        Pw = Pi * (m * rho)
-        off = Pw - np.diag(np.diag(Pw))
-        gB = off / q
-        gs = -(m * rho / q) * (np.diag(Pi) + (r - np.diag(Pi)) * (1.0 - 1.0 / m))
-        gM = gB * rr
-        gM[np.diag_indices(g)] = -gB.sum(axis=0) / m
-        f = (m * rho) @ ce + lam_b * (m @ (bg * bg)) + 0.5 * L * (w @ (sW * sW + sH * sH) + np.sum(MW * MW) + np.sum(MH * MH))
-        gb = off.sum(axis=1) - off.sum(axis=0) + 2.0 * lam_b * m * bg
-        return f, np.concatenate([gs * sH + L * w * sW, gs * sW + L * w * sH, (gM @ MH.T + L * MW).ravel(),
-                                  (MW.T @ gM + L * MH).ravel(), gb])
+        ce, Pi, _ = _ce_differences(logits(*split(x)) + logcnt)
+        return wgt @ ce + 0.5 * x @ (regw * x), adjoint(Pi * wgt, *split(x)[:4]) + regw * x
+
+    def hessp(x, v):
+        _, Pi, _ = _ce_differences(logits(*split(x)) + logcnt)
+        sW, sH, MW, MH, bx = split(x)
+        dsW, dsH, dMW, dMH, db = split(v)
+        dT = logits(sW, sH, MW, MH, bx, dsW, dsH, dMW, dMH, db)
+        H = wgt * Pi * (dT - (Pi * dT).sum(axis=0))    # (diag(p) - p p^T) per column, label entry fixed
+        return adjoint(H, sW, sH, MW, MH) + adjoint(Pi * wgt, dsW, dsH, dMW, dMH, with_b=False) + regw * v
 
     def start(X, b, tau, floor):
-        Xs = X[np.ix_(order, order)]
-        M = np.add.reduceat(np.add.reduceat(Xs, starts, axis=0), starts, axis=1) * rr
-        s = (np.bincount(gi, weights=np.diag(X), minlength=g) - np.diag(M)) / np.maximum(w, 1.0)
+        M = np.add.reduceat(np.add.reduceat(X[np.ix_(order, order)], starts, axis=0), starts, axis=1) * rr
+        s = (np.bincount(gi, weights=np.diag(X), minlength=g) - np.diag(M)) / wp
         U, sig, Vt = np.linalg.svd(M)
         floor *= max(max(sig.max(), np.abs(s).max()) - tau, 1e-3)
-        sv, ss = np.sqrt(np.maximum(sig - tau, floor)), np.sqrt(np.maximum(np.abs(s) - tau, floor))
+        sv, ss = np.sqrt(np.maximum(sig - tau, floor)), np.sqrt(wp * np.maximum(np.abs(s) - tau, floor))
         return np.concatenate([np.where(s < 0, -ss, ss), ss, (U * sv).ravel(), (sv[:, None] * Vt).ravel(),
-                               np.bincount(gi, weights=b, minlength=g) / m])
+                               np.bincount(gi, weights=b, minlength=g) / sm])
 
     def point(x):
-        sW, sH, MW, MH, bg = split(x)
-        s = sW * sH
+        sW, sH, MW, MH, bx = split(x)
+        s = sW * sH / wp
         X = ((MW @ MH) * rr - np.diag(s / m))[gi][:, gi]
         X[np.diag_indices_from(X)] += s[gi]
-        return X, bg[gi].copy()
-    return fg, start, point
+        return X, (bx / sm)[gi]
+    return fg, hessp, start, point
 
 
-def _newton_polish(fg, x, max_iter=40):
-    """Second-order finish: Newton-CG on the factored form (Hessian-vector products by central
-    differences of the exact gradient). At an optimum with strict complementarity this form is
-    locally strongly convex up to rotations of the factors, so Newton converges fast where
-    first-order methods crawl (small lam sqrt(N): the smooth part's curvature ~ the CE ~ 1e-8).
-    Everything is relative: the objective is divided by its starting value, and near the rounding
-    floor a step is also accepted when it shrinks the gradient without raising the objective."""
-    F0 = fg(x)[0]
+def _newton_polish(fg, hessp, x, max_iter=40):
+    """Second-order finish: Newton-CG (exact Hessian-vector products) on the factored form. At an
+    optimum with strict complementarity this form is locally strongly convex up to rotations of the
+    factors, so Newton converges fast where first-order methods crawl (small lam sqrt(N): curvature
+    ~ the CE ~ 1e-8). Tests are relative to the current f; at rounding level a step must shrink the
+    gradient (the certificate sees gradient errors the objective no longer resolves)."""
     f, g = fg(x)
-    f, g = f / F0, g / F0
     for _ in range(max_iter):
-        gg, xn = g @ g, np.sqrt(x @ x)
-
-        def hessp(v):
-            e = 1e-6 * max(xn, 1.0) / np.sqrt(v @ v)
-            return (fg(x + e * v)[1] - fg(x - e * v)[1]) / (2.0 * e * F0)
+        gg = g @ g
+        if np.sqrt(gg) * max(np.sqrt(x @ x), 1.0) <= 1e-15 * f:
+            break
         d, r = np.zeros_like(g), -g                  # truncated CG on H d = -g, stopped at negative curvature
         p, rr = r.copy(), gg
         for _ in range(200):
-            Hp = hessp(p)
+            Hp = hessp(x, p)
             pHp = p @ Hp
-            if pHp <= 1e-14 * (p @ p):
+            if pHp <= 0:
                 d = d if d.any() else -g
                 break
             a = rr / pHp
@@ -407,15 +415,12 @@ def _newton_polish(fg, x, max_iter=40):
         step = 1.0
         for _ in range(30):
             fn, gn = fg(x + step * d)
-            fn, gn = fn / F0, gn / F0
-            if fn <= f + 1e-4 * step * (g @ d) or (fn <= f + 1e-15 and gn @ gn < gg):
+            if (fn <= f + 1e-4 * step * (g @ d) and fn < f * (1 - 1e-14)) or (fn <= f * (1 + 1e-14) and gn @ gn < gg):
                 break
             step *= 0.5
         else:
             break
         x, f, g = x + step * d, fn, gn
-        if np.sqrt(g @ g) < 1e-15:
-            break
     return x
 
 
@@ -467,7 +472,7 @@ def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", tol=1e-9, **solver_opts):
 
 def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
                    warm_start=True, bm_iter=300, blas_threads=1):
-    """Solve the convex program with a first-order method; general (no structure assumed).
+    """Solve the convex program: L-BFGS, FISTA and a Newton polish; general (no layout assumed).
 
     1. Warm start: L-BFGS on the Burer-Monteiro form X = W H, ||X||_* = min (|W|^2 + |H|^2)/2,
        r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0), in the
@@ -490,7 +495,7 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
     q = np.sqrt(rho)
     L = float(lam) * np.sqrt(N)                 # nuclear-norm weight in scaled variables
     with _blas_threads(blas_threads):
-        fg, start, point = _class_coordinates(n, L, lam_b)
+        fg, hessp, start, point = _class_coordinates(n, L, lam_b)
         if Z0 is not None:
             x = start(np.asarray(Z0, dtype=float) * q, np.zeros(K) if b0 is None else np.ravel(b0), 0.0, 0.0)
         else:
@@ -536,9 +541,9 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
             X, b, F = Xn, bn, Fn
             c *= 0.9                                # let the step grow again
             # the stopping rule is the certificate itself (relative duality gap), checked when the
-            # step has become small and every 25 iterations; the best certified iterate is kept
+            # step has become small, at the first and every 25th iteration; the best certified iterate is kept
             # (at the rounding floor the iterates wander without changing the objective)
-            if res < 1e-6 or it % 25 == 0 or it == max_iter:
+            if res < 1e-6 or it % 25 == 0 or it in (1, max_iter):
                 acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
                 if acc < best[0]:
                     best = (acc, X, b, F, res, it)
@@ -546,7 +551,7 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
                     break
                 if not polished:               # first failed check: second-order finish, then go on
                     polished = True
-                    X, b = point(_newton_polish(fg, start(X, b, 0.0, 0.0)))
+                    X, b = point(_newton_polish(fg, hessp, start(X, b, 0.0, 1e-6)))   # floor: lets rank grow
                     Xy, by, tk = X, b, 1.0
                     fy, gX, gb = _ufm_smooth(X, b, rho, q, lam_b)
                     F = fy + L * float(np.linalg.svd(X, compute_uv=False).sum())

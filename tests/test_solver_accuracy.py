@@ -75,3 +75,24 @@ def test_an_answer_off_in_z_is_not_certified_at_small_lambda():
     f, f_ref = objective(Z, br, N, lam, 0.01), objective(Zr, br, N, lam, 0.01)
     assert cert["accuracy"] > 1e-7
     assert cert["accuracy"] >= (f - f_ref) / f - 1e-12
+
+
+def test_class_coordinates_reproduce_the_written_out_objective():
+    """The solver's reduced coordinates (classes of one size share their numbers) give the objective
+    of the full K x K program: the factored value at any point bounds the written-out objective of
+    its (Z, b) from above, with equality for balanced factors; and a 3-size layout at K = 60 is solved
+    and certified, its objective equal to the written-out one."""
+    n = np.array([300] * 20 + [200] * 30 + [50] * 10, float)
+    lam, lam_b = 0.5 / np.sqrt(n.sum()), 0.1
+    fg, _, start, point = ufm_program._class_coordinates(n, lam * np.sqrt(n.sum()), lam_b)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 60))
+    x = start(X, rng.normal(size=60), 0.0, 0.0)
+    Xp, b = point(x)
+    q = np.sqrt(n / n.sum())
+    assert fg(x)[0] == pytest.approx(objective(Xp / q, b, n, lam, lam_b), rel=1e-12)
+    y = x + 0.1 * rng.normal(size=x.size)                     # unbalanced factors: an upper bound
+    assert fg(y)[0] >= objective(point(y)[0] / q, point(y)[1], n, lam, lam_b) * (1 - 1e-12)
+    fast = ufm_program.solve_ufm_fast(n, lam, lam_b)
+    assert fast["status"] == "optimal" and fast["accuracy"] <= 1e-9
+    assert fast["objective"] == pytest.approx(objective(fast["Z"], fast["b"], n, lam, lam_b), rel=1e-12)
