@@ -62,6 +62,11 @@ def _ce_columns(V):
     r = 1 - p_kk (K,), computed as a sum of the other probabilities, not as a difference)."""
     D = V - np.diag(V)[None, :]                    # D[j, k] = v_j - v_k
     np.fill_diagonal(D, -np.inf)
+    return _ce_differences(D)
+
+
+def _ce_differences(D):
+    """_ce_columns from D[j, k] = v_j - v_k (-inf where absent): log(1 + sum_j exp(D[j, k]))."""
     a = np.maximum(D.max(axis=0), 0.0)
     E = np.exp(D - a)                               # diagonal: exp(-inf) = 0
     S = E.sum(axis=0)
@@ -310,6 +315,115 @@ def _lbfgs(fg, x, max_iter, gtol, m=10):
     return x, f, it
 
 
+def _class_coordinates(n, L, lam_b):
+    """The program in the coordinates of the matrices that commute with every permutation of classes
+    of one size. The program is invariant under those permutations, so by convexity an optimum lies
+    among them: A = sum_a s_a Pi_a + E M E^T (Pi_a: projector on the zero-sum vectors of size group
+    a; E: K x g orthonormal group indicators) has the singular values |s_a| (m_a - 1 times) and
+    those of M, products act as (s s', M M'), and the CE of a column depends on its group only. So
+    the factored form (s = sW sH, M = MW MH, |s| <= (sW^2 + sH^2)/2, ||M||_* <= (|MW|^2 + |MH|^2)/2)
+    costs O(g^3) per evaluation with g distinct sizes (cluster layouts: g = 2 at any K), O(K^3)
+    without repeated sizes. Returns (fg, hessp, start, point): the factored objective and gradient,
+    its Hessian times v, start(X, b, tau, floor) the coordinates of balanced factors of X (projected)
+    soft-thresholded by tau (singular values floored at floor * (largest - tau)), point(x) -> (X, b)."""
+    N = n.sum()
+    _, gi = np.unique(n, return_inverse=True)
+    m = np.bincount(gi).astype(float)
+    g, rho = m.size, np.bincount(gi, weights=n) / m / N
+    wp, sm = np.maximum(m - 1.0, 1.0), np.sqrt(m)      # x holds orthonormal coordinates: s wp, b sqrt(m)
+    q, rr, wgt = np.sqrt(rho), 1.0 / np.sqrt(np.outer(m, m)), m * rho
+    with np.errstate(divide="ignore"):                  # log of the count of entries j != k in group c, k in a
+        logcnt = np.log(m[:, None] - np.eye(g))
+    order = np.argsort(gi, kind="stable")
+    starts = np.searchsorted(gi[order], np.arange(g))
+    regw = np.concatenate([np.tile(L * np.minimum(m - 1.0, 1.0), 2), np.full(2 * g * g, L), np.full(g, 2.0 * lam_b)])
+
+    def split(x):
+        return x[:g], x[g:2 * g], x[2 * g:2 * g + g * g].reshape(g, g), x[2 * g + g * g:-g].reshape(g, g), x[-g:]
+
+    def logits(sW, sH, MW, MH, bx, dsW=None, dsH=None, dMW=None, dMH=None, db=None):
+        """T[c, a] = v_j - v_k, j in group c, k in group a (linear in (s, M, b); with d*: its derivative)."""
+        s, M, b = (sW * sH / wp, MW @ MH, bx / sm) if dsW is None else \
+            ((dsW * sH + sW * dsH) / wp, dMW @ MH + MW @ dMH, db / sm)
+        B = M * rr - np.diag(s / m)
+        return (B - np.diag(B) - s) / q + b[:, None] - b[None, :]
+
+    def adjoint(G, sW, sH, MW, MH, with_b=True):
+        """Gradient in the factors of a function with gradient G in T (G[c, a] = d/dT[c, a])."""
+        off = G - np.diag(np.diag(G))
+        gs = -(np.diag(G) + off.sum(axis=0) * (1.0 - 1.0 / m)) / q / wp
+        gM = off / q * rr
+        gM[np.diag_indices(g)] = -off.sum(axis=0) / q / m
+        gb = (off.sum(axis=1) - off.sum(axis=0)) / sm if with_b else np.zeros(g)
+        return np.concatenate([gs * sH, gs * sW, (gM @ MH.T).ravel(), (MW.T @ gM).ravel(), gb])
+
+    def fg(x):
+        ce, Pi, _ = _ce_differences(logits(*split(x)) + logcnt)
+        return wgt @ ce + 0.5 * x @ (regw * x), adjoint(Pi * wgt, *split(x)[:4]) + regw * x
+
+    def hessp(x, v):
+        _, Pi, _ = _ce_differences(logits(*split(x)) + logcnt)
+        sW, sH, MW, MH, bx = split(x)
+        dsW, dsH, dMW, dMH, db = split(v)
+        dT = logits(sW, sH, MW, MH, bx, dsW, dsH, dMW, dMH, db)
+        H = wgt * Pi * (dT - (Pi * dT).sum(axis=0))    # (diag(p) - p p^T) per column, label entry fixed
+        return adjoint(H, sW, sH, MW, MH) + adjoint(Pi * wgt, dsW, dsH, dMW, dMH, with_b=False) + regw * v
+
+    def start(X, b, tau, floor):
+        M = np.add.reduceat(np.add.reduceat(X[np.ix_(order, order)], starts, axis=0), starts, axis=1) * rr
+        s = (np.bincount(gi, weights=np.diag(X), minlength=g) - np.diag(M)) / wp
+        U, sig, Vt = np.linalg.svd(M)
+        floor *= max(max(sig.max(), np.abs(s).max()) - tau, 1e-3)
+        sv, ss = np.sqrt(np.maximum(sig - tau, floor)), np.sqrt(wp * np.maximum(np.abs(s) - tau, floor))
+        return np.concatenate([np.where(s < 0, -ss, ss), ss, (U * sv).ravel(), (sv[:, None] * Vt).ravel(),
+                               np.bincount(gi, weights=b, minlength=g) / sm])
+
+    def point(x):
+        sW, sH, MW, MH, bx = split(x)
+        s = sW * sH / wp
+        X = ((MW @ MH) * rr - np.diag(s / m))[gi][:, gi]
+        X[np.diag_indices_from(X)] += s[gi]
+        return X, (bx / sm)[gi]
+    return fg, hessp, start, point
+
+
+def _newton_polish(fg, hessp, x, max_iter=40):
+    """Second-order finish: Newton-CG (exact Hessian-vector products) on the factored form. At an
+    optimum with strict complementarity this form is locally strongly convex up to rotations of the
+    factors, so Newton converges fast where first-order methods crawl (small lam sqrt(N): curvature
+    ~ the CE ~ 1e-8). Tests are relative to the current f; at rounding level a step must shrink the
+    gradient (the certificate sees gradient errors the objective no longer resolves)."""
+    f, g = fg(x)
+    for _ in range(max_iter):
+        gg = g @ g
+        if np.sqrt(gg) * max(np.sqrt(x @ x), 1.0) <= 1e-15 * f:
+            break
+        d, r = np.zeros_like(g), -g                  # truncated CG on H d = -g, stopped at negative curvature
+        p, rr = r.copy(), gg
+        for _ in range(200):
+            Hp = hessp(x, p)
+            pHp = p @ Hp
+            if pHp <= 0:
+                d = d if d.any() else -g
+                break
+            a = rr / pHp
+            d, r = d + a * p, r - a * Hp
+            rn = r @ r
+            if rn <= 1e-6 * gg:
+                break
+            p, rr = r + (rn / rr) * p, rn
+        step = 1.0
+        for _ in range(30):
+            fn, gn = fg(x + step * d)
+            if (fn <= f + 1e-4 * step * (g @ d) and fn < f * (1 - 1e-14)) or (fn <= f * (1 + 1e-14) and gn @ gn < gg):
+                break
+            step *= 0.5
+        else:
+            break
+        x, f, g = x + step * d, fn, gn
+    return x
+
+
 def ufm_objective(Z, b, n, lam, lam_b):
     """Objective of the convex program at any (Z, b) (numpy, float64)."""
     n = np.asarray(n, dtype=float).ravel()
@@ -357,17 +471,19 @@ def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", tol=1e-9, **solver_opts):
 
 
 def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
-                   warm_start=True, bm_iter=3000, blas_threads=1):
-    """Solve the convex program with a first-order method; general (no structure assumed).
+                   warm_start=True, bm_iter=300, blas_threads=1):
+    """Solve the convex program: L-BFGS, FISTA and a Newton polish; general (no layout assumed).
 
     1. Warm start: L-BFGS on the Burer-Monteiro form X = W H, ||X||_* = min (|W|^2 + |H|^2)/2,
-       r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0).
-       Cheap iterations (matrix products only); it lands very close to the optimum.
+       r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0), in the
+       coordinates of the matrices invariant under permuting classes of one size
+       (_class_coordinates: exact, and O(g^3) per step for g distinct sizes instead of O(K^3)).
     2. Certify and finish with FISTA on X (singular-value soft-thresholding, joint b step,
        adaptive step with backtracking, gradient restart). Stops when the certified accuracy
        (ufm_certificate: relative duality gap, a bound on the relative suboptimality of the
        objective) is <= tol; scale-free. Soft-thresholding makes collapsed columns coincide
-       exactly near thresholds.
+       exactly near thresholds. At the first check that fails, a Newton-CG polish of the factored
+       form (_newton_polish) jumps to the optimum (small lam sqrt(N), large lam_b), then FISTA goes on.
     Returns dict(Z, b, objective, status, accuracy, solve_time, solver, iterations, bm_iterations,
     residual): status 'optimal' when accuracy <= tol, else 'inaccurate'; residual is the last
     relative proximal step |(Z, b)_new - (Z, b)_y| / |(Z, b)_new|.
@@ -379,35 +495,17 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
     q = np.sqrt(rho)
     L = float(lam) * np.sqrt(N)                 # nuclear-norm weight in scaled variables
     with _blas_threads(blas_threads):
+        fg, hessp, start, point = _class_coordinates(n, L, lam_b)
         if Z0 is not None:
-            X = np.asarray(Z0, dtype=float) * q
-            b = np.zeros(K) if b0 is None else np.asarray(b0, dtype=float).ravel().copy()
-            U, sig, Vt = np.linalg.svd(X)
-            W, H = U * np.sqrt(sig), np.sqrt(sig)[:, None] * Vt
+            x = start(np.asarray(Z0, dtype=float) * q, np.zeros(K) if b0 is None else np.ravel(b0), 0.0, 0.0)
         else:
             b = np.log(rho) - np.log(rho).mean()          # best b for Z = 0 when lam_b -> 0
             A = -_ufm_smooth(np.zeros((K, K)), b, rho, q, lam_b)[1]
-            sig, V = _eig_gram(A)                          # prox step (unit step) from X = 0
-            keep = sig > L
-            X = ((A @ V[:, keep]) * (1.0 - L / sig[keep])) @ V[:, keep].T
-            # balanced factors of that step; directions below the threshold get a small weight
-            sv = np.maximum(sig - L, 1e-3 * max(sig.max() - L, 1e-3))
-            ok = sig > 1e-6 * sig.max()
-            U = np.where(ok, A @ V / np.where(ok, sig, 1.0), V)
-            W, H = U * np.sqrt(sv), np.sqrt(sv)[:, None] * V.T
+            x = start(A, b, L, 1e-3)       # prox step from X = 0; directions below the threshold get a small weight
         bm_its = 0
         if warm_start:
-            KK = K * K
-
-            def fg(x):
-                W, H, bb = x[:KK].reshape(K, K), x[KK:2 * KK].reshape(K, K), x[2 * KK:]
-                f, gX, gb = _ufm_smooth(W @ H, bb, rho, q, lam_b)
-                f += 0.5 * L * (np.sum(W * W) + np.sum(H * H))
-                return f, np.concatenate([(gX @ H.T + L * W).ravel(), (W.T @ gX + L * H).ravel(), gb])
-
-            x, _, bm_its = _lbfgs(fg, np.concatenate([W.ravel(), H.ravel(), b]), bm_iter, gtol=1e-11)
-            X = x[:KK].reshape(K, K) @ x[KK:2 * KK].reshape(K, K)
-            b = x[2 * KK:].copy()
+            x, _, bm_its = _lbfgs(fg, x, bm_iter, gtol=1e-11)
+        X, b = point(x)
         # FISTA in the metric c * diag(1 on X, 1 + 2 lam_b on b); c = 1 is a global Lipschitz
         # bound (softmax Hessian <= 1/2), backtracking finds the local one.
         Lb = 1.0 + 2.0 * lam_b
@@ -416,6 +514,7 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
         fy, gX, gb = _ufm_smooth(Xy, by, rho, q, lam_b)
         tk, c, res, it = 1.0, 0.5, np.inf, 0
         best = (np.inf, None, None, None, None, None)   # (accuracy, X, b, F, res, iteration)
+        polished = False
         for it in range(1, max_iter + 1):
             while True:
                 Xn, nucn = _svt(Xy - gX / c, L / c)
@@ -442,14 +541,25 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
             X, b, F = Xn, bn, Fn
             c *= 0.9                                # let the step grow again
             # the stopping rule is the certificate itself (relative duality gap), checked when the
-            # step has become small and every 25 iterations; the best certified iterate is kept
+            # step has become small, at the first and every 25th iteration; the best certified iterate is kept
             # (at the rounding floor the iterates wander without changing the objective)
-            if res < 1e-6 or it % 25 == 0 or it == max_iter:
+            if res < 1e-6 or it % 25 == 0 or it in (1, max_iter):
                 acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
                 if acc < best[0]:
                     best = (acc, X, b, F, res, it)
                 if acc <= tol:
                     break
+                if not polished:               # first failed check: second-order finish, then go on
+                    polished = True
+                    X, b = point(_newton_polish(fg, hessp, start(X, b, 0.0, 1e-6)))   # floor: lets rank grow
+                    Xy, by, tk = X, b, 1.0
+                    fy, gX, gb = _ufm_smooth(X, b, rho, q, lam_b)
+                    F = fy + L * float(np.linalg.svd(X, compute_uv=False).sum())
+                    acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
+                    if acc < best[0]:
+                        best = (acc, X, b, F, res, it)
+                    if acc <= tol:
+                        break
         if best[1] is None or (best[5] != it and not res < 1e-6 and it % 25):
             acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
             if acc < best[0] or best[1] is None:
