@@ -9,7 +9,6 @@ import time
 import numpy as np
 import scipy.linalg
 import scipy.optimize
-import torch
 
 from utils import UserError
 
@@ -18,35 +17,41 @@ from utils import UserError
 # ======================================================================================
 
 
-@torch.no_grad()
 def extract_features(model, x, batch_size=1024, train_mode=False):
     """(features, logits) of all inputs x, batched, without gradients, as float32 CPU tensors.
 
     Eval mode by default; train_mode=True collects with batch-norm batch statistics, as the mixup
     study did (the model's mode and running statistics are restored afterwards)."""
+    import torch  # here, not at the top: opt_main.py never needs torch (1.3 s to import)
     was_training = model.training
     buffers = {k: v.clone() for k, v in model.named_buffers()} if train_mode else {}
     model.train(train_mode)
     feats, logits = [], []
-    for i in range(0, len(x), batch_size):
-        out, h = model(x[i:i + batch_size])
-        feats.append(h.float().cpu())
-        logits.append(out.float().cpu())
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out, h = model(x[i:i + batch_size])
+            feats.append(h.float().cpu())
+            logits.append(out.float().cpu())
     model.train(was_training)
     if buffers:  # train-mode forward passes moved the batch-norm running statistics: put them back
         model.load_state_dict(buffers, strict=False)
     return torch.cat(feats), torch.cat(logits)
 
 
+def _is_tensor(a):
+    """Whether `a` is a torch tensor (none exists before torch is imported)."""
+    return "torch" in sys.modules and isinstance(a, sys.modules["torch"].Tensor)
+
+
 def _np64(a):
-    if isinstance(a, torch.Tensor):
+    if _is_tensor(a):
         a = a.detach().cpu().numpy()
     return np.asarray(a, dtype=np.float64)
 
 
 def class_means(H, y, K):
     """Class means (K x d) and the sample-weighted global mean h_G, in float64."""
-    H, y = _np64(H), np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y, dtype=np.int64)
+    H, y = _np64(H), np.asarray(y.cpu() if _is_tensor(y) else y, dtype=np.int64)
     counts = np.bincount(y, minlength=K).astype(np.float64)
     onehot = np.zeros((K, len(y)))
     onehot[y, np.arange(len(y))] = 1.0
@@ -71,7 +76,7 @@ def nc_metrics(H, y, W, b=None):
 
     H: N x d features, y: labels, W: K x d classifier, b: K bias (None for bias-free)."""
     H, W = _np64(H), _np64(W)
-    y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y, dtype=np.int64)
+    y = np.asarray(y.cpu() if _is_tensor(y) else y, dtype=np.int64)
     K = W.shape[0]
     b = np.zeros(K) if b is None else _np64(b)
     means, h_G = class_means(H, y, K)

@@ -2,8 +2,9 @@
 snapshots of a network, their geometry summary, and the free-feature (UFM) optimum of a mixup loss."""
 import numpy as np
 import scipy.optimize
-import scipy.stats
-import torch
+
+# torch and scipy.stats are imported in the functions that use them: plotting and opt_main.py,
+# which import this module, never pay for them.
 
 from utils import UserError
 
@@ -40,6 +41,7 @@ def project(H, P, centre):
 
 def expected_calibration_error(logits, y, n_bins=15):
     """ECE with equal-width confidence bins: sum over bins of (bin share) * |accuracy - confidence|."""
+    import torch
     logits = torch.as_tensor(logits, dtype=torch.float64)
     conf, pred = torch.softmax(logits, 1).max(1)
     correct = (pred == torch.as_tensor(y)).double()
@@ -58,6 +60,7 @@ def collect_mixup_features(model, x, y, classes, n, alpha, rng, train_mode=True,
     statistics; the model's buffers and mode are restored afterwards. Returns numpy arrays
     features, logits, mix, y_a, y_b, W, b, classes, and feature_mean: the global mean of the
     clean training features (all classes, same mode), by which the geometry summary centres."""
+    import torch
     pool = np.flatnonzero(np.isin(np.asarray(y), list(classes)))
     ia, ib = rng.choice(pool, n), rng.choice(pool, n)
     mix = rng.beta(alpha, alpha, size=n)
@@ -90,6 +93,7 @@ def _spearman(u, v):
     constant up to rounding)."""
     if len(u) < 3 or np.ptp(u) < 1e-9 or np.ptp(v) < 1e-9:
         return None
+    import scipy.stats
     return float(scipy.stats.spearmanr(u, v)[0])
 
 
@@ -224,6 +228,7 @@ def ufm_direct(loss_fn, y_a, y_b, mix, K, d, gamma, W=None, lam_w=5e-4, steps=50
     """Minimise mean_i [mix_i l(W h_i, a_i) + (1 - mix_i) l(W h_i, b_i)] + (gamma/2) mean_i ||h_i||^2
     over free features h_i (float64, L-BFGS) for any per-sample torch loss `loss_fn(logits, y)`.
     W fixed when given; otherwise learned too, with + (lam_w/2)||W||_F^2. Returns (H, W) numpy."""
+    import torch
     g = torch.Generator().manual_seed(seed)
     ya, yb = torch.as_tensor(np.asarray(y_a)), torch.as_tensor(np.asarray(y_b))
     mix_t = torch.as_tensor(np.asarray(mix, dtype=np.float64))

@@ -10,8 +10,6 @@ reuses the trained network itself the same way."""
 import os
 import sys
 
-import torch
-
 import ana_utils
 import networks
 import plot_utils
@@ -71,12 +69,24 @@ def figure_tag(args):
 
 
 def figure_device(args):
-    """The torch device of a figure script; --quick on CPU uses one thread (small models, shared cores)."""
+    """The torch device of a figure script (its CPU threads are set per point: point_work_size)."""
     device = utils.get_device(args.device)
-    if args.quick and device.type == "cpu":
-        torch.set_num_threads(1)
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return device
+
+
+def point_work_size(point):
+    """Elements of the largest tensor of one training step of a point, for utils.set_threads: the
+    UFM's N x d features; an MLP's batch of flattened images or hidden layers; a convolutional
+    network's first feature maps (batch x width x pixels; default width 64)."""
+    train, N = point["train"], sum(point["sizes"])
+    if train["network"] == "ufm":
+        return N * train["feat_dim"]
+    synthetic = point.get("synthetic") or {}
+    pixels = synthetic.get("image_size", 32) ** 2 * synthetic.get("channels", 3)
+    width = train.get("width") or (256 if train["network"] == "mlp" else 64)
+    per_sample = max(pixels, width) if train["network"] == "mlp" else pixels * width
+    return min(train["batch_size"], N) * per_sample
 
 
 def ufm_train_config(cfg, num_classes, num_samples, epochs):
@@ -180,8 +190,12 @@ def train_points(points, args):
     """Train the missing points of a figure (or only --point I) and reuse the finished ones;
     returns (records, missing indices)."""
     device = figure_device(args)
-    return run_sweep(points, lambda pt: train_point(pt, device, args.models_dir, args.data_dir),
-                     args.models_dir, args.point, args.assemble)
+
+    def run_point(point):
+        if device.type == "cpu":
+            utils.set_threads(point_work_size(point), args.threads)
+        return train_point(point, device, args.models_dir, args.data_dir)
+    return run_sweep(points, run_point, args.models_dir, args.point, args.assemble)
 
 
 def assemble_figure(figure, settings, points, records, missing, lam_b):

@@ -11,7 +11,9 @@ import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
+
+# torch is imported inside the functions that need it: opt_main.py and `python utils.py --help`
+# never pay for it (about 1.3 s).
 
 # ======================================================================================
 # Errors, seeds, devices  (foundation)
@@ -33,13 +35,50 @@ def cli(main, argv=None):
 
 def set_seed(seed):
     """Seed python, numpy and torch (all devices)."""
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
+# set_threads: at least this many elements in a step's largest tensor per extra thread. Smaller
+# work (the --quick MLPs, a UFM of a few thousand samples) runs fastest on one thread, and on a
+# shared machine extra threads of small work only wait for each other (3.5-9x slower measured).
+THREAD_WORK_PER_THREAD = 200_000
+_USER_THREADS = os.environ.get("OMP_NUM_THREADS")  # read once: set_threads itself sets it below
+
+
+def free_cores():
+    """Cores this process may use (its CPU affinity) less those busy with other processes
+    (the 1-minute load average, rounded), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, cores - int(load + 0.5)))
+
+
+def set_threads(work_size=0, threads=None):
+    """Set torch's and the BLAS libraries' thread count for work whose largest tensor has
+    `work_size` elements, and return it. `threads` (--threads) wins, then an OMP_NUM_THREADS set
+    by the user; otherwise one thread per THREAD_WORK_PER_THREAD elements, capped by free_cores()."""
+    if threads is not None:
+        check_positive_ints("--threads", [threads])
+        n = int(threads)
+    elif _USER_THREADS and _USER_THREADS.isdigit() and int(_USER_THREADS) > 0:
+        n = int(_USER_THREADS)
+    else:
+        n = max(1, min(free_cores(), int(work_size) // THREAD_WORK_PER_THREAD))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # libraries not loaded yet
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    from threadpoolctl import threadpool_limits  # BLAS already loaded (numpy's OpenBLAS)
+    threadpool_limits(limits=n, user_api="blas")
+    return n
+
+
 def get_device(spec="auto"):
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    import torch
     spec = str(spec).lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,6 +127,9 @@ def add_common_args(parser):
     parser.add_argument("--plot_dir", default="plots", help="figures and their JSON")
     parser.add_argument("--quick", action="store_true", help="small CPU preview (minutes, no download)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch and BLAS (default: chosen per point from its size and the free "
+                             "cores; OMP_NUM_THREADS, when set, is used instead)")
     return parser
 
 
@@ -147,10 +189,10 @@ SYNTHETIC_DEFAULTS = {"image_size": 32, "channels": 3, "noise": 1.0, "test_per_c
 @dataclass
 class Data:
     """An imbalanced training subset and a balanced test split, normalised float32 NCHW tensors."""
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    x_train: "torch.Tensor"
+    y_train: "torch.Tensor"
+    x_test: "torch.Tensor"
+    y_test: "torch.Tensor"
     num_classes: int
     dataset: str
     sizes: list
@@ -181,6 +223,7 @@ def num_classes_of(dataset, sizes=None):
 
 def _torchvision_split(name, train, data_dir):
     """(uint8 images N x C x H x W, int64 labels) of a torchvision dataset, downloading if possible."""
+    import torch
     import torchvision.datasets as tvd
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
     try:
@@ -201,6 +244,7 @@ def _torchvision_split(name, train, data_dir):
 
 def _digits_split(train):
     """scikit-learn's bundled 8x8 digits (no download): a fixed, class-stratified 2/3 : 1/3 split."""
+    import torch
     from sklearn.datasets import load_digits
     d = load_digits()
     x = torch.as_tensor(np.round(d.images * 255 / 16).astype(np.uint8)).unsqueeze(1)
@@ -226,6 +270,7 @@ def _synthetic(sizes, seed, opts, n_test):
 
     Prototypes depend on the seed only, so train and test splits share them; the noise level sets
     the difficulty. Values are already roughly standardised (float32)."""
+    import torch
     s, c, noise = opts["image_size"], opts["channels"], opts["noise"]
     K = len(sizes)
     g = torch.Generator().manual_seed(seed)
@@ -254,6 +299,7 @@ def _pick_per_class(y, sizes, rng):
 
 def _resize_for_paper(x_uint8, dataset):
     """Fashion-MNIST is resized to 32x32 (bilinear, kept as uint8 like the paper's PIL resize)."""
+    import torch
     if dataset != "fashion_mnist" or x_uint8.shape[-1] == 32:
         return x_uint8
     # uint8 bilinear (torch >= 2.1); antialias changes nothing when upsampling but enables the uint8 kernel
@@ -262,6 +308,7 @@ def _resize_for_paper(x_uint8, dataset):
 
 def _normalise(x_uint8, dataset):
     """uint8 -> per-channel standardised float32, (x / 255 - mean) / std, in place in one buffer."""
+    import torch
     if dataset in _NORM:
         mean, std = (torch.tensor(v) for v in _NORM[dataset])
     else:  # digits: mean and std of the whole bundled set (scaled to [0, 1])
@@ -288,6 +335,7 @@ def build_subset(dataset, sizes, seed, data_dir="data", allow_test_fill=False):
     A class asking for more images than the train split has is an error, unless allow_test_fill,
     which tops it up from the test split (as the original did silently) and removes those images
     from the test split, reporting how many were borrowed."""
+    import torch
     x_tr, y_tr = load_split(dataset, True, data_dir)
     x_te, y_te = load_split(dataset, False, data_dir)
     counts = np.bincount(y_tr.numpy(), minlength=len(sizes))
@@ -316,6 +364,7 @@ def build_subset(dataset, sizes, seed, data_dir="data", allow_test_fill=False):
 
 def get_data(dataset, sizes, seed=0, data_dir="data", allow_test_fill=False, synthetic=None):
     """The training subset with per-class `sizes` and a balanced test split, cached in data_dir/subsets."""
+    import torch
     dataset = check_dataset(dataset)
     sizes = [int(n) for n in sizes]
     check_positive_ints("class sizes", sizes)
@@ -390,7 +439,8 @@ def to_jsonable(obj):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # no tensor can exist before torch is imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         obj = obj.detach().cpu().numpy()
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())
@@ -415,6 +465,7 @@ def atomic_savez(path, **arrays):
 
 
 def atomic_torch_save(obj, path):
+    import torch
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
