@@ -4,7 +4,6 @@ geometry, and plot it against the free-feature (UFM) optimum of the same loss.""
 import os
 
 import numpy as np
-import torch
 
 import ana_utils
 import mixup_geometry
@@ -140,12 +139,13 @@ def main(argv=None):
     args = parse_args(argv)
     K, per_class = check_args(args)
     device = utils.get_device(args.device)
-    if args.quick and device.type == "cpu":
-        torch.set_num_threads(1)  # these small layers run fastest single-threaded on a shared CPU
     cfg = train_config(args)
     loss_fn = train_utils.get_loss(args.loss, args.mse_scale, args.smoothing, args.focal_gamma)
 
     data = utils.get_data(args.dataset, [per_class] * K, args.seed, args.data_dir)
+    if device.type == "cpu":  # small layers run fastest single-threaded on a shared CPU
+        utils.set_threads(networks.step_work_size(cfg["network"], min(cfg["batch_size"], len(data.y_train)),
+                                                  data.x_train[0].numel(), cfg["width"]), args.threads)
     objective = train_utils.make_mixup_objective(loss_fn, args.alpha, mixup=not args.no_mixup)
     result = train_utils.train_run(cfg, data, device, args.models_dir, objective=objective,
                                    on_eval=make_on_eval(cfg, data, loss_fn, device))

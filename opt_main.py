@@ -66,6 +66,7 @@ def main(argv=None):
     args = parse_args(argv)
     name = check_args(args)
     n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
+    utils.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
     thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
 
     sol = ana_utils.solve_ufm(n, args.reg_z, args.reg_b, solver=args.solver)

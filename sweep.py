@@ -76,17 +76,12 @@ def figure_device(args):
 
 
 def point_work_size(point):
-    """Elements of the largest tensor of one training step of a point, for utils.set_threads: the
-    UFM's N x d features; an MLP's batch of flattened images or hidden layers; a convolutional
-    network's first feature maps (batch x width x pixels; default width 64)."""
+    """networks.step_work_size of a point's training step, for utils.set_threads."""
     train, N = point["train"], sum(point["sizes"])
-    if train["network"] == "ufm":
-        return N * train["feat_dim"]
     synthetic = point.get("synthetic") or {}
-    pixels = synthetic.get("image_size", 32) ** 2 * synthetic.get("channels", 3)
-    width = train.get("width") or (256 if train["network"] == "mlp" else 64)
-    per_sample = max(pixels, width) if train["network"] == "mlp" else pixels * width
-    return min(train["batch_size"], N) * per_sample
+    input_numel = synthetic.get("image_size", 32) ** 2 * synthetic.get("channels", 3)
+    return networks.step_work_size(train["network"], min(train["batch_size"], N), input_numel, train.get("width"),
+                                   train.get("feat_dim"))
 
 
 def ufm_train_config(cfg, num_classes, num_samples, epochs):
@@ -94,9 +89,10 @@ def ufm_train_config(cfg, num_classes, num_samples, epochs):
 
     The UFM minimises exactly the regularised loss of theory.md section 2, so lam_h, lam_w, lam_b keep
     their meaning (lambda = 2 sqrt(lam_h lam_w)); SGD schedules, the warm phase and weight decay (which
-    L-BFGS does not apply) are dropped. `epochs` epochs of up to 50 L-BFGS steps each (the loss settles
-    within about 5; near a collapse threshold the last digits take longer), evaluated (and
-    checkpointed: the L-BFGS history makes checkpoints large) at epochs 1, 2, 3, 5, 10, 20, 40, ..."""
+    L-BFGS does not apply) are dropped. At most `epochs` epochs of up to 50 L-BFGS steps each, in
+    float64, ending earlier at the relative-gradient test (train_utils.UFM_REL_GRAD_TOL: 3-8 epochs
+    at the paper's scale); evaluated and checkpointed at epochs 1, 2, 3, 5, 10, 20, 40, ... and the
+    last."""
     evals = [e for e in (1, 2, 3, 5, 10, 20, 40, 80, 160, 320, 640) if e <= epochs] + [epochs]
     return dict(cfg, network="ufm", optimizer="lbfgs", lr=1.0, momentum=0.0, batch_size=int(num_samples),
                 lr_milestones=[], weight_decay=0.0, warm_epochs=0, warm_factor=1.0,
@@ -111,7 +107,9 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     from it and lam_ratio = lam_W / lam_H (ana_utils.split_lambda), in this one place.
     Networks: SGD (momentum 0.9, batch 128), lr 0.01 -> 0.001 at milestone_frac of `epochs`
     (--epoch overrides), regularisation at 1/10 for the first warm_frac of training (theory.md
-    section 4). --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs
+    section 4), evaluated (NC metrics, checkpoint) at 1-5, every 10th epoch and the last; a --quick
+    point without history only at the last (25 evaluations cost a 200-epoch MLP 1.7x). --network
+    UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs
     unless --epoch is given)."""
     network = args.network
     sizes = [int(n) for n in sizes]
@@ -125,7 +123,7 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
         train = dict(base, name=f"{figure}_{network}", network=network, epochs=E, optimizer="sgd", lr=0.01,
                      momentum=0.9, batch_size=128, lr_milestones=[max(1, int(round(E * milestone_frac)))],
                      lr_gamma=0.1, weight_decay=float(weight_decay), warm_epochs=int(round(E * warm_frac)),
-                     warm_factor=0.1, amp=bool(args.amp),
+                     warm_factor=0.1, amp=bool(args.amp), eval_epochs=[E] if args.quick and not history else None,
                      width=args.width if args.width is not None else (QUICK_MLP_WIDTH if args.quick and network == "mlp" else None))
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
     dataset = "synthetic" if network == "ufm" else args.dataset_t
