@@ -42,6 +42,9 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--point", type=int, default=None,
                         help="train only point I (0-based, in the order the values are listed), then plot "
                              "whatever points are finished, naming the missing ones (for cluster job arrays)")
+    parser.add_argument("--batched", action="store_true",
+                        help="train the missing points that share network and data (MLP, CNN) together as one "
+                             "vmapped model, each with its own lambda, seed and results (see README, Performance)")
     parser.add_argument("--assemble", action="store_true",
                         help="train nothing: plot the finished points and name the missing ones")
     utils.add_common_args(parser)
@@ -184,10 +187,41 @@ def train_point(point, device, models_dir, data_dir):
     return record
 
 
+def batch_groups(points, models_dir):
+    """The missing points that train_utils.train_batched can train together: lists of two or more
+    points with the same data and the same training configuration but for train_utils.BATCHED_OWN_KEYS."""
+    groups = {}
+    for point in points:
+        if os.path.exists(point_record_path(models_dir, point)) or not train_utils.batchable(point["train"]):
+            continue
+        shared = {k: v for k, v in point["train"].items() if k not in train_utils.BATCHED_OWN_KEYS}
+        key = utils.config_key([point["dataset"], point["sizes"], point["seed"], point["allow_test_fill"],
+                                point.get("synthetic"), shared])
+        groups.setdefault(key, []).append(point)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def train_batched_groups(points, args, device):
+    """--batched: train each batch_groups group as one vmapped model; run_sweep then finds their runs
+    finished and only summarises them."""
+    for group in batch_groups(points, args.models_dir):
+        first = group[0]
+        data = utils.get_data(first["dataset"], first["sizes"], first["seed"], args.data_dir, first["allow_test_fill"],
+                              first.get("synthetic"))
+        if device.type == "cpu":
+            utils.set_threads(point_work_size(first) * len(group), args.threads)
+        print(f"[batched] training {len(group)} points together: "
+              + "; ".join(describe_params(p["params"]) for p in group), file=sys.stderr)
+        train_utils.train_batched([p["train"] for p in group], data, device, args.models_dir)
+
+
 def train_points(points, args):
     """Train the missing points of a figure (or only --point I) and reuse the finished ones;
-    returns (records, missing indices)."""
+    returns (records, missing indices). With --batched (and neither --point nor --assemble) the
+    points that can share one vmapped model are trained together first."""
     device = figure_device(args)
+    if getattr(args, "batched", False) and args.point is None and not args.assemble:
+        train_batched_groups(points, args, device)
 
     def run_point(point):
         if device.type == "cpu":

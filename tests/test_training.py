@@ -193,3 +193,27 @@ def test_cli_bad_input_is_one_line_without_traceback():
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "error: --dataset svhn: unknown dataset; allowed are " + ", ".join(utils.DATASETS)
+
+
+@pytest.mark.parametrize("network,width", [("mlp", 32), ("cnn", 8)])
+def test_batched_runs_match_one_by_one_runs(tmp_path, network, width):
+    """train_batched (one vmapped model) ends every run where train_run alone ends it with the same
+    seed (initial weights and data order), up to the rounding of batched matrix products; its run
+    folders are then reused by train_run."""
+    cfgs = [dict(CFG, network=network, width=width, lam_h=1e-5 * (1 + i), lam_w=5e-4 * (1 + i), seed=i % 2)
+            for i in range(3)]
+    data = small_data()
+    alone = [train_utils.train_run(c, data, CPU, models_dir=str(tmp_path / "a")) for c in cfgs]
+    together = train_utils.train_batched(cfgs, data, CPU, models_dir=str(tmp_path / "b"))
+    assert alone[0]["final"]["loss"] != pytest.approx(alone[2]["final"]["loss"], rel=1e-3)  # the runs differ
+    for a, b in zip(alone, together):
+        for k in ("loss", "ce", "reg_h", "nc1", "train_acc", "test_acc"):
+            assert b["final"][k] == pytest.approx(a["final"][k], rel=1e-4, abs=1e-6), k
+        np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)
+        assert [r["epoch"] for r in utils.read_csv(os.path.join(b["run_dir"], "summary.csv"))] == [1, 2, 4, 6, 8]
+    assert all(train_utils.train_run(c, data, CPU, models_dir=str(tmp_path / "b"))["reused"] for c in cfgs)
+
+
+def test_train_batched_refuses_configurations_that_differ_in_more_than_lambda_and_seed():
+    with pytest.raises(ValueError, match="differ only"):
+        train_utils.train_batched([CFG, dict(CFG, lr=0.1)], small_data(), CPU)
