@@ -126,7 +126,7 @@ def test_ufm_stops_at_relative_gradient_test(tmp_path):
 def test_killed_ufm_resumes_to_the_same_optimum(tmp_path):
     """The UFM checkpoint holds no L-BFGS history (small), and the resumed run ends at the same
     optimum to the stop test's accuracy."""
-    cfg = dict(UFM_CFG, lam_h=1e-4, lam_w=1e-3, epochs=40, eval_epochs=[1, 2, 40])
+    cfg = dict(UFM_CFG, lam_h=1e-5, lam_w=1e-4, epochs=40, eval_epochs=[1, 2, 40])
     whole = train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "a"))
     assert whole["final"]["epoch"] > 2
 
