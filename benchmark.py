@@ -233,7 +233,8 @@ COLLAPSED_REL = 0.05  # a trained point counts as collapsed below this relative 
 
 def run_script(checkout, argv, extra=(), env=None):
     """Run one script of `checkout` in fresh output folders; returns (wall s, peak RSS MB, figure
-    JSON or None). The child's own peak RSS comes from os.wait4."""
+    JSON or None, CPU s). The child's own peak RSS and CPU time (user + system, which other
+    processes' load changes far less than wall time) come from os.wait4."""
     out = tempfile.mkdtemp(prefix="bench_")
     dirs = (["--out_dir", out, "--plot_dir", out] if argv[0] == "opt_main.py" else
             [] if "--help" in argv else ["--models_dir", out, "--plot_dir", out])
@@ -247,7 +248,7 @@ def run_script(checkout, argv, extra=(), env=None):
         raise RuntimeError(f"{argv} in {checkout} failed:\n{text[-2000:]}")
     figures = [os.path.join(out, f) for f in os.listdir(out) if f.endswith(".json") and f.startswith(argv[0][:-8])]
     figure = json.load(open(figures[0])) if figures else None
-    return wall, usage.ru_maxrss / 1024, figure
+    return wall, usage.ru_maxrss / 1024, figure, usage.ru_utime + usage.ru_stime
 
 
 def trained_verdicts(figure):
@@ -270,10 +271,10 @@ def compare_scripts(before, commands, extra=()):
     """Each command with the older checkout `before`, then with this one, back to back."""
     out = {}
     for name, argv in commands:
-        t_old, rss_old, fig_old = run_script(before, argv)
-        t_new, rss_new, fig_new = run_script(HERE, argv, extra)
-        line = (f"{name}: {t_new:.1f} s ({rss_new:.0f} MB) vs before {t_old:.1f} s ({rss_old:.0f} MB) "
-                f"-> {t_old / t_new:.1f}x faster")
+        t_old, rss_old, fig_old, cpu_old = run_script(before, argv)
+        t_new, rss_new, fig_new, cpu_new = run_script(HERE, argv, extra)
+        line = (f"{name}: {t_new:.1f} s ({cpu_new:.1f} s CPU, {rss_new:.0f} MB) vs before {t_old:.1f} s "
+                f"({cpu_old:.1f} s CPU, {rss_old:.0f} MB) -> {t_old / t_new:.1f}x faster ({cpu_old / cpu_new:.1f}x less CPU)")
         if fig_old is not None:
             v_old, v_new = trained_verdicts(fig_old), trained_verdicts(fig_new)
             theory = [p["theory"]["verdict"] == "collapse" for p in fig_new["points"]]
@@ -282,7 +283,8 @@ def compare_scripts(before, commands, extra=()):
             line += (f"; trained verdicts {'the same' if v_old == v_new else 'DIFFER'} ({sum(v_new)}/{len(v_new)} "
                      f"collapsed; theory {sum(theory)}), largest |Z - Z_before| / max|Z_before| {dz:.1e}")
         print(line, flush=True)
-        out[name] = {"s": t_new, "before_s": t_old, "rss_mb": rss_new, "before_rss_mb": rss_old}
+        out[name] = {"s": t_new, "before_s": t_old, "cpu_s": cpu_new, "before_cpu_s": cpu_old, "rss_mb": rss_new,
+                     "before_rss_mb": rss_old}
     return out
 
 
@@ -306,8 +308,8 @@ def bench_batched(before=None, busy=0):
     procs = start_busy(busy)
     try:
         argv = ["minority_l_main.py", "--ka", "5", "--quick"]
-        t_one, _, fig_one = run_script(HERE, argv)
-        t_bat, _, fig_bat = run_script(HERE, argv, ["--batched"])
+        t_one, _, fig_one, _ = run_script(HERE, argv)
+        t_bat, _, fig_bat, _ = run_script(HERE, argv, ["--batched"])
         dz = max(np.abs(np.array(a["Z"]) - np.array(b["Z"])).max() for a, b in zip(fig_one["points"], fig_bat["points"]))
         print(f"minority_l --ka 5 --quick --batched: {t_bat:.1f} s vs one by one {t_one:.1f} s -> "
               f"{t_one / t_bat:.1f}x faster (largest |Z difference| {dz:.1e}, {busy} busy processes)", flush=True)
@@ -328,7 +330,7 @@ def bench_ufm_figures(before=None, busy=0):
             return compare_scripts(before, commands)
         out = {}
         for name, argv in commands:
-            t, rss, _ = run_script(HERE, argv)
+            t, rss, _, _ = run_script(HERE, argv)
             print(f"{name}: {t:.1f} s, peak RSS {rss:.0f} MB ({busy} busy processes)", flush=True)
             out[name] = {"s": t, "rss_mb": rss}
         return out
