@@ -106,19 +106,22 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, cfg):
 
 def test_ufm_stops_at_relative_gradient_test(tmp_path):
     """The UFM's L-BFGS stops before its 40 epochs, where an independent float64 gradient of the
-    objective (N x K logits, autograd) passes ||grad|| ||theta|| <= tol |f|."""
+    objective (N x K logits, autograd) in the balanced variables passes ||grad|| ||theta|| <= tol |f|."""
     cfg = dict(UFM_CFG, epochs=40, eval_epochs=[40])
     data = small_data()
     out = train_utils.train_run(cfg, data, CPU, models_dir=str(tmp_path))
     assert out["final"]["epoch"] < 40
     state = torch.load(os.path.join(out["run_dir"], "model.pt"), weights_only=True)
-    H, W, b = (state[k].double().requires_grad_() for k in ("H", "classifier.weight", "classifier.bias"))
+    scale = np.sqrt(cfg["lam_w"] / cfg["lam_h"])  # the test is taken in U = H / scale, W, b
+    U, W, b = (state[k].double().requires_grad_() for k in ("H", "classifier.weight", "classifier.bias"))
+    U = (U / scale).detach().requires_grad_()
     y = data.y_train
+    H = scale * U
     f = (torch.nn.functional.cross_entropy(H @ W.T + b, y) + cfg["lam_w"] * (W ** 2).sum()
          + cfg["lam_h"] * len(y) * (H ** 2).sum(1).mean() + cfg["lam_b"] * (b ** 2).sum())
-    grads = torch.autograd.grad(f, (H, W, b))
+    grads = torch.autograd.grad(f, (U, W, b))
     g = torch.sqrt(sum((x ** 2).sum() for x in grads))
-    theta = torch.sqrt(sum((x ** 2).sum() for x in (H, W, b)))
+    theta = torch.sqrt(sum((x ** 2).sum() for x in (U, W, b)))
     assert g * theta <= train_utils.UFM_REL_GRAD_TOL * f
     assert out["final"]["loss"] == pytest.approx(f.item(), rel=1e-9)
 
@@ -126,7 +129,7 @@ def test_ufm_stops_at_relative_gradient_test(tmp_path):
 def test_killed_ufm_resumes_to_the_same_optimum(tmp_path):
     """The UFM checkpoint holds no L-BFGS history (small), and the resumed run ends at the same
     optimum to the stop test's accuracy."""
-    cfg = dict(UFM_CFG, lam_h=1e-5, lam_w=1e-4, epochs=40, eval_epochs=[1, 2, 40])
+    cfg = dict(UFM_CFG, lam_h=1e-6, lam_w=1e-5, epochs=40, eval_epochs=[1, 2, 40])
     whole = train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "a"))
     assert whole["final"]["epoch"] > 2
 
