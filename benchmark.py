@@ -225,6 +225,7 @@ OPT_ARGS = ["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.0
 SCRIPT_COMMANDS = [
     ("utils --help", ["utils.py", "--help"]),
     ("opt_main K=10", ["opt_main.py"] + OPT_ARGS),
+    ("opt_main K=10 --solver fast", ["opt_main.py"] + OPT_ARGS + ["--solver", "fast"]),  # no cvxpy import
     ("minority_n --ka 3 UFM", ["minority_n_main.py", "--ka", "3", "--network", "UFM"]),
     ("minority_l --ka 5 --quick", ["minority_l_main.py", "--ka", "5", "--quick"]),
 ]
