@@ -9,7 +9,6 @@
 import argparse
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
