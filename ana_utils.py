@@ -6,7 +6,6 @@ import math
 import sys
 
 import numpy as np
-import torch
 
 import ufm_program
 from utils import UserError
@@ -16,28 +15,34 @@ from utils import UserError
 # ======================================================================================
 
 
-@torch.no_grad()
 def extract_features(model, x, batch_size=1024, train_mode=False):
     """(features, logits) of all inputs x, batched, without gradients, as float32 CPU tensors.
 
     Eval mode by default; train_mode=True collects with batch-norm batch statistics, as the mixup
     study did (the model's mode and running statistics are restored afterwards)."""
+    import torch  # here, not at the top: opt_main.py never needs torch (1.3 s to import)
     was_training = model.training
     buffers = {k: v.clone() for k, v in model.named_buffers()} if train_mode else {}
     model.train(train_mode)
     feats, logits = [], []
-    for i in range(0, len(x), batch_size):
-        out, h = model(x[i:i + batch_size])
-        feats.append(h.float().cpu())
-        logits.append(out.float().cpu())
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out, h = model(x[i:i + batch_size])
+            feats.append(h.float().cpu())
+            logits.append(out.float().cpu())
     model.train(was_training)
     if buffers:  # train-mode forward passes moved the batch-norm running statistics: put them back
         model.load_state_dict(buffers, strict=False)
     return torch.cat(feats), torch.cat(logits)
 
 
+def _is_tensor(a):
+    """Whether `a` is a torch tensor (none exists before torch is imported)."""
+    return "torch" in sys.modules and isinstance(a, sys.modules["torch"].Tensor)
+
+
 def _np64(a):
-    if isinstance(a, torch.Tensor):
+    if _is_tensor(a):
         a = a.detach().cpu().numpy()
     return np.asarray(a, dtype=np.float64)
 
@@ -68,6 +73,7 @@ NC4_TIE_RTOL = 1e-6   # nc4_ties: class means within this times the means' sprea
 
 
 def _labels(y, K):
+    import torch
     y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
     if y.size and not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y)):
         raise UserError(f"labels: must be integers 0..{K - 1}")

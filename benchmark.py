@@ -4,12 +4,18 @@
     python benchmark.py --only subset nc_metrics
     python benchmark.py --device cuda --json gpu.json   # the GPU path: ResNet18, WRN-40-10, ViT
     python benchmark.py --device cpu --tiny             # the same code at toy sizes (a test runs it)
+    # the figure scripts against an older checkout, with two busy processes on the cores:
+    git clone -q . /tmp/before && git -C /tmp/before checkout -q 76c9284
+    python benchmark.py --only scripts batched --before /tmp/before --busy 2
 """
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -223,6 +229,133 @@ def bench_ufm_training_vs_theory():
 
 THEORY_BENCHMARKS = [bench_solver_agreement, bench_solver_speed, bench_ufm_training_vs_theory]
 
+# ======================================================================================
+# Speed benchmarks: whole scripts against an older checkout, batched sweeps  (speed)
+# ======================================================================================
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPT_ARGS = ["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.003"]  # K = 10
+# (name, script and arguments); each gets fresh --models_dir/--plot_dir (opt_main: --out_dir/--plot_dir)
+SCRIPT_COMMANDS = [
+    ("utils --help", ["utils.py", "--help"]),
+    ("opt_main K=10", ["opt_main.py"] + OPT_ARGS),
+    ("opt_main K=10 --solver fast", ["opt_main.py"] + OPT_ARGS + ["--solver", "fast"]),  # no cvxpy import
+    ("minority_n --ka 3 UFM", ["minority_n_main.py", "--ka", "3", "--network", "UFM"]),
+    ("minority_l --ka 5 --quick", ["minority_l_main.py", "--ka", "5", "--quick"]),
+]
+COLLAPSED_REL = 0.05  # a trained point counts as collapsed below this relative minority spread
+
+
+def run_script(checkout, argv, extra=(), env=None):
+    """Run one script of `checkout` in fresh output folders; returns (wall s, peak RSS MB, figure
+    JSON or None, CPU s). The child's own peak RSS and CPU time (user + system, which other
+    processes' load changes far less than wall time) come from os.wait4."""
+    out = tempfile.mkdtemp(prefix="bench_")
+    dirs = (["--out_dir", out, "--plot_dir", out] if argv[0] == "opt_main.py" else
+            [] if "--help" in argv else ["--models_dir", out, "--plot_dir", out])
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable] + argv + list(extra) + dirs, cwd=checkout, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    text = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if status != 0:
+        raise RuntimeError(f"{argv} in {checkout} failed:\n{text[-2000:]}")
+    figures = [os.path.join(out, f) for f in os.listdir(out) if f.endswith(".json") and f.startswith(argv[0][:-8])]
+    figure = json.load(open(figures[0])) if figures else None
+    return wall, usage.ru_maxrss / 1024, figure, usage.ru_utime + usage.ru_stime
+
+
+def trained_verdicts(figure):
+    """Per point, whether the trained minority collapsed (minority_spread_rel < COLLAPSED_REL)."""
+    return [p["minority_spread_rel"] < COLLAPSED_REL for p in figure["points"]]
+
+
+def start_busy(n):
+    """n busy-looping processes (a shared node's other jobs); stopped by stop_busy."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop_busy(procs):
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def compare_scripts(before, commands, extra=()):
+    """Each command with the older checkout `before`, then with this one, back to back."""
+    out = {}
+    for name, argv in commands:
+        t_old, rss_old, fig_old, cpu_old = run_script(before, argv)
+        t_new, rss_new, fig_new, cpu_new = run_script(HERE, argv, extra)
+        line = (f"{name}: {t_new:.1f} s ({cpu_new:.1f} s CPU, {rss_new:.0f} MB) vs before {t_old:.1f} s "
+                f"({cpu_old:.1f} s CPU, {rss_old:.0f} MB) -> {t_old / t_new:.1f}x faster ({cpu_old / cpu_new:.1f}x less CPU)")
+        if fig_old is not None:
+            v_old, v_new = trained_verdicts(fig_old), trained_verdicts(fig_new)
+            theory = [p["theory"]["verdict"] == "collapse" for p in fig_new["points"]]
+            dz = max(np.abs(np.array(a["Z"]) - np.array(b["Z"])).max() / max(np.abs(np.array(a["Z"])).max(), 1e-12)
+                     for a, b in zip(fig_old["points"], fig_new["points"]))
+            line += (f"; trained verdicts {'the same' if v_old == v_new else 'DIFFER'} ({sum(v_new)}/{len(v_new)} "
+                     f"collapsed; theory {sum(theory)}), largest |Z - Z_before| / max|Z_before| {dz:.1e}")
+        print(line, flush=True)
+        out[name] = {"s": t_new, "before_s": t_old, "cpu_s": cpu_new, "before_cpu_s": cpu_old, "rss_mb": rss_new,
+                     "before_rss_mb": rss_old}
+    return out
+
+
+def bench_scripts(before=None, busy=0):
+    """Whole scripts, end to end, against an older checkout (--before) in the same run, optionally
+    while `busy` other processes keep the cores busy."""
+    if before is None:
+        print("scripts: skipped (give --before DIR, a checkout of the older code)")
+        return {}
+    procs = start_busy(busy)
+    try:
+        print(f"scripts against {before} with {busy} busy processes, load {os.getloadavg()[0]:.1f} at the start:")
+        return compare_scripts(before, SCRIPT_COMMANDS)
+    finally:
+        stop_busy(procs)
+
+
+def bench_batched(before=None, busy=0):
+    """The quick 10-point minority_l sweep trained as one vmapped model (--batched) against the
+    same sweep one point at a time, in this checkout."""
+    procs = start_busy(busy)
+    try:
+        argv = ["minority_l_main.py", "--ka", "5", "--quick"]
+        t_one, _, fig_one, cpu_one = run_script(HERE, argv)
+        t_bat, _, fig_bat, cpu_bat = run_script(HERE, argv, ["--batched"])
+        dz = max(np.abs(np.array(a["Z"]) - np.array(b["Z"])).max() for a, b in zip(fig_one["points"], fig_bat["points"]))
+        print(f"minority_l --ka 5 --quick --batched: {t_bat:.1f} s ({cpu_bat:.1f} s CPU) vs one by one {t_one:.1f} s "
+              f"({cpu_one:.1f} s CPU) -> {t_one / t_bat:.1f}x faster, {cpu_one / cpu_bat:.1f}x less CPU (largest |Z "
+              f"difference| {dz:.1e}, {busy} busy processes)", flush=True)
+        return {"batched_s": t_bat, "one_by_one_s": t_one, "batched_cpu_s": cpu_bat, "one_by_one_cpu_s": cpu_one}
+    finally:
+        stop_busy(procs)
+
+
+def bench_ufm_figures(before=None, busy=0):
+    """Every UFM figure command of the README at the paper's scale, with its peak memory."""
+    commands = [("block_main UFM", ["block_main.py", "--structure", "1", "--network", "UFM"]),
+                ("minority_l UFM", ["minority_l_main.py", "--ka", "5", "--network", "UFM"]),
+                ("minority_n UFM", ["minority_n_main.py", "--ka", "3", "--network", "UFM"]),
+                ("limit_main UFM", ["limit_main.py", "--network", "UFM"])]
+    procs = start_busy(busy)
+    try:
+        if before is not None:
+            return compare_scripts(before, commands)
+        out = {}
+        for name, argv in commands:
+            t, rss, _, _ = run_script(HERE, argv)
+            print(f"{name}: {t:.1f} s, peak RSS {rss:.0f} MB ({busy} busy processes)", flush=True)
+            out[name] = {"s": t, "rss_mb": rss}
+        return out
+    finally:
+        stop_busy(procs)
+
+
+SPEED_BENCHMARKS = [bench_scripts, bench_batched, bench_ufm_figures]
+
 
 # ======================================================================================
 # The GPU path (--device cuda): train_run against a bare loop, and the NC evaluation's share
@@ -415,10 +548,14 @@ def gpu_main(args):
 
 
 def main(argv=None):
-    benches = FOUNDATION_BENCHMARKS + THEORY_BENCHMARKS
+    benches = FOUNDATION_BENCHMARKS + THEORY_BENCHMARKS + SPEED_BENCHMARKS
     names = [b.__name__[len("bench_"):] for b in benches]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=names, help="run only these")
+    parser.add_argument("--before", default=None,
+                        help="a checkout of older code: `scripts` (and `ufm_figures`) run each command there too")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="busy-looping processes kept running during the speed benchmarks (default 0)")
     gpu = parser.add_argument_group("the GPU path (runs instead of the benchmarks above when --device is given)")
     gpu.add_argument("--device", default=None, help="cuda | cuda:N | cpu (cpu: only sensible with --tiny)")
     gpu.add_argument("--networks", nargs="+", choices=list(GPU_NETWORKS), default=list(GPU_NETWORKS))
@@ -428,16 +565,17 @@ def main(argv=None):
     gpu.add_argument("--tiny", action="store_true", help="toy sizes: the same code in seconds")
     gpu.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.before is not None and not os.path.isfile(os.path.join(args.before, "opt_main.py")):
+        sys.exit(f"error: --before {args.before}: no opt_main.py there; give a checkout of this repository")
     if args.device is not None:
         try:
             return gpu_main(args)
         except utils.UserError as e:
-            import sys
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
     for bench, name in zip(benches, names):
         if not args.only or name in args.only:
-            bench()
+            bench(args.before, args.busy) if bench in SPEED_BENCHMARKS else bench()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 snapshots of a network, their geometry summary, and the free-feature (UFM) optimum of a mixup loss."""
 import numpy as np
 import scipy.optimize
-import scipy.stats
-import torch
+
+# torch and scipy.stats are imported in the functions that use them: plotting and opt_main.py,
+# which import this module, never pay for them.
 
 from utils import UserError
 
@@ -43,6 +44,7 @@ def loss_probabilities(outputs, loss="cross_entropy", mse_scale=1.0):
     softmax for the losses on logits (cross_entropy, label_smoothing, focal); for mse, whose
     outputs regress mse_scale * one-hot, the outputs / mse_scale clipped to [0, 1] and renormalised
     to sum 1 (uniform where every output clips to 0)."""
+    import torch
     outputs = torch.as_tensor(outputs, dtype=torch.float64)
     if loss != "mse":
         return torch.softmax(outputs, 1)
@@ -54,6 +56,7 @@ def loss_probabilities(outputs, loss="cross_entropy", mse_scale=1.0):
 def expected_calibration_error(logits, y, n_bins=15, loss="cross_entropy", mse_scale=1.0):
     """ECE with equal-width confidence bins: sum over bins of (bin share) * |accuracy - confidence|,
     the confidence being the largest of loss_probabilities (so it means something for mse too)."""
+    import torch
     conf, pred = loss_probabilities(logits, loss, mse_scale).max(1)
     correct = (pred == torch.as_tensor(y)).double()
     bins = torch.clamp((conf * n_bins).ceil().long() - 1, 0, n_bins - 1)
@@ -71,6 +74,7 @@ def collect_mixup_features(model, x, y, classes, n, alpha, rng, train_mode=True,
     statistics; the model's buffers and mode are restored afterwards. Returns numpy arrays
     features, logits, mix, y_a, y_b, W, b, classes, and feature_mean: the global mean of the
     clean training features (all classes, same mode), by which the geometry summary centres."""
+    import torch
     pool = np.flatnonzero(np.isin(np.asarray(y), list(classes)))
     ia, ib = rng.choice(pool, n), rng.choice(pool, n)
     mix = rng.beta(alpha, alpha, size=n)
@@ -103,6 +107,7 @@ def _spearman(u, v):
     constant up to rounding)."""
     if len(u) < 3 or np.ptp(u) < 1e-9 or np.ptp(v) < 1e-9:
         return None
+    import scipy.stats
     return float(scipy.stats.spearmanr(u, v)[0])
 
 
@@ -249,6 +254,7 @@ def ufm_direct(loss_fn, y_a, y_b, mix, K, d, gamma, W=None, lam_w=5e-4, steps=50
     Scale-free stopping: rounds of `steps` L-BFGS iterations until the largest gradient entry is
     <= rtol times its value at the start, or a round no longer lowers the objective (rounding
     floor); no absolute tolerance, which stopped flat losses (focal, small gamma) early."""
+    import torch
     g = torch.Generator().manual_seed(seed)
     ya, yb = torch.as_tensor(np.asarray(y_a)), torch.as_tensor(np.asarray(y_b))
     mix_t = torch.as_tensor(np.asarray(mix, dtype=np.float64))

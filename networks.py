@@ -130,6 +130,18 @@ def build_model(name, num_classes, in_channels=3, num_samples=None, width=None, 
     return FeatureClassifier(body, d, num_classes)
 
 
+def step_work_size(name, batch, input_numel, width=None, feat_dim=None):
+    """Elements of the largest tensor of one training step (for utils.set_threads): the UFM's
+    batch x d features; an MLP's flattened input or hidden batch; otherwise the first feature maps
+    (batch x width x pixels, input_numel / 3 pixels taken as the worst case; width 64 by default)."""
+    key = str(name).lower()
+    if key == "ufm":
+        return batch * (feat_dim or 16)
+    if key in ("mlp", "mlp_linear"):
+        return batch * max(input_numel, width or 256)
+    return batch * input_numel * (width or 64)
+
+
 def is_ufm(name):
     return str(name).lower() == "ufm"
 

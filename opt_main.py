@@ -95,6 +95,7 @@ def main(argv=None):
     args = parse_args(argv)
     name = check_args(args)
     n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
+    utils.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
     thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
     if args.dry_run:
         done = os.path.exists(os.path.join(args.out_dir, name + ".json"))

@@ -15,7 +15,6 @@ import sys
 import tempfile
 
 import numpy as np
-import torch
 
 import ana_utils
 import networks
@@ -54,6 +53,9 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--point", type=int, default=None,
                         help="train only point I (0-based, in the order the values are listed), then plot "
                              "whatever points are finished, naming the missing ones (for cluster job arrays)")
+    parser.add_argument("--batched", action="store_true",
+                        help="train the missing points that share network and data (MLP, CNN) together as one "
+                             "vmapped model, each with its own lambda, seed and results (see README, Performance)")
     parser.add_argument("--assemble", action="store_true",
                         help="train nothing: plot the finished points and name the missing ones")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -140,12 +142,19 @@ def figure_tag(args):
 
 
 def figure_device(args):
-    """The torch device of a figure script; --quick on CPU uses one thread (small models, shared cores)."""
+    """The torch device of a figure script (its CPU threads are set per point: point_work_size)."""
     device = utils.get_device(args.device)
-    if args.quick and device.type == "cpu":
-        torch.set_num_threads(1)
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return device
+
+
+def point_work_size(point):
+    """networks.step_work_size of a point's training step, for utils.set_threads."""
+    train, N = point["train"], sum(point["sizes"])
+    synthetic = point.get("synthetic") or {}
+    input_numel = synthetic.get("image_size", 32) ** 2 * synthetic.get("channels", 3)
+    return networks.step_work_size(train["network"], min(train["batch_size"], N), input_numel, train.get("width"),
+                                   train.get("feat_dim"))
 
 
 def ufm_train_config(cfg, num_classes, num_samples, epochs):
@@ -153,9 +162,10 @@ def ufm_train_config(cfg, num_classes, num_samples, epochs):
 
     The UFM minimises exactly the regularised loss of theory.md section 2, so lam_h, lam_w, lam_b keep
     their meaning (lambda = 2 sqrt(lam_h lam_w)); SGD schedules, the warm phase and weight decay (which
-    L-BFGS does not apply) are dropped. `epochs` epochs of up to 50 L-BFGS steps each (the loss settles
-    within about 5; near a collapse threshold the last digits take longer), evaluated (and
-    checkpointed: the L-BFGS history makes checkpoints large) at epochs 1, 2, 3, 5, 10, 20, 40, ..."""
+    L-BFGS does not apply) are dropped. At most `epochs` epochs of up to 50 L-BFGS steps each, in
+    float64, ending earlier at the relative-gradient test (train_utils.UFM_REL_GRAD_TOL: 3-8 epochs
+    at the paper's scale); evaluated and checkpointed at epochs 1, 2, 3, 5, 10, 20, 40, ... and the
+    last."""
     evals = [e for e in (1, 2, 3, 5, 10, 20, 40, 80, 160, 320, 640) if e <= epochs] + [epochs]
     return dict(cfg, network="ufm", optimizer="lbfgs", lr=1.0, momentum=0.0, batch_size=int(num_samples),
                 lr_milestones=[], weight_decay=0.0, warm_epochs=0, warm_factor=1.0,
@@ -170,9 +180,10 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     from it and lam_ratio = lam_W / lam_H (ana_utils.split_lambda), in this one place.
     Networks: SGD (momentum 0.9, batch 128), lr --lr (0.01) -> --lr/10 at milestone_frac of `epochs`
     (--epoch overrides), weight decay --weight_decay or else the figure's `weight_decay`,
-    regularisation at 1/10 for the first warm_frac of training (theory.md section 4).
-    --network UFM: ufm_train_config (full-batch L-BFGS to the optimum, ufm_epochs epochs unless
-    --epoch is given)."""
+    regularisation at 1/10 for the first warm_frac of training (theory.md section 4), evaluated (NC
+    metrics, checkpoint) at 1-5, every 10th epoch and the last; a --quick point without history only
+    at the last (25 evaluations cost a 200-epoch MLP 1.7x). --network UFM: ufm_train_config
+    (full-batch L-BFGS to the optimum, ufm_epochs epochs unless --epoch is given)."""
     network = args.network
     sizes = [int(n) for n in sizes]
     lam_h, lam_w = ana_utils.split_lambda(params["lam"], lam_ratio)
@@ -186,7 +197,7 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
                      momentum=0.9, batch_size=128, lr_milestones=[max(1, int(round(E * milestone_frac)))],
                      lr_gamma=0.1, warm_epochs=int(round(E * warm_frac)),
                      weight_decay=float(weight_decay if args.weight_decay is None else args.weight_decay),
-                     warm_factor=0.1, amp=bool(args.amp),
+                     warm_factor=0.1, amp=bool(args.amp), eval_epochs=[E] if args.quick and not history else None,
                      width=args.width if args.width is not None
                      else (QUICK_MLP_WIDTH if args.quick and network in ("mlp", "mlp_linear") else None))
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
@@ -330,15 +341,47 @@ def train_points(points, args, argv=None):
         records, missing = run_sweep(runs, None, args.models_dir, assemble_only=True)
     else:
         device, trained = figure_device(args), []
+        if args.batched and args.point is None and not args.assemble:
+            train_batched_groups(runs, args, device)
 
         def run_point(pt):  # the device line once, before the first point trained here
             if not trained:
                 print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
             trained.append(pt)
+            if device.type == "cpu":
+                utils.set_threads(point_work_size(pt), args.threads)
             return train_point(pt, device, args.models_dir, args.data_dir)
         records, missing = run_sweep(runs, run_point, args.models_dir, args.point, args.assemble)
     n = len(seeds)
     return merge_seeds(records, n), [(i // n, runs[i]["seed"]) for i in missing]
+
+
+def batch_groups(points, models_dir):
+    """The missing points that train_utils.train_batched can train together: lists of two or more
+    points with the same data and the same training configuration but for train_utils.BATCHED_OWN_KEYS."""
+    groups = {}
+    for point in points:
+        if os.path.exists(point_record_path(models_dir, point)) or not train_utils.batchable(point["train"]):
+            continue
+        shared = {k: v for k, v in point["train"].items() if k not in train_utils.BATCHED_OWN_KEYS}
+        key = utils.config_key([point["dataset"], point["sizes"], point["seed"], point["allow_test_fill"],
+                                point.get("synthetic"), shared])
+        groups.setdefault(key, []).append(point)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def train_batched_groups(points, args, device):
+    """--batched: train each batch_groups group as one vmapped model; run_sweep then finds their runs
+    finished and only summarises them."""
+    for group in batch_groups(points, args.models_dir):
+        first = group[0]
+        data = utils.get_data(first["dataset"], first["sizes"], first["seed"], args.data_dir, first["allow_test_fill"],
+                              first.get("synthetic"))
+        if device.type == "cpu":
+            utils.set_threads(point_work_size(first) * len(group), args.threads)
+        print(f"[batched] training {len(group)} points together: "
+              + "; ".join(describe_params(p["params"]) for p in group), file=sys.stderr)
+        train_utils.train_batched([p["train"] for p in group], data, device, args.models_dir)
 
 
 # Per-seed fields of a point record whose numbers get mean, std and interval over seeds.
@@ -395,6 +438,7 @@ def visible_gpus():
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None and all(p.strip().isdigit() for p in listed.split(",") if p.strip()):
         return [int(p) for p in listed.split(",") if p.strip()]
+    import torch
     return list(range(torch.cuda.device_count()))
 
 

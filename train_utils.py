@@ -160,14 +160,108 @@ def check_train_config(cfg, prefix=""):
 def regularized_objective(model, xb, yb, cfg, num_train, warm_weight):
     """theory.md section 2: mean CE + lam_W ||W||^2 + lam_H * N * mean ||h||^2 + lam_b ||b||^2."""
     logits, h = model(xb)
+    return regularized_terms(logits, h, model.classifier.weight, model.classifier.bias, yb, cfg, num_train, warm_weight)
+
+
+def regularized_terms(logits, h, W, b, yb, cfg, num_train, warm_weight):
+    """regularized_objective from a forward pass's logits and features and the classifier (W, b);
+    the lam_* of cfg may be tensors (one per model of a vmapped batch)."""
     ce = F.cross_entropy(logits.float(), yb)
-    W, b = model.classifier.weight, model.classifier.bias
     reg_w = cfg["lam_w"] * W.pow(2).sum()
     reg_h = cfg["lam_h"] * num_train * h.float().pow(2).sum(1).mean()
     reg_b = cfg["lam_b"] * b.pow(2).sum() if b is not None else ce.new_zeros(())
     loss = ce + warm_weight * (reg_w + reg_h + reg_b)
     acc = (logits.argmax(1) == yb).float().mean()
     return loss, {"loss": loss, "ce": ce, "reg_w": reg_w, "reg_h": reg_h, "reg_b": reg_b, "acc": acc}
+
+
+# The UFM's L-BFGS (in float64) stops when ||grad f|| * ||theta|| <= UFM_REL_GRAD_TOL * |f| (theta:
+# all trained parameters): a relative change delta of the parameters then moves f by at most
+# delta * 1e-5 of itself, whatever N, K or lambda; or when UFM_CHUNK iterations lower f by less
+# than UFM_REL_DECREASE_TOL * |f| (at N = 41,000 and small lambda the within-class spread of the
+# features decays so slowly that the gradient test would take minutes more; Z is settled by then).
+# Z is then within about 1e-4 of the convex program's. (In float32, rounding stalls L-BFGS near 1e-3
+# on the gradient measure.)
+UFM_REL_GRAD_TOL = 1e-5
+UFM_REL_DECREASE_TOL = 1e-9
+UFM_CHUNK = 10  # L-BFGS iterations between two stop tests (an epoch is UFM_CHUNKS_PER_EPOCH chunks)
+UFM_CHUNKS_PER_EPOCH = 5
+UFM_HISTORY = 10  # L-BFGS pairs kept (50 for the other L-BFGS runs)
+
+
+class BalancedUFM(torch.nn.Module):
+    """The variables L-BFGS moves for a UFM: U = H / s with s = sqrt(lam_W / lam_H), and the UFM's
+    own classifier. At the optimum lam_W ||W||^2 = lam_H ||H||^2, so in (U, W) the curvature of
+    the features and of the classifier are alike; in (H, W) they differ by lam_W / lam_H (100 in
+    the scripts), and L-BFGS needed about 7x more iterations at small lambda. Same objective,
+    same random start."""
+
+    def __init__(self, model, cfg):
+        super().__init__()
+        self.scale = math.sqrt(cfg["lam_w"] / cfg["lam_h"]) if cfg["lam_w"] > 0 and cfg["lam_h"] > 0 else 1.0
+        self.U = torch.nn.Parameter(model.H.detach() / self.scale)
+        self.classifier = model.classifier
+
+    @property
+    def H(self):
+        return self.scale * self.U
+
+    def write_back(self, model):
+        """Put the features into the UFM itself (before it is evaluated or saved)."""
+        with torch.no_grad():
+            model.H.copy_(self.H)
+
+
+def ufm_full_batch_objective(model, y, cfg, warm_weight):
+    """regularized_objective of a UFM (or its BalancedUFM) on all its samples at once, with the
+    logits laid out K x N (classes along cross_entropy's middle dimension): the same value, about
+    4x faster than N rows of width K. lam_H * N * mean ||h||^2 is lam_H ||H||_F^2."""
+    H, W, b = model.H, model.classifier.weight, model.classifier.bias
+    logits_t = W @ H.T if b is None else torch.addmm(b[:, None], W, H.T)
+    ce = F.cross_entropy(logits_t[None], y[None])
+    reg_w = cfg["lam_w"] * W.pow(2).sum()
+    reg_h = cfg["lam_h"] * H.pow(2).sum()
+    reg_b = cfg["lam_b"] * b.pow(2).sum() if b is not None else ce.new_zeros(())
+    return ce + warm_weight * (reg_w + reg_h + reg_b), dict(ce=ce, reg_w=reg_w, reg_h=reg_h, reg_b=reg_b,
+                                                           logits_t=logits_t)
+
+
+def ufm_lbfgs_epoch(model, opt, y, cfg, warm_weight):
+    """One epoch of the UFM's full-batch L-BFGS on `model`, its BalancedUFM: up to
+    UFM_CHUNKS_PER_EPOCH * UFM_CHUNK iterations, stopping early at the relative-gradient or
+    relative-decrease test (UFM_REL_GRAD_TOL; theta = the balanced variables U, W, b). Returns (the
+    epoch's terms as floats, converged). The test's own evaluation is handed to L-BFGS as its first
+    one, so testing costs no extra gradient."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    cached = {}
+
+    def evaluate_point():
+        opt.zero_grad(set_to_none=True)
+        loss, _ = ufm_full_batch_objective(model, y, cfg, warm_weight)
+        loss.backward()
+        return loss.detach()
+
+    def closure():  # L-BFGS's first call of a step is the point just tested: reuse it
+        return cached.pop("loss") if "loss" in cached else evaluate_point()
+
+    converged, previous = False, None
+    for _ in range(UFM_CHUNKS_PER_EPOCH):
+        loss = evaluate_point()
+        with torch.no_grad():
+            grad = torch.sqrt(sum(p.grad.pow(2).sum() for p in params))
+            size = torch.sqrt(sum(p.pow(2).sum() for p in params))
+        stalled = previous is not None and previous - loss <= UFM_REL_DECREASE_TOL * loss.abs()
+        if not torch.isfinite(loss) or grad * size <= UFM_REL_GRAD_TOL * loss.abs() or stalled:
+            converged = bool(torch.isfinite(loss))
+            break
+        previous = loss
+        cached["loss"] = loss
+        opt.step(closure)
+        cached.clear()
+    with torch.no_grad():
+        loss, terms = ufm_full_batch_objective(model, y, cfg, warm_weight)
+        acc = (terms.pop("logits_t").argmax(0) == y).float().mean()
+    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "acc": acc.item()}, converged
 
 
 def make_optimizer(model, cfg):
@@ -182,6 +276,12 @@ def make_optimizer(model, cfg):
     # lbfgs: full-batch quasi-Newton, for the UFM, whose optimum plain SGD approaches very slowly
     return torch.optim.LBFGS(params, lr=cfg["lr"], max_iter=50, history_size=50, tolerance_grad=1e-12,
                              tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+
+def is_ufm_lbfgs(cfg, num_train, objective):
+    """Whether train_run takes the UFM's own full-batch L-BFGS loop (ufm_lbfgs_epoch)."""
+    return (is_ufm(cfg["network"]) and cfg["optimizer"].lower() == "lbfgs" and objective is None
+            and cfg["batch_size"] >= num_train)
 
 
 def lr_at(cfg, epoch):
@@ -229,6 +329,38 @@ def epoch_log_line(cfg, row, terms):
     keys = terms + [k for k in ("train_acc", "test_acc", "nc1") if k in row]
     return f"{cfg['name']} epoch {row['epoch']}/{cfg['epochs']}: " + " ".join(
         f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys)
+
+
+def _minibatch_epoch(model, opt, x_train, y_train, cfg, epoch, gen, objective, warm_weight, amp, N, device):
+    """One epoch of mini-batches in the order drawn from `gen`; returns the sample-weighted means
+    of the objective's terms."""
+    bs = min(cfg["batch_size"], N)
+    perm = torch.randperm(N, generator=gen).to(device)
+    if N % bs == 1 and N > 1:  # never a final batch of one sample (batch norm)
+        perm = perm[:-1]
+    sums, seen = 0, 0
+    for start_i in range(0, len(perm), bs):
+        idx = perm[start_i:start_i + bs]
+        xb, yb = x_train[idx], y_train[idx]
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                if objective is None:
+                    loss, terms = regularized_objective(model, xb, yb, cfg, N, warm_weight)
+                else:
+                    loss, terms = objective(model, xb, yb, epoch, gen)
+            loss.backward()
+            last["terms"] = terms  # in a dict, not on the closure: no reference cycle keeps the graph alive
+            return loss
+
+        last = {}
+        opt.step(closure)
+        names = list(last["terms"])
+        batch_terms = torch.stack([v.detach().float() for v in last["terms"].values()]) * len(idx)
+        sums = sums + batch_terms
+        seen += len(idx)
+    return dict(zip(names, (sums / seen).tolist()))
 
 
 def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=None):
@@ -282,7 +414,6 @@ def _reuse(final_path, cfg, data):
 
 def _train(cfg, data, device, run_dir, objective, on_eval):
     """train_run's training part, under the run's lock: resume or start, train, finish."""
-    final_path = os.path.join(run_dir, "final.json")
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     ckpt = _load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
     utils.atomic_write_json(os.path.join(run_dir, "config.json"),
@@ -297,22 +428,31 @@ def _train(cfg, data, device, run_dir, objective, on_eval):
     ufm = is_ufm(cfg["network"])
     x_train = torch.arange(N, device=device) if ufm else data.x_train.to(device)
     y_train = data.y_train.to(device)
-    opt = make_optimizer(model, cfg)
+    ufm_lbfgs = is_ufm_lbfgs(cfg, N, objective)
+    if ufm_lbfgs:  # float64 from the same random start: see UFM_REL_GRAD_TOL
+        model.double()
+    opt = None if ufm_lbfgs else make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg["seed"])
-    history, start = [], 0
+    history, start, converged = [], 0, False
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        if "optimizer" in ckpt:  # the UFM's checkpoint has none: L-BFGS restarts its history on resume
+            opt.load_state_dict(ckpt["optimizer"])
+        converged = ckpt.get("converged", False)
         gen.set_state(ckpt["gen"])
         torch.set_rng_state(ckpt["torch_rng"])
         history, start = ckpt["history"], ckpt["epoch"]
         utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)  # the rows of the checkpoint, no more, no less
         print(f"resuming {run_dir} from epoch {start}", file=sys.stderr)
+    if ufm_lbfgs:  # L-BFGS on balanced variables, tested every UFM_CHUNK iterations, a short history
+        balanced = BalancedUFM(model, cfg)
+        opt = make_optimizer(balanced, cfg)
+        opt.param_groups[0].update(max_iter=UFM_CHUNK, history_size=UFM_HISTORY)
 
-    bs = min(cfg["batch_size"], N)
+    finished = start == cfg["epochs"] or converged  # killed after the last checkpoint, before final.json
     amp = cfg["amp"] and device.type == "cuda"
-    bar = tqdm(range(start + 1, cfg["epochs"] + 1), desc=cfg["name"], initial=start, total=cfg["epochs"],
-               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    bar = tqdm(range(start + 1, (start if finished else cfg["epochs"]) + 1), desc=cfg["name"], initial=start,
+               total=cfg["epochs"], disable=not sys.stderr.isatty(), dynamic_ncols=True)
     train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch: seconds_per_epoch of its CSV row
     for epoch in bar:
         t_epoch = time.perf_counter()
@@ -320,38 +460,18 @@ def _train(cfg, data, device, run_dir, objective, on_eval):
             group["lr"] = lr_at(cfg, epoch)
         warm_weight = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
         model.train()
-        perm = torch.randperm(N, generator=gen).to(device)
-        if N % bs == 1 and N > 1:  # never a final batch of one sample (batch norm)
-            perm = perm[:-1]
-        sums, seen = 0, 0
-        for start_i in range(0, len(perm), bs):
-            idx = perm[start_i:start_i + bs]
-            xb, yb = x_train[idx], y_train[idx]
-
-            def closure():
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    if objective is None:
-                        loss, terms = regularized_objective(model, xb, yb, cfg, N, warm_weight)
-                    else:
-                        loss, terms = objective(model, xb, yb, epoch, gen)
-                loss.backward()
-                closure.terms = terms
-                return loss
-
-            opt.step(closure)
-            names = list(closure.terms)
-            batch_terms = torch.stack([v.detach().float() for v in closure.terms.values()]) * len(idx)
-            sums = sums + batch_terms
-            seen += len(idx)
-        means = dict(zip(names, (sums / seen).tolist()))
+        if ufm_lbfgs:
+            means, converged = ufm_lbfgs_epoch(balanced, opt, y_train, cfg, warm_weight)
+            balanced.write_back(model)
+        else:
+            means = _minibatch_epoch(model, opt, x_train, y_train, cfg, epoch, gen, objective, warm_weight, amp, N, device)
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
             raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "
                             f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the regularisation")
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})  # every loss term and the accuracy
         train_seconds, timed_epochs = train_seconds + time.perf_counter() - t_epoch, timed_epochs + 1
-        if epoch in cfg["eval_epochs"]:
+        if epoch in cfg["eval_epochs"] or converged:
             row, Z, b = evaluate(model, data, x_train, cfg, device)
             row = {"epoch": epoch, "lr": lr_at(cfg, epoch), **means, **row,
                    "seconds_per_epoch": train_seconds / timed_epochs}
@@ -363,17 +483,120 @@ def _train(cfg, data, device, run_dir, objective, on_eval):
                 print(epoch_log_line(cfg, row, list(means)), file=sys.stderr, flush=True)
             # The CSV first: a kill between the two resumes from the previous checkpoint, which rewrites the CSV.
             utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
-            utils.atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),
-                                     "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch}, ckpt_path)
+            state = {"model": model.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                     "history": history, "epoch": epoch, "converged": converged}
+            if not ufm_lbfgs:  # the UFM's L-BFGS history (up to 270 MB) is not kept; it rebuilds in a few steps
+                state["optimizer"] = opt.state_dict()
+            utils.atomic_torch_save(state, ckpt_path)
+        if converged:
+            break
     bar.close()
 
-    if start == cfg["epochs"]:  # killed after the last checkpoint, before final.json
+    if finished:
         _, Z, b = evaluate(model, data, x_train, cfg, device)
+    return _finish_run(run_dir, cfg, data, model, history, Z, b)
+
+
+def _finish_run(run_dir, cfg, data, model, history, Z, b):
+    """Write a finished run's model.pt and final.json, drop its checkpoint; return its results."""
+    final_path = os.path.join(run_dir, "final.json")
     utils.atomic_torch_save(model.state_dict(), os.path.join(run_dir, "model.pt"))
     final = {"config": cfg, "data": data.key, "sizes": data.sizes, "final": history[-1], "Z": Z, "b": b}
     utils.atomic_write_json(final_path, final)
-    utils.remove_leftovers(run_dir, "", [ckpt_path])
+    utils.remove_leftovers(run_dir, "", [os.path.join(run_dir, "checkpoint.pt")])
     return dict(utils.read_json(final_path), run_dir=run_dir, reused=False)
+
+
+# ======================================================================================
+# Batched training: the points of a sweep as one vmapped model  (speed)
+# ======================================================================================
+
+BATCHED_NETWORKS = ("mlp", "mlp_linear", "cnn")
+BATCHED_OWN_KEYS = ("name", "lam_h", "lam_w", "lam_b", "seed")  # what may differ between batched runs
+
+
+def batchable(cfg):
+    """Whether train_batched can train this configuration (SGD on a small network, no AMP)."""
+    cfg = {**TRAIN_DEFAULTS, **cfg}
+    return cfg["network"] in BATCHED_NETWORKS and cfg["optimizer"] == "sgd" and not cfg["amp"]
+
+
+def train_batched(cfgs, data, device, models_dir="models"):
+    """Train configurations that differ only in BATCHED_OWN_KEYS as one vmapped model
+    (torch.func.stack_module_state + functional_call); returns train_run's result of each.
+
+    Each run keeps its own seed (initial weights and data order, drawn as train_run draws them),
+    lambdas, run folder, CSV rows and final.json, so a later train_run reuses it; SGD on the stacked
+    weights is SGD on each. The runs differ from one-by-one training only by the rounding of
+    batched matrix products. No checkpoint is kept: a killed batch starts over."""
+    from torch.func import functional_call, stack_module_state, vmap
+    cfgs = [{**TRAIN_DEFAULTS, **c} for c in cfgs]
+    for c in cfgs:
+        c["eval_epochs"] = sorted(set(c["eval_epochs"] or default_eval_epochs(c["epochs"])) | {c["epochs"]})
+        check_train_config(c)
+    shared = {k: v for k, v in cfgs[0].items() if k not in BATCHED_OWN_KEYS}
+    if not batchable(cfgs[0]) or any({k: v for k, v in c.items() if k not in BATCHED_OWN_KEYS} != shared for c in cfgs):
+        raise ValueError("train_batched: configurations must be batchable and differ only in " + ", ".join(BATCHED_OWN_KEYS))
+    cfg, M, N = cfgs[0], len(cfgs), len(data.y_train)
+    run_dirs = [run_dir_of(c, data, models_dir) for c in cfgs]
+    for c, run_dir in zip(cfgs, run_dirs):
+        utils.ensure_writable_dir(run_dir, "--models_dir")
+        utils.atomic_write_json(os.path.join(run_dir, "config.json"), dict(c, data=data.key, sizes=data.sizes))
+    models = []
+    for c in cfgs:  # each model's initial weights as train_run draws them
+        utils.set_seed(c["seed"])
+        models.append(build_model(c["network"], data.num_classes, data.in_channels, width=c["width"],
+                                  feat_dim=c["feat_dim"], image_size=data.x_train.shape[-1]).to(device))
+    params, buffers = stack_module_state(models)
+    skeleton = build_model(cfg["network"], data.num_classes, data.in_channels, width=cfg["width"],
+                           feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1]).to("meta")
+    lams = {k: torch.tensor([c[k] for c in cfgs], device=device) for k in ("lam_h", "lam_w", "lam_b")}
+    opt = torch.optim.SGD(params.values(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    gens = [torch.Generator().manual_seed(c["seed"]) for c in cfgs]
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    bs = min(cfg["batch_size"], N)
+
+    def member_terms(p, b, xb, yb, lam, warm_weight):  # one model's objective; vmapped over the runs
+        logits, h = functional_call(skeleton, (p, b), (xb,))
+        return regularized_terms(logits, h, p["classifier.weight"], p.get("classifier.bias"), yb, lam, N, warm_weight)[1]
+
+    histories = [[] for _ in cfgs]
+    results = [None] * M
+    for epoch in range(1, cfg["epochs"] + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        warm_weight = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
+        perms = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(device)
+        if N % bs == 1 and N > 1:  # never a final batch of one sample (batch norm)
+            perms = perms[:, :-1]
+        sums, seen = 0, 0
+        for start_i in range(0, perms.shape[1], bs):
+            idx = perms[:, start_i:start_i + bs]
+            opt.zero_grad(set_to_none=True)
+            terms = vmap(member_terms, in_dims=(0, 0, 0, 0, 0, None))(params, buffers, x_train[idx], y_train[idx],
+                                                                     lams, warm_weight)
+            terms["loss"].sum().backward()  # the runs share no weight: each gets its own gradient
+            opt.step()
+            names = list(terms)
+            batch_terms = torch.stack([v.detach().float() for v in terms.values()], 1) * idx.shape[1]
+            sums, seen = sums + batch_terms, seen + idx.shape[1]
+        means = (sums / seen).tolist()
+        if not all(math.isfinite(v) for row in means for v in row):
+            raise UserError(f"training diverged at epoch {epoch} in a batched run; lower --lr or the regularisation")
+        if epoch in cfg["eval_epochs"]:
+            for m, (model, c) in enumerate(zip(models, cfgs)):
+                with torch.no_grad():
+                    for k, v in model.named_parameters():
+                        v.copy_(params[k][m])
+                    for k, v in model.named_buffers():
+                        v.copy_(buffers[k][m])
+                model.train()
+                row, Z, b = evaluate(model, data, x_train, c, device)
+                histories[m].append({"epoch": epoch, "lr": lr_at(c, epoch), **dict(zip(names, means[m])), **row})
+                utils.atomic_write_csv(os.path.join(run_dirs[m], "summary.csv"), histories[m])
+                if epoch == cfg["epochs"]:
+                    results[m] = _finish_run(run_dirs[m], c, data, model, histories[m], Z, b)
+    return results
 
 
 MIXUP_CLOSED_FORM_LOSSES = ("cross_entropy", "mse")

@@ -15,9 +15,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+# torch is imported inside the functions that need it: opt_main.py and `python utils.py --help`
+# never pay for it (about 1.3 s).
+if TYPE_CHECKING:
+    import torch
 
 # ======================================================================================
 # Errors, seeds, devices  (foundation)
@@ -47,9 +52,45 @@ def cli(main, argv=None):
 
 def set_seed(seed):
     """Seed python, numpy and torch (all devices)."""
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# set_threads: at least this many elements in a step's largest tensor per extra thread. Smaller
+# work (the --quick MLPs, a UFM of a few thousand samples) runs fastest on one thread, and on a
+# shared machine extra threads of small work only wait for each other (3.5-9x slower measured).
+THREAD_WORK_PER_THREAD = 200_000
+_USER_THREADS = os.environ.get("OMP_NUM_THREADS")  # read once: set_threads itself sets it below
+
+
+def free_cores():
+    """Cores this process may use (its CPU affinity) less those busy with other processes
+    (the 1-minute load average, rounded), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, cores - int(load + 0.5)))
+
+
+def set_threads(work_size=0, threads=None):
+    """Set torch's and the BLAS libraries' thread count for work whose largest tensor has
+    `work_size` elements, and return it. `threads` (--threads) wins, then an OMP_NUM_THREADS set
+    by the user; otherwise one thread per THREAD_WORK_PER_THREAD elements, capped by free_cores()."""
+    if threads is not None:
+        check_positive_ints("--threads", [threads])
+        n = int(threads)
+    elif _USER_THREADS and _USER_THREADS.isdigit() and int(_USER_THREADS) > 0:
+        n = int(_USER_THREADS)
+    else:
+        n = max(1, min(free_cores(), int(work_size) // THREAD_WORK_PER_THREAD))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # libraries not loaded yet
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    from threadpoolctl import threadpool_limits  # BLAS already loaded (numpy's OpenBLAS)
+    threadpool_limits(limits=n, user_api="blas")
+    return n
 
 
 def _nvidia_gpu_present():
@@ -71,6 +112,8 @@ def _cuda_status():
     """(usable, why_not): whether this torch can use CUDA, and, when a GPU is present but unusable,
     one line saying why and what to do (None when there is no GPU to miss)."""
     import warnings
+
+    import torch
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         usable = torch.cuda.is_available()
@@ -91,6 +134,7 @@ def get_device(spec="auto"):
 
     'auto' warns on stderr (one line) when a GPU is present that this torch cannot use (a CPU-only
     build, or a CUDA build newer than the driver); the scripts' device line says what was picked."""
+    import torch
     spec = str(spec).lower()
     if spec == "auto":
         usable, why_not = _cuda_status()
@@ -116,6 +160,7 @@ def get_device(spec="auto"):
 def describe_device(device, amp=False):
     """One line naming the device a script trains on, e.g. `device: cpu (2 threads)` or
     `device: cuda:0 (NVIDIA H100, bf16 autocast)`; printed once at start so a job's log says where it ran."""
+    import torch
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         detail = torch.cuda.get_device_name(index) + (", bf16 autocast" if amp else "")
@@ -143,6 +188,7 @@ def run_record(device):
     """How a run was made, for its config.json (never part of the configuration that keys it): the
     code's git commit and whether the tree was dirty, the versions, the device and thread count,
     the host and the start time (UTC, ISO 8601)."""
+    import torch
     commit, dirty = git_state()
     return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__, "device": str(device),
@@ -192,6 +238,9 @@ def add_common_args(parser):
     parser.add_argument("--plot_dir", default="plots", help="figures and their JSON")
     parser.add_argument("--quick", action="store_true", help="small CPU preview (minutes, no download)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch and BLAS (default: chosen per point from its size and the free "
+                             "cores; OMP_NUM_THREADS, when set, is used instead)")
     return parser
 
 
@@ -251,10 +300,10 @@ SYNTHETIC_DEFAULTS = {"image_size": 32, "channels": 3, "noise": 1.0, "test_per_c
 @dataclass
 class Data:
     """An imbalanced training subset and a balanced test split, normalised float32 NCHW tensors."""
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    x_train: "torch.Tensor"
+    y_train: "torch.Tensor"
+    x_test: "torch.Tensor"
+    y_test: "torch.Tensor"
     num_classes: int
     dataset: str
     sizes: list
@@ -286,6 +335,7 @@ def num_classes_of(dataset, sizes=None):
 def _torchvision_datasets(name):
     """torchvision.datasets, imported only here (torchvision is optional: only the four torchvision
     datasets need it); missing or broken, one line saying so and how to fix it."""
+    import torch
     try:
         import torchvision.datasets as tvd
         return tvd
@@ -304,6 +354,7 @@ def _torchvision_datasets(name):
 
 def _torchvision_split(name, train, data_dir):
     """(uint8 images N x C x H x W, int64 labels) of a torchvision dataset, downloading if possible."""
+    import torch
     tvd = _torchvision_datasets(name)
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
     try:
@@ -324,6 +375,7 @@ def _torchvision_split(name, train, data_dir):
 
 def _digits_split(train):
     """scikit-learn's bundled 8x8 digits (no download): a fixed, class-stratified 2/3 : 1/3 split."""
+    import torch
     from sklearn.datasets import load_digits
     d = load_digits()
     x = torch.as_tensor(np.round(d.images * 255 / 16).astype(np.uint8)).unsqueeze(1)
@@ -349,6 +401,7 @@ def _synthetic(sizes, seed, opts, n_test):
 
     Prototypes depend on the seed only, so train and test splits share them; the noise level sets
     the difficulty. Values are already roughly standardised (float32)."""
+    import torch
     s, c, noise = opts["image_size"], opts["channels"], opts["noise"]
     K = len(sizes)
     g = torch.Generator().manual_seed(seed)
@@ -377,6 +430,7 @@ def _pick_per_class(y, sizes, rng):
 
 def _resize_for_paper(x_uint8, dataset):
     """Fashion-MNIST is resized to 32x32 (bilinear, kept as uint8 like the paper's PIL resize)."""
+    import torch
     if dataset != "fashion_mnist" or x_uint8.shape[-1] == 32:
         return x_uint8
     # uint8 bilinear (torch >= 2.1); antialias changes nothing when upsampling but enables the uint8 kernel
@@ -385,6 +439,7 @@ def _resize_for_paper(x_uint8, dataset):
 
 def _normalise(x_uint8, dataset):
     """uint8 -> per-channel standardised float32, (x / 255 - mean) / std, in place in one buffer."""
+    import torch
     if dataset in _NORM:
         mean, std = (torch.tensor(v) for v in _NORM[dataset])
     else:  # digits: mean and std of the whole bundled set (scaled to [0, 1])
@@ -411,6 +466,7 @@ def build_subset(dataset, sizes, seed, data_dir="data", allow_test_fill=False):
     A class asking for more images than the train split has is an error, unless allow_test_fill,
     which tops it up from the test split (as the original did silently) and removes those images
     from the test split, reporting how many were borrowed."""
+    import torch
     x_tr, y_tr = load_split(dataset, True, data_dir)
     x_te, y_te = load_split(dataset, False, data_dir)
     counts = np.bincount(y_tr.numpy(), minlength=len(sizes))
@@ -439,6 +495,7 @@ def build_subset(dataset, sizes, seed, data_dir="data", allow_test_fill=False):
 
 def get_data(dataset, sizes, seed=0, data_dir="data", allow_test_fill=False, synthetic=None):
     """The training subset with per-class `sizes` and a balanced test split, cached in data_dir/subsets."""
+    import torch
     dataset = check_dataset(dataset)
     sizes = [int(n) for n in sizes]
     check_positive_ints("class sizes", sizes)
@@ -582,7 +639,8 @@ def to_jsonable(obj):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # no tensor can exist before torch is imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         obj = obj.detach().cpu().numpy()
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())
@@ -611,6 +669,7 @@ def atomic_savez(path, **arrays):
 
 
 def atomic_torch_save(obj, path):
+    import torch
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

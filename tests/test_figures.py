@@ -118,6 +118,18 @@ def test_minority_n_mlp_quick(tmp_path, capsys):
     assert res["threshold"] == pytest.approx((np.sqrt(20) / (0.005 * np.sqrt(5)) - 7 * 20) / 3)
 
 
+def test_minority_l_quick_batched_matches_one_by_one(tmp_path, capsys):
+    """--batched trains the sweep's points as one vmapped model: the same figure numbers."""
+    base = ["--quick", "--na", "30", "--nb", "10", "--reg_z_l", "0.003", "0.006", "--epoch", "3"]
+    _, alone = load_json(run_main(minority_l_main, base + dirs(tmp_path / "a"), capsys)[0])
+    paths, err = run_main(minority_l_main, base + ["--batched"] + dirs(tmp_path / "b"), capsys)
+    _, together = load_json(paths)
+    assert "[batched] training 2 points together" in err
+    for a, b in zip(alone["points"], together["points"]):
+        assert b["nc"]["loss"] == pytest.approx(a["nc"]["loss"], rel=1e-4)
+        np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)
+
+
 def test_limit_mlp_quick(tmp_path, capsys):
     argv = ["--quick", "--nalist", "10", "21", "--epoch", "2"] + dirs(tmp_path)
     paths, _ = run_main(limit_main, argv, capsys)

@@ -30,9 +30,10 @@ def dirs(tmp):
 
 
 def sweep_argv(tmp):
-    """A 4-point quick sweep of limit_main (tiny MLP runs of 60 epochs, evaluated and checkpointed at
-    epochs 1-5, 10, 20, ...)."""
-    return ["--quick", "--nalist"] + [str(n) for n in N_AS] + ["--epoch", "60"] + dirs(tmp)
+    """A 4-point sweep of limit_main on synthetic data (tiny MLP runs of 60 epochs, evaluated and
+    checkpointed at epochs 1-5, 10, 20, ...; --quick would evaluate only the last)."""
+    return (["--dataset_t", "synthetic", "--network", "MLP_linear", "--width", "32", "--nalist"]
+            + [str(n) for n in N_AS] + ["--epoch", "60"] + dirs(tmp))
 
 
 def run_dir_of_n_A(models_dir, n_A):
@@ -160,13 +161,14 @@ def test_bad_launch_input_is_one_clear_line(bad, word, tmp_path):
 def test_stderr_to_a_file_logs_one_line_per_evaluated_epoch(tmp_path):
     log = tmp_path / "run.log"
     with open(log, "w") as f:
-        subprocess.run([sys.executable, "minority_l_main.py", "--network", "UFM", "--na", "20", "--nb", "4",
-                        "--reg_z_l", "0.01", "--epoch", "5"] + dirs(tmp_path), cwd=ROOT, stderr=f,
+        subprocess.run([sys.executable, "minority_l_main.py", "--dataset_t", "synthetic", "--network", "MLP",
+                        "--width", "16", "--na", "20", "--nb", "4", "--reg_z_l", "0.01", "--epoch", "5"]
+                       + dirs(tmp_path), cwd=ROOT, stderr=f,
                        stdout=subprocess.DEVNULL, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     lines = log.read_text().splitlines()
-    epochs = [ln for ln in lines if ln.startswith("minority_l_ufm epoch ")]
-    summary = utils.read_csv(glob.glob(str(tmp_path / "models" / "minority_l_ufm_*" / "summary.csv"))[0])
-    assert [int(ln.split()[2].split("/")[0]) for ln in epochs] == [int(r["epoch"]) for r in summary] == [1, 2, 3, 5]
+    epochs = [ln for ln in lines if ln.startswith("minority_l_mlp epoch ")]
+    summary = utils.read_csv(glob.glob(str(tmp_path / "models" / "minority_l_mlp_*" / "summary.csv"))[0])
+    assert [int(ln.split()[2].split("/")[0]) for ln in epochs] == [int(r["epoch"]) for r in summary] == [1, 2, 3, 4, 5]
     assert all(f"nc1={r['nc1']:.4g}" in ln and "train_acc=" in ln and " ce=" in ln for ln, r in zip(epochs, summary))
     device = [i for i, ln in enumerate(lines) if ln.startswith("device: ")]  # once, before training
     assert len(device) == 1 and lines[device[0]].startswith("device: cpu (") and device[0] < lines.index(epochs[0])
