@@ -330,3 +330,41 @@ def mean_std_interval(values):
         half = float(scipy.stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
         out.update(std=std, ci95=[out["mean"] - half, out["mean"] + half])
     return out
+
+
+def seed_interval(values):
+    """ana_utils.mean_std_interval in the study table's flat form: n, mean, std, ci_lo, ci_hi
+    (NaN where undefined: std and interval with one value, everything with none)."""
+    s, nan = mean_std_interval(values), float("nan")
+    lo, hi = s["ci95"] or (nan, nan)
+    return {"n": s["n"], "mean": nan if s["mean"] is None else s["mean"],
+            "std": nan if s["std"] is None else s["std"], "ci_lo": lo, "ci_hi": hi}
+
+
+def table_over_seeds(records, keys, metrics):
+    """One row per distinct combination of `keys` among the per-seed records (first-seen order):
+    the keys, n_seeds, and for each metric <m>_mean, <m>_std, <m>_ci_lo, <m>_ci_hi (seed_interval)."""
+    groups = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    rows = []
+    for combo, rs in groups.items():
+        row = dict(zip(keys, combo), n_seeds=len(rs))
+        for m in metrics:
+            stats = seed_interval([r.get(m) for r in rs])
+            row.update({f"{m}_{k}": stats[k] for k in ("mean", "std", "ci_lo", "ci_hi")})
+        rows.append(row)
+    return rows
+
+
+def band_over_seeds(series):
+    """Per position, the mean, min and max over equally long series (one per seed; None as NaN):
+    the line and band of a curve over seeds. Returns {"mean", "lo", "hi"} lists."""
+    a = np.array([[np.nan if x is None else x for x in s] for s in series], dtype=float)
+    defined = np.isfinite(a).any(0)
+    safe = np.where(np.isfinite(a), a, 0.0)
+    count = np.isfinite(a).sum(0)
+    mean = np.where(defined, safe.sum(0) / np.maximum(count, 1), np.nan)
+    lo = np.where(defined, np.where(np.isfinite(a), a, np.inf).min(0), np.nan)
+    hi = np.where(defined, np.where(np.isfinite(a), a, -np.inf).max(0), np.nan)
+    return {"mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}

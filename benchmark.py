@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import ana_utils
+import datasets
 import networks
 import train_utils
 import ufm_program
@@ -78,7 +79,7 @@ def bench_subset():
         return torch.cat(xs), torch.cat(ys)
 
     def ours():
-        return utils.get_data("fashion_mnist", sizes, seed=0, data_dir=root)
+        return datasets.get_data("fashion_mnist", sizes, seed=0, data_dir=root)
 
     t_orig, _ = timed(original)
     t_ours, data = timed(ours)
@@ -94,7 +95,7 @@ def bench_training_loop():
     load from other processes hits both sides alike."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    data = utils.get_data("synthetic", [512] * 8, seed=0, synthetic={"image_size": 16, "noise": 1.0})
+    data = datasets.get_data("synthetic", [512] * 8, seed=0, synthetic={"image_size": 16, "noise": 1.0})
     cfg = dict(name="bench", network="mlp", width=256, epochs=20, lr=0.01, batch_size=128, lam_h=1e-5, lam_w=1e-3,
                lam_b=1e-2, eval_epochs=[20])
     full = {**train_utils.TRAIN_DEFAULTS, **cfg}
@@ -209,7 +210,7 @@ def bench_ufm_training_vs_theory():
     """The UFM network trained at the paper's minority-collapse scale (k_A = 5 classes of 500, 5 of
     100, N = 3000) at 0.9 and 1.1 lambda*, against the convex program."""
     sizes = [500] * 5 + [100] * 5
-    data = utils.get_data("synthetic", sizes, seed=0, synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
+    data = datasets.get_data("synthetic", sizes, seed=0, synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
     out = {}
     for factor in (0.9, 1.1):
         lam = factor / 300
@@ -421,9 +422,9 @@ def _train_run_builds(channels_last, compile_model):
 
 def _gpu_bench_data(spec, tiny):
     if tiny:
-        return utils.get_data("synthetic", [6] * 4, seed=0,
+        return datasets.get_data("synthetic", [6] * 4, seed=0,
                               synthetic={"image_size": 16, "channels": 3, "test_per_class": 2})
-    return utils.get_data("synthetic", spec["sizes"], seed=0,
+    return datasets.get_data("synthetic", spec["sizes"], seed=0,
                           synthetic={"image_size": 32, "channels": 3, "test_per_class": spec["test_per_class"]})
 
 

@@ -13,6 +13,7 @@ heat-map of Z beside the convex program's Z for the same sizes and lambda.
 import math
 import sys
 
+import datasets
 import sweep
 import utils
 from utils import UserError
@@ -48,10 +49,10 @@ def main(argv=None):
     scale = QUICK_SCALE if args.quick else 1.0
     groups = [(k, max(1, round(n * scale))) for k, n in STRUCTURES[args.structure]]
     sizes = [n for k, n in groups for _ in range(k)]
-    K = utils.num_classes_of(args.dataset_t, sizes)
+    K = datasets.num_classes_of(args.dataset_t, sizes)
     if K != len(sizes):
         raise UserError(f"--dataset_t {args.dataset_t}: has {K} classes; the structures need {len(sizes)}")
-    utils.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--structure", args.network)
+    datasets.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--structure", args.network)
     starts = [sum(k for k, _ in groups[:i]) for i in range(len(groups))]
     clusters = [list(range(s, s + k)) for s, (k, _) in zip(starts, groups)]
     # lambda of the convex program from lam_H, lam_W, times sqrt(50) for --quick; split back in their ratio.

@@ -13,6 +13,7 @@ B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex pr
 import sys
 
 import ana_utils
+import datasets
 import sweep
 import utils
 from utils import UserError
@@ -58,7 +59,7 @@ def main(argv=None):
     if small:
         raise UserError(f"--nalist {small[0]}: n_B = n_A / ratio = {small[0] / args.ratio:.3g} rounds down to 0; "
                         f"use larger n_A or a smaller --ratio")
-    utils.check_class_sizes(args.dataset_t, nas, args.allow_test_fill, "--nalist", args.network)
+    datasets.check_class_sizes(args.dataset_t, nas, args.allow_test_fill, "--nalist", args.network)
     clusters = [list(range(args.ka)), list(range(args.ka, K))]
 
     def setting(n_A):  # (sizes, clusters, lambda, lam_b) of a point

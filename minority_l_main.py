@@ -13,6 +13,7 @@ import math
 import sys
 
 import ana_utils
+import datasets
 import sweep
 import utils
 
@@ -59,7 +60,7 @@ def main(argv=None):
     utils.check_fraction("--ln_pro", args.ln_pro)
     sizes = [args.na] * args.ka + [args.nb] * (K - args.ka)
     clusters = [list(range(args.ka)), list(range(args.ka, K))]
-    utils.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--na/--nb", args.network)
+    datasets.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--na/--nb", args.network)
 
     # Points: one run per lambda (as given, times sqrt(5) for --quick), keyed by its whole configuration.
     points = [sweep.figure_point(FIGURE, args, sizes, clusters,

@@ -13,6 +13,7 @@ import math
 import sys
 
 import ana_utils
+import datasets
 import sweep
 import utils
 
@@ -52,7 +53,7 @@ def main(argv=None):
     utils.check_positive_ints("--nb", [args.nb])
     utils.check_positive("--reg_l", args.reg_l)
     utils.check_fraction("--ln_pro", args.ln_pro)
-    utils.check_class_sizes(args.dataset_t, nas + [args.nb], args.allow_test_fill, "--nalist/--nb", args.network)
+    datasets.check_class_sizes(args.dataset_t, nas + [args.nb], args.allow_test_fill, "--nalist/--nb", args.network)
     lam = args.reg_l / math.sqrt(QUICK_SCALE) if args.quick else args.reg_l
     k_B = K - args.ka
     clusters = [list(range(args.ka)), list(range(args.ka, K))]

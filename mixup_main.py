@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 
 import ana_utils
+import datasets
 import mixup_geometry
 import networks
 import plot_utils
@@ -21,7 +22,7 @@ import train_utils
 import utils
 from utils import UserError
 
-# Full balanced training sets by default (utils.TRAIN_PER_CLASS; synthetic: 100 per class).
+# Full balanced training sets by default (datasets.TRAIN_PER_CLASS; synthetic: 100 per class).
 SYNTHETIC_PER_CLASS = 100
 # --quick: bundled 8x8 digits and a small MLP, a CPU preview of under a minute with no download. Weight
 # decay 1e-2 at batch 64 makes the features collapse within 200 epochs (1e-4 barely acts in 2,000 steps);
@@ -41,7 +42,7 @@ STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_
 
 def parse_args(argv):
     p = utils.ArgumentParser(description=__doc__)
-    p.add_argument("--dataset", default="cifar10", help=" | ".join(utils.DATASETS))
+    p.add_argument("--dataset", default="cifar10", help=" | ".join(datasets.DATASETS))
     p.add_argument("--model", default="resnet18",
                    help=" | ".join(n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm"))
     p.add_argument("--width", type=int, default=None, help="network width (wrn: widening factor 10; vit: 192)")
@@ -96,7 +97,7 @@ def parse_args(argv):
 
 def check_args(args):
     """Every bad argument fails here with one line, before any data is loaded or run folder made."""
-    args.dataset = utils.check_dataset(args.dataset)
+    args.dataset = datasets.check_dataset(args.dataset)
     allowed = [n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm"]
     if args.model.lower() == "ufm":
         raise UserError("--model ufm: mixing inputs needs a network; for the free-feature model run "
@@ -119,10 +120,10 @@ def check_args(args):
         raise UserError("--snapshot_size: at least 2 mixed examples")
     if args.dataset == "synthetic" and args.num_classes < 3:
         raise UserError(f"--num_classes {args.num_classes}: three classes are visualised, so at least 3")
-    K = utils.num_classes_of(args.dataset, [0] * args.num_classes)
+    K = datasets.num_classes_of(args.dataset, [0] * args.num_classes)
     per_class = (args.train_per_class if args.train_per_class is not None
-                 else utils.TRAIN_PER_CLASS.get(args.dataset, SYNTHETIC_PER_CLASS))
-    utils.check_class_sizes(args.dataset, [per_class], False, "--train_per_class", fill_hint=False)
+                 else datasets.TRAIN_PER_CLASS.get(args.dataset, SYNTHETIC_PER_CLASS))
+    datasets.check_class_sizes(args.dataset, [per_class], False, "--train_per_class", fill_hint=False)
     if args.classes is None:
         args.classes = sorted(np.random.default_rng(args.seed).choice(K, 3, replace=False).tolist())
     if len(args.classes) != 3 or len(set(args.classes)) != 3 or not all(0 <= c < K for c in args.classes):
@@ -177,7 +178,7 @@ def make_on_eval(cfg, data, loss_fn, device):
 def run_inputs(cfg, dataset, per_class, K, data_dir):
     """(per-sample loss, data, mixup objective) of the run `cfg` on a balanced subset of `dataset`."""
     loss_fn = train_utils.get_loss(cfg["loss"], cfg["mse_scale"], cfg["smoothing"], cfg["focal_gamma"])
-    data = utils.get_data(dataset, [per_class] * K, cfg["seed"], data_dir)
+    data = datasets.get_data(dataset, [per_class] * K, cfg["seed"], data_dir)
     return loss_fn, data, train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"],
                                                            lam_per=cfg["lam_per"])
 
@@ -320,8 +321,8 @@ def study_dynamics(records, dataset, model):
         rs = [r for r in records if (r["dataset"], r["model"], r["loss"], r["mixup"]) == (dataset, model, loss, True)]
         if rs:
             out[loss] = dict(epochs=rs[0]["epochs"], snapshot_epochs=rs[0]["snapshot_epochs"],
-                             residual=sweep.band_over_seeds([r["residual"] for r in rs]),
-                             **{k: sweep.band_over_seeds([r["curves"][k] for r in rs]) for k in rs[0]["curves"]})
+                             residual=ana_utils.band_over_seeds([r["residual"] for r in rs]),
+                             **{k: ana_utils.band_over_seeds([r["curves"][k] for r in rs]) for k in rs[0]["curves"]})
     return out
 
 
@@ -338,7 +339,7 @@ def projection_panel(records, args, dataset, model, loss):
 
 def study(args):
     """The study recipe: cells -> train or reuse (--point, --assemble) -> table over seeds -> figures."""
-    args.datasets = [utils.check_dataset(d, "--datasets") for d in args.datasets]
+    args.datasets = [datasets.check_dataset(d, "--datasets") for d in args.datasets]
     for loss in args.losses + args.panel_losses:
         utils.check_choice("--losses/--panel_losses", loss, tuple(train_utils.LOSSES))
     points = study_cells(args)
@@ -346,7 +347,7 @@ def study(args):
     records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
                                        args.point, args.assemble)
     done = [r for r in records if r is not None and "diverged" not in r]
-    table = sweep.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
+    table = ana_utils.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
     for row in table:
         row["n_diverged"] = sum(1 for r in records if r is not None and "diverged" in r
                                 and all(r[k] == row[k] for k in STUDY_KEYS))

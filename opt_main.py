@@ -29,8 +29,9 @@ def parse_args(argv):
     p.add_argument("--reg_z", type=float, required=True, help="lambda = 2 sqrt(lam_W lam_H) of the convex program")
     p.add_argument("--reg_b", type=float, default=0.01, help="lambda_b, the bias penalty")
     p.add_argument("--solver", default="auto", choices=("auto", "cvxpy", "fast"),
-                   help="cvxpy (Clarabel/SCS), fast (accelerated proximal gradient), auto: cvxpy up to "
-                        f"K = {ufm_program.AUTO_CVXPY_MAX_K}, else fast")
+                   help="cvxpy (Clarabel/SCS), fast (proximal gradient with a Newton polish), auto: fast, "
+                        f"and cvxpy too (up to K = {ufm_program.AUTO_CVXPY_MAX_K}) when the fast answer is not "
+                        "certified; every answer's accuracy is certified and printed")
     p.add_argument("--name", default=None, help="output stem (default: from the arguments)")
     p.add_argument("--out_dir", default="opt_results")
     p.add_argument("--plot_dir", default="plots")
@@ -99,8 +100,7 @@ def main(argv=None):
     thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
     if args.dry_run:
         done = os.path.exists(os.path.join(args.out_dir, name + ".json"))
-        solver = args.solver if args.solver != "auto" else ("cvxpy" if len(n) <= ufm_program.AUTO_CVXPY_MAX_K else "fast")
-        print(f"{name}: K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}; solver {solver}; "
+        print(f"{name}: K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}; solver {args.solver}; "
               f"{'finished (' + os.path.join(args.out_dir, name + '.json') + ')' if done else 'not solved yet'}; "
               "nothing to train (the solve is the whole run)")
         return

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 import ana_utils
+import datasets
 import mixup_geometry
 import plot_utils
 import train_utils
@@ -189,7 +190,7 @@ def add_mixup_commands(subparsers):
     p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     for name, fn, what in [("mixup-loss", cmd_mixup_loss, "loss curves"),
                            ("mixup-accuracy", cmd_mixup_accuracy, "accuracy and ECE curves"),
-                           ("mixup-compare", cmd_mixup_compare, "runs side by side; summaries' mean ± std and 95% interval over seeds")]:
+                           ("mixup-compare", cmd_mixup_compare, "runs side by side; summaries' mean ± std and 95%% interval over seeds")]:
         p = add(name, fn, what)
         p.add_argument("run_dirs", nargs="+")
         p.add_argument("--label", default="loss", help="config key that names (and groups) the runs")
@@ -206,9 +207,9 @@ def add_mixup_commands(subparsers):
 
 def cmd_prepare(args):
     """Build (downloading if needed) and cache a training subset; print its path and per-class counts."""
-    dataset = utils.check_dataset(args.dataset)
-    data = utils.get_data(dataset, args.sizes, args.seed, args.data_dir, args.allow_test_fill)
-    path, _ = utils.subset_cache_path(dataset, data.sizes, args.seed, args.data_dir, args.allow_test_fill)
+    dataset = datasets.check_dataset(args.dataset)
+    data = datasets.get_data(dataset, args.sizes, args.seed, args.data_dir, args.allow_test_fill)
+    path, _ = datasets.subset_cache_path(dataset, data.sizes, args.seed, args.data_dir, args.allow_test_fill)
     counts = np.bincount(data.y_train.numpy(), minlength=data.num_classes).tolist()
     test_counts = np.bincount(data.y_test.numpy(), minlength=data.num_classes).tolist()
     print(path if dataset != "synthetic" else "(synthetic data is generated on the fly, not cached)")
@@ -228,7 +229,7 @@ def main(argv=None):
     parser = utils.ArgumentParser(prog="python utils.py", description="Data preparation and replotting from saved results.")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     p = sub.add_parser("prepare", help="build and cache an imbalanced training subset (run where there is internet)")
-    p.add_argument("--dataset", required=True, help=" | ".join(utils.DATASETS))
+    p.add_argument("--dataset", required=True, help=" | ".join(datasets.DATASETS))
     p.add_argument("--sizes", type=int, nargs="+", required=True, help="training images per class")
     p.add_argument("--seed", type=utils.seed_type, default=0)
     p.add_argument("--data_dir", default="data")

@@ -17,6 +17,8 @@ import tempfile
 import numpy as np
 
 import ana_utils
+import batched_training
+import datasets
 import networks
 import plot_utils
 import train_utils
@@ -99,7 +101,7 @@ LAUNCH_ARGS = [
 
 def check_figure_args(args):
     """Check the shared figure arguments (presets already applied); returns the dataset's class count."""
-    args.dataset_t = utils.check_dataset(args.dataset_t, "--dataset_t")
+    args.dataset_t = datasets.check_dataset(args.dataset_t, "--dataset_t")
     args.network = networks.check_network_name(args.network)
     utils.check_nonneg("--reg_b", args.reg_b)
     utils.check_positive("--lr", args.lr)
@@ -110,7 +112,7 @@ def check_figure_args(args):
     if args.width is not None:
         utils.check_positive_ints("--width", [args.width])
     check_launch_args(args)
-    K = utils.num_classes_of(args.dataset_t)
+    K = datasets.num_classes_of(args.dataset_t)
     if getattr(args, "ka", None) is not None and not 1 <= args.ka < K:
         raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
     return K
@@ -285,7 +287,7 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
 
 def train_point(point, device, models_dir, data_dir):
     """Train (or reuse) one point with train_utils.train_run and summarise its Z: the sweep's run_point."""
-    data = utils.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
+    data = datasets.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
                           point.get("synthetic"))
     res = train_utils.train_run(point["train"], data, device, models_dir)
     minority = min(point["clusters"], key=lambda c: point["sizes"][c[0]])
@@ -357,13 +359,13 @@ def train_points(points, args, argv=None):
 
 
 def batch_groups(points, models_dir):
-    """The missing points that train_utils.train_batched can train together: lists of two or more
-    points with the same data and the same training configuration but for train_utils.BATCHED_OWN_KEYS."""
+    """The missing points that batched_training.train_batched can train together: lists of two or more
+    points with the same data and the same training configuration but for batched_training.BATCHED_OWN_KEYS."""
     groups = {}
     for point in points:
-        if os.path.exists(point_record_path(models_dir, point)) or not train_utils.batchable(point["train"]):
+        if os.path.exists(point_record_path(models_dir, point)) or not batched_training.batchable(point["train"]):
             continue
-        shared = {k: v for k, v in point["train"].items() if k not in train_utils.BATCHED_OWN_KEYS}
+        shared = {k: v for k, v in point["train"].items() if k not in batched_training.BATCHED_OWN_KEYS}
         key = utils.config_key([point["dataset"], point["sizes"], point["seed"], point["allow_test_fill"],
                                 point.get("synthetic"), shared])
         groups.setdefault(key, []).append(point)
@@ -375,13 +377,13 @@ def train_batched_groups(points, args, device):
     finished and only summarises them."""
     for group in batch_groups(points, args.models_dir):
         first = group[0]
-        data = utils.get_data(first["dataset"], first["sizes"], first["seed"], args.data_dir, first["allow_test_fill"],
+        data = datasets.get_data(first["dataset"], first["sizes"], first["seed"], args.data_dir, first["allow_test_fill"],
                               first.get("synthetic"))
         if device.type == "cpu":
             utils.set_threads(point_work_size(first) * len(group), args.threads)
         print(f"[batched] training {len(group)} points together: "
               + "; ".join(describe_params(p["params"]) for p in group), file=sys.stderr)
-        train_utils.train_batched([p["train"] for p in group], data, device, args.models_dir)
+        batched_training.train_batched([p["train"] for p in group], data, device, args.models_dir)
 
 
 # Per-seed fields of a point record whose numbers get mean, std and interval over seeds.
@@ -515,7 +517,7 @@ def _probe_seconds_per_batch(point, device, data_dir):
     """Training seconds per batch of `point`, measured by training it for 2 epochs in a
     throw-away folder."""
     probe = dict(point["train"], epochs=2, eval_epochs=[2], lr_milestones=[], warm_epochs=0)
-    data = utils.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
+    data = datasets.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
                           point.get("synthetic"))
     with tempfile.TemporaryDirectory() as tmp:
         res = train_utils.train_run(probe, data, device, tmp)
@@ -570,46 +572,3 @@ def save_figure_result(result, args, stem):
     stem += "_quick" if args.quick else ""
     for path in plot_utils.write_figure(result, args.plot_dir, stem):
         print(path)
-
-
-# ======================================================================================
-# Summaries over seeds (the mixup study)
-# ======================================================================================
-
-
-def seed_interval(values):
-    """ana_utils.mean_std_interval in the study table's flat form: n, mean, std, ci_lo, ci_hi
-    (NaN where undefined: std and interval with one value, everything with none)."""
-    s, nan = ana_utils.mean_std_interval(values), float("nan")
-    lo, hi = s["ci95"] or (nan, nan)
-    return {"n": s["n"], "mean": nan if s["mean"] is None else s["mean"],
-            "std": nan if s["std"] is None else s["std"], "ci_lo": lo, "ci_hi": hi}
-
-
-def table_over_seeds(records, keys, metrics):
-    """One row per distinct combination of `keys` among the per-seed records (first-seen order):
-    the keys, n_seeds, and for each metric <m>_mean, <m>_std, <m>_ci_lo, <m>_ci_hi (seed_interval)."""
-    groups = {}
-    for r in records:
-        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-    rows = []
-    for combo, rs in groups.items():
-        row = dict(zip(keys, combo), n_seeds=len(rs))
-        for m in metrics:
-            stats = seed_interval([r.get(m) for r in rs])
-            row.update({f"{m}_{k}": stats[k] for k in ("mean", "std", "ci_lo", "ci_hi")})
-        rows.append(row)
-    return rows
-
-
-def band_over_seeds(series):
-    """Per position, the mean, min and max over equally long series (one per seed; None as NaN):
-    the line and band of a curve over seeds. Returns {"mean", "lo", "hi"} lists."""
-    a = np.array([[np.nan if x is None else x for x in s] for s in series], dtype=float)
-    defined = np.isfinite(a).any(0)
-    safe = np.where(np.isfinite(a), a, 0.0)
-    count = np.isfinite(a).sum(0)
-    mean = np.where(defined, safe.sum(0) / np.maximum(count, 1), np.nan)
-    lo = np.where(defined, np.where(np.isfinite(a), a, np.inf).min(0), np.nan)
-    hi = np.where(defined, np.where(np.isfinite(a), a, -np.inf).max(0), np.nan)
-    return {"mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}

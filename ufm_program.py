@@ -571,24 +571,23 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
 
 
 def solve_ufm(n, lam, lam_b, solver="auto", tol=1e-9):
-    """The convex program by `solver`: 'cvxpy', 'fast', or 'auto' (up to AUTO_CVXPY_MAX_K both cvxpy
-    and the fast solver, keeping the answer with the better certified accuracy; the fast solver
-    alone above). Every answer carries `accuracy` (ufm_certificate) and its status rests on it:
-    'optimal' when accuracy <= tol, otherwise 'inaccurate' (reported, not hidden)."""
+    """The convex program by `solver`: 'cvxpy', 'fast', or 'auto' (the fast solver; when its answer
+    is not certified to `tol` and K <= AUTO_CVXPY_MAX_K, cvxpy too, keeping the answer with the
+    better certified accuracy). Every answer carries `accuracy` (ufm_certificate) and its status
+    rests on it: 'optimal' when accuracy <= tol, otherwise 'inaccurate' (reported, not hidden)."""
     if solver not in ("auto", "cvxpy", "fast"):
         raise UserError(f"solver {solver}: allowed are auto, cvxpy, fast")
-    if solver == "fast" or (solver == "auto" and len(n) > AUTO_CVXPY_MAX_K):
-        return solve_ufm_fast(n, lam, lam_b, tol=tol)
+    fast = solve_ufm_fast(n, lam, lam_b, tol=tol) if solver != "cvxpy" else None
+    if solver == "fast" or (fast is not None and (fast["status"] == "optimal" or len(n) > AUTO_CVXPY_MAX_K)):
+        return fast
     try:
         sol = solve_ufm_cvxpy(n, lam, lam_b, tol=tol)
     except RuntimeError as e:  # the interior-point solver occasionally fails numerically
         if solver == "cvxpy":
             raise UserError(f"solver cvxpy failed ({e}); use the fast solver") from None
-        sol = None
-        print(f"note: cvxpy failed ({e}); using the fast solver's answer", file=sys.stderr)
-    if solver == "auto":
-        fast = solve_ufm_fast(n, lam, lam_b, tol=tol)
-        if sol is None or (fast["accuracy"], fast["objective"]) < (sol["accuracy"], sol["objective"]):
-            sol = fast
+        print(f"note: cvxpy failed ({e}); keeping the fast solver's answer", file=sys.stderr)
+        return fast
+    if fast is not None and (fast["accuracy"], fast["objective"]) < (sol["accuracy"], sol["objective"]):
+        return fast
     return sol
 

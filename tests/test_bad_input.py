@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import datasets
 import sweep
 import train_utils
 import utils
@@ -295,7 +296,7 @@ CFG = dict(name="t", network="mlp", width=16, epochs=3, lr=0.05, batch_size=16, 
 
 
 def small_data():
-    return utils.get_data("synthetic", [12, 12, 6], seed=0, synthetic={"image_size": 4, "channels": 1})
+    return datasets.get_data("synthetic", [12, 12, 6], seed=0, synthetic={"image_size": 4, "channels": 1})
 
 
 def run_dir_of(tmp_path, cfg=CFG):
@@ -378,14 +379,14 @@ def test_tampered_cached_subset_and_truncated_snapshot(tmp_path):
     from fake_datasets import write_idx_dataset
     write_idx_dataset(tmp_path, "MNIST", 8, 2)
     sizes = [3] * 10
-    utils.get_data("mnist", sizes, seed=0, data_dir=str(tmp_path))
-    path, _ = utils.subset_cache_path("mnist", sizes, 0, str(tmp_path))
+    datasets.get_data("mnist", sizes, seed=0, data_dir=str(tmp_path))
+    path, _ = datasets.subset_cache_path("mnist", sizes, 0, str(tmp_path))
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     arrays["y_train"][:3] = 9  # class counts no longer those the name claims
     utils.atomic_savez(path, **arrays)
     with pytest.raises(UserError, match="cached subset .* does not match its name"):
-        utils.get_data("mnist", sizes, seed=0, data_dir=str(tmp_path))
+        datasets.get_data("mnist", sizes, seed=0, data_dir=str(tmp_path))
     snap = tmp_path / "mixup_e0001.npz"
     utils.atomic_savez(str(snap), h=np.zeros((50, 3)))
     snap.write_bytes(snap.read_bytes()[:100])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import ana_utils
+import datasets
 import benchmark
 import minority_l_main
 import train_utils
@@ -71,7 +72,7 @@ def fake_cifar10(tmp_path, monkeypatch):
 @cuda
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
 def test_resnet18_short_run_on_cuda(tmp_path, fake_cifar10, amp):
-    data = utils.get_data("cifar10", [20] * 5 + [4] * 5, seed=0, data_dir=fake_cifar10)
+    data = datasets.get_data("cifar10", [20] * 5 + [4] * 5, seed=0, data_dir=fake_cifar10)
     cfg = dict(name="cuda", network="resnet18", epochs=3, lr=0.01, batch_size=32, lam_h=1e-5, lam_w=5e-3,
                lam_b=1e-2, amp=amp, eval_epochs=[1, 3])
     full, N, seen = {**train_utils.TRAIN_DEFAULTS, **cfg}, len(data.y_train), set()
@@ -110,7 +111,7 @@ def test_minority_l_on_cuda_with_and_without_amp(tmp_path, fake_cifar10, capsys,
 def test_killed_run_resumes_to_the_same_result_on_cuda(tmp_path, fake_cifar10, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
-    data = utils.get_data("cifar10", [20] * 5 + [4] * 5, seed=0, data_dir=fake_cifar10)
+    data = datasets.get_data("cifar10", [20] * 5 + [4] * 5, seed=0, data_dir=fake_cifar10)
     cfg = dict(name="resume", network="resnet18", epochs=6, lr=0.01, batch_size=32, lam_h=1e-5, lam_w=5e-3,
                lam_b=1e-2, eval_epochs=[2, 4, 6])
     whole = train_utils.train_run(cfg, data, GPU, models_dir=str(tmp_path / "a"))

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 
+import datasets
 import utils
 from fake_datasets import write_cifar10, write_idx_dataset
 from utils import UserError
@@ -26,27 +27,27 @@ def labels_match_pixels(x_uint8_first_pixel, y):
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_idx_datasets_load_subset_and_cache(tmp_path, name, folder):
     write_idx_dataset(tmp_path, folder, n_train_per_class=8, n_test_per_class=3)
-    data = utils.get_data(name, SIZES, seed=1, data_dir=str(tmp_path))
+    data = datasets.get_data(name, SIZES, seed=1, data_dir=str(tmp_path))
     side = 32 if name == "fashion_mnist" else 28  # Fashion-MNIST is resized as in the paper
     assert data.x_train.shape == (sum(SIZES), 1, side, side) and data.x_train.dtype == torch.float32
     assert np.bincount(data.y_train.numpy(), minlength=10).tolist() == SIZES
     assert np.bincount(data.y_test.numpy()).tolist() == [3] * 10  # balanced test split
-    path, _ = utils.subset_cache_path(name, SIZES, 1, str(tmp_path))
+    path, _ = datasets.subset_cache_path(name, SIZES, 1, str(tmp_path))
     assert os.path.exists(path)
     with np.load(path) as f:  # cached as uint8; images stay paired with their labels
         assert labels_match_pixels(f["x_train"][:, 0, 0, 0], f["y_train"])
     # the cache is used: the raw files are no longer needed
     for fn in os.listdir(os.path.join(tmp_path, folder, "raw")):
         os.remove(os.path.join(tmp_path, folder, "raw", fn))
-    again = utils.get_data(name, SIZES, seed=1, data_dir=str(tmp_path))
+    again = datasets.get_data(name, SIZES, seed=1, data_dir=str(tmp_path))
     assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_train, data.y_train)
 
 
 def test_cifar10_batches(tmp_path, no_cifar_md5):
     write_cifar10(tmp_path, n_train_per_class=10, n_test_per_class=4)
-    data = utils.get_data("cifar10", SIZES, seed=0, data_dir=str(tmp_path))
+    data = datasets.get_data("cifar10", SIZES, seed=0, data_dir=str(tmp_path))
     assert data.x_train.shape == (sum(SIZES), 3, 32, 32) and data.in_channels == 3
-    path, _ = utils.subset_cache_path("cifar10", SIZES, 0, str(tmp_path))
+    path, _ = datasets.subset_cache_path("cifar10", SIZES, 0, str(tmp_path))
     with np.load(path) as f:
         assert labels_match_pixels(f["x_train"][:, 0, 0, 0], f["y_train"])
         assert labels_match_pixels(f["x_test"][:, 0, 0, 0], f["y_test"])
@@ -58,14 +59,14 @@ def test_cifar10_batches(tmp_path, no_cifar_md5):
 
 def test_seeds_and_cache_names(tmp_path):
     write_idx_dataset(tmp_path, "MNIST", 8, 2)
-    a = utils.get_data("mnist", SIZES, seed=0, data_dir=str(tmp_path))
-    b = utils.get_data("mnist", SIZES, seed=0, data_dir=str(tmp_path))
-    c = utils.get_data("mnist", SIZES, seed=5, data_dir=str(tmp_path))
+    a = datasets.get_data("mnist", SIZES, seed=0, data_dir=str(tmp_path))
+    b = datasets.get_data("mnist", SIZES, seed=0, data_dir=str(tmp_path))
+    c = datasets.get_data("mnist", SIZES, seed=5, data_dir=str(tmp_path))
     assert torch.equal(a.x_train, b.x_train) and not torch.equal(a.x_train, c.x_train)
-    names = {utils.subset_cache_path("mnist", s, seed, "d", fill)[0]
+    names = {datasets.subset_cache_path("mnist", s, seed, "d", fill)[0]
              for s in (SIZES, SIZES[::-1]) for seed in (0, 1) for fill in (False, True)}
     assert len(names) == 8  # sizes, seed and the test-fill flag all change the name
-    assert "mnist_train_seed1" in utils.subset_cache_path("mnist", SIZES, 1, "d")[0]
+    assert "mnist_train_seed1" in datasets.subset_cache_path("mnist", SIZES, 1, "d")[0]
     assert a.key != c.key
 
 
@@ -73,18 +74,18 @@ def test_class_larger_than_split_is_an_error_unless_test_fill(tmp_path):
     write_idx_dataset(tmp_path, "MNIST", 5, 4)
     sizes = [5] * 9 + [7]
     with pytest.raises(UserError, match="class 9 asks for 7 .* at most 5"):
-        utils.get_data("mnist", sizes, data_dir=str(tmp_path))
-    data = utils.get_data("mnist", sizes, data_dir=str(tmp_path), allow_test_fill=True)
+        datasets.get_data("mnist", sizes, data_dir=str(tmp_path))
+    data = datasets.get_data("mnist", sizes, data_dir=str(tmp_path), allow_test_fill=True)
     assert np.bincount(data.y_train.numpy()).tolist() == sizes
     assert np.bincount(data.y_test.numpy()).tolist() == [4] * 9 + [2]  # borrowed images left the test split
     assert data.info["borrowed_from_test"] == {"9": 2}
 
 
 def test_synthetic_and_digits_need_no_download(tmp_path):
-    s = utils.get_data("synthetic", [7, 3, 2], seed=0, synthetic={"image_size": 8, "channels": 1})
+    s = datasets.get_data("synthetic", [7, 3, 2], seed=0, synthetic={"image_size": 8, "channels": 1})
     assert s.x_train.shape == (12, 1, 8, 8) and s.num_classes == 3
-    assert torch.equal(s.x_train, utils.get_data("synthetic", [7, 3, 2], seed=0, synthetic={"image_size": 8, "channels": 1}).x_train)
-    d = utils.get_data("digits", [100] + [20] * 9, seed=0, data_dir=str(tmp_path))
+    assert torch.equal(s.x_train, datasets.get_data("synthetic", [7, 3, 2], seed=0, synthetic={"image_size": 8, "channels": 1}).x_train)
+    d = datasets.get_data("digits", [100] + [20] * 9, seed=0, data_dir=str(tmp_path))
     assert d.x_train.shape == (280, 1, 8, 8) and abs(float(d.x_train.mean())) < 1.0
 
 
@@ -96,22 +97,22 @@ def test_synthetic_and_digits_need_no_download(tmp_path):
 ])
 def test_bad_data_arguments(tmp_path, kwargs, match):
     with pytest.raises(UserError, match=match):
-        utils.get_data(data_dir=str(tmp_path), **kwargs)
+        datasets.get_data(data_dir=str(tmp_path), **kwargs)
 
 
 def test_missing_dataset_names_folder_and_files(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda self: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(UserError, match=r"MNIST/raw/.*utils.py prepare"):
-        utils.get_data("mnist", [1] * 10, data_dir=str(tmp_path))
+        datasets.get_data("mnist", [1] * 10, data_dir=str(tmp_path))
 
 
 def test_corrupt_cache_is_reported_and_kept(tmp_path):
-    path, _ = utils.subset_cache_path("digits", [10] * 10, 0, str(tmp_path))
+    path, _ = datasets.subset_cache_path("digits", [10] * 10, 0, str(tmp_path))
     os.makedirs(os.path.dirname(path))
     with open(path, "wb") as f:
         f.write(b"not an npz")
     with pytest.raises(UserError, match="cached subset .* unreadable"):
-        utils.get_data("digits", [10] * 10, data_dir=str(tmp_path))
+        datasets.get_data("digits", [10] * 10, data_dir=str(tmp_path))
     assert open(path, "rb").read() == b"not an npz"
 
 
@@ -119,7 +120,7 @@ def test_unwritable_data_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(UserError, match="--data_dir"):
-        utils.get_data("digits", [10] * 10, data_dir=str(blocker / "sub"))
+        datasets.get_data("digits", [10] * 10, data_dir=str(blocker / "sub"))
 
 
 def test_devices():

@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import block_main  # noqa: E402
+import datasets  # noqa: E402
 import limit_main  # noqa: E402
 import minority_l_main  # noqa: E402
 import minority_n_main  # noqa: E402
@@ -63,7 +64,7 @@ CFG = dict(name="t", network="mlp", width=16, epochs=3, lr=0.05, batch_size=16, 
 
 
 def test_run_records_how_it_was_made_and_keeps_its_key(tmp_path):
-    data = utils.get_data("synthetic", [20, 20, 20], 0, str(tmp_path), synthetic={"image_size": 8, "channels": 1})
+    data = datasets.get_data("synthetic", [20, 20, 20], 0, str(tmp_path), synthetic={"image_size": 8, "channels": 1})
     res = train_utils.train_run(CFG, data, torch.device("cpu"), str(tmp_path / "models"))
     with open(os.path.join(res["run_dir"], "config.json")) as f:
         saved = json.load(f)

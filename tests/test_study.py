@@ -8,9 +8,9 @@ import pytest
 import scipy.stats
 import torch
 
+import ana_utils
 import mixup_main
 import networks
-import sweep
 import train_utils
 import utils
 
@@ -99,12 +99,12 @@ def test_small_vit_uses_heads_of_64_dimensions():
 
 
 def test_seed_interval_by_hand_and_undefined_cases():
-    s = sweep.seed_interval([1.0, 2.0, 4.0])
+    s = ana_utils.seed_interval([1.0, 2.0, 4.0])
     assert s["mean"] == pytest.approx(7 / 3) and s["std"] == pytest.approx(np.sqrt(7 / 3))
     assert s["ci_hi"] - s["mean"] == pytest.approx(4.302653 * np.sqrt(7 / 3) / np.sqrt(3), rel=1e-5)  # t_0.975,2
-    one = sweep.seed_interval([0.5, None])
+    one = ana_utils.seed_interval([0.5, None])
     assert one["n"] == 1 and one["mean"] == 0.5 and np.isnan(one["std"]) and np.isnan(one["ci_lo"])
-    assert np.isnan(sweep.seed_interval([])["mean"])
+    assert np.isnan(ana_utils.seed_interval([])["mean"])
 
 
 STUDY = ["--study", "--quick", "--datasets", "synthetic", "--models", "mlp", "--panel_losses", "--seeds", "0", "1", "2",

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import ana_utils
+import datasets
 import ufm_program
 from utils import UserError
 
@@ -125,10 +126,9 @@ def test_trained_ufm_reaches_the_convex_optimum(tmp_path, lam_factor):
     """Training the UFM network (lam_H = lam/20, lam_W = 5 lam) lands on the convex program's Z."""
     import torch
     import train_utils
-    import utils
     sizes = [40, 40, 10, 10]
     lam = lam_factor * ana_utils.two_cluster_lambda_star(2, 40, 2, 10)
-    data = utils.get_data("synthetic", sizes, seed=0, synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
+    data = datasets.get_data("synthetic", sizes, seed=0, synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
     cfg = dict(name="ufm", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=sum(sizes), epochs=30,
                eval_epochs=[30], lam_h=lam / 20, lam_w=5 * lam, lam_b=0.01, feat_dim=8)
     out = train_utils.train_run(cfg, data, torch.device("cpu"), models_dir=str(tmp_path))

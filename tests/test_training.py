@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+import batched_training
+import datasets
 import networks
 import train_utils
 import utils
@@ -17,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_data(sizes=(30, 30, 12, 12), seed=0):
-    return utils.get_data("synthetic", list(sizes), seed=seed, synthetic={"image_size": 8, "noise": 3.0})
+    return datasets.get_data("synthetic", list(sizes), seed=seed, synthetic={"image_size": 8, "noise": 3.0})
 
 
 CFG = dict(name="t", network="mlp", width=32, epochs=8, lr=0.05, batch_size=16, lam_h=1e-5, lam_w=5e-4,
@@ -196,7 +198,7 @@ def test_cli_bad_input_is_one_line_without_traceback():
     r = subprocess.run([sys.executable, "utils.py", "prepare", "--dataset", "svhn", "--sizes", "1", "2"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "error: --dataset svhn: unknown dataset; allowed are " + ", ".join(utils.DATASETS)
+    assert r.stderr.strip() == "error: --dataset svhn: unknown dataset; allowed are " + ", ".join(datasets.DATASETS)
 
 
 @pytest.mark.parametrize("network,width", [("mlp", 32), ("cnn", 8)])
@@ -208,7 +210,7 @@ def test_batched_runs_match_one_by_one_runs(tmp_path, network, width):
             for i in range(3)]
     data = small_data()
     alone = [train_utils.train_run(c, data, CPU, models_dir=str(tmp_path / "a")) for c in cfgs]
-    together = train_utils.train_batched(cfgs, data, CPU, models_dir=str(tmp_path / "b"))
+    together = batched_training.train_batched(cfgs, data, CPU, models_dir=str(tmp_path / "b"))
     assert alone[0]["final"]["loss"] != pytest.approx(alone[2]["final"]["loss"], rel=1e-3)  # the runs differ
     for a, b in zip(alone, together):
         for k in ("loss", "ce", "reg_h", "nc1", "train_acc", "test_acc"):
@@ -220,4 +222,4 @@ def test_batched_runs_match_one_by_one_runs(tmp_path, network, width):
 
 def test_train_batched_refuses_configurations_that_differ_in_more_than_lambda_and_seed():
     with pytest.raises(ValueError, match="differ only"):
-        train_utils.train_batched([CFG, dict(CFG, lr=0.1)], small_data(), CPU)
+        batched_training.train_batched([CFG, dict(CFG, lr=0.1)], small_data(), CPU)
