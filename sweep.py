@@ -55,11 +55,11 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--point", type=int, default=None,
                         help="train only point I (0-based, in the order the values are listed), then plot "
                              "whatever points are finished, naming the missing ones (for cluster job arrays)")
+    parser.add_argument("--assemble", action="store_true",
+                        help="train nothing: plot the finished points and name the missing ones")
     parser.add_argument("--batched", action="store_true",
                         help="train the missing points that share network and data (MLP, CNN) together as one "
                              "vmapped model, each with its own lambda, seed and results (see README, Performance)")
-    parser.add_argument("--assemble", action="store_true",
-                        help="train nothing: plot the finished points and name the missing ones")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="several seeds (replaces --seed): every (point, seed) is its own run, and the figure "
                              "gets per point the mean, std and 95%% t-interval over seeds. Runs are numbered point "

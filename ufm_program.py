@@ -163,6 +163,19 @@ def _ufm_accuracy(primal, dual):
     return max(primal - dual, 0.0) / primal + 4e-16 * np.sqrt(primal ** 2 + dual ** 2) / primal
 
 
+def _primal_and_dual(Z, b, n, lam, lam_b):
+    """(objective at (Z, b), value of the dual point built from it, its off-diagonal softmax
+    probabilities Poff and diagonal complements r), in the scaled variables; n already checked."""
+    N = n.sum()
+    rho, q = n / N, np.sqrt(n / N)
+    X = np.asarray(Z, dtype=float) * q
+    b = np.asarray(b, dtype=float).ravel()
+    L = float(lam) * np.sqrt(N)
+    primal = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
+    dual, Poff, r = _ufm_dual_point(X, b, rho, q, L, lam_b)
+    return primal, dual, Poff, r
+
+
 def ufm_certificate(Z, b, n, lam, lam_b):
     """Accuracy certificate of any answer (Z, b) of the convex program, whichever solver gave it.
 
@@ -170,13 +183,7 @@ def ufm_certificate(Z, b, n, lam, lam_b):
     point of the dual (so dual <= optimum <= objective), gap = objective - dual, and
     accuracy = gap / objective, a bound on the relative suboptimality of the answer's objective."""
     n = _check_ufm_args(n, lam, lam_b)
-    N = n.sum()
-    rho, q = n / N, np.sqrt(n / N)
-    X = np.asarray(Z, dtype=float) * q
-    b = np.asarray(b, dtype=float).ravel()
-    L = float(lam) * np.sqrt(N)
-    primal = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
-    dual = _ufm_dual_point(X, b, rho, q, L, lam_b)[0]
+    primal, dual = _primal_and_dual(Z, b, n, lam, lam_b)[:2]
     return dict(objective=primal, dual=dual, gap=primal - dual, accuracy=_ufm_accuracy(primal, dual))
 
 
@@ -218,13 +225,8 @@ def ufm_spread_bounds(Z, b, n, lam, lam_b, classes):
         return 0.0, 0.0
     if np.ptp(n[classes]) > 0:
         raise ValueError("ufm_spread_bounds: the classes must have one size")
-    N = n.sum()
-    rho, q = n / N, np.sqrt(n / N)
-    X = np.asarray(Z, dtype=float) * q
-    b = np.asarray(b, dtype=float).ravel()
-    L = float(lam) * np.sqrt(N)
-    primal = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
-    dual, Poff, r = _ufm_dual_point(X, b, rho, q, L, lam_b)
+    primal, dual, Poff, r = _primal_and_dual(Z, b, n, lam, lam_b)
+    rho = n / n.sum()
     if not np.isfinite(dual):
         return 0.0, float("inf")
     gap = max(primal - dual, 0.0) + 4e-16 * (abs(primal) + abs(dual))
