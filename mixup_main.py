@@ -90,6 +90,7 @@ def parse_args(argv):
                    help="train only cell I (0-based, in grid order: dataset, network, loss, "
                    "mixup then not, seed; panel losses last), then assemble what is finished")
     s.add_argument("--assemble", action="store_true", help="train nothing: table and figures of the finished cells")
+    sweep.add_launch_args(p)
     utils.add_common_args(p)
     study = p.parse_args(argv).study
     return utils.parse_with_presets(p, argv, STUDY_QUICK if study else QUICK)
@@ -216,9 +217,9 @@ def dry_run(cfg, data, device, objective, models_dir):
 def main(argv=None):
     args = parse_args(argv)
     if args.study:
-        return study(args)
-    if args.point is not None or args.assemble:
-        raise UserError("--point/--assemble: they select cells of the study grid; add --study")
+        return study(args, argv)
+    if args.point is not None or args.assemble or args.launch:
+        raise UserError("--point/--assemble/--launch: they select or launch cells of the study grid; add --study")
     K, per_class = check_args(args)
     device = sweep.figure_device(args)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
@@ -337,15 +338,21 @@ def projection_panel(records, args, dataset, model, loss):
     return None
 
 
-def study(args):
-    """The study recipe: cells -> train or reuse (--point, --assemble) -> table over seeds -> figures."""
+def study(args, argv=None):
+    """The study recipe: cells -> train or reuse (--point, --assemble) or launch them as jobs
+    (--launch, each job this command with --point I) -> table over seeds -> figures."""
     args.datasets = [datasets.check_dataset(d, "--datasets") for d in args.datasets]
     for loss in args.losses + args.panel_losses:
         utils.check_choice("--losses/--panel_losses", loss, tuple(train_utils.LOSSES))
+    sweep.check_launch_args(args)
     points = study_cells(args)
     device = sweep.figure_device(args)
-    records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
-                                       args.point, args.assemble)
+    if args.launch:
+        sweep.launch_points(points, args, sys.argv[1:] if argv is None else list(argv), script=os.path.abspath(__file__))
+        records, missing = sweep.run_sweep(points, None, args.models_dir, assemble_only=True)
+    else:
+        records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
+                                           args.point, args.assemble)
     done = [r for r in records if r is not None and "diverged" not in r]
     table = ana_utils.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
     for row in table:

@@ -123,7 +123,8 @@ def check_launch_args(args):
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise UserError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is given twice")
     modes = [name for name, on in (("--point", args.point is not None), ("--assemble", args.assemble),
-                                   ("--launch", args.launch is not None), ("--list_points", args.list_points)) if on]
+                                   ("--launch", args.launch is not None),
+                                   ("--list_points", getattr(args, "list_points", False))) if on]
     if len(modes) > 1:
         raise UserError(f"{modes[0]} with {modes[1]}: give one of them")
     if args.wait and args.launch is None:
@@ -444,15 +445,16 @@ def visible_gpus():
     return list(range(torch.cuda.device_count()))
 
 
-def launch_points(runs, args, argv):
+def launch_points(runs, args, argv, script=None):
     """Submit every unfinished run as a job (one job array) that runs this script's command line with
     --point I, print the job ids and the command that assembles the figure; with --wait, wait for
     them (a failed job is named with its log; its run resumes from its checkpoint when launched
-    again), otherwise end the script. The launcher's logs go to <models_dir>/launcher/."""
+    again), otherwise end the script. The launcher's logs go to <models_dir>/launcher/.
+    script: the script the jobs run (default <figure>_main.py beside this file)."""
     import submitit  # lazily: only launching needs it
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     folder = os.path.join(utils.ensure_writable_dir(args.models_dir, "--models_dir"), "launcher", "%j")
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{runs[0]['figure']}_main.py")
+    script = script or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{runs[0]['figure']}_main.py")
     base = [sys.executable, script] + job_argv(argv)
     todo = [i for i, run in enumerate(runs) if not os.path.exists(point_record_path(args.models_dir, run))]
     assemble = shlex.join(["python", os.path.relpath(script)] + job_argv(argv) + ["--assemble"])

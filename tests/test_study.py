@@ -154,3 +154,16 @@ def test_study_point_reuses_finished_cells_and_checks_its_range(study, capsys):
         mixup_main.main(["--point", "0"])
     with pytest.raises(utils.UserError, match="--losses"):
         mixup_main.main(STUDY + dirs + ["--losses", "hinge"])
+
+
+def test_study_launch_local_runs_every_cell_as_a_job_and_assembles(tmp_path, capsys):
+    """--launch local: one job per missing cell (this command with --point I), then the table of all."""
+    argv = (["--study", "--quick", "--datasets", "synthetic", "--models", "mlp", "--panel_losses", "--seeds", "0",
+             "--no_baselines", "--epochs", "4", "--device", "cpu", "--launch", "local", "--wait"]
+            + ["--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p"), "--data_dir", str(tmp_path / "d")])
+    mixup_main.main(argv)
+    out = capsys.readouterr().out
+    assert "submitted 2 local jobs" in out and "--assemble" in out
+    result = utils.read_json(tmp_path / "p" / "mixup_study_quick.json")
+    assert len(result["cells"]) == 2 and result["missing"] == []
+    assert sorted(c["loss"] for c in result["cells"]) == ["cross_entropy", "mse"]
