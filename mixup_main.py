@@ -33,7 +33,7 @@ QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=64, lr=0.05, 
 # 2 seeds, and label smoothing and focal on the first dataset and network): 40 epochs on 60 images per class
 # (10 synthetic classes); weight decay 5e-2 collapses the features that fast.
 STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=40,
-                   train_per_class=60, num_classes=10, weight_decay=5e-2, snapshot_size=600)
+                   train_per_class=60, num_classes=10, image_size=16, weight_decay=5e-2, snapshot_size=600)
 # The study's table: the per-seed numbers of a cell, and what keys a row.
 STUDY_KEYS = ("dataset", "model", "loss", "mixup")
 STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_vs_log_odds_spearman",
@@ -67,6 +67,7 @@ def parse_args(argv):
     p.add_argument("--fixed_etf", action="store_true", help="a fixed simplex-ETF classifier")
     p.add_argument("--train_per_class", type=int, default=None, help="training images per class (default: all)")
     p.add_argument("--num_classes", type=int, default=4, help="synthetic data only: number of classes")
+    p.add_argument("--image_size", type=int, default=32, help="synthetic data only: image side (default 32)")
     p.add_argument("--classes", type=int, nargs="+", default=None,
                    help="the three classes to visualise (default: drawn from the seed)")
     p.add_argument("--snapshots", type=int, nargs="+", default=None,
@@ -119,6 +120,7 @@ def check_args(args):
     utils.check_positive("--theory_beta", args.theory_beta)
     if args.snapshot_size < 2:
         raise UserError("--snapshot_size: at least 2 mixed examples")
+    utils.check_positive_ints("--image_size", [args.image_size])
     if args.dataset == "synthetic" and args.num_classes < 3:
         raise UserError(f"--num_classes {args.num_classes}: three classes are visualised, so at least 3")
     K = datasets.num_classes_of(args.dataset, [0] * args.num_classes)
@@ -152,7 +154,8 @@ def train_config(args):
                 amp=args.amp, loss=args.loss, mse_scale=args.mse_scale, smoothing=args.smoothing,
                 focal_gamma=args.focal_gamma, alpha=args.alpha, mixup=not args.no_mixup, lam_per=args.lam_per,
                 fixed_etf=args.fixed_etf, classes=args.classes, snapshots=args.snapshots,
-                snapshot_size=args.snapshot_size, feature_mode=args.feature_mode)
+                snapshot_size=args.snapshot_size, feature_mode=args.feature_mode,
+                synthetic={"image_size": args.image_size} if args.dataset == "synthetic" else None)
 
 
 def make_on_eval(cfg, data, loss_fn, device):
@@ -179,7 +182,7 @@ def make_on_eval(cfg, data, loss_fn, device):
 def run_inputs(cfg, dataset, per_class, K, data_dir):
     """(per-sample loss, data, mixup objective) of the run `cfg` on a balanced subset of `dataset`."""
     loss_fn = train_utils.get_loss(cfg["loss"], cfg["mse_scale"], cfg["smoothing"], cfg["focal_gamma"])
-    data = datasets.get_data(dataset, [per_class] * K, cfg["seed"], data_dir)
+    data = datasets.get_data(dataset, [per_class] * K, cfg["seed"], data_dir, synthetic=cfg["synthetic"])
     return loss_fn, data, train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"],
                                                            lam_per=cfg["lam_per"])
 
