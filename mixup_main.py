@@ -85,7 +85,7 @@ def parse_args(argv):
     s.add_argument("--losses", nargs="+", default=["cross_entropy", "mse"])
     s.add_argument("--panel_losses", nargs="*", default=["label_smoothing", "focal"],
                    help="losses trained too, with mixup, on the first dataset and network only (the per-loss figure)")
-    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    s.add_argument("--seeds", type=utils.seed_type, nargs="+", default=[0, 1, 2])
     s.add_argument("--no_baselines", action="store_true", help="skip the cells without mixup (calibration baselines)")
     s.add_argument("--point", type=int, default=None,
                    help="train only cell I (0-based, in grid order: dataset, network, loss, "

@@ -60,7 +60,7 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--batched", action="store_true",
                         help="train the missing points that share network and data (MLP, CNN) together as one "
                              "vmapped model, each with its own lambda, seed and results (see README, Performance)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seeds", type=utils.seed_type, nargs="+", default=None,
                         help="several seeds (replaces --seed): every (point, seed) is its own run, and the figure "
                              "gets per point the mean, std and 95%% t-interval over seeds. Runs are numbered point "
                              "by point: --point I trains point I // (number of seeds) with seed number "
