@@ -30,3 +30,5 @@ run python utils.py mixup-compare "$CE" "$MSE" --label loss --plot_dir $P   # pr
 cp $P/mixup_compare.png docs/img/mixup_quick_compare.png
 run python utils.py mixup-ufm --loss cross_entropy --num_classes 10 --beta 0.01 --out docs/img/mixup_ufm_ce.png
 run python utils.py mixup-ufm --loss mse --num_classes 10 --beta 0.01 --out docs/img/mixup_ufm_mse.png
+run python mixup_main.py --study --quick --models_dir $M/study --plot_dir $P   # its own runs: CE/MSE above stay unique
+cp $P/mixup_study_quick_projections.png $P/mixup_study_quick_dynamics.png docs/img/
