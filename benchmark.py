@@ -24,6 +24,7 @@ import torch
 
 import ana_utils
 import datasets
+import losses
 import networks
 import train_utils
 import ufm_program
@@ -437,7 +438,7 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
     data = _gpu_bench_data(spec, tiny)
     cfg = {**train_utils.TRAIN_DEFAULTS, "name": f"bench_{name}", **spec["cfg"],
            **(TINY_NETWORKS[name] if tiny else {}), **({"batch_size": 8} if tiny else {})}
-    objective = (train_utils.make_mixup_objective(train_utils.get_loss("cross_entropy"), 1.0)
+    objective = (train_utils.make_mixup_objective(losses.get_loss("cross_entropy"), 1.0)
                  if spec["mixup"] else None)
     N, bs = len(data.y_train), min(cfg["batch_size"], len(data.y_train))
     label, E, n_evals = spec["schedule"]

@@ -6,6 +6,7 @@ import scipy.optimize
 # torch and scipy.stats are imported in the functions that use them: plotting and opt_main.py,
 # which import this module, never pay for them.
 
+import losses
 from utils import UserError
 
 
@@ -323,3 +324,15 @@ def ufm_mixup_snapshot(loss, K=10, beta=0.01, classes=(0, 1, 2), n_mix=41, loss_
             H = ufm_direct(loss_fn, y_a, y_b, mix, K, K, gamma, W=W, seed=seed)[0]
     return {"features": H, "logits": H @ W.T, "mix": mix, "y_a": y_a, "y_b": y_b, "W": W,
             "b": np.zeros(K), "classes": np.asarray(classes)}
+
+
+MIXUP_CLOSED_FORM_LOSSES = ("cross_entropy", "mse")
+
+
+def ufm_overlay(cfg, K, classes, beta=0.01):
+    """The free-feature optimum for a run's loss (cfg keys loss, mse_scale, smoothing,
+    focal_gamma) with a fixed ETF: closed form for CE/MSE, direct optimisation otherwise."""
+    loss = cfg.get("loss", "cross_entropy")
+    loss_fn = None if loss in MIXUP_CLOSED_FORM_LOSSES else losses.get_loss(
+        loss, cfg.get("mse_scale", 1.0), cfg.get("smoothing", 0.1), cfg.get("focal_gamma", 2.0))
+    return ufm_mixup_snapshot(loss, K, beta, classes, loss_fn=loss_fn, mse_scale=cfg.get("mse_scale", 1.0))

@@ -14,6 +14,7 @@ import numpy as np
 
 import ana_utils
 import datasets
+import losses
 import mixup_geometry
 import networks
 import plot_utils
@@ -47,7 +48,7 @@ def parse_args(argv):
                    help=" | ".join(n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm"))
     p.add_argument("--width", type=int, default=None, help="network width (wrn: widening factor 10; vit: 192)")
     p.add_argument("--depth", type=int, default=None, help="wrn depth (40) or vit blocks (6)")
-    p.add_argument("--loss", default="cross_entropy", help=" | ".join(train_utils.LOSSES))
+    p.add_argument("--loss", default="cross_entropy", help=" | ".join(losses.LOSSES))
     p.add_argument("--mse_scale", type=float, default=1.0, help="mse: target scale")
     p.add_argument("--smoothing", type=float, default=0.1, help="label_smoothing: epsilon")
     p.add_argument("--focal_gamma", type=float, default=2.0, help="focal: gamma")
@@ -106,7 +107,7 @@ def check_args(args):
                         "`python utils.py mixup-ufm`")
     if args.model.lower() not in allowed:
         raise UserError(f"--model {args.model}: allowed are {', '.join(allowed)}")
-    utils.check_choice("--loss", args.loss, tuple(train_utils.LOSSES))
+    utils.check_choice("--loss", args.loss, tuple(losses.LOSSES))
     utils.check_positive("--mse_scale", args.mse_scale)
     utils.check_fraction("--smoothing", args.smoothing)
     utils.check_nonneg("--focal_gamma", args.focal_gamma)
@@ -181,7 +182,7 @@ def make_on_eval(cfg, data, loss_fn, device):
 
 def run_inputs(cfg, dataset, per_class, K, data_dir):
     """(per-sample loss, data, mixup objective) of the run `cfg` on a balanced subset of `dataset`."""
-    loss_fn = train_utils.get_loss(cfg["loss"], cfg["mse_scale"], cfg["smoothing"], cfg["focal_gamma"])
+    loss_fn = losses.get_loss(cfg["loss"], cfg["mse_scale"], cfg["smoothing"], cfg["focal_gamma"])
     data = datasets.get_data(dataset, [per_class] * K, cfg["seed"], data_dir, synthetic=cfg["synthetic"])
     return loss_fn, data, train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"],
                                                            lam_per=cfg["lam_per"])
@@ -237,7 +238,7 @@ def main(argv=None):
 
     snaps = [(e, utils.load_snapshot(p)) for e, p in utils.mixup_snapshots(run_dir)]
     summaries = {e: utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps}
-    theory = train_utils.ufm_overlay(cfg, K, args.classes, args.theory_beta)
+    theory = mixup_geometry.ufm_overlay(cfg, K, args.classes, args.theory_beta)
 
     written = [utils.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
     for e, snap in snaps:
@@ -336,7 +337,7 @@ def projection_panel(records, args, dataset, model, loss):
     for r in records:
         if (r["dataset"], r["model"], r["loss"], r["mixup"], r["seed"]) == (dataset, model, loss, True, args.seeds[0]):
             cfg = dict(loss=loss, mse_scale=args.mse_scale, smoothing=args.smoothing, focal_gamma=args.focal_gamma)
-            return utils.load_snapshot(r["last_snapshot"]), train_utils.ufm_overlay(cfg, r["K"], r["classes"],
+            return utils.load_snapshot(r["last_snapshot"]), mixup_geometry.ufm_overlay(cfg, r["K"], r["classes"],
                                                                                     args.theory_beta)
     return None
 
@@ -346,7 +347,7 @@ def study(args, argv=None):
     (--launch, each job this command with --point I) -> table over seeds -> figures."""
     args.datasets = [datasets.check_dataset(d, "--datasets") for d in args.datasets]
     for loss in args.losses + args.panel_losses:
-        utils.check_choice("--losses/--panel_losses", loss, tuple(train_utils.LOSSES))
+        utils.check_choice("--losses/--panel_losses", loss, tuple(losses.LOSSES))
     sweep.check_launch_args(args)
     points = study_cells(args)
     device = sweep.figure_device(args)
@@ -370,13 +371,13 @@ def study(args, argv=None):
     written = [stem + ".json", stem + ".csv"]
     utils.atomic_write_json(written[0], result)
     utils.atomic_write_csv(written[1], table)
-    losses = list(dict.fromkeys(args.losses + args.panel_losses))
+    all_losses = list(dict.fromkeys(args.losses + args.panel_losses))
     written += [
         plot_utils.save_projection_table(
             [[projection_panel(done, args, d, m, args.losses[0]) for m in models] for d in args.datasets],
             args.datasets, models, stem + "_projections.png", f"{args.losses[0]}, with mixup, last epoch"),
-        plot_utils.save_projection_table([[projection_panel(done, args, d0, m0, loss) for loss in losses]],
-                                         [f"{d0}, {m0}"], losses, stem + "_losses.png", "with mixup, last epoch"),
+        plot_utils.save_projection_table([[projection_panel(done, args, d0, m0, loss) for loss in all_losses]],
+                                         [f"{d0}, {m0}"], all_losses, stem + "_losses.png", "with mixup, last epoch"),
         plot_utils.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
         plot_utils.save_study_calibration(table, stem + "_calibration.png")]
     for row in table:

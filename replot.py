@@ -11,9 +11,9 @@ import numpy as np
 
 import ana_utils
 import datasets
+import losses
 import mixup_geometry
 import plot_utils
-import train_utils
 import utils
 from utils import UserError
 
@@ -37,7 +37,7 @@ def cmd_mixup_projection(args):
     if not args.no_theory:
         cfg = utils.read_json(os.path.join(run_dir, "config.json")) if os.path.isfile(
             os.path.join(run_dir, "config.json")) else {}
-        theory = train_utils.ufm_overlay(cfg, len(snap["b"]), snap["classes"], args.beta)
+        theory = mixup_geometry.ufm_overlay(cfg, len(snap["b"]), snap["classes"], args.beta)
     epoch = int(snap["epoch"]) if "epoch" in snap else None
     name = f"projection_e{epoch:04d}.png" if epoch is not None else os.path.splitext(os.path.basename(args.snapshot))[0] + ".png"
     out = args.out or plot_utils.mixup_plot_path(args.plot_dir, run_dir, name)
@@ -50,7 +50,7 @@ def cmd_mixup_grid(args):
     utils.check_positive_ints("--dpi", [args.dpi])
     snaps = utils.mixup_snapshots(args.run_dir)
     loaded = [utils.load_snapshot(p) for _, p in snaps]
-    theory = None if args.no_theory else train_utils.ufm_overlay(
+    theory = None if args.no_theory else mixup_geometry.ufm_overlay(
         _run_config(args.run_dir), len(loaded[0]["b"]), loaded[0]["classes"], args.beta)
     out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dir, "projection_grid.png")
     cfg = _run_config(args.run_dir)
@@ -90,7 +90,7 @@ def cmd_mixup_compare(args):
         snaps.append(utils.load_snapshot(path))
         titles.append(f"{_run_label(cfg, args.label)} e{epoch}")
         notes.append(plot_utils.summary_note(summary))
-        theories.append(None if args.no_theory else train_utils.ufm_overlay(
+        theories.append(None if args.no_theory else mixup_geometry.ufm_overlay(
             cfg, len(snaps[-1]["b"]), snaps[-1]["classes"], args.beta))
         group = str(cfg.get(args.label)) + (f" ({cfg.get('network')})" if several_networks else "")
         groups.setdefault(group, []).append(utils.flatten(summary))
@@ -157,9 +157,9 @@ def cmd_mixup_ufm(args):
         raise UserError(f"--num_classes: needs >= 3, got {args.num_classes}")
     utils.check_positive("--beta", args.beta)
     classes = [0, 1, 2]
-    if args.learned or args.loss not in train_utils.MIXUP_CLOSED_FORM_LOSSES:
+    if args.learned or args.loss not in mixup_geometry.MIXUP_CLOSED_FORM_LOSSES:
         snap = mixup_geometry.ufm_mixup_snapshot(args.loss, args.num_classes, args.beta, classes,
-                                            loss_fn=train_utils.get_loss(args.loss), learned=args.learned,
+                                            loss_fn=losses.get_loss(args.loss), learned=args.learned,
                                             n_mix=11 if args.learned else 41)
     else:
         snap = mixup_geometry.ufm_mixup_snapshot(args.loss, args.num_classes, args.beta, classes)

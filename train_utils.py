@@ -22,52 +22,6 @@ from utils import UserError
 # ======================================================================================
 
 
-def cross_entropy_loss(logits, target):
-    """Per-sample cross-entropy CE(z, y) = -z_y + logsumexp(z)."""
-    return F.cross_entropy(logits, target, reduction="none")
-
-
-def mse_loss(logits, target, scale=1.0):
-    """Per-sample squared error to a scaled one-hot target: 0.5 * ||z - scale e_y||^2."""
-    onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
-    return 0.5 * (logits - scale * onehot).pow(2).sum(1)
-
-
-def label_smoothing_loss(logits, target, eps=0.1):
-    """Per-sample CE against (1 - eps) e_y + eps/K."""
-    logp = F.log_softmax(logits, dim=1)
-    return -(1 - eps) * logp.gather(1, target[:, None])[:, 0] - eps * logp.mean(1)
-
-
-def focal_loss(logits, target, gamma=2.0):
-    """Per-sample focal loss -(1 - p_y)^gamma log p_y (gamma = 0 is cross-entropy)."""
-    logp_y = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
-    return -(1 - logp_y.exp()).pow(gamma) * logp_y
-
-
-LOSSES = {"cross_entropy": cross_entropy_loss, "mse": mse_loss,
-          "label_smoothing": label_smoothing_loss, "focal": focal_loss}
-
-
-def get_loss(name, mse_scale=1.0, smoothing=0.1, focal_gamma=2.0):
-    """The per-sample loss called `name` with its parameter bound; checks the parameter."""
-    if name not in LOSSES:
-        raise UserError(f"loss {name!r}: unknown; allowed are {', '.join(LOSSES)}")
-    if name == "mse":
-        if not mse_scale > 0:
-            raise UserError(f"mse_scale {mse_scale}: must be > 0")
-        return lambda z, y: mse_loss(z, y, mse_scale)
-    if name == "label_smoothing":
-        if not 0 <= smoothing < 1:
-            raise UserError(f"smoothing {smoothing}: must be in [0, 1)")
-        return lambda z, y: label_smoothing_loss(z, y, smoothing)
-    if name == "focal":
-        if not focal_gamma >= 0:
-            raise UserError(f"focal_gamma {focal_gamma}: must be >= 0")
-        return lambda z, y: focal_loss(z, y, focal_gamma)
-    return cross_entropy_loss
-
-
 def mixup_loss(loss_fn, logits, y_a, y_b, mix):
     """Mean of mix * loss(y_a) + (1 - mix) * loss(y_b); mix is a scalar or one value per sample."""
     mix = torch.as_tensor(mix, dtype=logits.dtype, device=logits.device)
@@ -505,16 +459,3 @@ def finish_run(run_dir, cfg, data, model, history, Z, b):
     utils.atomic_write_json(final_path, final)
     utils.remove_leftovers(run_dir, "", [os.path.join(run_dir, "checkpoint.pt")])
     return dict(utils.read_json(final_path), run_dir=run_dir, reused=False)
-
-
-MIXUP_CLOSED_FORM_LOSSES = ("cross_entropy", "mse")
-
-
-def ufm_overlay(cfg, K, classes, beta=0.01):
-    """The free-feature optimum for a run's loss (cfg keys loss, mse_scale, smoothing,
-    focal_gamma) with a fixed ETF: closed form for CE/MSE, direct optimisation otherwise."""
-    loss = cfg.get("loss", "cross_entropy")
-    loss_fn = None if loss in MIXUP_CLOSED_FORM_LOSSES else get_loss(
-        loss, cfg.get("mse_scale", 1.0), cfg.get("smoothing", 0.1), cfg.get("focal_gamma", 2.0))
-    return mixup_geometry.ufm_mixup_snapshot(loss, K, beta, classes, loss_fn=loss_fn,
-                                             mse_scale=cfg.get("mse_scale", 1.0))

@@ -26,3 +26,12 @@ def test_help(main, argv, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_opt_main_and_the_commands_import_no_torch():
+    """opt_main.py and `python utils.py <command>` start without torch (about 1 s of import)."""
+    import subprocess
+    code = "import opt_main, replot, sys; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

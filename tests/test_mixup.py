@@ -11,6 +11,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import losses  # noqa: E402
 import mixup_geometry  # noqa: E402
 import mixup_main  # noqa: E402
 import networks  # noqa: E402
@@ -54,7 +55,7 @@ def test_closed_form_numbers_of_theory_section_5():
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 def test_direct_optimiser_matches_closed_forms(loss):
     closed = mixup_geometry.ufm_mixup_snapshot(loss, 6, 0.05, n_mix=5)
-    direct = mixup_geometry.ufm_mixup_snapshot(loss, 6, 0.05, n_mix=5, loss_fn=train_utils.get_loss(loss))
+    direct = mixup_geometry.ufm_mixup_snapshot(loss, 6, 0.05, n_mix=5, loss_fn=losses.get_loss(loss))
     assert np.abs(closed["features"] - direct["features"]).max() < 1e-5
 
 
@@ -75,9 +76,9 @@ def test_network_is_fed_the_mixed_inputs():
     model = Recorder()
     gen = torch.Generator().manual_seed(5)
     x_mix, y_a, y_b, lam = train_utils.mix_batch(x, y, 1.0, torch.Generator().manual_seed(5))
-    loss, _ = train_utils.make_mixup_objective(train_utils.cross_entropy_loss, 1.0)(model, x, y, 1, gen)
+    loss, _ = train_utils.make_mixup_objective(losses.cross_entropy_loss, 1.0)(model, x, y, 1, gen)
     assert torch.allclose(seen[0], x_mix) and not torch.allclose(seen[0], x)
-    expected = train_utils.mixup_loss(train_utils.cross_entropy_loss, model(x_mix)[0], y_a, y_b, lam)
+    expected = train_utils.mixup_loss(losses.cross_entropy_loss, model(x_mix)[0], y_a, y_b, lam)
     assert loss.item() == pytest.approx(expected.item())
 
 
@@ -91,23 +92,23 @@ def _value_and_grad(fn, z, y):
 def test_losses_value_and_gradient_by_hand():
     z, y = [[1.0, 0.0, -1.0]], [0]
     p = np.exp([1.0, 0.0, -1.0]) / np.exp([1.0, 0.0, -1.0]).sum()
-    v, g = _value_and_grad(train_utils.cross_entropy_loss, z, y)
+    v, g = _value_and_grad(losses.cross_entropy_loss, z, y)
     assert v == pytest.approx(-np.log(p[0])) and np.allclose(g, p - [1, 0, 0])
-    v, g = _value_and_grad(lambda a, b: train_utils.mse_loss(a, b, scale=2.0), z, y)
+    v, g = _value_and_grad(lambda a, b: losses.mse_loss(a, b, scale=2.0), z, y)
     assert v == pytest.approx(0.5 * (1 + 0 + 1)) and np.allclose(g, [[-1, 0, -1]])
     eps = 0.3
-    v, g = _value_and_grad(lambda a, b: train_utils.label_smoothing_loss(a, b, eps), z, y)
+    v, g = _value_and_grad(lambda a, b: losses.label_smoothing_loss(a, b, eps), z, y)
     target = (1 - eps) * np.array([1, 0, 0]) + eps / 3
     assert v == pytest.approx(-(target * np.log(p)).sum()) and np.allclose(g, p - target)
-    v, g = _value_and_grad(lambda a, b: train_utils.focal_loss(a, b, 2.0), z, y)
+    v, g = _value_and_grad(lambda a, b: losses.focal_loss(a, b, 2.0), z, y)
     assert v == pytest.approx(-(1 - p[0]) ** 2 * np.log(p[0]))
     dl_dp = 2 * (1 - p[0]) * np.log(p[0]) - (1 - p[0]) ** 2 / p[0]
     assert np.allclose(g, dl_dp * p[0] * (np.array([1, 0, 0]) - p))
     # the mixed loss: lam l(y_a) + (1 - lam) l(y_b), per-sample lam
     logits = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
-    mixed = train_utils.mixup_loss(train_utils.cross_entropy_loss, logits, torch.tensor([0, 1]),
+    mixed = train_utils.mixup_loss(losses.cross_entropy_loss, logits, torch.tensor([0, 1]),
                                    torch.tensor([2, 0]), torch.tensor([0.25, 1.0]))
-    ce = train_utils.cross_entropy_loss
+    ce = losses.cross_entropy_loss
     by_hand = (0.25 * ce(logits[:1], torch.tensor([0])) + 0.75 * ce(logits[:1], torch.tensor([2]))
                + ce(logits[1:], torch.tensor([1]))) / 2
     assert mixed.item() == pytest.approx(by_hand.item())
@@ -216,3 +217,15 @@ def test_cli_exit_status_2_without_traceback():
                 [sys.executable, "utils.py", "mixup-ufm", "--loss", "hinge"]):
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_losses_without_torch_functional_match_torch():
+    """losses.py uses tensor methods only (no torch import); its values equal torch's own functions."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randint(0, 5, (7,), generator=g)
+    assert torch.equal(losses.cross_entropy_loss(z, y), F.cross_entropy(z, y, reduction="none"))
+    onehot = F.one_hot(y, 5).to(z.dtype)
+    assert torch.allclose(losses.mse_loss(z, y, 2.0), 0.5 * (z - 2.0 * onehot).pow(2).sum(1), rtol=0, atol=1e-15)
+    smooth = (1 - 0.1) * onehot + 0.1 / 5
+    assert torch.allclose(losses.label_smoothing_loss(z, y, 0.1), -(smooth * F.log_softmax(z, 1)).sum(1))

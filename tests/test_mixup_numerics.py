@@ -4,8 +4,8 @@ import numpy as np
 import scipy.optimize
 import torch
 
+import losses
 import mixup_geometry
-import train_utils
 
 
 def test_undefined_quantities_are_none():
@@ -25,7 +25,7 @@ def test_direct_optimiser_focal_small_beta_matches_per_sample_minimisation():
     gamma = beta * K / (K - 1)
     W = mixup_geometry.simplex_etf(K, K)
     y_a, y_b, lam = mixup_geometry.ufm_mixup_grid([0, 1, 2], K, 3)
-    fl = lambda z, y: train_utils.focal_loss(z, y, 2.0)
+    fl = lambda z, y: losses.focal_loss(z, y, 2.0)
     H = mixup_geometry.ufm_direct(fl, y_a, y_b, lam, K, K, gamma, W=W)[0]
     Wt = torch.tensor(W)
 
