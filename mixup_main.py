@@ -8,7 +8,6 @@ import argparse
 import itertools
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -207,10 +206,7 @@ def dry_run(cfg, data, device, objective, models_dir):
     if rows:
         sec, how = np.mean([r["seconds_per_epoch"] for r in rows]), "its recorded seconds per epoch"
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            probe = train_utils.train_run(dict(cfg, epochs=2, eval_epochs=[2], lr_milestones=[], snapshots=[]),
-                                          data, device, tmp, objective=objective)
-            sec = utils.read_csv(os.path.join(probe["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
+        sec = train_utils.probe_seconds_per_epoch(dict(cfg, snapshots=[]), data, device, objective)
         how = "a 2-epoch probe"
     done = rows[-1]["epoch"] if rows else 0
     print(f"{run_dir}: {'at epoch ' + str(done) if done else 'not started'} of {cfg['epochs']}; estimate for the "

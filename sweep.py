@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 
 import numpy as np
 
@@ -239,6 +238,18 @@ def read_point_record(path, point):
     return rec
 
 
+def finished_record(models_dir, point):
+    """The point's checked record (read_point_record) when it is finished, else None: the one test
+    of "finished" for training, listing, launching, batching and dry runs alike."""
+    return read_point_record(point_record_path(models_dir, point), point)
+
+
+def point_data(point, data_dir):
+    """The training subset and test split of a point (datasets.get_data with its settings)."""
+    return datasets.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
+                             point.get("synthetic"))
+
+
 def describe_params(params):
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -279,7 +290,7 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
         records.append(record)
     if reused:
         print(f"reused finished points ({len(reused)} of {len(points)}, from {os.path.join(models_dir, 'points')}): "
-              + "; ".join(f"{i + 1} ({describe_params(points[i]['params'])})" for i in reused), file=sys.stderr)
+              + "; ".join(f"{i + 1} ({describe_point(points[i])})" for i in reused), file=sys.stderr)
     if missing:
         print(f"missing points ({len(missing)} of {len(points)}, not trained yet; run each with --point I): "
               + "; ".join(f"{i} ({describe_point(points[i])})" for i in missing), file=sys.stderr)
@@ -288,9 +299,7 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
 
 def train_point(point, device, models_dir, data_dir):
     """Train (or reuse) one point with train_utils.train_run and summarise its Z: the sweep's run_point."""
-    data = datasets.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
-                          point.get("synthetic"))
-    res = train_utils.train_run(point["train"], data, device, models_dir)
+    res = train_utils.train_run(point["train"], point_data(point, data_dir), device, models_dir)
     minority = min(point["clusters"], key=lambda c: point["sizes"][c[0]])
     record = dict(params=point["params"], sizes=point["sizes"], clusters=point["clusters"], Z=res["Z"], b=res["b"],
                   nc=res["final"], **ana_utils.z_summary(res["Z"], point["clusters"], minority),
@@ -332,7 +341,7 @@ def train_points(points, args, argv=None):
     runs = seeded_points(points, seeds)
     if args.list_points:
         rows = [json.dumps(dict(index=i, point=i // len(seeds), seed=run["seed"], params=run["params"],
-                                finished=os.path.exists(point_record_path(args.models_dir, run))))
+                                finished=finished_record(args.models_dir, run) is not None))
                 for i, run in enumerate(runs)]
         print("[\n " + ",\n ".join(rows) + "\n]")  # one run per line
         raise SystemExit(0)
@@ -364,7 +373,7 @@ def batch_groups(points, models_dir):
     points with the same data and the same training configuration but for batched_training.BATCHED_OWN_KEYS."""
     groups = {}
     for point in points:
-        if os.path.exists(point_record_path(models_dir, point)) or not batched_training.batchable(point["train"]):
+        if not batched_training.batchable(point["train"]) or finished_record(models_dir, point) is not None:
             continue
         shared = {k: v for k, v in point["train"].items() if k not in batched_training.BATCHED_OWN_KEYS}
         key = utils.config_key([point["dataset"], point["sizes"], point["seed"], point["allow_test_fill"],
@@ -377,14 +386,12 @@ def train_batched_groups(points, args, device):
     """--batched: train each batch_groups group as one vmapped model; run_sweep then finds their runs
     finished and only summarises them."""
     for group in batch_groups(points, args.models_dir):
-        first = group[0]
-        data = datasets.get_data(first["dataset"], first["sizes"], first["seed"], args.data_dir, first["allow_test_fill"],
-                              first.get("synthetic"))
         if device.type == "cpu":
-            utils.set_threads(point_work_size(first) * len(group), args.threads)
+            utils.set_threads(point_work_size(group[0]) * len(group), args.threads)
         print(f"[batched] training {len(group)} points together: "
               + "; ".join(describe_params(p["params"]) for p in group), file=sys.stderr)
-        batched_training.train_batched([p["train"] for p in group], data, device, args.models_dir)
+        batched_training.train_batched([p["train"] for p in group], point_data(group[0], args.data_dir), device,
+                                       args.models_dir)
 
 
 # Per-seed fields of a point record whose numbers get mean, std and interval over seeds.
@@ -456,7 +463,7 @@ def launch_points(runs, args, argv, script=None):
     folder = os.path.join(utils.ensure_writable_dir(args.models_dir, "--models_dir"), "launcher", "%j")
     script = script or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{runs[0]['figure']}_main.py")
     base = [sys.executable, script] + job_argv(argv)
-    todo = [i for i, run in enumerate(runs) if not os.path.exists(point_record_path(args.models_dir, run))]
+    todo = [i for i, run in enumerate(runs) if finished_record(args.models_dir, run) is None]
     assemble = shlex.join(["python", os.path.relpath(script)] + job_argv(argv) + ["--assemble"])
     if not todo:
         print(f"all {len(runs)} runs are finished; nothing to launch")
@@ -518,13 +525,7 @@ def _seconds_per_batch(records):
 def _probe_seconds_per_batch(point, device, data_dir):
     """Training seconds per batch of `point`, measured by training it for 2 epochs in a
     throw-away folder."""
-    probe = dict(point["train"], epochs=2, eval_epochs=[2], lr_milestones=[], warm_epochs=0)
-    data = datasets.get_data(point["dataset"], point["sizes"], point["seed"], data_dir, point["allow_test_fill"],
-                          point.get("synthetic"))
-    with tempfile.TemporaryDirectory() as tmp:
-        res = train_utils.train_run(probe, data, device, tmp)
-        rows = utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))
-    return rows[-1]["seconds_per_epoch"] / _batches(point)
+    return train_utils.probe_seconds_per_epoch(point["train"], point_data(point, data_dir), device) / _batches(point)
 
 
 def dry_run_report(points, args, device):
@@ -532,10 +533,10 @@ def dry_run_report(points, args, device):
     estimate of the training time of the rest (seconds per epoch scale with the batches per epoch)."""
     todo, finished = [], []
     for i, point in enumerate(points):
-        path = point_record_path(args.models_dir, point)
-        done = os.path.exists(path)
+        record = finished_record(args.models_dir, point)
+        done = record is not None
         if done:
-            finished.append(utils.read_json(path))
+            finished.append(record)
         elif args.point in (None, i):
             todo.append(point)
         print(f"point {i + 1} of {len(points)} (--point {i}): {describe_params(point['params'])}, "

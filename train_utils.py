@@ -3,6 +3,7 @@ training loop with checkpoints and resume, and the free-feature mixup optimum of
 import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -268,6 +269,15 @@ def run_dir_of(cfg, data, models_dir):
     keyed = {k: v for k, v in cfg.items() if k not in ("name",)}
     keyed["data"] = data.key
     return os.path.join(models_dir, f"{cfg['name']}_{utils.config_key(keyed)}")
+
+
+def probe_seconds_per_epoch(cfg, data, device, objective=None):
+    """Training seconds per epoch of `cfg` (evaluation excluded), measured by training it for 2
+    epochs, without milestones or warm phase, in a throw-away folder: --dry_run's estimate."""
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train_run(dict(cfg, epochs=2, eval_epochs=[2], lr_milestones=[], warm_epochs=0), data, device, tmp,
+                        objective=objective)
+        return utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
 
 
 def _load_checkpoint(path):
