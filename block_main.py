@@ -21,17 +21,19 @@ from utils import UserError
 FIGURE = "block"
 STRUCTURES = {1: [(4, 5000), (3, 4000), (3, 3000)], 2: [(4, 5000), (2, 3000), (4, 1000)]}
 QUICK_SCALE = 0.02  # --quick: class sizes x 0.02 and lam_H, lam_W x sqrt(50): the UFM optimum is unchanged
-QUICK = dict(dataset_t="synthetic", network="mlp_linear", lr=0.05, weight_decay=0.0, train_epochs=300)
+QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, train_epochs=200,
+             batched=True)
 
 
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="NC1 against epoch and the block structure of Z (Figures 1-2 of Hong & Ling).",
-        epilog="--quick: synthetic 8x8 images, a width-128 MLP, 300 epochs, class sizes x 0.02 (100/80/60 or "
-               "100/60/20) and lam_H, lam_W multiplied by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is "
-               "unchanged); under a minute on 2 CPU cores. --network UFM trains the unconstrained feature model "
-               "at full scale (full-batch L-BFGS; NC metrics per L-BFGS epoch).")
-    sweep.add_figure_args(p, "epochs (default 1000; --quick 300; UFM 40 L-BFGS epochs)", ka=False)
+        epilog=sweep.quick_epilog(QUICK, "class sizes x 0.02 (100/80/60 or 100/60/20) and lam_H, lam_W multiplied "
+                                  "by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is unchanged); about 10 s "
+                                  "on 2 CPU cores.") +
+               " --network UFM trains the unconstrained feature model at full scale (full-batch L-BFGS; NC metrics "
+               "per L-BFGS epoch).")
+    sweep.add_figure_args(p, f"epochs (default 1000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)", ka=False)
     p.add_argument("--structure", type=int, default=1, help="class-size structure 1 or 2 (default 1)")
     p.add_argument("--reg_h", type=float, default=1e-6, help="lam_H, feature regularisation (default 1e-6)")
     p.add_argument("--reg_w", type=float, default=1e-3, help="lam_W, classifier regularisation (default 1e-3)")

@@ -22,17 +22,18 @@ FIGURE = "minority_l"
 PAPER_LAMS = {5: [0.0027, 0.0030, 0.0033, 0.0039, 0.0045, 0.0051, 0.0057, 0.0063, 0.0069, 0.0075],
               3: [0.0037, 0.0041, 0.0045, 0.0053, 0.0062, 0.0070, 0.0078, 0.0086, 0.0094, 0.0102]}
 QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
-QUICK = dict(dataset_t="synthetic", network="mlp_linear", lr=0.05, weight_decay=0.0, na=100, nb=20, train_epochs=300)
+QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, na=100, nb=20,
+             train_epochs=200, batched=True)
 
 
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="Minority collapse against lambda (Figures 5-6 of Hong & Ling).",
-        epilog="--quick: synthetic 8x8 images, a width-128 MLP, 200 epochs, class sizes x 0.2 (n_A = 100, "
-               "n_B = 20) and every lambda multiplied by sqrt(5), which leaves the UFM optimum (it depends on "
-               "lambda sqrt(N) only) and so the expected picture unchanged; about a minute on 2 CPU cores. "
-               "--network UFM trains the unconstrained feature model at full scale (seconds per point).")
-    sweep.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
+        epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_A = 100, n_B = 20) and every lambda multiplied by "
+                                  "sqrt(5), which leaves the UFM optimum (it depends on lambda sqrt(N) only) and so "
+                                  "the expected picture unchanged; about 15 s on 2 CPU cores.") +
+               " --network UFM trains the unconstrained feature model at full scale (seconds per point).")
+    sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
     p.add_argument("--na", type=int, default=500, help="samples per majority class (default 500)")
     p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")
     p.add_argument("--reg_z_l", type=float, nargs="+", default=None,

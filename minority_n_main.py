@@ -21,17 +21,18 @@ FIGURE = "minority_n"
 PAPER_NA = {5: [100, 200, 300, 400, 600, 800, 1000, 1100, 1200, 1400],
             3: [100, 400, 450, 500, 700, 1000, 1600, 2200, 2500, 2800]}
 QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
-QUICK = dict(dataset_t="synthetic", network="mlp_linear", lr=0.05, weight_decay=0.0, nb=20, train_epochs=300)
+QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, nb=20, train_epochs=200,
+             batched=True)
 
 
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="Minority collapse against n_A (Figures 7-8 of Hong & Ling).",
-        epilog="--quick: synthetic 8x8 images, a width-128 MLP, 200 epochs, class sizes x 0.2 (n_B = 20, each "
-               "n_A x 0.2, rounded) and lambda multiplied by sqrt(5), which leaves the UFM optimum (it depends on "
-               "lambda sqrt(N) only) and so the expected picture unchanged; about a minute on 2 CPU cores. "
-               "--network UFM trains the unconstrained feature model at full scale (seconds per point).")
-    sweep.add_figure_args(p, "epochs (default 2000; --quick 200; UFM 40 L-BFGS epochs)")
+        epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_B = 20, each n_A x 0.2, rounded) and lambda "
+                                  "multiplied by sqrt(5), which leaves the UFM optimum (it depends on lambda sqrt(N) "
+                                  "only) and so the expected picture unchanged; about 20 s on 2 CPU cores.") +
+               " --network UFM trains the unconstrained feature model at full scale (seconds per point).")
+    sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default: the paper's list for --ka 5 or 3)")
     p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")

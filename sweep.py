@@ -26,7 +26,6 @@ from utils import UserError
 
 # --quick previews use small single-channel synthetic images (any class size, nothing to download).
 QUICK_SYNTHETIC = {"image_size": 8, "channels": 1}
-QUICK_MLP_WIDTH = 128
 UFM_EPOCHS = 40
 
 
@@ -43,8 +42,8 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
     parser.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None, help=epochs_help)
     parser.add_argument("--width", type=int, default=None, help="network width (default: the network's own; "
-                        "--quick uses 128 for the MLP)")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01; --quick 0.05)")
+                        "--quick: see below)")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01; --quick: see below)")
     parser.add_argument("--weight_decay", type=float, default=None,
                         help="SGD weight decay (default: the figure's, 5e-4 for block and limit, none for the minority "
                              "figures; --quick none, since on the classifier it adds to lam_W)")
@@ -56,9 +55,10 @@ def add_figure_args(parser, epochs_help, ka=True):
                              "whatever points are finished, naming the missing ones (for cluster job arrays)")
     parser.add_argument("--assemble", action="store_true",
                         help="train nothing: plot the finished points and name the missing ones")
-    parser.add_argument("--batched", action="store_true",
+    parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=False,
                         help="train the missing points that share network and data (MLP, CNN) together as one "
-                             "vmapped model, each with its own lambda, seed and results (see README, Performance)")
+                             "vmapped model, each with its own lambda, seed and results (see README, Performance; "
+                             "default: on with --quick, off otherwise)")
     parser.add_argument("--seeds", type=utils.seed_type, nargs="+", default=None,
                         help="several seeds (replaces --seed): every (point, seed) is its own run, and the figure "
                              "gets per point the mean, std and 95%% t-interval over seeds. Runs are numbered point "
@@ -71,7 +71,17 @@ def add_figure_args(parser, epochs_help, ka=True):
                         help="train and plot nothing: list the points, which are finished, and estimate the time "
                              "of the rest (from the finished points' recorded seconds per epoch, else a 2-epoch probe)")
     utils.add_common_args(parser)
+    parser.set_defaults(mlp_width=None)  # no flag: the --quick presets set the preview MLP's width (--width wins)
     return parser
+
+
+def quick_epilog(quick, scaling):
+    """The --quick paragraph of a figure script's help, written from its presets `quick`, then
+    `scaling` (how the preview's sizes and lambdas relate to the paper's)."""
+    side = QUICK_SYNTHETIC["image_size"]
+    return (f"--quick: synthetic {side}x{side} images, a width-{quick['mlp_width']} {quick['network']}, lr {quick['lr']} "
+            f"(a tenth after the milestone), no weight decay, {quick['train_epochs']} epochs; "
+            f"points of one data size trained together (--batched; --no-batched trains them one by one); {scaling}")
 
 
 def add_launch_args(parser):
@@ -201,7 +211,7 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
                      weight_decay=float(weight_decay if args.weight_decay is None else args.weight_decay),
                      warm_factor=0.1, amp=bool(args.amp), eval_epochs=[E] if args.quick and not history else None,
                      width=args.width if args.width is not None
-                     else (QUICK_MLP_WIDTH if args.quick and network in ("mlp", "mlp_linear") else None))
+                     else (args.mlp_width if network in ("mlp", "mlp_linear") else None))
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
     dataset = "synthetic" if network == "ufm" else args.dataset_t
     synthetic = QUICK_SYNTHETIC if (network == "ufm" or (args.quick and dataset == "synthetic")) else None

@@ -119,12 +119,16 @@ def test_minority_n_mlp_quick(tmp_path, capsys):
 
 
 def test_minority_l_quick_batched_matches_one_by_one(tmp_path, capsys):
-    """--batched trains the sweep's points as one vmapped model: the same figure numbers."""
+    """--batched (the --quick default) trains the sweep's points as one vmapped model: the same
+    figure numbers as --no-batched, which trains them one by one."""
     base = ["--quick", "--na", "30", "--nb", "10", "--reg_z_l", "0.003", "0.006", "--epoch", "3"]
-    _, alone = load_json(run_main(minority_l_main, base + dirs(tmp_path / "a"), capsys)[0])
-    paths, err = run_main(minority_l_main, base + ["--batched"] + dirs(tmp_path / "b"), capsys)
+    paths, err = run_main(minority_l_main, base + ["--no-batched"] + dirs(tmp_path / "a"), capsys)
+    _, alone = load_json(paths)
+    assert "[batched]" not in err
+    paths, err = run_main(minority_l_main, base + dirs(tmp_path / "b"), capsys)
     _, together = load_json(paths)
     assert "[batched] training 2 points together" in err
+    assert together["points"][0]["train"]["width"] == 64 and together["points"][0]["train"]["lr"] == 0.1
     for a, b in zip(alone["points"], together["points"]):
         assert b["nc"]["loss"] == pytest.approx(a["nc"]["loss"], rel=1e-4)
         np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)

@@ -50,7 +50,8 @@ def test_quick_preview_follows_the_convex_program(module, argv, tmp_path, capsys
     res = figure_json(capsys.readouterr().out)
     assert res["settings"]["network"] == "mlp_linear"
     for p in res["points"]:
-        assert p["train"]["lr"] == 0.05 and p["train"]["weight_decay"] == 0.0
+        assert p["train"]["lr"] == module.QUICK["lr"] and p["train"]["weight_decay"] == 0.0
+        assert p["train"]["width"] == module.QUICK["mlp_width"] and p["train"]["epochs"] == module.QUICK["train_epochs"]
         ufm = np.linalg.norm(np.array(p["theory"]["Z"]))  # independent of the record's z_norm
         assert abs(np.linalg.norm(np.array(p["Z"])) / ufm - 1) < 0.10
         if p["theory"]["verdict"] == "collapse":
