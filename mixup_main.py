@@ -77,7 +77,7 @@ def parse_args(argv):
     p.add_argument("--theory_beta", type=float, default=0.01, help="beta of the UFM overlay")
     p.add_argument("--dry_run", action="store_true",
                    help="train nothing: print the run folder, whether it is finished, and an estimate of the time "
-                        "left (from its recorded seconds per epoch, else a 2-epoch probe)")
+                        "left (from its recorded seconds per epoch, else a 3-epoch probe)")
     s = p.add_argument_group("the study (--study): a grid of runs, summarised over seeds")
     s.add_argument("--study", action="store_true", help="run the study grid instead of one run")
     s.add_argument("--datasets", nargs="+", default=["fashion_mnist", "cifar10", "cifar100"])
@@ -187,16 +187,23 @@ def run_inputs(cfg, dataset, per_class, K, data_dir):
                                                            lam_per=cfg["lam_per"])
 
 
-def train(cfg, dataset, per_class, K, device, data_dir, models_dir):
-    """Train (or reuse, or resume) the mixup run `cfg` on a balanced subset of `dataset`."""
-    loss_fn, data, objective = run_inputs(cfg, dataset, per_class, K, data_dir)
+def use_threads(cfg, data, device, threads):
+    """On the CPU, the threads for this run's step size and the free cores (--threads wins)."""
+    if device.type == "cpu":
+        utils.set_threads(networks.step_work_size(cfg["network"], min(cfg["batch_size"], len(data.y_train)),
+                                                  data.x_train[0].numel(), cfg["width"]), threads)
+
+
+def train(cfg, inputs, device, models_dir):
+    """Train (or reuse, or resume) the mixup run `cfg` on its run_inputs."""
+    loss_fn, data, objective = inputs
     return train_utils.train_run(cfg, data, device, models_dir, objective=objective,
                                  on_eval=make_on_eval(cfg, data, loss_fn, device))
 
 
 def dry_run(cfg, data, device, objective, models_dir):
     """--dry_run: the run's folder, finished or how far, and the training time left, from the
-    recorded seconds per epoch or a 2-epoch probe in a throw-away folder (evaluation excluded)."""
+    recorded seconds per epoch or a 3-epoch probe in a throw-away folder (evaluation excluded)."""
     run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **cfg}, data, models_dir)
     csv_path = os.path.join(run_dir, "summary.csv")
     rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
@@ -207,7 +214,7 @@ def dry_run(cfg, data, device, objective, models_dir):
         sec, how = np.mean([r["seconds_per_epoch"] for r in rows]), "its recorded seconds per epoch"
     else:
         sec = train_utils.probe_seconds_per_epoch(dict(cfg, snapshots=[]), data, device, objective)
-        how = "a 2-epoch probe"
+        how = "a 3-epoch probe"
     done = rows[-1]["epoch"] if rows else 0
     print(f"{run_dir}: {'at epoch ' + str(done) if done else 'not started'} of {cfg['epochs']}; estimate for the "
           f"rest: {sec * (cfg['epochs'] - done) / 60:.1f} min on {device} (training only, from {how})")
@@ -222,12 +229,13 @@ def main(argv=None):
         raise UserError("--point/--assemble/--launch: they select or launch cells of the study grid; add --study")
     K, per_class = check_args(args)
     device = sweep.figure_device(args)
-    print(utils.describe_device(device, args.amp), file=sys.stderr)
     cfg = train_config(args)
+    inputs = run_inputs(cfg, args.dataset, per_class, K, args.data_dir)
+    use_threads(cfg, inputs[1], device, args.threads)
+    print(utils.describe_device(device, args.amp), file=sys.stderr)
     if args.dry_run:
-        _, data, objective = run_inputs(cfg, args.dataset, per_class, K, args.data_dir)
-        return dry_run(cfg, data, device, objective, args.models_dir)
-    result = train(cfg, args.dataset, per_class, K, device, args.data_dir, args.models_dir)
+        return dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
+    result = train(cfg, inputs, device, args.models_dir)
     run_dir = result["run_dir"]
     if result["reused"]:
         print(f"reusing finished run {run_dir}")
@@ -292,8 +300,9 @@ def study_cell(point, device, args):
     summary.csv, last snapshot's geometry) and the curves over epochs."""
     p = point["params"]
     try:
-        run_dir = train(point["train"], p["dataset"], point["per_class"], point["K"], device, args.data_dir,
-                        args.models_dir)["run_dir"]
+        inputs = run_inputs(point["train"], p["dataset"], point["per_class"], point["K"], args.data_dir)
+        use_threads(point["train"], inputs[1], device, args.threads)
+        run_dir = train(point["train"], inputs, device, args.models_dir)["run_dir"]
     except UserError as e:  # a diverged cell is a result of the grid (kept, reported), not the end of the study
         if not str(e).startswith("training diverged"):
             raise
@@ -338,6 +347,30 @@ def projection_panel(records, args, dataset, model, loss):
     return None
 
 
+def study_dry_run(points, args, device):
+    """--study --dry_run: every cell, finished or to train, and the training time of the rest,
+    from a 3-epoch probe of each (dataset, network) to train (losses and seeds cost the same)."""
+    todo = []
+    for i, point in enumerate(points):
+        done = sweep.finished_record(args.models_dir, point) is not None
+        if not done and args.point in (None, i):
+            todo.append(point)
+        print(f"cell {i + 1} of {len(points)} (--point {i}): {describe(point['params'])}, "
+              f"{point['train']['epochs']} epochs: {'finished' if done else 'to train'}")
+    seconds = {}
+    for point in todo:
+        p = point["params"]
+        if (p["dataset"], p["model"]) not in seconds:
+            cfg = dict(point["train"], snapshots=[])
+            _, data, objective = run_inputs(cfg, p["dataset"], point["per_class"], point["K"], args.data_dir)
+            use_threads(cfg, data, device, args.threads)
+            seconds[p["dataset"], p["model"]] = train_utils.probe_seconds_per_epoch(cfg, data, device, objective)
+    total = sum(seconds[pt["params"]["dataset"], pt["params"]["model"]] * pt["train"]["epochs"] for pt in todo)
+    print(f"estimate for the {len(todo)} cells to train: {total / 60:.1f} min on {device} (training only, from "
+          f"3-epoch probes)" if todo else "nothing to train")
+    return 0
+
+
 def study(args, argv=None):
     """The study recipe: cells -> train or reuse (--point, --assemble) or launch them as jobs
     (--launch, each job this command with --point I) -> table over seeds -> figures."""
@@ -347,6 +380,8 @@ def study(args, argv=None):
     sweep.check_launch_args(args)
     points = study_cells(args)
     device = sweep.figure_device(args)
+    if args.dry_run:
+        return study_dry_run(points, args, device)
     if args.launch:
         sweep.launch_points(points, args, sys.argv[1:] if argv is None else list(argv), script=os.path.abspath(__file__))
         records, missing = sweep.run_sweep(points, None, args.models_dir, assemble_only=True)

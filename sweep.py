@@ -69,7 +69,7 @@ def add_figure_args(parser, epochs_help, ka=True):
     add_launch_args(parser)
     parser.add_argument("--dry_run", action="store_true",
                         help="train and plot nothing: list the points, which are finished, and estimate the time "
-                             "of the rest (from the finished points' recorded seconds per epoch, else a 2-epoch probe)")
+                             "of the rest (from the finished points' recorded seconds per epoch, else a 3-epoch probe)")
     utils.add_common_args(parser)
     parser.set_defaults(mlp_width=None)  # no flag: the --quick presets set the preview MLP's width (--width wins)
     return parser
@@ -362,16 +362,20 @@ def train_points(points, args, argv=None):
         launch_points(runs, args, sys.argv[1:] if argv is None else list(argv))
         records, missing = run_sweep(runs, None, args.models_dir, assemble_only=True)
     else:
-        device, trained = figure_device(args), []
-        if args.batched and args.point is None and not args.assemble:
-            train_batched_groups(runs, args, device)
+        device, said = figure_device(args), []
 
-        def run_point(pt):  # the device line once, before the first point trained here
-            if not trained:
-                print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
-            trained.append(pt)
+        def use_threads(work_size):  # CPU threads for this work, then the device line once, before training
             if device.type == "cpu":
-                utils.set_threads(point_work_size(pt), args.threads)
+                utils.set_threads(work_size, args.threads)
+            if not said:
+                print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
+                said.append(True)
+
+        if args.batched and args.point is None and not args.assemble:
+            train_batched_groups(runs, args, device, use_threads)
+
+        def run_point(pt):
+            use_threads(point_work_size(pt))
             return train_point(pt, device, args.models_dir, args.data_dir)
         records, missing = run_sweep(runs, run_point, args.models_dir, args.point, args.assemble)
     n = len(seeds)
@@ -392,12 +396,11 @@ def batch_groups(points, models_dir):
     return [g for g in groups.values() if len(g) > 1]
 
 
-def train_batched_groups(points, args, device):
+def train_batched_groups(points, args, device, use_threads):
     """--batched: train each batch_groups group as one vmapped model; run_sweep then finds their runs
-    finished and only summarises them."""
+    finished and only summarises them. use_threads(work_size) is called before each group."""
     for group in batch_groups(points, args.models_dir):
-        if device.type == "cpu":
-            utils.set_threads(point_work_size(group[0]) * len(group), args.threads)
+        use_threads(point_work_size(group[0]) * len(group))
         print(f"[batched] training {len(group)} points together: "
               + "; ".join(describe_params(p["params"]) for p in group), file=sys.stderr)
         batched_training.train_batched([p["train"] for p in group], point_data(group[0], args.data_dir), device,
@@ -533,7 +536,7 @@ def _seconds_per_batch(records):
 
 
 def _probe_seconds_per_batch(point, device, data_dir):
-    """Training seconds per batch of `point`, measured by training it for 2 epochs in a
+    """Training seconds per batch of `point`, measured by training it for 3 epochs in a
     throw-away folder."""
     return train_utils.probe_seconds_per_epoch(point["train"], point_data(point, data_dir), device) / _batches(point)
 
@@ -556,7 +559,7 @@ def dry_run_report(points, args, device):
         return
     rate, how = _seconds_per_batch(finished), "the finished points' recorded seconds per epoch"
     if rate is None:
-        rate, how = _probe_seconds_per_batch(todo[0], device, args.data_dir), "a 2-epoch probe of the first"
+        rate, how = _probe_seconds_per_batch(todo[0], device, args.data_dir), "a 3-epoch probe of the first"
     total = sum(rate * _batches(p) * p["train"]["epochs"] for p in todo)
     print(f"estimate for the {len(todo)} points to train: {total / 60:.1f} min on {device} "
           f"(training only, from {how})")

@@ -96,7 +96,7 @@ def test_dry_run_lists_points_trains_nothing_and_reuse_is_reported(tmp_path, cap
         block_main.main(argv + ["--dry_run"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "point 1 of 1 (--point 0)" in out and "to train" in out and "2-epoch probe" in out
+    assert "point 1 of 1 (--point 0)" in out and "to train" in out and "3-epoch probe" in out
     assert re.search(r"estimate for the 1 points to train: \d+\.\d min", out)
     assert not os.path.exists(tmp_path / "models" / "points") and not os.listdir(tmp_path / "plots")
     assert block_main.main(argv) == 0

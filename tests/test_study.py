@@ -167,3 +167,16 @@ def test_study_launch_local_runs_every_cell_as_a_job_and_assembles(tmp_path, cap
     result = utils.read_json(tmp_path / "p" / "mixup_study_quick.json")
     assert len(result["cells"]) == 2 and result["missing"] == []
     assert sorted(c["loss"] for c in result["cells"]) == ["cross_entropy", "mse"]
+
+
+def test_study_dry_run_trains_nothing(tmp_path, capsys):
+    """--study --dry_run lists every cell and estimates the time from probes in throw-away folders."""
+    argv = ["--study", "--quick", "--dry_run", "--datasets", "synthetic", "--models", "mlp", "--losses", "cross_entropy",
+            "--panel_losses", "--seeds", "0", "3", "--epochs", "2", "--width", "8", "--device", "cpu",
+            "--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p"), "--data_dir", str(tmp_path / "d")]
+    mixup_main.main(argv)
+    out = capsys.readouterr().out
+    assert out.count("epochs: to train") == 4 and "cell 4 of 4 (--point 3)" in out
+    assert "estimate for the 4 cells to train" in out
+    assert not os.path.exists(tmp_path / "m") or os.listdir(tmp_path / "m") == []
+    assert not os.path.exists(tmp_path / "p") or os.listdir(tmp_path / "p") == []
