@@ -1,8 +1,10 @@
 """Batched training: the points of a sweep that share network, data and schedule trained as one
 vmapped model (torch.func), each with its own lambda, seed, data order and run folder, which
 train_utils.train_run then reuses (--batched of the figure scripts)."""
+import contextlib
 import math
 import os
+import time
 
 import torch
 
@@ -11,12 +13,16 @@ import train_utils
 import utils
 from utils import UserError
 
-BATCHED_NETWORKS = ("mlp", "mlp_linear", "cnn")
+# ResNet18 and the VGGs batch unchanged: under vmap every BatchNorm2d normalises its own run's batch
+# and updates that run's slice of the stacked running statistics in place, as BatchNorm1d does in
+# the MLP (torch.func turns the M convolutions into one grouped convolution).
+BATCHED_NETWORKS = ("mlp", "mlp_linear", "cnn", "resnet18", "resnet18_nobias", "vgg11", "vgg13")
+SMALL_NETWORKS = ("mlp", "mlp_linear", "cnn")  # batched by default in the --quick previews
 BATCHED_OWN_KEYS = ("name", "lam_h", "lam_w", "lam_b", "seed")  # what may differ between batched runs
 
 
 def batchable(cfg):
-    """Whether train_batched can train this configuration (SGD on a small network, no AMP)."""
+    """Whether train_batched can train this configuration (SGD, no AMP, a network of BATCHED_NETWORKS)."""
     cfg = {**train_utils.TRAIN_DEFAULTS, **cfg}
     return cfg["network"] in BATCHED_NETWORKS and cfg["optimizer"] == "sgd" and not cfg["amp"]
 
@@ -26,10 +32,15 @@ def train_batched(cfgs, data, device, models_dir="models"):
     (torch.func.stack_module_state + functional_call); returns train_run's result of each.
 
     Each run keeps its own seed (initial weights and data order, drawn as train_run draws them),
-    lambdas, run folder, CSV rows and final.json, so a later train_run reuses it; SGD on the stacked
-    weights is SGD on each. The runs differ from one-by-one training only by the rounding of
-    batched matrix products. No checkpoint is kept: a killed batch starts over."""
-    from torch.func import functional_call, stack_module_state, vmap
+    lambdas, run folder, config.json (with `record`), CSV rows and final.json, so a later train_run
+    reuses it; SGD on the stacked weights is SGD on each. The runs differ from one-by-one training
+    only by the rounding of batched matrix products and convolutions. Every run is trained under
+    its lock file, as train_run trains it: the locks are taken in the order of their paths (two
+    processes batching overlapping groups cannot deadlock), a run finished by another process
+    meanwhile is reused, not retrained, and a single run left is trained by train_run's own loop.
+    A CSV row's seconds_per_epoch is the batch's training seconds per epoch since the previous row
+    (evaluation excluded) divided by the number of runs trained together: each run's share, the
+    figure --dry_run estimates from. No checkpoint is kept: a killed batch starts over."""
     cfgs = [{**train_utils.TRAIN_DEFAULTS, **c} for c in cfgs]
     for c in cfgs:
         c["eval_epochs"] = sorted(set(c["eval_epochs"] or train_utils.default_eval_epochs(c["epochs"])) | {c["epochs"]})
@@ -37,11 +48,42 @@ def train_batched(cfgs, data, device, models_dir="models"):
     shared = {k: v for k, v in cfgs[0].items() if k not in BATCHED_OWN_KEYS}
     if not batchable(cfgs[0]) or any({k: v for k, v in c.items() if k not in BATCHED_OWN_KEYS} != shared for c in cfgs):
         raise ValueError("train_batched: configurations must be batchable and differ only in " + ", ".join(BATCHED_OWN_KEYS))
-    cfg, M, N = cfgs[0], len(cfgs), len(data.y_train)
     run_dirs = [train_utils.run_dir_of(c, data, models_dir) for c in cfgs]
+    first = {d: m for m, d in reversed(list(enumerate(run_dirs)))}  # a configuration given twice is trained once
+    finals = [os.path.join(d, "final.json") for d in run_dirs]
+
+    def reuse_finished(todo):  # as train_run: a finished run is reused, not retrained
+        for m in todo:
+            if os.path.exists(finals[m]):
+                results[m] = train_utils._reuse(finals[m], cfgs[m], data)
+        return [m for m in todo if results[m] is None]
+
+    results = [None] * len(cfgs)
+    todo = reuse_finished(sorted(first.values()))
+    for m in todo:
+        utils.ensure_writable_dir(run_dirs[m], "--models_dir")
+    with contextlib.ExitStack() as locks:
+        for m in sorted(todo, key=lambda m: run_dirs[m]):
+            locks.enter_context(utils.run_lock(os.path.join(run_dirs[m], "lock"), f"the run {run_dirs[m]}"))
+        todo = reuse_finished(todo)  # finished by the processes this one waited for
+        for m in todo:
+            utils.remove_leftovers(run_dirs[m])  # temporary files of writes killed midway
+        if len(todo) == 1:
+            results[todo[0]] = train_utils._train(cfgs[todo[0]], data, device, run_dirs[todo[0]], None, None)
+        elif todo:
+            for m, res in zip(todo, _train_together([cfgs[m] for m in todo], [run_dirs[m] for m in todo], data, device)):
+                results[m] = res
+    return [results[first[d]] for d in run_dirs]
+
+
+def _train_together(cfgs, run_dirs, data, device):
+    """train_batched's training part, under the runs' locks: one vmapped model from the start."""
+    from torch.func import functional_call, stack_module_state, vmap
+    cfg, M, N = cfgs[0], len(cfgs), len(data.y_train)
+    record = utils.run_record(device)
     for c, run_dir in zip(cfgs, run_dirs):
-        utils.ensure_writable_dir(run_dir, "--models_dir")
-        utils.atomic_write_json(os.path.join(run_dir, "config.json"), dict(c, data=data.key, sizes=data.sizes))
+        utils.atomic_write_json(os.path.join(run_dir, "config.json"), dict(c, data=data.key, sizes=data.sizes,
+                                                                            record=record))
     models = []
     for c in cfgs:  # each model's initial weights as train_run draws them
         utils.set_seed(c["seed"])
@@ -62,7 +104,9 @@ def train_batched(cfgs, data, device, models_dir="models"):
 
     histories = [[] for _ in cfgs]
     results = [None] * M
+    train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch
     for epoch in range(1, cfg["epochs"] + 1):
+        t_epoch = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = train_utils.lr_at(cfg, epoch)
         warm_weight = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
@@ -80,10 +124,13 @@ def train_batched(cfgs, data, device, models_dir="models"):
             names = list(terms)
             batch_terms = torch.stack([v.detach().float() for v in terms.values()], 1) * idx.shape[1]
             sums, seen = sums + batch_terms, seen + idx.shape[1]
-        means = (sums / seen).tolist()
+        means = (sums / seen).tolist()  # waits for the device: the epoch's time is complete
         if not all(math.isfinite(v) for row in means for v in row):
             raise UserError(f"training diverged at epoch {epoch} in a batched run; lower --lr or the regularisation")
+        train_seconds, timed_epochs = train_seconds + time.perf_counter() - t_epoch, timed_epochs + 1
         if epoch in cfg["eval_epochs"]:
+            seconds_per_epoch = train_seconds / timed_epochs / M  # each run's share of the batch's time
+            train_seconds, timed_epochs = 0.0, 0
             for m, (model, c) in enumerate(zip(models, cfgs)):
                 with torch.no_grad():
                     for k, v in model.named_parameters():
@@ -92,7 +139,8 @@ def train_batched(cfgs, data, device, models_dir="models"):
                         v.copy_(buffers[k][m])
                 model.train()
                 row, Z, b = train_utils.evaluate(model, data, x_train, c, device)
-                histories[m].append({"epoch": epoch, "lr": train_utils.lr_at(c, epoch), **dict(zip(names, means[m])), **row})
+                histories[m].append({"epoch": epoch, "lr": train_utils.lr_at(c, epoch), **dict(zip(names, means[m])),
+                                     **row, "seconds_per_epoch": seconds_per_epoch})
                 utils.atomic_write_csv(os.path.join(run_dirs[m], "summary.csv"), histories[m])
                 if epoch == cfg["epochs"]:
                     results[m] = train_utils.finish_run(run_dirs[m], c, data, model, histories[m], Z, b)

@@ -2,7 +2,7 @@
 
     python benchmark.py            # everything (a few minutes on 2 cores)
     python benchmark.py --only subset nc_metrics
-    python benchmark.py --device cuda --json gpu.json   # the GPU path: ResNet18, WRN-40-10, ViT
+    python benchmark.py --device cuda --json gpu.json   # the GPU path: ResNet18, WRN-40-10, ViT, batched sweeps
     python benchmark.py --device cpu --tiny             # the same code at toy sizes (a test runs it)
     # the figure scripts against an older checkout, with two busy processes on the cores:
     git clone -q . /tmp/before && git -C /tmp/before checkout -q 76c9284
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import ana_utils
+import batched_training
 import datasets
 import losses
 import networks
@@ -243,12 +244,11 @@ SCRIPT_COMMANDS = [
     ("opt_main K=10", ["opt_main.py"] + OPT_ARGS),
     ("opt_main K=10 --solver fast", ["opt_main.py"] + OPT_ARGS + ["--solver", "fast"]),  # no cvxpy import
     ("minority_n --ka 3 UFM", ["minority_n_main.py", "--ka", "3", "--network", "UFM"]),
-    ("minority_l --ka 5 --quick", ["minority_l_main.py", "--ka", "5", "--quick"]),
-]
+    ("minority_l --ka 5 --quick", ["minority_l_main.py", "--ka", "5", "--quick"])]
 COLLAPSED_REL = 0.05  # a trained point counts as collapsed below this relative minority spread
 
 
-def run_script(checkout, argv, extra=(), env=None):
+def run_script(checkout, argv, extra=()):
     """Run one script of `checkout` in fresh output folders; returns (wall s, peak RSS MB, figure
     JSON or None, CPU s). The child's own peak RSS and CPU time (user + system, which other
     processes' load changes far less than wall time) come from os.wait4."""
@@ -256,8 +256,7 @@ def run_script(checkout, argv, extra=(), env=None):
     dirs = (["--out_dir", out, "--plot_dir", out] if argv[0] == "opt_main.py" else
             [] if "--help" in argv else ["--models_dir", out, "--plot_dir", out])
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable] + argv + list(extra) + dirs, cwd=checkout, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, *argv, *extra, *dirs], cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     text = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
@@ -269,22 +268,22 @@ def run_script(checkout, argv, extra=(), env=None):
 
 
 def trained_verdicts(figure):
-    """Per point, whether the trained minority collapsed: minority spread below COLLAPSED_REL of ||Z||,
-    ||Z|| floored at 5 % of the figure's largest (where Z is nearly 0, as past the trivial threshold,
-    the relative spread is noise)."""
+    """Per point, whether the trained minority collapsed: spread < COLLAPSED_REL ||Z||, ||Z|| floored
+    at 5 % of the figure's largest (where Z is nearly 0 the relative spread is noise)."""
     scale = max(p["z_norm"] for p in figure["points"])
     return [p["minority_spread"] < COLLAPSED_REL * max(p["z_norm"], 0.05 * scale, 1e-12) for p in figure["points"]]
 
 
-def start_busy(n):
-    """n busy-looping processes (a shared node's other jobs); stopped by stop_busy."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-
-
-def stop_busy(procs):
-    for p in procs:
-        p.kill()
-        p.wait()
+@contextlib.contextmanager
+def busy_processes(n):
+    """n busy-looping processes (a shared node's other jobs) while the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def compare_scripts(before, commands, extra=()):
@@ -293,8 +292,8 @@ def compare_scripts(before, commands, extra=()):
     for name, argv in commands:
         t_old, rss_old, fig_old, cpu_old = run_script(before, argv)
         t_new, rss_new, fig_new, cpu_new = run_script(HERE, argv, extra)
-        line = (f"{name}: {t_new:.1f} s ({cpu_new:.1f} s CPU, {rss_new:.0f} MB) vs before {t_old:.1f} s "
-                f"({cpu_old:.1f} s CPU, {rss_old:.0f} MB) -> {t_old / t_new:.1f}x faster ({cpu_old / cpu_new:.1f}x less CPU)")
+        line = (f"{name}: {t_new:.1f} s ({cpu_new:.1f} s CPU, {rss_new:.0f} MB) vs before {t_old:.1f} s ({cpu_old:.1f} s "
+                f"CPU, {rss_old:.0f} MB) -> {t_old / t_new:.1f}x faster ({cpu_old / cpu_new:.1f}x less CPU)")
         if fig_old is not None:
             v_old, v_new = trained_verdicts(fig_old), trained_verdicts(fig_new)
             theory = [p["theory"]["verdict"] == "collapse" for p in fig_new["points"]]
@@ -304,8 +303,7 @@ def compare_scripts(before, commands, extra=()):
             line += (f"; trained minority verdicts as the theory's at {agree[0]}/{len(theory)} points (before "
                      f"{agree[1]}/{len(theory)}), largest |Z - Z_before| / max|Z_before| {dz:.1e}")
         print(line, flush=True)
-        out[name] = {"s": t_new, "before_s": t_old, "cpu_s": cpu_new, "before_cpu_s": cpu_old, "rss_mb": rss_new,
-                     "before_rss_mb": rss_old}
+        out[name] = dict(s=t_new, before_s=t_old, cpu_s=cpu_new, before_cpu_s=cpu_old, rss_mb=rss_new, before_rss_mb=rss_old)
     return out
 
 
@@ -315,19 +313,15 @@ def bench_scripts(before=None, busy=0):
     if before is None:
         print("scripts: skipped (give --before DIR, a checkout of the older code)")
         return {}
-    procs = start_busy(busy)
-    try:
+    with busy_processes(busy):
         print(f"scripts against {before} with {busy} busy processes, load {os.getloadavg()[0]:.1f} at the start:")
         return compare_scripts(before, SCRIPT_COMMANDS)
-    finally:
-        stop_busy(procs)
 
 
 def bench_batched(before=None, busy=0):
     """The quick 10-point minority_l sweep trained as one vmapped model (--batched, the --quick
     default) against the same sweep one point at a time (--no-batched), in this checkout."""
-    procs = start_busy(busy)
-    try:
+    with busy_processes(busy):
         argv = ["minority_l_main.py", "--ka", "5", "--quick"]
         t_one, _, fig_one, cpu_one = run_script(HERE, argv, ["--no-batched"])
         t_bat, _, fig_bat, cpu_bat = run_script(HERE, argv, ["--batched"])
@@ -336,8 +330,6 @@ def bench_batched(before=None, busy=0):
               f"({cpu_one:.1f} s CPU) -> {t_one / t_bat:.1f}x faster, {cpu_one / cpu_bat:.1f}x less CPU (largest |Z "
               f"difference| {dz:.1e}, {busy} busy processes)", flush=True)
         return {"batched_s": t_bat, "one_by_one_s": t_one, "batched_cpu_s": cpu_bat, "one_by_one_cpu_s": cpu_one}
-    finally:
-        stop_busy(procs)
 
 
 def bench_ufm_figures(before=None, busy=0):
@@ -346,8 +338,7 @@ def bench_ufm_figures(before=None, busy=0):
                 ("minority_l UFM", ["minority_l_main.py", "--ka", "5", "--network", "UFM"]),
                 ("minority_n UFM", ["minority_n_main.py", "--ka", "3", "--network", "UFM"]),
                 ("limit_main UFM", ["limit_main.py", "--network", "UFM"])]
-    procs = start_busy(busy)
-    try:
+    with busy_processes(busy):
         if before is not None:
             return compare_scripts(before, commands)
         out = {}
@@ -356,8 +347,6 @@ def bench_ufm_figures(before=None, busy=0):
             print(f"{name}: {t:.1f} s, peak RSS {rss:.0f} MB ({busy} busy processes)", flush=True)
             out[name] = {"s": t, "rss_mb": rss}
         return out
-    finally:
-        stop_busy(procs)
 
 
 SPEED_BENCHMARKS = [bench_scripts, bench_batched, bench_ufm_figures]
@@ -414,36 +403,38 @@ def _prepare_model(model, channels_last, compile_model):
 def _train_run_builds(channels_last, compile_model):
     """train_run builds its network itself: give it the channels-last / compiled one for this variant."""
     original = train_utils.build_model
-
-    def build(*args, **kwargs):
-        return _prepare_model(original(*args, **kwargs), channels_last, compile_model)
-
-    train_utils.build_model = build
+    train_utils.build_model = lambda *a, **kw: _prepare_model(original(*a, **kw), channels_last, compile_model)
     try:
         yield
     finally:
         train_utils.build_model = original
 
 
-def _gpu_bench_data(spec, tiny):
-    if tiny:
-        return datasets.get_data("synthetic", [6] * 4, seed=0,
-                              synthetic={"image_size": 16, "channels": 3, "test_per_class": 2})
-    return datasets.get_data("synthetic", spec["sizes"], seed=0,
-                          synthetic={"image_size": 32, "channels": 3, "test_per_class": spec["test_per_class"]})
+def _gpu_bench_setup(name, tiny):
+    """The data and the training configuration of a network's GPU benchmark (toy sizes if tiny)."""
+    spec = GPU_NETWORKS[name]
+    sizes, image, test = ([6] * 4, 16, 2) if tiny else (spec["sizes"], 32, spec["test_per_class"])
+    data = datasets.get_data("synthetic", sizes, seed=0, synthetic={"image_size": image, "channels": 3, "test_per_class": test})
+    return data, {**train_utils.TRAIN_DEFAULTS, "name": f"bench_{name}", **spec["cfg"],
+                  **(dict(TINY_NETWORKS[name], batch_size=8) if tiny else {})}
+
+
+def _epoch_seconds(train, k, reps=1):
+    """Seconds per epoch of train(n_epochs), a fresh run evaluated once at its end: after a 1-epoch warm-up,
+    the best (1 + k)-epoch time minus the best 1-epoch time of `reps` tries, over k, so set-up, compile and
+    the evaluation cancel (NaN where the k epochs drown in their noise); and the last (1 + k)-epoch result."""
+    train(1)
+    (t_long, res), (t_short, _) = timed(lambda: train(1 + k), reps), timed(lambda: train(1), reps)
+    return ((t_long - t_short) / k if t_long > t_short else float("nan")), res
 
 
 def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
     """One network: for each variant, images/s of the bare loop and of train_run, train_run's
     overhead, and the evaluation's cost against an epoch and its share of a run at the study's
     schedule. Returns {variant: figures}."""
-    spec = GPU_NETWORKS[name]
-    k = epochs or (1 if tiny else 5)
-    data = _gpu_bench_data(spec, tiny)
-    cfg = {**train_utils.TRAIN_DEFAULTS, "name": f"bench_{name}", **spec["cfg"],
-           **(TINY_NETWORKS[name] if tiny else {}), **({"batch_size": 8} if tiny else {})}
-    objective = (train_utils.make_mixup_objective(losses.get_loss("cross_entropy"), 1.0)
-                 if spec["mixup"] else None)
+    spec, k = GPU_NETWORKS[name], epochs or (1 if tiny else 5)
+    data, cfg = _gpu_bench_setup(name, tiny)
+    objective = train_utils.make_mixup_objective(losses.get_loss("cross_entropy"), 1.0) if spec["mixup"] else None
     N, bs = len(data.y_train), min(cfg["batch_size"], len(data.y_train))
     label, E, n_evals = spec["schedule"]
     out = {}
@@ -456,9 +447,8 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
 
         # bare loop: the same model, optimizer, objective and batches; one warm-up epoch, then k timed
         utils.set_seed(0)
-        model = _prepare_model(networks.build_model(vcfg["network"], data.num_classes, data.in_channels,
-                                                       width=vcfg["width"], image_size=data.x_train.shape[-1],
-                                                       depth=vcfg.get("depth")).to(device),
+        model = _prepare_model(networks.build_model(vcfg["network"], data.num_classes, data.in_channels, width=vcfg["width"],
+                                                    image_size=data.x_train.shape[-1], depth=vcfg.get("depth")).to(device),
                                channels_last, compile_model)
         opt = train_utils.make_optimizer(model, vcfg)
         x, y = vdata.x_train.to(device), data.y_train.to(device)
@@ -478,13 +468,8 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
                 loss.backward()
                 opt.step()
 
-        epoch_bare()
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(k):
-            epoch_bare()
-        _sync(device)
-        bare = (time.perf_counter() - t) / k
+        epoch_bare(), _sync(device)
+        bare = timed(lambda: ([epoch_bare() for _ in range(k)], _sync(device)))[0] / k
 
         # the NC evaluation of the trained model (warmed up once: compile, cuDNN)
         def evaluation():
@@ -495,23 +480,16 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
         t_eval, _ = timed(evaluation, repeat=2)
         del model, opt, x, y
 
-        # train_run: (1 + k) epochs minus 1 epoch, each evaluated once at its end; a warm-up run first
-        def run(n_epochs):
-            _sync(device)
-            t0 = time.perf_counter()
+        def run(n_epochs):  # train_run: (1 + k) epochs minus 1 epoch (_epoch_seconds)
             with _train_run_builds(channels_last, compile_model):
                 train_utils.train_run(dict(vcfg, epochs=n_epochs, eval_epochs=[n_epochs]), vdata, device,
                                       models_dir=tempfile.mkdtemp(), objective=objective)
             _sync(device)
-            return time.perf_counter() - t0
 
-        run(1)
-        reps = 1 if tiny else 2  # best of two: checkpoint writes and the like jitter
-        loop = (min(run(1 + k) for _ in range(reps)) - min(run(1) for _ in range(reps))) / k
-        if loop <= 0:  # the k epochs drowned in the noise of the fixed costs
+        loop, _ = _epoch_seconds(run, k, reps=1 if tiny else 2)  # best of two: checkpoint writes and the like jitter
+        if loop != loop:  # NaN: the k epochs drowned in the noise of the fixed costs
             print(f"{name} {variant}: train_run's epochs too short to time against its set-up; use more --epochs",
                   flush=True)
-            loop = float("nan")
         share = n_evals * t_eval / (E * loop + n_evals * t_eval)
         out[variant] = dict(bare_epoch_s=bare, loop_epoch_s=loop, eval_s=t_eval, images=N, batch_size=bs,
                             bare_img_s=N / bare, loop_img_s=N / loop, overhead=loop / bare - 1,
@@ -529,6 +507,33 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
     return out
 
 
+def bench_gpu_batched_sweep(device, sweeps, epochs=None, tiny=False):
+    """A sweep of M ResNet18 points (the minority figure's 5 x 500 + 5 x 100 images, batch 128, fp32,
+    lambda varied) trained as one vmapped model (batched_training.train_batched) against one by one
+    (train_run): the batch's time per epoch against M times one run's (_epoch_seconds, k = 2), and
+    the largest |Z difference| of the sweep's first two points after the same 1 + k epochs."""
+    k, (data, base) = epochs or (1 if tiny else 2), _gpu_bench_setup("resnet18", tiny)
+    cfgs = [dict(base, name=f"sweep{i}", lam_h=base["lam_h"] * (1 + i / 2), lam_w=base["lam_w"] * (1 + i / 2),
+                 epochs=1 + k, eval_epochs=[1 + k]) for i in range(max(sweeps))]
+
+    def train(n, M=None):  # train_run of the first point (M None) or train_batched of the first M, n epochs
+        group = [dict(c, epochs=n, eval_epochs=[n]) for c in cfgs[:M or 1]]
+        return (batched_training.train_batched(group, data, device, tempfile.mkdtemp()) if M else
+                [train_utils.train_run(group[0], data, device, tempfile.mkdtemp())])
+
+    t_one, refs = _epoch_seconds(train, k)
+    refs += [train_utils.train_run(c, data, device, tempfile.mkdtemp()) for c in cfgs[1:2]]
+    z_max, out = max(np.abs(r["Z"]).max() for r in refs), {"one_epoch_s": t_one, "epochs": 1 + k}
+    for M in sweeps:
+        t_bat, res = _epoch_seconds(lambda n: train(n, M), k)
+        dz = max(np.abs(np.subtract(a["Z"], b["Z"])).max() for a, b in zip(refs, res))
+        out[f"M={M}"] = dict(batched_epoch_s=t_bat, speedup=M * t_one / t_bat, max_abs_dZ=dz, max_abs_Z=z_max)
+        print(f"resnet18 sweep of {M} points, N={len(data.y_train)}, batch {base['batch_size']}, fp32: batched "
+              f"{t_bat:.3f} s per epoch vs one by one {M} x {t_one:.3f} s -> {M * t_one / t_bat:.2f}x; largest |Z "
+              f"difference| after {1 + k} epochs {dz:.1e} (max |Z| {z_max:.3g})", flush=True)
+    return out
+
+
 def gpu_main(args):
     """The GPU-path benchmarks on args.device; figures as JSON in args.json if given."""
     device = utils.get_device(args.device)
@@ -541,8 +546,12 @@ def gpu_main(args):
     print(f"GPU path on {where}{' (tiny sizes)' if args.tiny else ''}", flush=True)
     variants = args.variants or (list(GPU_VARIANTS) if device.type == "cuda" else ["fp32", "bf16_cl"])
     results = {"device": where, "tiny": args.tiny, "networks": {}}
-    for name in args.networks:
-        results["networks"][name] = bench_gpu_network(name, device, variants, epochs=args.epochs, tiny=args.tiny)
+    utils.check_positive_ints("--batched_sweep", args.batched_sweep)
+    for name in args.networks + ["batched_sweep"] * bool(args.batched_sweep):  # the batched ResNet18 sweeps last
+        if name == "batched_sweep":
+            results[name] = bench_gpu_batched_sweep(device, args.batched_sweep, epochs=args.epochs, tiny=args.tiny)
+        else:
+            results["networks"][name] = bench_gpu_network(name, device, variants, epochs=args.epochs, tiny=args.tiny)
         if args.json:  # after each network, so a run cut short keeps what it measured
             utils.atomic_write_json(args.json, results)
     return results
@@ -564,10 +573,13 @@ def main(argv=None):
                         help="busy-looping processes kept running during the speed benchmarks (default 0)")
     gpu = parser.add_argument_group("the GPU path (runs instead of the benchmarks above when --device is given)")
     gpu.add_argument("--device", default=None, help="cuda | cuda:N | cpu (cpu: only sensible with --tiny)")
-    gpu.add_argument("--networks", nargs="+", choices=list(GPU_NETWORKS), default=list(GPU_NETWORKS))
+    gpu.add_argument("--networks", nargs="*", choices=list(GPU_NETWORKS), default=list(GPU_NETWORKS),
+                     help="default: all; none given: none")
+    gpu.add_argument("--batched_sweep", nargs="*", type=int, default=[4, 10], metavar="M",
+                     help="ResNet18 sweeps of M points trained batched against one by one (default 4 10; none given: none)")
     gpu.add_argument("--variants", nargs="+", choices=list(GPU_VARIANTS), default=None,
                      help="default: all on CUDA; fp32 bf16_cl elsewhere (bf16 autocast is CUDA only)")
-    gpu.add_argument("--epochs", type=int, default=None, help="timed epochs per measurement (5; --tiny 1)")
+    gpu.add_argument("--epochs", type=int, default=None, help="timed epochs per measurement (5, sweeps 2; --tiny 1)")
     gpu.add_argument("--tiny", action="store_true", help="toy sizes: the same code in seconds")
     gpu.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)

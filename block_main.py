@@ -21,8 +21,7 @@ from utils import UserError
 FIGURE = "block"
 STRUCTURES = {1: [(4, 5000), (3, 4000), (3, 3000)], 2: [(4, 5000), (2, 3000), (4, 1000)]}
 QUICK_SCALE = 0.02  # --quick: class sizes x 0.02 and lam_H, lam_W x sqrt(50): the UFM optimum is unchanged
-QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, train_epochs=200,
-             batched=True)
+QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, train_epochs=200)
 
 
 def parse_args(argv):

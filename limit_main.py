@@ -22,8 +22,7 @@ FIGURE = "limit"
 PAPER_NA = [500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 5500]
 QUICK_SCALE = 0.05  # --quick: n_A x 0.05 (25 ... 275)
 # width 128: at width 64 the preview's ||Z|| strays up to 6 % from the program's (2.4 % at 128)
-QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=128, lr=0.05, weight_decay=0.0, train_epochs=200,
-             batched=True)
+QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=128, lr=0.05, weight_decay=0.0, train_epochs=200)
 
 
 def parse_args(argv):

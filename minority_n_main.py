@@ -21,8 +21,7 @@ FIGURE = "minority_n"
 PAPER_NA = {5: [100, 200, 300, 400, 600, 800, 1000, 1100, 1200, 1400],
             3: [100, 400, 450, 500, 700, 1000, 1600, 2200, 2500, 2800]}
 QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
-QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, nb=20, train_epochs=200,
-             batched=True)
+QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, nb=20, train_epochs=200)
 
 
 def parse_args(argv):

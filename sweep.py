@@ -55,10 +55,10 @@ def add_figure_args(parser, epochs_help, ka=True):
                              "whatever points are finished, naming the missing ones (for cluster job arrays)")
     parser.add_argument("--assemble", action="store_true",
                         help="train nothing: plot the finished points and name the missing ones")
-    parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=False,
-                        help="train the missing points that share network and data (MLP, CNN) together as one "
-                             "vmapped model, each with its own lambda, seed and results (see README, Performance; "
-                             "default: on with --quick, off otherwise)")
+    parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the missing points that share network and data together as one vmapped model, "
+                             "each with its own lambda, seed and results (MLP, CNN, ResNet18, VGG; see README, "
+                             "Performance). Default: the MLPs and the small CNN with --quick, nothing otherwise")
     parser.add_argument("--seeds", type=utils.seed_type, nargs="+", default=None,
                         help="several seeds (replaces --seed): every (point, seed) is its own run, and the figure "
                              "gets per point the mean, std and 95%% t-interval over seeds. Runs are numbered point "
@@ -371,7 +371,7 @@ def train_points(points, args, argv=None):
                 print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
                 said.append(True)
 
-        if args.batched and args.point is None and not args.assemble:
+        if args.point is None and not args.assemble:
             train_batched_groups(runs, args, device, use_threads)
 
         def run_point(pt):
@@ -382,12 +382,22 @@ def train_points(points, args, argv=None):
     return merge_seeds(records, n), [(i // n, runs[i]["seed"]) for i in missing]
 
 
-def batch_groups(points, models_dir):
-    """The missing points that batched_training.train_batched can train together: lists of two or more
-    points with the same data and the same training configuration but for batched_training.BATCHED_OWN_KEYS."""
+def batched_networks(args):
+    """The networks whose points --batched trains together: every one train_batched can (--batched),
+    by default with --quick the small ones (one such model leaves a CPU core mostly waiting), else none."""
+    if args.batched is None:
+        return batched_training.SMALL_NETWORKS if args.quick else ()
+    return batched_training.BATCHED_NETWORKS if args.batched else ()
+
+
+def batch_groups(points, models_dir, networks):
+    """The missing points of `networks` that batched_training.train_batched can train together: lists of
+    two or more points with the same data and the same training configuration but for
+    batched_training.BATCHED_OWN_KEYS."""
     groups = {}
     for point in points:
-        if not batched_training.batchable(point["train"]) or finished_record(models_dir, point) is not None:
+        if (point["train"]["network"] not in networks or not batched_training.batchable(point["train"])
+                or finished_record(models_dir, point) is not None):
             continue
         shared = {k: v for k, v in point["train"].items() if k not in batched_training.BATCHED_OWN_KEYS}
         key = utils.config_key([point["dataset"], point["sizes"], point["seed"], point["allow_test_fill"],
@@ -397,9 +407,9 @@ def batch_groups(points, models_dir):
 
 
 def train_batched_groups(points, args, device, use_threads):
-    """--batched: train each batch_groups group as one vmapped model; run_sweep then finds their runs
-    finished and only summarises them. use_threads(work_size) is called before each group."""
-    for group in batch_groups(points, args.models_dir):
+    """--batched: train each batch_groups group of batched_networks(args) as one vmapped model;
+    run_sweep then finds their runs finished and only summarises them; use_threads(work_size) first."""
+    for group in batch_groups(points, args.models_dir, batched_networks(args)):
         use_threads(point_work_size(group[0]) * len(group))
         print(f"[batched] training {len(group)} points together: "
               + "; ".join(describe_params(p["params"]) for p in group), file=sys.stderr)

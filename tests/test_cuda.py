@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import ana_utils
-import datasets
+import batched_training
 import benchmark
+import datasets
 import minority_l_main
 import train_utils
 import utils
@@ -41,8 +42,20 @@ def test_benchmark_gpu_path_runs_tiny_on_cpu(tmp_path, capsys):
             for key in ("loop_epoch_s", "overhead", "eval_share", "speedup_vs_fp32_loop"):  # lost in noise)
                 assert r[key] is None or isinstance(r[key], float), (name, v, key)
             assert r["bare_epoch_s"] > 0 and r["eval_s"] > 0
+    sweeps = saved["batched_sweep"]  # ResNet18 sweeps of 4 and 10 points, batched against one by one
+    for M in (4, 10):
+        r = sweeps[f"M={M}"]
+        assert r["speedup"] is None or isinstance(r["speedup"], float), M
+        assert r["max_abs_dZ"] <= 1e-5 and r["max_abs_Z"] > 0, M  # the same runs (1.6e-7 measured)
     printed = capsys.readouterr().out
     assert "resnet18 fp32" in printed and "overhead" in printed and "of a run" in printed
+    assert "resnet18 sweep of 10 points" in printed and "largest |Z difference|" in printed
+
+
+def test_benchmark_batched_sweep_of_no_points_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--device", "cpu", "--tiny", "--networks", "--batched_sweep", "0"])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().startswith("error: --batched_sweep: 0 is not allowed")
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="CUDA is available here")
@@ -100,6 +113,24 @@ def test_minority_l_on_cuda_with_and_without_amp(tmp_path, fake_cifar10, capsys,
     figure = json.loads(next((tmp_path / "p").glob("*.json")).read_text())
     assert len(figure["points"]) == 2 and not figure["missing"]
     assert all(p["train"]["amp"] == bool(amp) for p in figure["points"])
+
+
+@cuda
+def test_batched_resnet18_matches_one_by_one_on_cuda(tmp_path, monkeypatch):
+    """ResNet18 points trained as one vmapped model on the GPU (--batched) end where train_run ends
+    each: fp32 with TF32 off, so only the rounding of grouped against plain convolutions differs.
+    The toy of tests/test_training.py, where the CPU agrees to 1e-7 (a width-16 ResNet18 on 120
+    images is chaotic there: 1 against 2 CPU threads of train_run alone differ by 3e-3 in Z)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    data = datasets.get_data("synthetic", [8, 8, 4, 4], seed=0, synthetic={"image_size": 16, "channels": 1, "noise": 3.0})
+    cfgs = [dict(name="batched", network="resnet18", width=4, epochs=2, lr=0.01, batch_size=8, lam_h=1e-5 * (1 + i),
+                 lam_w=5e-4 * (1 + i), lam_b=1e-2, seed=i) for i in range(2)]
+    alone = [train_utils.train_run(c, data, GPU, models_dir=str(tmp_path / "a")) for c in cfgs]
+    together = batched_training.train_batched(cfgs, data, GPU, models_dir=str(tmp_path / "b"))
+    for a, b in zip(alone, together):
+        assert not b["reused"] and b["final"]["loss"] == pytest.approx(a["final"]["loss"], rel=1e-4)
+        np.testing.assert_allclose(b["Z"], a["Z"], rtol=0, atol=1e-4 * np.abs(a["Z"]).max())
 
 
 # --------------------------------------------------------------------------------------
