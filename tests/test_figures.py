@@ -19,6 +19,7 @@ import limit_main  # noqa: E402
 import minority_l_main  # noqa: E402
 import minority_n_main  # noqa: E402
 import plot_utils  # noqa: E402
+import sweep  # noqa: E402
 import utils  # noqa: E402
 
 POINT_KEYS = {"params", "sizes", "clusters", "Z", "b", "nc", "minority_spread", "minority_spread_rel", "cosines",
@@ -132,6 +133,15 @@ def test_minority_l_quick_batched_matches_one_by_one(tmp_path, capsys):
     for a, b in zip(alone["points"], together["points"]):
         assert b["nc"]["loss"] == pytest.approx(a["nc"]["loss"], rel=1e-4)
         np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], ()), (["--quick"], ("mlp", "mlp_linear", "cnn")), (["--quick", "--no-batched"], ()),
+    (["--batched"], ("mlp", "mlp_linear", "cnn", "resnet18", "resnet18_nobias", "vgg11", "vgg13"))])
+def test_batched_by_default_only_the_quick_small_networks(flags, expected):
+    """--quick batches the MLPs and the small CNN (ResNet18 and VGG gain nothing on a CPU); --batched
+    every network train_batched can train; --no-batched none."""
+    assert tuple(sweep.batched_networks(minority_l_main.parse_args(flags))) == expected
 
 
 def test_limit_mlp_quick(tmp_path, capsys):
