@@ -55,7 +55,7 @@ def train_batched(cfgs, data, device, models_dir="models"):
     def reuse_finished(todo):  # as train_run: a finished run is reused, not retrained
         for m in todo:
             if os.path.exists(finals[m]):
-                results[m] = train_utils._reuse(finals[m], cfgs[m], data)
+                results[m] = train_utils.reuse_finished_run(finals[m], cfgs[m], data)
         return [m for m in todo if results[m] is None]
 
     results = [None] * len(cfgs)
@@ -69,7 +69,7 @@ def train_batched(cfgs, data, device, models_dir="models"):
         for m in todo:
             utils.remove_leftovers(run_dirs[m])  # temporary files of writes killed midway
         if len(todo) == 1:
-            results[todo[0]] = train_utils._train(cfgs[todo[0]], data, device, run_dirs[todo[0]], None, None)
+            results[todo[0]] = train_utils.train_locked_run(cfgs[todo[0]], data, device, run_dirs[todo[0]], None, None)
         elif todo:
             for m, res in zip(todo, _train_together([cfgs[m] for m in todo], [run_dirs[m] for m in todo], data, device)):
                 results[m] = res

@@ -348,22 +348,22 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     run_dir = run_dir_of(cfg, data, models_dir)
     final_path = os.path.join(run_dir, "final.json")
     if os.path.exists(final_path):
-        return _reuse(final_path, cfg, data)
+        return reuse_finished_run(final_path, cfg, data)
     utils.ensure_writable_dir(run_dir, "--models_dir")
     with utils.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}"):
         if os.path.exists(final_path):  # finished by the process this one waited for
-            return _reuse(final_path, cfg, data)
+            return reuse_finished_run(final_path, cfg, data)
         utils.remove_leftovers(run_dir)  # temporary files of writes killed midway
         threads = torch.get_num_threads()
         if is_ufm(cfg["network"]):  # one thread: the same Z whatever the machine's core count (2e-3 apart otherwise)
             torch.set_num_threads(1)
         try:
-            return _train(cfg, data, device, run_dir, objective, on_eval)
+            return train_locked_run(cfg, data, device, run_dir, objective, on_eval)
         finally:
             torch.set_num_threads(threads)
 
 
-def _reuse(final_path, cfg, data):
+def reuse_finished_run(final_path, cfg, data):
     """A finished run's final.json, checked against the configuration it claims; a checkpoint or
     temporary file a kill left beside it is removed."""
     run_dir = os.path.dirname(final_path)
@@ -378,8 +378,9 @@ def _reuse(final_path, cfg, data):
     return dict(final, run_dir=run_dir, reused=True)
 
 
-def _train(cfg, data, device, run_dir, objective, on_eval):
-    """train_run's training part, under the run's lock: resume or start, train, finish."""
+def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
+    """train_run's training part for a caller holding the run's lock (train_run, batched_training):
+    resume or start, train, finish."""
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     ckpt = _load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
     utils.atomic_write_json(os.path.join(run_dir, "config.json"),

@@ -257,7 +257,7 @@ def test_batched_training_waits_for_a_held_run_and_reuses_it(tmp_path):
     batch = threading.Thread(target=lambda: out.update(res=batched_training.train_batched(cfgs, data, CPU, str(tmp_path))))
     with utils.run_lock(os.path.join(run_dir, "lock"), "the run (held by the test)"):
         batch.start()
-        other = train_utils._train(held, data, CPU, run_dir, None, None)  # as another process's train_run would
+        other = train_utils.train_locked_run(held, data, CPU, run_dir, None, None)  # as another process's train_run would
         assert batch.is_alive()  # waiting for the lock
     batch.join(120)
     res = out["res"]
