@@ -196,6 +196,13 @@ def bench_solver_speed():
     t_big, big = timed(lambda: ufm_program.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01), repeat=2)
     print(f"UFM program at K=1000: fast {t_big:.2f} s = {t_big / t_eigh:.1f} x one 1000 x 1000 eigh ({t_eigh:.2f} s; "
           f"the certificate alone needs ~3) ({big['status']}, accuracy {big['accuracy']:.0e}); cvxpy cannot run here")
+    # all sizes distinct (g = K: the class coordinates save nothing): uniform, and ImageNet-LT-like (1280 down to 5)
+    for name, n in [("all distinct (50..999)", [int(x) for x in np.random.default_rng(0).integers(50, 1000, size=1000)]),
+                    ("long-tailed (1280..5)", [round(1280 * (5 / 1280) ** (k / 999)) for k in range(1000)])]:
+        t, r = timed(lambda: ufm_program.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01))
+        print(f"UFM program at K=1000, {name}, {len(set(n))} sizes: fast {t:.1f} s = {t / t_eigh:.0f} x one eigh "
+              f"({r['status']}, accuracy {r['accuracy']:.0e}, {r['bm_iterations']} L-BFGS steps)")
+        out[f"k1000_{name.split()[0]}_over_eigh"] = t / t_eigh
     # small lambda sqrt(N) and large lambda_b (ISSUE_10): certified, and the time against K = 10 at 0.9 lambda*
     n = [1000] * 5 + [500] * 5
     t_k10, _ = timed(lambda: ufm_program.solve_ufm_fast([500] * 5 + [100] * 5, 0.9 / 300, 0.01), repeat=5)

@@ -253,17 +253,12 @@ def ufm_spread_bounds(Z, b, n, lam, lam_b, classes):
     return lower, upper
 
 
-def _eig_gram(A):
-    """Eigen-decomposition of A^T A: (singular values of A, right singular vectors).
-    eigh of the Gram is ~3x cheaper than an SVD; its errors are harmless for soft-thresholding,
-    which is a Lipschitz function of A^T A away from 0 and exactly 0 near it."""
-    ev, V = scipy.linalg.eigh(A.T @ A, overwrite_a=True, check_finite=False, driver="evd")
-    return np.sqrt(np.maximum(ev, 0.0)), V
-
-
 def _svt(A, tau):
-    """Singular-value soft-thresholding: (prox of tau ||.||_* at A, its nuclear norm)."""
-    sig, V = _eig_gram(A)
+    """Singular-value soft-thresholding: (prox of tau ||.||_* at A, its nuclear norm), from eigh of
+    A^T A (~3x cheaper than an SVD; its errors are harmless for soft-thresholding, which is a
+    Lipschitz function of A^T A away from 0 and exactly 0 near it)."""
+    ev, V = scipy.linalg.eigh(A.T @ A, overwrite_a=True, check_finite=False, driver="evd")
+    sig = np.sqrt(np.maximum(ev, 0.0))
     keep = sig > tau
     if not keep.any():
         return np.zeros_like(A), 0.0
@@ -271,8 +266,9 @@ def _svt(A, tau):
     return ((A @ Vk) * (1.0 - tau / sig[keep])) @ Vk.T, float(np.sum(sig[keep] - tau))
 
 
-def _lbfgs(fg, x, max_iter, gtol, m=10):
-    """Plain L-BFGS (two-loop recursion, Armijo backtracking). Returns (x, f, iterations)."""
+def _lbfgs(fg, x, max_iter, gtol, m=30, stop=None):
+    """L-BFGS (two-loop recursion, Armijo backtracking; where f no longer resolves the decrease a step
+    that shrinks the gradient is taken), stopped early when stop(it, x, f, g). Returns (x, f, iterations)."""
     axpy = scipy.linalg.blas.daxpy
     f, g = fg(x)
     S = np.empty((m, x.size))
@@ -281,7 +277,7 @@ def _lbfgs(fg, x, max_iter, gtol, m=10):
     k = 0                                   # pairs stored so far; newest at (k - 1) % m
     it = 0
     for it in range(1, max_iter + 1):
-        if np.max(np.abs(g)) <= gtol:
+        if np.max(np.abs(g)) <= gtol or (stop is not None and stop(it, x, f, g)):
             break
         d = -g
         order = [(k - 1 - j) % m for j in range(min(k, m))]          # newest first
@@ -301,8 +297,8 @@ def _lbfgs(fg, x, max_iter, gtol, m=10):
         for _ in range(40):
             xn = x + step * d
             fn, gn = fg(xn)
-            if fn <= f + 1e-4 * step * gd + 1e-15 * abs(f):
-                break
+            if fn <= f + 1e-4 * step * gd + 1e-15 * abs(f) or (fn <= f * (1 + 1e-14) and gn @ gn < g @ g):
+                break                         # (at rounding level: a smaller gradient)
             step *= 0.5
         else:
             break                             # no decrease possible at this precision
@@ -325,8 +321,8 @@ def _class_coordinates(n, L, lam_b):
     those of M, products act as (s s', M M'), and the CE of a column depends on its group only. So
     the factored form (s = sW sH, M = MW MH, |s| <= (sW^2 + sH^2)/2, ||M||_* <= (|MW|^2 + |MH|^2)/2)
     costs O(g^3) per evaluation with g distinct sizes (cluster layouts: g = 2 at any K), O(K^3)
-    without repeated sizes. Returns (fg, hessp, start, point): the factored objective and gradient,
-    its Hessian times v, start(X, b, tau, floor) the coordinates of balanced factors of X (projected)
+    without repeated sizes. Returns (fg, hess, start, point): the factored objective and gradient,
+    hess(x): v -> its Hessian times v, start(X, b, tau, floor) the coordinates of balanced factors of X (projected)
     soft-thresholded by tau (singular values floored at floor * (largest - tau)), point(x) -> (X, b)."""
     N = n.sum()
     _, gi = np.unique(n, return_inverse=True)
@@ -363,13 +359,18 @@ def _class_coordinates(n, L, lam_b):
         ce, Pi, _ = _ce_differences(logits(*split(x)) + logcnt)
         return wgt @ ce + 0.5 * x @ (regw * x), adjoint(Pi * wgt, *split(x)[:4]) + regw * x
 
-    def hessp(x, v):
+    def hess(x):
+        """v -> Hessian of fg at x times v (the softmax at x computed once)."""
         _, Pi, _ = _ce_differences(logits(*split(x)) + logcnt)
         sW, sH, MW, MH, bx = split(x)
-        dsW, dsH, dMW, dMH, db = split(v)
-        dT = logits(sW, sH, MW, MH, bx, dsW, dsH, dMW, dMH, db)
-        H = wgt * Pi * (dT - (Pi * dT).sum(axis=0))    # (diag(p) - p p^T) per column, label entry fixed
-        return adjoint(H, sW, sH, MW, MH) + adjoint(Pi * wgt, dsW, dsH, dMW, dMH, with_b=False) + regw * v
+        Pw = Pi * wgt
+
+        def hv(v):
+            dsW, dsH, dMW, dMH, db = split(v)
+            dT = logits(sW, sH, MW, MH, bx, dsW, dsH, dMW, dMH, db)
+            H = Pw * (dT - (Pi * dT).sum(axis=0))    # (diag(p) - p p^T) per column, label entry fixed
+            return adjoint(H, sW, sH, MW, MH) + adjoint(Pw, dsW, dsH, dMW, dMH, with_b=False) + regw * v
+        return hv
 
     def start(X, b, tau, floor):
         M = np.add.reduceat(np.add.reduceat(X[np.ix_(order, order)], starts, axis=0), starts, axis=1) * rr
@@ -386,24 +387,26 @@ def _class_coordinates(n, L, lam_b):
         X = ((MW @ MH) * rr - np.diag(s / m))[gi][:, gi]
         X[np.diag_indices_from(X)] += s[gi]
         return X, (bx / sm)[gi]
-    return fg, hessp, start, point
+    return fg, hess, start, point
 
 
-def _newton_polish(fg, hessp, x, max_iter=40):
+def _newton_polish(fg, hess, x, max_iter=40):
     """Second-order finish: Newton-CG (exact Hessian-vector products) on the factored form. At an
     optimum with strict complementarity this form is locally strongly convex up to rotations of the
     factors, so Newton converges fast where first-order methods crawl (small lam sqrt(N): curvature
     ~ the CE ~ 1e-8). Tests are relative to the current f; at rounding level a step must shrink the
-    gradient (the certificate sees gradient errors the objective no longer resolves)."""
+    gradient (the certificate sees gradient errors the objective no longer resolves), and Newton
+    stops once it shrinks it less than twofold there (rounding noise, not progress)."""
     f, g = fg(x)
     for _ in range(max_iter):
         gg = g @ g
         if np.sqrt(gg) * max(np.sqrt(x @ x), 1.0) <= 1e-15 * f:
             break
+        hv = hess(x)
         d, r = np.zeros_like(g), -g                  # truncated CG on H d = -g, stopped at negative curvature
         p, rr = r.copy(), gg
         for _ in range(200):
-            Hp = hessp(x, p)
+            Hp = hv(p)
             pHp = p @ Hp
             if pHp <= 0:
                 d = d if d.any() else -g
@@ -422,7 +425,9 @@ def _newton_polish(fg, hessp, x, max_iter=40):
             step *= 0.5
         else:
             break
-        x, f, g = x + step * d, fn, gn
+        x, f, g, stalled = x + step * d, fn, gn, fn >= f * (1 - 1e-14) and gn @ gn > 0.25 * gg
+        if stalled:
+            break
     return x
 
 
@@ -473,22 +478,24 @@ def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", tol=1e-9, **solver_opts):
 
 
 def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
-                   warm_start=True, bm_iter=300, blas_threads=1):
+                   warm_start=True, bm_iter=3000, blas_threads=1):
     """Solve the convex program: L-BFGS, FISTA and a Newton polish; general (no layout assumed).
 
     1. Warm start: L-BFGS on the Burer-Monteiro form X = W H, ||X||_* = min (|W|^2 + |H|^2)/2,
        r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0), in the
        coordinates of the matrices invariant under permuting classes of one size
-       (_class_coordinates: exact, and O(g^3) per step for g distinct sizes instead of O(K^3)).
+       (_class_coordinates: exact, and O(g^3) per step for g distinct sizes instead of O(K^3)),
+       up to bm_iter iterations; it stops once its point is certified (with many distinct sizes its
+       last digits take hundreds of iterations, which Newton-CG, ill-conditioned there, does not save).
     2. Certify and finish with FISTA on X (singular-value soft-thresholding, joint b step,
-       adaptive step with backtracking, gradient restart). Stops when the certified accuracy
-       (ufm_certificate: relative duality gap, a bound on the relative suboptimality of the
+       adaptive step with backtracking, gradient restart), one step at least. Stops when the certified
+       accuracy (ufm_certificate: relative duality gap, a bound on the relative suboptimality of the
        objective) is <= tol; scale-free. Soft-thresholding makes collapsed columns coincide
        exactly near thresholds. At the first check that fails, a Newton-CG polish of the factored
        form (_newton_polish) jumps to the optimum (small lam sqrt(N), large lam_b), then FISTA goes on.
     Returns dict(Z, b, objective, status, accuracy, solve_time, solver, iterations, bm_iterations,
     residual): status 'optimal' when accuracy <= tol, else 'inaccurate'; residual is the last
-    relative proximal step |(Z, b)_new - (Z, b)_y| / |(Z, b)_new|.
+    relative proximal step |(Z, b)_new - (Z, b)_y| / |(Z, b)_new| (nan for the L-BFGS point).
     """
     n = _check_ufm_args(n, lam, lam_b)
     t0 = time.perf_counter()
@@ -497,16 +504,29 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
     q = np.sqrt(rho)
     L = float(lam) * np.sqrt(N)                 # nuclear-norm weight in scaled variables
     with _blas_threads(blas_threads):
-        fg, hessp, start, point = _class_coordinates(n, L, lam_b)
+        fg, hess, start, point = _class_coordinates(n, L, lam_b)
+        best = [np.inf, None, None, np.inf, np.nan, 0]   # certified accuracy, X, b, F, residual, iteration
+
+        def certify(X, b, F=None, res=np.nan, it=0):
+            """Certified accuracy of (X, b) (objective F, computed if None); kept if best or certified."""
+            F = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum()) if F is None else F
+            acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
+            if acc < best[0] or acc <= tol or best[1] is None:
+                best[:] = [acc, X, b, F, res, it]
+            return acc
+
+        def stop(it, x, f, g):      # L-BFGS: certified? (every 50th iteration once max |g| <= tol f)
+            return it % 50 == 0 and np.max(np.abs(g)) <= tol * f and certify(*point(x)) <= tol
+
         if Z0 is not None:
             x = start(np.asarray(Z0, dtype=float) * q, np.zeros(K) if b0 is None else np.ravel(b0), 0.0, 0.0)
         else:
             b = np.log(rho) - np.log(rho).mean()          # best b for Z = 0 when lam_b -> 0
             A = -_ufm_smooth(np.zeros((K, K)), b, rho, q, lam_b)[1]
             x = start(A, b, L, 1e-3)       # prox step from X = 0; directions below the threshold get a small weight
-        bm_its = 0
+        bm_its, it = 0, 0
         if warm_start:
-            x, _, bm_its = _lbfgs(fg, x, bm_iter, gtol=1e-11)
+            x, _, bm_its = _lbfgs(fg, x, bm_iter, gtol=1e-11, stop=stop)
         X, b = point(x)
         # FISTA in the metric c * diag(1 on X, 1 + 2 lam_b on b); c = 1 is a global Lipschitz
         # bound (softmax Hessian <= 1/2), backtracking finds the local one.
@@ -514,10 +534,9 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
         F = np.inf
         Xy, by = X, b
         fy, gX, gb = _ufm_smooth(Xy, by, rho, q, lam_b)
-        tk, c, res, it = 1.0, 0.5, np.inf, 0
-        best = (np.inf, None, None, None, None, None)   # (accuracy, X, b, F, res, iteration)
-        polished = False
-        for it in range(1, max_iter + 1):
+        tk, c, res, polished = 1.0, 0.5, np.inf, False
+        while it < max_iter and (it == 0 or best[0] > tol):    # one prox step at least: exact collapse
+            it += 1
             while True:
                 Xn, nucn = _svt(Xy - gX / c, L / c)
                 bn = by - gb / (c * Lb)
@@ -542,30 +561,16 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
                 fy, gX, gb = _ufm_smooth(Xy, by, rho, q, lam_b)
             X, b, F = Xn, bn, Fn
             c *= 0.9                                # let the step grow again
-            # the stopping rule is the certificate itself (relative duality gap), checked when the
-            # step has become small, at the first and every 25th iteration; the best certified iterate is kept
-            # (at the rounding floor the iterates wander without changing the objective)
+            # the stopping rule is the certificate, checked when the step is small, at the first, last and
+            # every 25th iteration; the best iterate is kept (at the rounding floor iterates wander)
             if res < 1e-6 or it % 25 == 0 or it in (1, max_iter):
-                acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
-                if acc < best[0]:
-                    best = (acc, X, b, F, res, it)
-                if acc <= tol:
-                    break
-                if not polished:               # first failed check: second-order finish, then go on
+                if certify(X, b, F, res, it) > tol and best[0] > tol and not polished:   # second-order finish
                     polished = True
-                    X, b = point(_newton_polish(fg, hessp, start(X, b, 0.0, 1e-6)))   # floor: lets rank grow
+                    X, b = point(_newton_polish(fg, hess, start(X, b, 0.0, 1e-6)))   # floor: lets rank grow
                     Xy, by, tk = X, b, 1.0
                     fy, gX, gb = _ufm_smooth(X, b, rho, q, lam_b)
-                    F = fy + L * float(np.linalg.svd(X, compute_uv=False).sum())
-                    acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
-                    if acc < best[0]:
-                        best = (acc, X, b, F, res, it)
-                    if acc <= tol:
-                        break
-        if best[1] is None or (best[5] != it and not res < 1e-6 and it % 25):
-            acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
-            if acc < best[0] or best[1] is None:
-                best = (acc, X, b, F, res, it)
+                    F = np.inf                     # no restart test against the point before the jump
+                    certify(X, b, None, res, it)
         acc, X, b, F, res, _ = best
     return dict(Z=X / q, b=b, objective=float(F), status="optimal" if acc <= tol else "inaccurate",
                 accuracy=float(acc), solve_time=time.perf_counter() - t0, solver="fast", iterations=it,

@@ -96,3 +96,20 @@ def test_class_coordinates_reproduce_the_written_out_objective():
     fast = ufm_program.solve_ufm_fast(n, lam, lam_b)
     assert fast["status"] == "optimal" and fast["accuracy"] <= 1e-9
     assert fast["objective"] == pytest.approx(objective(fast["Z"], fast["b"], n, lam, lam_b), rel=1e-12)
+
+
+def test_all_distinct_sizes_are_certified_and_agree_with_clarabel():
+    """All sizes distinct (the class coordinates save nothing; the last digits take the warm start
+    hundreds of L-BFGS steps): certified at K = 80, and at K = 16 in agreement with tight Clarabel."""
+    sizes = np.random.default_rng(0).choice(np.arange(50, 1000), size=80, replace=False)
+    for n in (sizes, sizes[:16]):
+        lam = 0.9 * 10 / n.sum()
+        fast = ufm_program.solve_ufm_fast(n, lam, 0.01)
+        assert fast["status"] == "optimal" and fast["accuracy"] <= 1e-9
+        f_fast = objective(fast["Z"], fast["b"], n, lam, 0.01)
+        assert f_fast == pytest.approx(fast["objective"], rel=1e-12)
+    ref = ufm_program.solve_ufm_cvxpy(n, lam, 0.01)
+    f_ref = objective(ref["Z"], ref["b"], n, lam, 0.01)
+    assert f_fast <= f_ref * (1 + 1e-9)                           # no worse than Clarabel ...
+    assert f_ref >= f_fast * (1 - fast["accuracy"]) * (1 - 1e-13)  # ... which cannot beat the certificate
+    assert np.linalg.norm(fast["Z"] - ref["Z"]) <= 1e-6 * np.linalg.norm(ref["Z"])
