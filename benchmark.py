@@ -270,11 +270,12 @@ def run_script(checkout, argv, extra=()):
     return wall, usage.ru_maxrss / 1024, figure, usage.ru_utime + usage.ru_stime
 
 
-def trained_verdicts(figure):
-    """Per point, whether the trained minority collapsed: spread < COLLAPSED_REL ||Z||, ||Z|| floored
-    at 5 % of the figure's largest (where Z is nearly 0 the relative spread is noise)."""
-    scale = max(p["z_norm"] for p in figure["points"])
-    return [p["minority_spread"] < COLLAPSED_REL * max(p["z_norm"], 0.05 * scale, 1e-12) for p in figure["points"]]
+def collapsed(figure, side=None):
+    """Per point, whether the minority collapsed in the trained Z (or the convex program's: side
+    "theory"): spread < COLLAPSED_REL ||Z||, ||Z|| floored at 5 % of the figure's largest."""
+    zs = [p[side] if side else p for p in figure["points"]]
+    scale = max(z["z_norm"] for z in zs)
+    return [z["minority_spread"] < COLLAPSED_REL * max(z["z_norm"], 0.05 * scale, 1e-12) for z in zs]
 
 
 @contextlib.contextmanager
@@ -298,13 +299,12 @@ def compare_scripts(before, commands, extra=()):
         line = (f"{name}: {t_new:.1f} s ({cpu_new:.1f} s CPU, {rss_new:.0f} MB) vs before {t_old:.1f} s ({cpu_old:.1f} s "
                 f"CPU, {rss_old:.0f} MB) -> {t_old / t_new:.1f}x faster ({cpu_old / cpu_new:.1f}x less CPU)")
         if fig_old is not None:
-            v_old, v_new = trained_verdicts(fig_old), trained_verdicts(fig_new)
-            theory = [p["theory"]["verdict"] == "collapse" for p in fig_new["points"]]
+            v_old, v_new, theory = collapsed(fig_old), collapsed(fig_new), collapsed(fig_new, "theory")
             agree = [sum(a == t for a, t in zip(v, theory)) for v in (v_new, v_old)]
             dz = max(np.abs(np.array(a["Z"]) - np.array(b["Z"])).max() / max(np.abs(np.array(a["Z"])).max(), 1e-12)
                      for a, b in zip(fig_old["points"], fig_new["points"]))
-            line += (f"; trained minority verdicts as the theory's at {agree[0]}/{len(theory)} points (before "
-                     f"{agree[1]}/{len(theory)}), largest |Z - Z_before| / max|Z_before| {dz:.1e}")
+            line += (f"; minority collapsed (spread < {COLLAPSED_REL} ||Z||) in the trained Z as in the program's at "
+                     f"{agree[0]}/{len(theory)} points (before {agree[1]}/{len(theory)}), largest |Z - Z_before| / max|Z_before| {dz:.1e}")
         print(line, flush=True)
         out[name] = dict(s=t_new, before_s=t_old, cpu_s=cpu_new, before_cpu_s=cpu_old, rss_mb=rss_new, before_rss_mb=rss_old)
     return out

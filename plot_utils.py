@@ -50,8 +50,10 @@ def plot_z_heatmap(ax, Z, cluster_sizes, norm=None, title=None):
 
 
 def save_figure(fig, path, dpi=110):
-    """Write a matplotlib figure as PNG atomically and close it."""
-    utils.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    """Write a matplotlib figure as PNG atomically and close it. A figure with a layout engine is
+    drawn once; bbox_inches="tight" (for the others) draws it twice."""
+    tight = None if fig.get_layout_engine() is not None else "tight"
+    utils.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches=tight))
     plt.close(fig)
     return path
 
@@ -59,7 +61,7 @@ def save_figure(fig, path, dpi=110):
 def save_z_heatmap(Z, cluster_sizes, title, path):
     """One Z heat-map (clusters A, B, ... and class ticks) with its labelled colour bar, written to
     path; an all-zero Z (the trivial answer) says so on the picture rather than showing a blank."""
-    fig, ax = plt.subplots(figsize=(4.4, 4.0))
+    fig, ax = plt.subplots(figsize=(4.4, 4.0), layout="constrained")
     im = plot_z_heatmap(ax, Z, cluster_sizes, title=title)
     label_clusters(ax, cluster_sizes)
     if not np.any(np.abs(np.asarray(Z, dtype=float)) > 1e-9):

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 import scipy.special
 
 from utils import UserError
