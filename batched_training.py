@@ -4,6 +4,7 @@ train_utils.train_run then reuses (--batched of the figure scripts)."""
 import contextlib
 import math
 import os
+import sys
 import time
 
 import torch
@@ -40,7 +41,9 @@ def train_batched(cfgs, data, device, models_dir="models"):
     meanwhile is reused, not retrained, and a single run left is trained by train_run's own loop.
     A CSV row's seconds_per_epoch is the batch's training seconds per epoch since the previous row
     (evaluation excluded) divided by the number of runs trained together: each run's share, the
-    figure --dry_run estimates from. No checkpoint is kept: a killed batch starts over."""
+    figure --dry_run estimates from. At every evaluated epoch each run writes train_run's checkpoint
+    (its weights, its slice of the momentum, its data order): a killed batch resumes together when
+    its runs stopped at the same epoch, otherwise each run resumes alone in train_run's loop."""
     cfgs = [{**train_utils.TRAIN_DEFAULTS, **c} for c in cfgs]
     for c in cfgs:
         c["eval_epochs"] = sorted(set(c["eval_epochs"] or train_utils.default_eval_epochs(c["epochs"])) | {c["epochs"]})
@@ -66,18 +69,28 @@ def train_batched(cfgs, data, device, models_dir="models"):
         for m in sorted(todo, key=lambda m: run_dirs[m]):
             locks.enter_context(utils.run_lock(os.path.join(run_dirs[m], "lock"), f"the run {run_dirs[m]}"))
         todo = reuse_finished(todo)  # finished by the processes this one waited for
+        ckpts = {}
         for m in todo:
             utils.remove_leftovers(run_dirs[m])  # temporary files of writes killed midway
-        if len(todo) == 1:
-            results[todo[0]] = train_utils.train_locked_run(cfgs[todo[0]], data, device, run_dirs[todo[0]], None, None)
-        elif todo:
-            for m, res in zip(todo, _train_together([cfgs[m] for m in todo], [run_dirs[m] for m in todo], data, device)):
+            path = os.path.join(run_dirs[m], "checkpoint.pt")
+            ckpts[m] = train_utils.load_checkpoint(path) if os.path.exists(path) else None
+        # all fresh, or all stopped at one epoch: together; otherwise the runs with a checkpoint resume alone
+        alone = [] if len({c and c["epoch"] for c in ckpts.values()}) <= 1 else [m for m in todo if ckpts[m]]
+        together = [m for m in todo if m not in alone]
+        if len(together) == 1:
+            alone, together = alone + together, []
+        for m in alone:  # resumes its own checkpoint, or trains the single run left
+            results[m] = train_utils.train_locked_run(cfgs[m], data, device, run_dirs[m], None, None)
+        if together:
+            for m, res in zip(together, _train_together([cfgs[m] for m in together], [run_dirs[m] for m in together],
+                                                        data, device, [ckpts[m] for m in together])):
                 results[m] = res
     return [results[first[d]] for d in run_dirs]
 
 
-def _train_together(cfgs, run_dirs, data, device):
-    """train_batched's training part, under the runs' locks: one vmapped model from the start."""
+def _train_together(cfgs, run_dirs, data, device, ckpts):
+    """train_batched's training part, under the runs' locks: one vmapped model, from the start or
+    from the runs' checkpoints `ckpts` (all None, or all of one epoch)."""
     from torch.func import functional_call, stack_module_state, vmap
     cfg, M, N = cfgs[0], len(cfgs), len(data.y_train)
     record = utils.run_record(device)
@@ -85,16 +98,28 @@ def _train_together(cfgs, run_dirs, data, device):
         utils.atomic_write_json(os.path.join(run_dir, "config.json"), dict(c, data=data.key, sizes=data.sizes,
                                                                             record=record))
     models = []
-    for c in cfgs:  # each model's initial weights as train_run draws them
+    for c, ckpt in zip(cfgs, ckpts):  # each model's initial weights as train_run draws them, or its checkpoint's
         utils.set_seed(c["seed"])
         models.append(networks.build_model(c["network"], data.num_classes, data.in_channels, width=c["width"],
                                   feat_dim=c["feat_dim"], image_size=data.x_train.shape[-1]).to(device))
+        if ckpt:
+            models[-1].load_state_dict(ckpt["model"])
     params, buffers = stack_module_state(models)
     skeleton = networks.build_model(cfg["network"], data.num_classes, data.in_channels, width=cfg["width"],
                            feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1]).to("meta")
     lams = {k: torch.tensor([c[k] for c in cfgs], device=device) for k in ("lam_h", "lam_w", "lam_b")}
     opt = torch.optim.SGD(params.values(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     gens = [torch.Generator().manual_seed(c["seed"]) for c in cfgs]
+    histories, start = [[] for _ in cfgs], 0
+    if ckpts[0]:  # the momentum of each run stacked back, its data order, its CSV rows
+        state = {i: {k: torch.stack([ck["optimizer"]["state"][i][k] for ck in ckpts]) if torch.is_tensor(v) else v
+                     for k, v in s.items()} for i, s in ckpts[0]["optimizer"]["state"].items()}
+        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+        for gen, ck, run_dir in zip(gens, ckpts, run_dirs):
+            gen.set_state(ck["gen"])
+            utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), ck["history"])
+        histories, start = [ck["history"] for ck in ckpts], ckpts[0]["epoch"]
+        print(f"resuming {M} batched runs from epoch {start}", file=sys.stderr)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     bs = min(cfg["batch_size"], N)
 
@@ -102,10 +127,9 @@ def _train_together(cfgs, run_dirs, data, device):
         logits, h = functional_call(skeleton, (p, b), (xb,))
         return train_utils.regularized_terms(logits, h, p["classifier.weight"], p.get("classifier.bias"), yb, lam, N, warm_weight)[1]
 
-    histories = [[] for _ in cfgs]
     results = [None] * M
     train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch
-    for epoch in range(1, cfg["epochs"] + 1):
+    for epoch in range(start + 1, cfg["epochs"] + 1):
         t_epoch = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = train_utils.lr_at(cfg, epoch)
@@ -131,6 +155,7 @@ def _train_together(cfgs, run_dirs, data, device):
         if epoch in cfg["eval_epochs"]:
             seconds_per_epoch = train_seconds / timed_epochs / M  # each run's share of the batch's time
             train_seconds, timed_epochs = 0.0, 0
+            opt_state = opt.state_dict()
             for m, (model, c) in enumerate(zip(models, cfgs)):
                 with torch.no_grad():
                     for k, v in model.named_parameters():
@@ -141,7 +166,15 @@ def _train_together(cfgs, run_dirs, data, device):
                 row, Z, b = train_utils.evaluate(model, data, x_train, c, device)
                 histories[m].append({"epoch": epoch, "lr": train_utils.lr_at(c, epoch), **dict(zip(names, means[m])),
                                      **row, "seconds_per_epoch": seconds_per_epoch})
-                utils.atomic_write_csv(os.path.join(run_dirs[m], "summary.csv"), histories[m])
+                utils.atomic_write_csv(os.path.join(run_dirs[m], "summary.csv"), histories[m])  # CSV first, as train_run
                 if epoch == cfg["epochs"]:
                     results[m] = train_utils.finish_run(run_dirs[m], c, data, model, histories[m], Z, b)
+                else:  # train_run's checkpoint of this run, with its slice of the optimizer state (copied)
+                    own = {i: {k: v[m].clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                           for i, s in opt_state["state"].items()}
+                    utils.atomic_torch_save({"model": model.state_dict(), "gen": gens[m].get_state(),
+                                             "torch_rng": torch.get_rng_state(), "history": histories[m], "epoch": epoch,
+                                             "converged": False,
+                                             "optimizer": {"state": own, "param_groups": opt_state["param_groups"]}},
+                                            os.path.join(run_dirs[m], "checkpoint.pt"))
     return results

@@ -282,7 +282,7 @@ def probe_seconds_per_epoch(cfg, data, device, objective=None):
         return utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
 
 
-def _load_checkpoint(path):
+def load_checkpoint(path):
     """The resume state of a run; weights_only: loading it runs no code."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -382,7 +382,7 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
     """train_run's training part for a caller holding the run's lock (train_run, batched_training):
     resume or start, train, finish."""
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
-    ckpt = _load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
+    ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
     utils.atomic_write_json(os.path.join(run_dir, "config.json"),
                             dict(cfg, data=data.key, sizes=data.sizes, record=utils.run_record(device)))
 

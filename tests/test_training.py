@@ -269,6 +269,47 @@ def test_batched_training_waits_for_a_held_run_and_reuses_it(tmp_path):
     assert all(r["reused"] for r in again) and again[3]["run_dir"] == res[0]["run_dir"]
 
 
+def test_killed_batch_resumes_from_the_runs_checkpoints(tmp_path, monkeypatch, capsys):
+    """A batch killed after an evaluated epoch resumes from each run's checkpoint (train_run's format:
+    weights, its slice of the momentum, its data order) and ends with the numbers of an uninterrupted
+    batch; a batch whose runs stopped at different epochs resumes each run alone, as train_run would."""
+    cfgs = [dict(CFG, lam_h=1e-5 * (1 + i), seed=i) for i in range(3)]   # 8 epochs, evaluated at 1, 2, 4, 6, 8
+    data = small_data()
+    whole = batched_training.train_batched(cfgs, data, CPU, str(tmp_path / "whole"))
+    real, calls = train_utils.evaluate, []
+
+    def killed_at_epoch_6(*args, **kwargs):  # the evaluation of epoch 6: after the checkpoints of epoch 4
+        calls.append(1)
+        if len(calls) > 3 * 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train_utils, "evaluate", killed_at_epoch_6)
+    with pytest.raises(KeyboardInterrupt):
+        batched_training.train_batched(cfgs, data, CPU, str(tmp_path / "killed"))
+    monkeypatch.setattr(train_utils, "evaluate", real)
+    ckpt = train_utils.load_checkpoint(os.path.join(whole[0]["run_dir"].replace("whole", "killed"), "checkpoint.pt"))
+    assert ckpt["epoch"] == 4 and [r["epoch"] for r in ckpt["history"]] == [1, 2, 4]
+    capsys.readouterr()
+    resumed = batched_training.train_batched(cfgs, data, CPU, str(tmp_path / "killed"))
+    assert "resuming 3 batched runs from epoch 4" in capsys.readouterr().err
+    for a, b in zip(whole, resumed):
+        np.testing.assert_allclose(b["Z"], a["Z"], rtol=0, atol=1e-6)
+        assert b["final"]["loss"] == pytest.approx(a["final"]["loss"], rel=1e-6)
+        assert [r["epoch"] for r in utils.read_csv(os.path.join(b["run_dir"], "summary.csv"))] == [1, 2, 4, 6, 8]
+        assert not os.path.exists(os.path.join(b["run_dir"], "checkpoint.pt"))
+    # runs stopped at different epochs (run 0 trained alone to its epoch-4 checkpoint): each resumes alone
+    monkeypatch.setattr(train_utils, "evaluate", killed_at_epoch_6)
+    calls.clear()
+    calls.extend([1] * 6)  # dies at its 4th evaluation, epoch 6
+    with pytest.raises(KeyboardInterrupt):
+        train_utils.train_run(cfgs[0], data, CPU, str(tmp_path / "mixed"))
+    monkeypatch.setattr(train_utils, "evaluate", real)
+    mixed = batched_training.train_batched(cfgs, data, CPU, str(tmp_path / "mixed"))
+    assert "resuming" in capsys.readouterr().err
+    for a, b in zip(whole, mixed):
+        np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)
+
+
 def test_train_batched_refuses_configurations_that_differ_in_more_than_lambda_and_seed():
     with pytest.raises(ValueError, match="differ only"):
         batched_training.train_batched([CFG, dict(CFG, lr=0.1)], small_data(), CPU)
