@@ -74,8 +74,13 @@ def train_batched(cfgs, data, device, models_dir="models"):
             utils.remove_leftovers(run_dirs[m])  # temporary files of writes killed midway
             path = os.path.join(run_dirs[m], "checkpoint.pt")
             ckpts[m] = train_utils.load_checkpoint(path) if os.path.exists(path) else None
-        # all fresh, or all stopped at one epoch: together; otherwise the runs with a checkpoint resume alone
-        alone = [] if len({c and c["epoch"] for c in ckpts.values()}) <= 1 else [m for m in todo if ckpts[m]]
+        # together: all fresh, or all stopped at one epoch; alone: runs whose checkpoint is at their end
+        # (killed before final.json), and the runs with a checkpoint when they stopped at different epochs
+        epoch = {m: ckpts[m]["epoch"] if ckpts[m] else 0 for m in todo}
+        alone = [m for m in todo if ckpts[m] and (epoch[m] >= cfgs[m]["epochs"] or ckpts[m].get("converged"))]
+        rest = [m for m in todo if m not in alone]
+        if len({epoch[m] for m in rest}) > 1:
+            alone += [m for m in rest if ckpts[m]]
         together = [m for m in todo if m not in alone]
         if len(together) == 1:
             alone, together = alone + together, []

@@ -308,6 +308,14 @@ def test_killed_batch_resumes_from_the_runs_checkpoints(tmp_path, monkeypatch, c
     assert "resuming" in capsys.readouterr().err
     for a, b in zip(whole, mixed):
         np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)
+    # a run killed after its last checkpoint, before final.json: finished alone, not trained again
+    monkeypatch.setattr(train_utils, "finish_run", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train_utils.train_run(cfgs[0], data, CPU, str(tmp_path / "end"))
+    monkeypatch.undo()
+    end = batched_training.train_batched(cfgs, data, CPU, str(tmp_path / "end"))
+    assert "resuming" in capsys.readouterr().err and not end[0]["reused"]
+    np.testing.assert_allclose(end[0]["Z"], whole[0]["Z"], rtol=1e-3, atol=1e-4)
 
 
 def test_train_batched_refuses_configurations_that_differ_in_more_than_lambda_and_seed():
