@@ -10,7 +10,6 @@
 """
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import struct
@@ -24,23 +23,13 @@ import threadpoolctl
 import torch
 
 import ana_utils
-import batched_training
 import datasets
-import losses
+import gpu_benchmark
 import networks
 import train_utils
 import ufm_program
 import utils
 
-
-def timed(fn, repeat=1):
-    """Best wall time of `repeat` calls, and the last result."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 # ======================================================================================
 # Foundation benchmarks
@@ -85,9 +74,9 @@ def bench_subset():
     def ours():
         return datasets.get_data("fashion_mnist", sizes, seed=0, data_dir=root)
 
-    t_orig, _ = timed(original)
-    t_ours, data = timed(ours)
-    t_cached, _ = timed(ours)
+    t_orig, _ = utils.timed(original)
+    t_ours, data = utils.timed(ours)
+    t_cached, _ = utils.timed(ours)
     print(f"subset build+cache (60k images -> {sum(sizes)}): {t_ours:.2f} s vs one-image DataLoader {t_orig:.2f} s "
           f"-> {t_orig / t_ours:.1f}x faster (reload from cache {t_cached:.2f} s)")
     return {"subset_s": t_ours, "dataloader_s": t_orig, "speedup": t_orig / t_ours}
@@ -126,8 +115,8 @@ def bench_training_loop():
     bare(), loop()
     times = {"bare": [], "loop": []}
     for _ in range(5):
-        times["bare"].append(timed(bare)[0])
-        times["loop"].append(timed(loop)[0])
+        times["bare"].append(utils.timed(bare)[0])
+        times["loop"].append(utils.timed(loop)[0])
     torch.set_num_threads(threads)
     t_bare, t_loop = float(np.median(times["bare"])), float(np.median(times["loop"]))
     print(f"training loop (MLP, {N} samples, {cfg['epochs']} epochs, CPU, 1 thread, median of 5): {t_loop:.2f} s vs bare "
@@ -153,8 +142,8 @@ def bench_nc_metrics():
         C = means - means.mean(0)
         return np.trace(Sw @ np.linalg.pinv(C.T @ C / K, rcond=1e-6)) / K
 
-    t_plain, ref = timed(plain)
-    t_ours, m = timed(lambda: ana_utils.nc_metrics(H, y, W, np.zeros(K)), repeat=3)
+    t_plain, ref = utils.timed(plain)
+    t_ours, m = utils.timed(lambda: ana_utils.nc_metrics(H, y, W, np.zeros(K)), repeat=3)
     print(f"nc_metrics (N=41000, d=512, K=10, all metrics): {t_ours:.2f} s vs plain nc1 alone {t_plain:.2f} s "
           f"-> {t_plain / t_ours:.1f}x (nc1 {m['nc1']:.5f} vs {ref:.5f})")
     return {"nc_metrics_s": t_ours, "plain_s": t_plain}
@@ -185,27 +174,27 @@ def bench_solver_speed():
     out = {}
     n = [500] * 50 + [100] * 50
     lam = 0.9 * 10 / sum(n)
-    t_cvx, ref = timed(lambda: ufm_program.solve_ufm_cvxpy(n, lam, 0.01, solver="SCS", eps_abs=1e-7, eps_rel=1e-7, max_iters=100000))
-    t_fast, fast = timed(lambda: ufm_program.solve_ufm_fast(n, lam, 0.01), repeat=3)
+    t_cvx, ref = utils.timed(lambda: ufm_program.solve_ufm_cvxpy(n, lam, 0.01, solver="SCS", eps_abs=1e-7, eps_rel=1e-7, max_iters=100000))
+    t_fast, fast = utils.timed(lambda: ufm_program.solve_ufm_fast(n, lam, 0.01), repeat=3)
     gap = abs(fast["objective"] - ref["objective"]) / ref["objective"]
     print(f"UFM program at K=100: fast {t_fast:.2f} s vs cvxpy/SCS {t_cvx:.1f} s -> {t_cvx / t_fast:.0f}x faster "
           f"(objective gap {gap:.1e})")
     A = np.random.default_rng(0).normal(size=(1000, 1000))
     with threadpoolctl.threadpool_limits(1, "blas"):  # one thread, as the solver's BLAS
-        t_eigh, _ = timed(lambda: np.linalg.eigh(A.T @ A), repeat=3)
+        t_eigh, _ = utils.timed(lambda: np.linalg.eigh(A.T @ A), repeat=3)
     # K = 1000 (no cvxpy; one certificate: an SVD, 2-3 eighs): 2 sizes; all distinct, uniform or ImageNet-LT-like
     for name, n in [("cluster", [500] * 500 + [100] * 500),
                     ("distinct", [int(x) for x in np.random.default_rng(0).integers(50, 1000, size=1000)]),
                     ("long_tailed", [round(1280 * (5 / 1280) ** (k / 999)) for k in range(1000)])]:
-        t, r = timed(lambda: ufm_program.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01), repeat=2 if name == "cluster" else 1)
+        t, r = utils.timed(lambda: ufm_program.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01), repeat=2 if name == "cluster" else 1)
         print(f"UFM program at K=1000, {name}, {len(set(n))} sizes: fast {t:.2f} s = {t / t_eigh:.1f} x one eigh "
               f"({t_eigh:.2f} s) ({r['status']}, accuracy {r['accuracy']:.0e}, {r['bm_iterations']} L-BFGS steps)")
         out.update({f"k1000_{name}_s": t, f"k1000_{name}_over_eigh": t / t_eigh})
     # small lambda sqrt(N) and large lambda_b (ISSUE_10): certified, and the time against K = 10 at 0.9 lambda*
     n = [1000] * 5 + [500] * 5
-    t_k10, _ = timed(lambda: ufm_program.solve_ufm_fast([500] * 5 + [100] * 5, 0.9 / 300, 0.01), repeat=5)
+    t_k10, _ = utils.timed(lambda: ufm_program.solve_ufm_fast([500] * 5 + [100] * 5, 0.9 / 300, 0.01), repeat=5)
     for lam_sqrt_n, lam_b in [(1e-10, 0.01), (1e-6, 0.01), (1e-10, 10.0)]:
-        t, r = timed(lambda: ufm_program.solve_ufm_fast(n, lam_sqrt_n / np.sqrt(sum(n)), lam_b), repeat=3)
+        t, r = utils.timed(lambda: ufm_program.solve_ufm_fast(n, lam_sqrt_n / np.sqrt(sum(n)), lam_b), repeat=3)
         print(f"UFM program, 5 x 1000 + 5 x 500, lambda sqrt(N) = {lam_sqrt_n:g}, lambda_b = {lam_b:g}: {r['status']}, "
               f"accuracy {r['accuracy']:.0e}, {t:.3f} s = {t / t_k10:.1f} x the K = 10 solve at 0.9 lambda*")
     return dict(out, k100_fast_s=t_fast, k100_cvxpy_s=t_cvx, k1000_eigh_s=t_eigh)
@@ -221,7 +210,7 @@ def bench_ufm_training_vs_theory():
         lam = factor / 300
         cfg = dict(name="ufm_bench", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=3000, epochs=100,
                    eval_epochs=[100], lam_h=lam / 20, lam_w=5 * lam, lam_b=0.01, feat_dim=16)
-        t, run = timed(lambda: train_utils.train_run(cfg, data, torch.device("cpu"), models_dir=tempfile.mkdtemp()))
+        t, run = utils.timed(lambda: train_utils.train_run(cfg, data, torch.device("cpu"), models_dir=tempfile.mkdtemp()))
         ref = ufm_program.solve_ufm_cvxpy(sizes, lam, 0.01)
         Z = np.array(run["Z"])
         rel = np.linalg.norm(Z - ref["Z"]) / np.linalg.norm(ref["Z"])
@@ -356,208 +345,6 @@ SPEED_BENCHMARKS = [bench_scripts, bench_batched, bench_ufm_figures]
 
 
 # ======================================================================================
-# The GPU path (--device cuda): train_run against a bare loop, and the NC evaluation's share
-# ======================================================================================
-# Each network trains on synthetic CIFAR-shaped data (the cost does not depend on the pixels) at
-# its study's batch size (128), in variants: fp32, bf16 autocast (--amp), and bf16 with channels-last
-# memory format or torch.compile. Every variant is timed as
-#   bare:  forward + backward + optimizer step on the same device tensors, same objective, no
-#          bookkeeping: the floor for train_run;
-#   loop:  train_utils.train_run; its time per epoch is the difference of a (1 + k)-epoch and a
-#          1-epoch run (both evaluated and checkpointed once), so set-up and compile cancel;
-#   eval:  train_utils.evaluate (features of the train and test sets, every NC metric), whose
-#          share of a run is given at the study's evaluation schedule.
-
-GPU_NETWORKS = {
-    # minority-collapse figures: ResNet18 (CIFAR form), 5 x 500 + 5 x 100 images, batch 128, 2000 epochs
-    # evaluated at train_utils.default_eval_epochs(2000); the test split is CIFAR-10's 10 x 1000.
-    "resnet18": dict(cfg=dict(network="resnet18", batch_size=128, lr=0.01, lam_h=1e-5, lam_w=5e-3, lam_b=1e-2,
-                              weight_decay=5e-4),
-                     sizes=[500] * 5 + [100] * 5, test_per_class=1000, mixup=False,
-                     schedule=("figures: 2000 epochs, default_eval_epochs", 2000,
-                               len(train_utils.default_eval_epochs(2000)))),
-    # mixup study: WRN-40-10 and the ViT, batch 128, mixup (alpha 1), evaluated every epoch; CIFAR-10's
-    # 5 : 1 train : test ratio at a tenth of its size.
-    "wrn": dict(cfg=dict(network="wrn", batch_size=128, lr=0.1, weight_decay=1e-4),
-                sizes=[500] * 10, test_per_class=100, mixup=True, schedule=("mixup study: every epoch", 1, 1)),
-    "vit": dict(cfg=dict(network="vit", batch_size=128, lr=0.1, weight_decay=1e-4),
-                sizes=[500] * 10, test_per_class=100, mixup=True, schedule=("mixup study: every epoch", 1, 1))}
-# toy sizes (--tiny): the same code in seconds on a CPU
-TINY_NETWORKS = {"resnet18": dict(width=4), "wrn": dict(width=1, depth=10), "vit": dict(width=16, depth=1)}
-GPU_VARIANTS = {"fp32": (False, False, False), "bf16": (True, False, False),  # (bf16 autocast, channels-last, compile)
-                "bf16_cl": (True, True, False), "bf16_compile": (True, False, True)}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _prepare_model(model, channels_last, compile_model):
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile_model else model
-
-
-@contextlib.contextmanager
-def _train_run_builds(channels_last, compile_model):
-    """train_run builds its network itself: give it the channels-last / compiled one for this variant."""
-    original = train_utils.build_model
-    train_utils.build_model = lambda *a, **kw: _prepare_model(original(*a, **kw), channels_last, compile_model)
-    try:
-        yield
-    finally:
-        train_utils.build_model = original
-
-
-def _gpu_bench_setup(name, tiny):
-    """The data and the training configuration of a network's GPU benchmark (toy sizes if tiny)."""
-    spec = GPU_NETWORKS[name]
-    sizes, image, test = ([6] * 4, 16, 2) if tiny else (spec["sizes"], 32, spec["test_per_class"])
-    data = datasets.get_data("synthetic", sizes, seed=0, synthetic={"image_size": image, "channels": 3, "test_per_class": test})
-    return data, {**train_utils.TRAIN_DEFAULTS, "name": f"bench_{name}", **spec["cfg"],
-                  **(dict(TINY_NETWORKS[name], batch_size=8) if tiny else {})}
-
-
-def _epoch_seconds(train, k, reps=1):
-    """Seconds per epoch of train(n_epochs), a fresh run evaluated once at its end: after a 1-epoch warm-up,
-    the best (1 + k)-epoch time minus the best 1-epoch time of `reps` tries, over k, so set-up, compile and
-    the evaluation cancel (NaN where the k epochs drown in their noise); and the last (1 + k)-epoch result."""
-    train(1)
-    (t_long, res), (t_short, _) = timed(lambda: train(1 + k), reps), timed(lambda: train(1), reps)
-    return ((t_long - t_short) / k if t_long > t_short else float("nan")), res
-
-
-def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
-    """One network: for each variant, images/s of the bare loop and of train_run, train_run's
-    overhead, and the evaluation's cost against an epoch and its share of a run at the study's
-    schedule. Returns {variant: figures}."""
-    spec, k = GPU_NETWORKS[name], epochs or (1 if tiny else 5)
-    data, cfg = _gpu_bench_setup(name, tiny)
-    objective = train_utils.make_mixup_objective(losses.get_loss("cross_entropy"), 1.0) if spec["mixup"] else None
-    N, bs = len(data.y_train), min(cfg["batch_size"], len(data.y_train))
-    label, E, n_evals = spec["schedule"]
-    out = {}
-    for variant in variants:
-        amp, channels_last, compile_model = GPU_VARIANTS[variant]
-        amp = amp and device.type == "cuda"  # as train_run: autocast on CUDA only
-        vdata = (dataclasses.replace(data, x_train=data.x_train.contiguous(memory_format=torch.channels_last))
-                 if channels_last else data)
-        vcfg = dict(cfg, amp=amp)
-
-        # bare loop: the same model, optimizer, objective and batches; one warm-up epoch, then k timed
-        utils.set_seed(0)
-        model = _prepare_model(networks.build_model(vcfg["network"], data.num_classes, data.in_channels, width=vcfg["width"],
-                                                    image_size=data.x_train.shape[-1], depth=vcfg.get("depth")).to(device),
-                               channels_last, compile_model)
-        opt = train_utils.make_optimizer(model, vcfg)
-        x, y = vdata.x_train.to(device), data.y_train.to(device)
-        gen = torch.Generator().manual_seed(0)
-
-        def epoch_bare():
-            model.train()
-            perm = torch.randperm(N, generator=gen).to(device)
-            for i in range(0, N - (N % bs == 1), bs):
-                idx = perm[i:i + bs]
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    if objective is None:
-                        loss, _ = train_utils.regularized_objective(model, x[idx], y[idx], vcfg, N, 1.0)
-                    else:
-                        loss, _ = objective(model, x[idx], y[idx], 1, gen)
-                loss.backward()
-                opt.step()
-
-        epoch_bare(), _sync(device)
-        bare = timed(lambda: ([epoch_bare() for _ in range(k)], _sync(device)))[0] / k
-
-        # the NC evaluation of the trained model (warmed up once: compile, cuDNN)
-        def evaluation():
-            train_utils.evaluate(model, data, x, vcfg, device)
-            _sync(device)
-
-        evaluation()
-        t_eval, _ = timed(evaluation, repeat=2)
-        del model, opt, x, y
-
-        def run(n_epochs):  # train_run: (1 + k) epochs minus 1 epoch (_epoch_seconds)
-            with _train_run_builds(channels_last, compile_model):
-                train_utils.train_run(dict(vcfg, epochs=n_epochs, eval_epochs=[n_epochs]), vdata, device,
-                                      models_dir=tempfile.mkdtemp(), objective=objective)
-            _sync(device)
-
-        loop, _ = _epoch_seconds(run, k, reps=1 if tiny else 2)  # best of two: checkpoint writes and the like jitter
-        if loop != loop:  # NaN: the k epochs drowned in the noise of the fixed costs
-            print(f"{name} {variant}: train_run's epochs too short to time against its set-up; use more --epochs",
-                  flush=True)
-        share = n_evals * t_eval / (E * loop + n_evals * t_eval)
-        out[variant] = dict(bare_epoch_s=bare, loop_epoch_s=loop, eval_s=t_eval, images=N, batch_size=bs,
-                            bare_img_s=N / bare, loop_img_s=N / loop, overhead=loop / bare - 1,
-                            eval_per_epoch=t_eval / loop, eval_share=share, schedule=label)
-        print(f"{name} {variant:13s} N={N} batch {bs}: bare {N / bare:8.0f} img/s, train_run {N / loop:8.0f} img/s "
-              f"-> overhead {100 * (loop / bare - 1):+5.1f}%; evaluation {t_eval:.3f} s = {t_eval / loop:.2f} epochs, "
-              f"{100 * share:.1f}% of a run ({label})", flush=True)
-    base = out.get("fp32")
-    if base:
-        for variant, r in out.items():
-            r["speedup_vs_fp32_bare"] = base["bare_epoch_s"] / r["bare_epoch_s"]
-            r["speedup_vs_fp32_loop"] = base["loop_epoch_s"] / r["loop_epoch_s"]
-        print(f"{name}: train_run speed against fp32 train_run: "
-              + ", ".join(f"{v} {r['speedup_vs_fp32_loop']:.2f}x" for v, r in out.items()), flush=True)
-    return out
-
-
-def bench_gpu_batched_sweep(device, sweeps, epochs=None, tiny=False):
-    """A sweep of M ResNet18 points (the minority figure's 5 x 500 + 5 x 100 images, batch 128, fp32,
-    lambda varied) trained as one vmapped model (batched_training.train_batched) against one by one
-    (train_run): the batch's time per epoch against M times one run's (_epoch_seconds, k = 2), and
-    the largest |Z difference| of the sweep's first two points after the same 1 + k epochs."""
-    k, (data, base) = epochs or (1 if tiny else 2), _gpu_bench_setup("resnet18", tiny)
-    cfgs = [dict(base, name=f"sweep{i}", lam_h=base["lam_h"] * (1 + i / 2), lam_w=base["lam_w"] * (1 + i / 2),
-                 epochs=1 + k, eval_epochs=[1 + k]) for i in range(max(sweeps))]
-
-    def train(n, M=None):  # train_run of the first point (M None) or train_batched of the first M, n epochs
-        group = [dict(c, epochs=n, eval_epochs=[n]) for c in cfgs[:M or 1]]
-        return (batched_training.train_batched(group, data, device, tempfile.mkdtemp()) if M else
-                [train_utils.train_run(group[0], data, device, tempfile.mkdtemp())])
-
-    t_one, refs = _epoch_seconds(train, k)
-    refs += [train_utils.train_run(c, data, device, tempfile.mkdtemp()) for c in cfgs[1:2]]
-    z_max, out = max(np.abs(r["Z"]).max() for r in refs), {"one_epoch_s": t_one, "epochs": 1 + k}
-    for M in sweeps:
-        t_bat, res = _epoch_seconds(lambda n: train(n, M), k)
-        dz = max(np.abs(np.subtract(a["Z"], b["Z"])).max() for a, b in zip(refs, res))
-        out[f"M={M}"] = dict(batched_epoch_s=t_bat, speedup=M * t_one / t_bat, max_abs_dZ=dz, max_abs_Z=z_max)
-        print(f"resnet18 sweep of {M} points, N={len(data.y_train)}, batch {base['batch_size']}, fp32: batched "
-              f"{t_bat:.3f} s per epoch vs one by one {M} x {t_one:.3f} s -> {M * t_one / t_bat:.2f}x; largest |Z "
-              f"difference| after {1 + k} epochs {dz:.1e} (max |Z| {z_max:.3g})", flush=True)
-    return out
-
-
-def gpu_main(args):
-    """The GPU-path benchmarks on args.device; figures as JSON in args.json if given."""
-    device = utils.get_device(args.device)
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        where = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    else:
-        torch.set_num_threads(1)
-        where = f"{device.type}, torch {torch.__version__}"
-    print(f"GPU path on {where}{' (tiny sizes)' if args.tiny else ''}", flush=True)
-    variants = args.variants or (list(GPU_VARIANTS) if device.type == "cuda" else ["fp32", "bf16_cl"])
-    results = {"device": where, "tiny": args.tiny, "networks": {}}
-    utils.check_positive_ints("--batched_sweep", args.batched_sweep)
-    for name in args.networks + ["batched_sweep"] * bool(args.batched_sweep):  # the batched ResNet18 sweeps last
-        if name == "batched_sweep":
-            results[name] = bench_gpu_batched_sweep(device, args.batched_sweep, epochs=args.epochs, tiny=args.tiny)
-        else:
-            results["networks"][name] = bench_gpu_network(name, device, variants, epochs=args.epochs, tiny=args.tiny)
-        if args.json:  # after each network, so a run cut short keeps what it measured
-            utils.atomic_write_json(args.json, results)
-    return results
-
-
-# ======================================================================================
 # Entry point
 # ======================================================================================
 
@@ -573,11 +360,11 @@ def main(argv=None):
                         help="busy-looping processes kept running during the speed benchmarks (default 0)")
     gpu = parser.add_argument_group("the GPU path (runs instead of the benchmarks above when --device is given)")
     gpu.add_argument("--device", default=None, help="cuda | cuda:N | cpu (cpu: only sensible with --tiny)")
-    gpu.add_argument("--networks", nargs="*", choices=list(GPU_NETWORKS), default=list(GPU_NETWORKS),
+    gpu.add_argument("--networks", nargs="*", choices=list(gpu_benchmark.GPU_NETWORKS), default=list(gpu_benchmark.GPU_NETWORKS),
                      help="default: all; none given: none")
     gpu.add_argument("--batched_sweep", nargs="*", type=int, default=[4, 10], metavar="M",
                      help="ResNet18 sweeps of M points trained batched against one by one (default 4 10; none given: none)")
-    gpu.add_argument("--variants", nargs="+", choices=list(GPU_VARIANTS), default=None,
+    gpu.add_argument("--variants", nargs="+", choices=list(gpu_benchmark.GPU_VARIANTS), default=None,
                      help="default: all on CUDA; fp32 bf16_cl elsewhere (bf16 autocast is CUDA only)")
     gpu.add_argument("--epochs", type=int, default=None, help="timed epochs per measurement (5, sweeps 2; --tiny 1)")
     gpu.add_argument("--tiny", action="store_true", help="toy sizes: the same code in seconds")
@@ -587,7 +374,7 @@ def main(argv=None):
         sys.exit(f"error: --before {args.before}: no opt_main.py there; give a checkout of this repository")
     if args.device is not None:
         try:
-            return gpu_main(args)
+            return gpu_benchmark.gpu_main(args)
         except utils.UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -1,5 +1,5 @@
-"""The bottom layer: errors, seeds, devices and threads, validators and argument helpers, run
-records, atomic result files and run locks, mixup snapshot files. Imports no other project module
+"""The bottom layer: errors, seeds, devices and threads, the benchmarks' clock, validators and
+argument helpers, run records, atomic result files and run locks, mixup snapshot files. Imports no other project module
 and no matplotlib (datasets.py, beside it, holds the data). `python utils.py <command>` runs the
 commands of replot.py."""
 import argparse
@@ -68,6 +68,16 @@ def free_cores():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cores, cores - int(load + 0.5)))
+
+
+def timed(fn, repeat=1):
+    """Best wall time of `repeat` calls of fn, and the last result (the benchmarks' clock)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
 
 
 def set_threads(work_size=0, threads=None):
