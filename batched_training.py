@@ -74,13 +74,10 @@ def train_batched(cfgs, data, device, models_dir="models"):
             utils.remove_leftovers(run_dirs[m])  # temporary files of writes killed midway
             path = os.path.join(run_dirs[m], "checkpoint.pt")
             ckpts[m] = train_utils.load_checkpoint(path) if os.path.exists(path) else None
-        # together: all fresh, or all stopped at one epoch; alone: runs whose checkpoint is at their end
-        # (killed before final.json), and the runs with a checkpoint when they stopped at different epochs
-        epoch = {m: ckpts[m]["epoch"] if ckpts[m] else 0 for m in todo}
-        alone = [m for m in todo if ckpts[m] and (epoch[m] >= cfgs[m]["epochs"] or ckpts[m].get("converged"))]
-        rest = [m for m in todo if m not in alone]
-        if len({epoch[m] for m in rest}) > 1:
-            alone += [m for m in rest if ckpts[m]]
+        # together when all start fresh or all stopped at one epoch before the last; otherwise the runs
+        # with a checkpoint resume alone (train_run's loop, which also finishes one killed before final.json)
+        stopped = {ckpts[m]["epoch"] if ckpts[m] else 0 for m in todo}
+        alone = [m for m in todo if ckpts[m]] if len(stopped) > 1 or max(stopped, default=0) >= cfgs[0]["epochs"] else []
         together = [m for m in todo if m not in alone]
         if len(together) == 1:
             alone, together = alone + together, []
@@ -177,9 +174,6 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
                 else:  # train_run's checkpoint of this run, with its slice of the optimizer state (copied)
                     own = {i: {k: v[m].clone() if torch.is_tensor(v) else v for k, v in s.items()}
                            for i, s in opt_state["state"].items()}
-                    utils.atomic_torch_save({"model": model.state_dict(), "gen": gens[m].get_state(),
-                                             "torch_rng": torch.get_rng_state(), "history": histories[m], "epoch": epoch,
-                                             "converged": False,
-                                             "optimizer": {"state": own, "param_groups": opt_state["param_groups"]}},
-                                            os.path.join(run_dirs[m], "checkpoint.pt"))
+                    train_utils.save_checkpoint(os.path.join(run_dirs[m], "checkpoint.pt"), model, gens[m], histories[m],
+                                                epoch, optimizer={"state": own, "param_groups": opt_state["param_groups"]})
     return results

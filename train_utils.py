@@ -282,6 +282,16 @@ def probe_seconds_per_epoch(cfg, data, device, objective=None):
         return utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
 
 
+def save_checkpoint(path, model, gen, history, epoch, converged=False, optimizer=None):
+    """Write a run's resume state atomically (load_checkpoint reads it): weights, the data-order
+    generator, torch's RNG, the CSV rows so far, the epoch, and the optimizer state when given."""
+    state = {"model": model.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "history": history, "epoch": epoch, "converged": converged}
+    if optimizer is not None:
+        state["optimizer"] = optimizer
+    utils.atomic_torch_save(state, path)
+
+
 def load_checkpoint(path):
     """The resume state of a run; weights_only: loading it runs no code."""
     try:
@@ -450,11 +460,8 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
                 print(epoch_log_line(cfg, row, list(means)), file=sys.stderr, flush=True)
             # The CSV first: a kill between the two resumes from the previous checkpoint, which rewrites the CSV.
             utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
-            state = {"model": model.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                     "history": history, "epoch": epoch, "converged": converged}
-            if not ufm_lbfgs:  # the UFM's L-BFGS history (up to 270 MB) is not kept; it rebuilds in a few steps
-                state["optimizer"] = opt.state_dict()
-            utils.atomic_torch_save(state, ckpt_path)
+            # the UFM's L-BFGS history (up to 270 MB) is not kept; it rebuilds in a few steps
+            save_checkpoint(ckpt_path, model, gen, history, epoch, converged, None if ufm_lbfgs else opt.state_dict())
         if converged:
             break
     bar.close()
