@@ -179,19 +179,16 @@ def make_on_eval(cfg, data, loss_fn, device):
     return on_eval
 
 
-def run_inputs(cfg, dataset, per_class, K, data_dir):
-    """(per-sample loss, data, mixup objective) of the run `cfg` on a balanced subset of `dataset`."""
+def run_inputs(cfg, dataset, per_class, K, device, args):
+    """(per-sample loss, data, mixup objective) of the run `cfg` on a balanced subset of `dataset`;
+    on the CPU, sets the threads for the run's step size and the free cores (--threads wins)."""
     loss_fn = losses.get_loss(cfg["loss"], cfg["mse_scale"], cfg["smoothing"], cfg["focal_gamma"])
-    data = datasets.get_data(dataset, [per_class] * K, cfg["seed"], data_dir, synthetic=cfg["synthetic"])
-    return loss_fn, data, train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"],
-                                                           lam_per=cfg["lam_per"])
-
-
-def use_threads(cfg, data, device, threads):
-    """On the CPU, the threads for this run's step size and the free cores (--threads wins)."""
+    data = datasets.get_data(dataset, [per_class] * K, cfg["seed"], args.data_dir, synthetic=cfg["synthetic"])
     if device.type == "cpu":
         utils.set_threads(networks.step_work_size(cfg["network"], min(cfg["batch_size"], len(data.y_train)),
-                                                  data.x_train[0].numel(), cfg["width"]), threads)
+                                                  data.x_train[0].numel(), cfg["width"]), args.threads)
+    return loss_fn, data, train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"],
+                                                           lam_per=cfg["lam_per"])
 
 
 def train(cfg, inputs, device, models_dir):
@@ -230,8 +227,7 @@ def main(argv=None):
     K, per_class = check_args(args)
     device = sweep.figure_device(args)
     cfg = train_config(args)
-    inputs = run_inputs(cfg, args.dataset, per_class, K, args.data_dir)
-    use_threads(cfg, inputs[1], device, args.threads)
+    inputs = run_inputs(cfg, args.dataset, per_class, K, device, args)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
     if args.dry_run:
         return dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
@@ -300,8 +296,7 @@ def study_cell(point, device, args):
     summary.csv, last snapshot's geometry) and the curves over epochs."""
     p = point["params"]
     try:
-        inputs = run_inputs(point["train"], p["dataset"], point["per_class"], point["K"], args.data_dir)
-        use_threads(point["train"], inputs[1], device, args.threads)
+        inputs = run_inputs(point["train"], p["dataset"], point["per_class"], point["K"], device, args)
         run_dir = train(point["train"], inputs, device, args.models_dir)["run_dir"]
     except UserError as e:  # a diverged cell is a result of the grid (kept, reported), not the end of the study
         if not str(e).startswith("training diverged"):
@@ -362,8 +357,7 @@ def study_dry_run(points, args, device):
         p = point["params"]
         if (p["dataset"], p["model"]) not in seconds:
             cfg = dict(point["train"], snapshots=[])
-            _, data, objective = run_inputs(cfg, p["dataset"], point["per_class"], point["K"], args.data_dir)
-            use_threads(cfg, data, device, args.threads)
+            _, data, objective = run_inputs(cfg, p["dataset"], point["per_class"], point["K"], device, args)
             seconds[p["dataset"], p["model"]] = train_utils.probe_seconds_per_epoch(cfg, data, device, objective)
     total = sum(seconds[pt["params"]["dataset"], pt["params"]["model"]] * pt["train"]["epochs"] for pt in todo)
     print(f"estimate for the {len(todo)} cells to train: {total / 60:.1f} min on {device} (training only, from "
