@@ -106,11 +106,11 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
                                   feat_dim=c["feat_dim"], image_size=data.x_train.shape[-1]).to(device))
         if ckpt:
             models[-1].load_state_dict(ckpt["model"])
-    params, buffers = stack_module_state(models)
+    weights, buffers = stack_module_state(models)
     skeleton = networks.build_model(cfg["network"], data.num_classes, data.in_channels, width=cfg["width"],
                            feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1]).to("meta")
     lams = {k: torch.tensor([c[k] for c in cfgs], device=device) for k in ("lam_h", "lam_w", "lam_b")}
-    opt = torch.optim.SGD(params.values(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    opt = torch.optim.SGD(weights.values(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     gens = [torch.Generator().manual_seed(c["seed"]) for c in cfgs]
     histories, start = [[] for _ in cfgs], 0
     if ckpts[0]:  # the momentum of each run stacked back, its data order, its CSV rows
@@ -143,7 +143,7 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
         for start_i in range(0, perms.shape[1], bs):
             idx = perms[:, start_i:start_i + bs]
             opt.zero_grad(set_to_none=True)
-            terms = vmap(member_terms, in_dims=(0, 0, 0, 0, 0, None))(params, buffers, x_train[idx], y_train[idx],
+            terms = vmap(member_terms, in_dims=(0, 0, 0, 0, 0, None))(weights, buffers, x_train[idx], y_train[idx],
                                                                      lams, warm_weight)
             terms["loss"].sum().backward()  # the runs share no weight: each gets its own gradient
             opt.step()
@@ -161,7 +161,7 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
             for m, (model, c) in enumerate(zip(models, cfgs)):
                 with torch.no_grad():
                     for k, v in model.named_parameters():
-                        v.copy_(params[k][m])
+                        v.copy_(weights[k][m])
                     for k, v in model.named_buffers():
                         v.copy_(buffers[k][m])
                 model.train()

@@ -36,6 +36,9 @@ def parse_args(argv):
     p.add_argument("--structure", type=int, default=1, help="class-size structure 1 or 2 (default 1)")
     p.add_argument("--reg_h", type=float, default=1e-6, help="lam_H, feature regularisation (default 1e-6)")
     p.add_argument("--reg_w", type=float, default=1e-3, help="lam_W, classifier regularisation (default 1e-3)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="lambda of the convex program instead of lam_H, lam_W: they then follow from it in the ratio "
+                        "--reg_w / --reg_h (default 2 sqrt(reg_h reg_w) = 6.3e-5)")
     p.set_defaults(train_epochs=1000)
     return utils.parse_with_presets(p, argv, QUICK)
 
@@ -47,17 +50,19 @@ def main(argv=None):
     utils.check_choice("--structure", args.structure, sorted(STRUCTURES))
     for name in ("--reg_h", "--reg_w"):
         utils.check_positive(name, getattr(args, name[2:]))
+    if args.lam is not None:
+        utils.check_positive("--lam", args.lam)
     scale = QUICK_SCALE if args.quick else 1.0
     groups = [(k, max(1, round(n * scale))) for k, n in STRUCTURES[args.structure]]
     sizes = [n for k, n in groups for _ in range(k)]
     K = datasets.num_classes_of(args.dataset_t, sizes)
     if K != len(sizes):
-        raise UserError(f"--dataset_t {args.dataset_t}: has {K} classes; the structures need {len(sizes)}")
+        raise UserError(f"--dataset {args.dataset_t}: has {K} classes; the structures need {len(sizes)}")
     datasets.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--structure", args.network)
     starts = [sum(k for k, _ in groups[:i]) for i in range(len(groups))]
     clusters = [list(range(s, s + k)) for s, (k, _) in zip(starts, groups)]
     # lambda of the convex program from lam_H, lam_W, times sqrt(50) for --quick; split back in their ratio.
-    lam = 2 * math.sqrt(args.reg_h * args.reg_w) / math.sqrt(scale)
+    lam = (2 * math.sqrt(args.reg_h * args.reg_w) if args.lam is None else args.lam) / math.sqrt(scale)
 
     # One run (reused when finished), keeping its per-epoch NC metrics.
     point = sweep.figure_point(FIGURE, args, sizes, clusters, dict(lam=lam, structure=args.structure),

@@ -1,7 +1,7 @@
-"""Figure 9: the angles between classes as the sample size grows (lambda = reg_l / N).
+"""Figure 9: the angles between classes as the sample size grows (lambda = lam_n / N).
 
 k_A majority classes of n_A samples and K - k_A classes of n_B = n_A / ratio (an integer); for
-each n_A one run with lambda = --reg_l / N, lam_H = lambda/20, lam_W = 5 lambda (theory.md
+each n_A one run with lambda = --lam_n / N, lam_H = lambda/20, lam_W = 5 lambda (theory.md
 section 2). Plotted: the mean cosines between columns of Z (classes as columns) within A, within
 B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex program's answer
 (nearly flat over this range: lambda sqrt(N) = 0.1 / sqrt(N)).
@@ -28,7 +28,7 @@ QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=128, lr=0.05
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="Angles between classes against n_A (Figure 9 of Hong & Ling).",
-        epilog=sweep.quick_epilog(QUICK, "n_A x 0.05 (25 ... 275); lambda is --reg_l / N as always; about 30 s on "
+        epilog=sweep.quick_epilog(QUICK, "n_A x 0.05 (25 ... 275); lambda is --lam_n / N as always; about 30 s on "
                                   "2 CPU cores.") +
                " --network UFM trains the unconstrained feature model at full scale (seconds per point). n_A = 5500 "
                "exceeds CIFAR-10's 5000 training images per class: it is an error unless --allow_test_fill (as the "
@@ -38,7 +38,11 @@ def parse_args(argv):
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default 500 1000 ... 5500)")
     p.add_argument("--ratio", type=float, default=2.0, help="n_B = n_A / ratio, rounded down (default 2)")
-    p.add_argument("--reg_l", type=float, default=0.1, help="lambda times N: lambda = reg_l / N (default 0.1)")
+    p.add_argument("--lam_n", "--ln_pro", dest="lam_n", type=float, default=0.1,
+                   help="lambda times N: each point trains at lambda = lam_n / N, N its sample count (default 0.1; "
+                        "--ln_pro: the original's name)")
+    sweep.retire_flag(p, "--reg_l", "not a flag of this script: lambda times N is --lam_n (or the original's --ln_pro); "
+                      "--reg_l is lambda itself in minority_n_main.py")
     p.set_defaults(train_epochs=2000)
     return utils.parse_with_presets(p, argv, QUICK)
 
@@ -52,7 +56,7 @@ def main(argv=None):
         nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive("--ratio", args.ratio)
-    utils.check_positive("--reg_l", args.reg_l)
+    utils.check_positive("--lam_n/--ln_pro", args.lam_n)
     k_B = K - args.ka
 
     def n_B_of(n_A):
@@ -67,7 +71,7 @@ def main(argv=None):
 
     def setting(n_A):  # (sizes, clusters, lambda, lam_b) of a point
         sizes = [n_A] * args.ka + [n_B_of(n_A)] * k_B
-        return sizes, clusters, args.reg_l / sum(sizes), args.reg_b
+        return sizes, clusters, args.lam_n / sum(sizes), args.reg_b
 
     # Points: one run per n_A, keyed by its whole configuration.
     points = []
@@ -84,10 +88,10 @@ def main(argv=None):
     # Analyse: cosines of columns of Z at every point, against the convex program.
     lo, hi = min(nas), max(nas)
     grid = sorted(set([max(1, round(lo + (hi - lo) * i / 10)) for i in range(11)] + nas))
-    settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, ratio=args.ratio, reg_l=args.reg_l,
+    settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, ratio=args.ratio, lam_n=args.lam_n,
                     lam_b=args.reg_b, quick=args.quick, num_classes=K, etf_cosine=-1 / (K - 1),
                     title=f"Angles vs n_A: {sweep.figure_tag(args)}, k_A={args.ka}, n_B=n_A/{args.ratio:g}, "
-                          f"λ={args.reg_l:g}/N")
+                          f"λ={args.lam_n:g}/N")
     result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["theory_curve"] = ana_utils.theory_curve(grid, setting)
 

@@ -5,7 +5,7 @@ k_A majority classes of n_A samples and K - k_A minority classes of n_B samples;
 the lambda of the convex program, theory.md section 2). Theory: the minority classes collapse
 (their columns of Z coincide) iff lambda >= sqrt(n_B) / N.
 
-    python minority_l_main.py --ka 5 --reg_z_l 0.0027 0.0030 0.0033 0.0039 0.0045 0.0051 0.0057 0.0063 0.0069 0.0075
+    python minority_l_main.py --ka 5 --lam 0.0027 0.0030 0.0033 0.0039 0.0045 0.0051 0.0057 0.0063 0.0069 0.0075
     python minority_l_main.py --ka 5 --network UFM          # the same sweep on the UFM, on CPU
     python minority_l_main.py --ka 5 --quick                # CPU preview, about a minute
 """
@@ -36,10 +36,14 @@ def parse_args(argv):
     sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
     p.add_argument("--na", type=int, default=500, help="samples per majority class (default 500)")
     p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")
-    p.add_argument("--reg_z_l", type=float, nargs="+", default=None,
-                   help="the lambdas, one run each (default: the paper's list for --ka 5 or 3)")
-    p.add_argument("--ln_pro", type=float, default=1 / 6,
-                   help="fraction of training with the regularisation at lambda/10, in [0, 1] (default 1/6)")
+    p.add_argument("--lam", "--reg_z_l", dest="lams", type=float, nargs="+", default=None,
+                   help="the lambdas of the convex program, one run each (default: the paper's list for --ka 5 or 3; "
+                        "--reg_z_l: the original's name)")
+    p.add_argument("--warm_frac", type=float, default=1 / 6,
+                   help="fraction of training with the regularisation at lambda/10 (the warm phase), in [0, 1] "
+                        "(default 1/6, as the original)")
+    sweep.retire_flag(p, "--ln_pro", "not a flag of this script: the warm phase's fraction is --warm_frac "
+                      "(--ln_pro is lambda times N in limit_main.py, as in the original code)")
     p.set_defaults(train_epochs=2000)
     return utils.parse_with_presets(p, argv, QUICK)
 
@@ -50,15 +54,15 @@ def main(argv=None):
     K = sweep.check_figure_args(args)
     utils.check_positive_ints("--na/--nb", [args.na, args.nb])
     lam_scale = 1 / math.sqrt(QUICK_SCALE) if args.quick else 1.0
-    if args.reg_z_l:
-        lams = args.reg_z_l
+    if args.lams:
+        lams = args.lams
     elif args.ka in PAPER_LAMS:
         lams = PAPER_LAMS[args.ka]
     else:  # the k_A = 5 list as multiples of its lambda* = 1/300, moved to this k_A's lambda*
         lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb) / lam_scale
-        lams = [round(l * 300 * lam_star, 6) for l in PAPER_LAMS[5]]
-    utils.check_positive("--reg_z_l", lams)
-    utils.check_fraction("--ln_pro", args.ln_pro)
+        lams = [round(lam * 300 * lam_star, 6) for lam in PAPER_LAMS[5]]
+    utils.check_positive("--lam/--reg_z_l", lams)
+    utils.check_fraction("--warm_frac", args.warm_frac)
     sizes = [args.na] * args.ka + [args.nb] * (K - args.ka)
     clusters = [list(range(args.ka)), list(range(args.ka, K))]
     datasets.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--na/--nb", args.network)
@@ -67,7 +71,7 @@ def main(argv=None):
     points = [sweep.figure_point(FIGURE, args, sizes, clusters,
                                  dict(lam=lam * lam_scale, k_A=args.ka, n_A=args.na, n_B=args.nb),
                                  epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
-                                 warm_frac=args.ln_pro)
+                                 warm_frac=args.warm_frac)
               for lam in lams]
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.

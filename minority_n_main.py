@@ -1,7 +1,7 @@
 """Figures 7-8: minority collapse as the majority grows (lambda fixed).
 
 k_A majority classes of n_A samples (n_A from the list) and K - k_A minority classes of n_B;
-lambda = --reg_l with lam_H = lambda/20, lam_W = 5 lambda (theory.md section 2). Theory: the
+lambda = --lam with lam_H = lambda/20, lam_W = 5 lambda (theory.md section 2). Theory: the
 minority collapses iff n_A >= n_A* = (sqrt(n_B)/lambda - k_B n_B) / k_A (433.3 for k_A = 3,
 n_B = 100, lambda = 0.005).
 
@@ -35,9 +35,13 @@ def parse_args(argv):
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default: the paper's list for --ka 5 or 3)")
     p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")
-    p.add_argument("--reg_l", type=float, default=0.005, help="lambda (default 0.005)")
-    p.add_argument("--ln_pro", type=float, default=1 / 6,
-                   help="fraction of training with the regularisation at lambda/10, in [0, 1] (default 1/6)")
+    p.add_argument("--lam", "--reg_l", dest="lam", type=float, default=0.005,
+                   help="lambda of the convex program (default 0.005; --reg_l: the original's name)")
+    p.add_argument("--warm_frac", type=float, default=1 / 6,
+                   help="fraction of training with the regularisation at lambda/10 (the warm phase), in [0, 1] "
+                        "(default 1/6, as the original)")
+    sweep.retire_flag(p, "--ln_pro", "not a flag of this script: the warm phase's fraction is --warm_frac "
+                      "(--ln_pro is lambda times N in limit_main.py, as in the original code)")
     p.set_defaults(train_epochs=2000)
     return utils.parse_with_presets(p, argv, QUICK)
 
@@ -51,10 +55,10 @@ def main(argv=None):
         nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive_ints("--nb", [args.nb])
-    utils.check_positive("--reg_l", args.reg_l)
-    utils.check_fraction("--ln_pro", args.ln_pro)
+    utils.check_positive("--lam/--reg_l", args.lam)
+    utils.check_fraction("--warm_frac", args.warm_frac)
     datasets.check_class_sizes(args.dataset_t, nas + [args.nb], args.allow_test_fill, "--nalist/--nb", args.network)
-    lam = args.reg_l / math.sqrt(QUICK_SCALE) if args.quick else args.reg_l
+    lam = args.lam / math.sqrt(QUICK_SCALE) if args.quick else args.lam
     k_B = K - args.ka
     clusters = [list(range(args.ka)), list(range(args.ka, K))]
 
@@ -64,7 +68,7 @@ def main(argv=None):
     # Points: one run per n_A, keyed by its whole configuration.
     points = [sweep.figure_point(FIGURE, args, sizes_of(n_A), clusters, dict(n_A=n_A, lam=lam, k_A=args.ka, n_B=args.nb),
                                  epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
-                                 warm_frac=args.ln_pro)
+                                 warm_frac=args.warm_frac)
               for n_A in nas]
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.

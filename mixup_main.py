@@ -43,15 +43,16 @@ STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_
 def parse_args(argv):
     p = utils.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", default="cifar10", help=" | ".join(datasets.DATASETS))
-    p.add_argument("--model", default="resnet18",
-                   help=" | ".join(n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm"))
+    p.add_argument("--network", "--model", dest="model", default="resnet18",
+                   help=" | ".join(n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm")
+                   + " (--model: the original's name)")
     p.add_argument("--width", type=int, default=None, help="network width (wrn: widening factor 10; vit: 192)")
     p.add_argument("--depth", type=int, default=None, help="wrn depth (40) or vit blocks (6)")
     p.add_argument("--loss", default="cross_entropy", help=" | ".join(losses.LOSSES))
     p.add_argument("--mse_scale", type=float, default=1.0, help="mse: target scale")
     p.add_argument("--smoothing", type=float, default=0.1, help="label_smoothing: epsilon")
     p.add_argument("--focal_gamma", type=float, default=2.0, help="focal: gamma")
-    p.add_argument("--epochs", type=int, default=500)
+    p.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=500)
     p.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -61,8 +62,9 @@ def parse_args(argv):
     p.add_argument("--lr_gamma", type=float, default=0.1)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--alpha", type=float, default=1.0, help="mixup coefficient ~ Beta(alpha, alpha)")
-    p.add_argument("--lam_per", default="batch", help="batch (one coefficient per batch, as the original mixup "
-                   "code and timm) | sample (one per example)")
+    p.add_argument("--mix_per", "--lam_per", dest="mix_per", default="batch",
+                   help="batch (one mixup coefficient per batch, as the original mixup code and timm) | sample (one "
+                        "per example); --lam_per: the older name")
     p.add_argument("--no_mixup", action="store_true", help="plain training (baseline)")
     p.add_argument("--fixed_etf", action="store_true", help="a fixed simplex-ETF classifier")
     p.add_argument("--train_per_class", type=int, default=None, help="training images per class (default: all)")
@@ -81,15 +83,16 @@ def parse_args(argv):
     s = p.add_argument_group("the study (--study): a grid of runs, summarised over seeds")
     s.add_argument("--study", action="store_true", help="run the study grid instead of one run")
     s.add_argument("--datasets", nargs="+", default=["fashion_mnist", "cifar10", "cifar100"])
-    s.add_argument("--models", nargs="+", default=["wrn", "vit_b4"])
+    s.add_argument("--networks", "--models", dest="models", nargs="+", default=["wrn", "vit_b4"])
     s.add_argument("--losses", nargs="+", default=["cross_entropy", "mse"])
     s.add_argument("--panel_losses", nargs="*", default=["label_smoothing", "focal"],
                    help="losses trained too, with mixup, on the first dataset and network only (the per-loss figure)")
     s.add_argument("--seeds", type=utils.seed_type, nargs="+", default=[0, 1, 2])
     s.add_argument("--no_baselines", action="store_true", help="skip the cells without mixup (calibration baselines)")
     s.add_argument("--point", type=int, default=None,
-                   help="train only cell I (0-based, in grid order: dataset, network, loss, "
-                   "mixup then not, seed; panel losses last), then assemble what is finished")
+                   metavar="I", help="train only run I, then assemble what is finished. I is a run index (0-based) "
+                   "in grid order: dataset, network, loss, mixup then not, seed (--seeds: one run per seed); panel "
+                   "losses last")
     s.add_argument("--assemble", action="store_true", help="train nothing: table and figures of the finished cells")
     sweep.add_launch_args(p)
     utils.add_common_args(p)
@@ -102,16 +105,16 @@ def check_args(args):
     args.dataset = datasets.check_dataset(args.dataset)
     allowed = [n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm"]
     if args.model.lower() == "ufm":
-        raise UserError("--model ufm: mixing inputs needs a network; for the free-feature model run "
+        raise UserError("--network/--model ufm: mixing inputs needs a network; for the free-feature model run "
                         "`python utils.py mixup-ufm`")
     if args.model.lower() not in allowed:
-        raise UserError(f"--model {args.model}: allowed are {', '.join(allowed)}")
+        raise UserError(f"--network/--model {args.model}: allowed are {', '.join(allowed)}")
     utils.check_choice("--loss", args.loss, tuple(losses.LOSSES))
     utils.check_positive("--mse_scale", args.mse_scale)
     utils.check_fraction("--smoothing", args.smoothing)
     utils.check_nonneg("--focal_gamma", args.focal_gamma)
     utils.check_choice("--optimizer", args.optimizer.lower(), ("sgd", "adam", "adamw"))
-    utils.check_choice("--lam_per", args.lam_per, train_utils.LAM_PER)
+    utils.check_choice("--mix_per", args.mix_per, train_utils.MIX_PER)
     if args.feature_mode not in ("train", "eval"):
         raise UserError(f"--feature_mode {args.feature_mode}: allowed are train, eval")
     utils.check_positive_ints("--epochs", [args.epochs])
@@ -152,7 +155,7 @@ def train_config(args):
                 weight_decay=args.weight_decay, lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma,
                 batch_size=args.batch_size, eval_epochs=list(range(1, args.epochs + 1)), seed=args.seed,
                 amp=args.amp, loss=args.loss, mse_scale=args.mse_scale, smoothing=args.smoothing,
-                focal_gamma=args.focal_gamma, alpha=args.alpha, mixup=not args.no_mixup, lam_per=args.lam_per,
+                focal_gamma=args.focal_gamma, alpha=args.alpha, mixup=not args.no_mixup, lam_per=args.mix_per,
                 fixed_etf=args.fixed_etf, classes=args.classes, snapshots=args.snapshots,
                 snapshot_size=args.snapshot_size, feature_mode=args.feature_mode,
                 synthetic={"image_size": args.image_size} if args.dataset == "synthetic" else None)
@@ -188,7 +191,7 @@ def run_inputs(cfg, dataset, per_class, K, device, args):
         utils.set_threads(networks.step_work_size(cfg["network"], min(cfg["batch_size"], len(data.y_train)),
                                                   data.x_train[0].numel(), cfg["width"]), args.threads)
     return loss_fn, data, train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"],
-                                                           lam_per=cfg["lam_per"])
+                                                           mix_per=cfg["lam_per"])
 
 
 def train(cfg, inputs, device, models_dir):

@@ -1,6 +1,6 @@
 """Solve the convex program of the unconstrained feature model (theory.md section 2).
 
-    python opt_main.py --cluster_s 3 3 4 --sample_s 5000 4000 3000 --reg_z 0.005 --reg_b 0.01
+    python opt_main.py --cluster_s 3 3 4 --sample_s 5000 4000 3000 --lam 0.005 --reg_b 0.01
 
 Prints Z (classes as columns), b, the objective with its certified accuracy and, per cluster, its
 collapse threshold sqrt(n_c)/N and the verdict the certified accuracy supports (collapsed, apart,
@@ -19,14 +19,15 @@ import utils
 from utils import UserError
 
 COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one (solver accuracy)
-LAM_MAX = 1e6  # largest --reg_z / --reg_b: Clarabel panics at 1e300, and Z = b = 0 long before
+LAM_MAX = 1e6  # largest --lam / --reg_b: Clarabel panics at 1e300, and Z = b = 0 long before
 
 
 def parse_args(argv):
     p = utils.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cluster_s", type=int, nargs="+", required=True, help="classes in each cluster")
     p.add_argument("--sample_s", type=int, nargs="+", required=True, help="samples per class in each cluster")
-    p.add_argument("--reg_z", type=float, required=True, help="lambda = 2 sqrt(lam_W lam_H) of the convex program")
+    p.add_argument("--lam", "--reg_z", dest="lam", type=float, required=True,
+                   help="lambda = 2 sqrt(lam_W lam_H) of the convex program (--reg_z: the original's name)")
     p.add_argument("--reg_b", type=float, default=0.01, help="lambda_b, the bias penalty")
     p.add_argument("--solver", default="auto", choices=("auto", "cvxpy", "fast"),
                    help="cvxpy (Clarabel/SCS), fast (proximal gradient with a Newton polish), auto: fast, "
@@ -48,10 +49,10 @@ def check_args(args):
     utils.check_positive_ints("--sample_s", args.sample_s)
     if sum(args.cluster_s) < 2:
         raise UserError("--cluster_s: the program needs at least two classes in all")
-    if not args.reg_z > 0:  # at lambda = 0 the infimum is not attained (Z grows without bound)
-        raise UserError(f"--reg_z: {args.reg_z} is not allowed; lambda must be a number > 0")
+    if not args.lam > 0:  # at lambda = 0 the infimum is not attained (Z grows without bound)
+        raise UserError(f"--lam/--reg_z: {args.lam} is not allowed; lambda must be a number > 0")
     utils.check_nonneg("--reg_b", args.reg_b)
-    for flag, value in (("--reg_z", args.reg_z), ("--reg_b", args.reg_b)):
+    for flag, value in (("--lam/--reg_z", args.lam), ("--reg_b", args.reg_b)):
         if value > LAM_MAX:
             raise UserError(f"{flag} {value:g}: at most {LAM_MAX:g} (every collapse threshold sqrt(n_c)/N is at most 1; "
                             "far beyond it the solvers fail)")
@@ -60,7 +61,7 @@ def check_args(args):
     utils.ensure_writable_dir(args.out_dir, "--out_dir")
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return args.name or ("ufm_c" + "-".join(map(str, args.cluster_s)) + "_n" + "-".join(map(str, args.sample_s))
-                         + f"_lam{args.reg_z:g}_b{args.reg_b:g}")
+                         + f"_lam{args.lam:g}_b{args.reg_b:g}")
 
 
 def check_file_name(name, value):
@@ -100,17 +101,17 @@ def main(argv=None):
     thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
     if args.dry_run:
         done = os.path.exists(os.path.join(args.out_dir, name + ".json"))
-        print(f"{name}: K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}; solver {args.solver}; "
+        print(f"{name}: K = {len(n)}, N = {sum(n)}, lambda = {args.lam:g}; solver {args.solver}; "
               f"{'finished (' + os.path.join(args.out_dir, name + '.json') + ')' if done else 'not solved yet'}; "
               "nothing to train (the solve is the whole run)")
         return
 
-    sol = ufm_program.solve_ufm(n, args.reg_z, args.reg_b, solver=args.solver)
+    sol = ufm_program.solve_ufm(n, args.lam, args.reg_b, solver=args.solver)
     Z, b = np.asarray(sol["Z"]), np.asarray(sol["b"])
-    report = cluster_report(sol, n, clusters, thresholds, args.reg_z, args.reg_b)
+    report = cluster_report(sol, n, clusters, thresholds, args.lam, args.reg_b)
 
     np.set_printoptions(precision=4, suppress=True, linewidth=150)
-    print(f"K = {len(n)}, N = {sum(n)}, lambda = {args.reg_z:g}, lambda_b = {args.reg_b:g}; "
+    print(f"K = {len(n)}, N = {sum(n)}, lambda = {args.lam:g}, lambda_b = {args.reg_b:g}; "
           f"solver {sol['solver']}: {sol['status']} (certified relative accuracy {sol['accuracy']:.1e}) "
           f"in {sol['solve_time']:.2f} s")
     # rounded to the printed digits, + 0.0: no "-0." for entries that are zero up to solver accuracy
@@ -122,22 +123,22 @@ def main(argv=None):
               f"{r['verdict']} (spread {r['spread']:.3g}; optimum's spread certified in "
               f"[{r['spread_lower']:.3g}, {r['spread_upper']:.3g}])")
     live = [t for t in thresholds if t is not None]
-    if live and args.reg_z >= max(live):
-        print(f"warning: lambda = {args.reg_z:g} is above every cluster's threshold (largest {max(live):.6g}); "
+    if live and args.lam >= max(live):
+        print(f"warning: lambda = {args.lam:g} is above every cluster's threshold (largest {max(live):.6g}); "
               f"every cluster collapses, and here Z = 0 is the trivial answer (||Z|| = {np.linalg.norm(Z):.3g})",
               file=sys.stderr)
 
     npz = os.path.join(args.out_dir, name + ".npz")
     summary = os.path.join(args.out_dir, name + ".json")
     png = os.path.join(args.plot_dir, name + ".png")
-    utils.atomic_savez(npz, Z=Z, b=b, n=np.asarray(n), lam=args.reg_z, lam_b=args.reg_b, objective=sol["objective"],
+    utils.atomic_savez(npz, Z=Z, b=b, n=np.asarray(n), lam=args.lam, lam_b=args.reg_b, objective=sol["objective"],
                        cluster_s=np.asarray(args.cluster_s), sample_s=np.asarray(args.sample_s))
-    utils.atomic_write_json(summary, {"cluster_s": args.cluster_s, "sample_s": args.sample_s, "n": n, "lam": args.reg_z,
+    utils.atomic_write_json(summary, {"cluster_s": args.cluster_s, "sample_s": args.sample_s, "n": n, "lam": args.lam,
                                       "lam_b": args.reg_b, "Z": Z, "b": b, "objective": sol["objective"],
                                       "solver": sol["solver"], "status": sol["status"], "accuracy": sol["accuracy"],
                                       "solve_time": sol["solve_time"],
                                       "clusters": report})
-    plot_utils.save_z_heatmap(Z, args.cluster_s, f"Z of the convex program, λ = {args.reg_z:g}", png)
+    plot_utils.save_z_heatmap(Z, args.cluster_s, f"Z of the convex program, λ = {args.lam:g}", png)
     print("wrote:\n  " + "\n  ".join([npz, summary, png]))
 
 

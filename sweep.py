@@ -32,15 +32,17 @@ UFM_EPOCHS = 40
 def add_figure_args(parser, epochs_help, ka=True):
     """The arguments every imbalanced-NC figure shares, under the original code's names (with
     aliases), and --point I / --assemble for sweeps run as job arrays."""
-    parser.add_argument("--dataset_t", "--dataset", dest="dataset_t", default="cifar10",
-                        help="cifar10 (default), fashion_mnist, mnist, digits, synthetic")
+    parser.add_argument("--dataset", "--dataset_t", dest="dataset_t", default="cifar10",
+                        help="cifar10 (default), fashion_mnist, mnist, digits, synthetic (--dataset_t: the original's "
+                             "name)")
     parser.add_argument("--network", "--model", dest="network", default="ResNet18",
                         help="ResNet18 (default), VGG11, VGG13, MLP, MLP_linear (an MLP whose features pass a last linear "
                              "layer, so they can be negative as the UFM's), CNN, UFM")
     if ka:
         parser.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
     parser.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
-    parser.add_argument("--epoch", "--epochs", dest="epoch", type=int, default=None, help=epochs_help)
+    parser.add_argument("--epochs", "--epoch", dest="epoch", type=int, default=None,
+                        help=epochs_help + " (--epoch: the original's name)")
     parser.add_argument("--width", type=int, default=None, help="network width (default: the network's own; "
                         "--quick: see below)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01; --quick: see below)")
@@ -50,15 +52,19 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--allow_test_fill", action="store_true",
                         help="top up classes larger than the train split from the test split (the original did "
                              "this silently); otherwise such sizes are an error")
-    parser.add_argument("--point", type=int, default=None,
-                        help="train only point I (0-based, in the order the values are listed), then plot "
-                             "whatever points are finished, naming the missing ones (for cluster job arrays)")
+    parser.add_argument("--point", type=int, default=None, metavar="I",
+                        help="train only run I, then plot whatever points are finished, naming the missing ones "
+                             "(for cluster job arrays). I is a run index (0-based): without --seeds run I is point I "
+                             "in the order the values are listed; with --seeds it is point I // (number of seeds) "
+                             "with seed number I %% (number of seeds) (see --list_points)")
     parser.add_argument("--assemble", action="store_true",
                         help="train nothing: plot the finished points and name the missing ones")
-    parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--batched", action="store_const", const=True, default=None,
                         help="train the missing points that share network and data together as one vmapped model, "
-                             "each with its own lambda, seed and results (MLP, CNN, ResNet18, VGG; see README, "
-                             "Performance). Default: the MLPs and the small CNN with --quick, nothing otherwise")
+                             "each with its own lambda, seed and results (MLP, CNN, ResNet18, VGG; see "
+                             "docs/performance.md). Default: the MLPs and the small CNN with --quick, nothing otherwise")
+    parser.add_argument("--no_batched", "--no-batched", dest="batched", action="store_const", const=False,
+                        help="train every point alone (--no-batched: the older spelling)")
     parser.add_argument("--seeds", type=utils.seed_type, nargs="+", default=None,
                         help="several seeds (replaces --seed): every (point, seed) is its own run, and the figure "
                              "gets per point the mean, std and 95%% t-interval over seeds. Runs are numbered point "
@@ -75,13 +81,22 @@ def add_figure_args(parser, epochs_help, ka=True):
     return parser
 
 
+def retire_flag(parser, flag, instead):
+    """Refuse `flag`, a name that means something else in another script, with one error line saying
+    what to give `instead` (argparse alone would say 'unrecognized arguments'); hidden from --help."""
+    class Retired(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            raise UserError(f"{option_string}: {instead}")
+    parser.add_argument(flag, action=Retired, nargs="*", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def quick_epilog(quick, scaling):
     """The --quick paragraph of a figure script's help, written from its presets `quick`, then
     `scaling` (how the preview's sizes and lambdas relate to the paper's)."""
     side = QUICK_SYNTHETIC["image_size"]
     return (f"--quick: synthetic {side}x{side} images, a width-{quick['mlp_width']} {quick['network']}, lr {quick['lr']} "
             f"(a tenth after the milestone), no weight decay, {quick['train_epochs']} epochs; "
-            f"points of one data size trained together (--batched; --no-batched trains them one by one); {scaling}")
+            f"points of one data size trained together (--batched; --no_batched trains them one by one); {scaling}")
 
 
 def add_launch_args(parser):
@@ -110,14 +125,14 @@ LAUNCH_ARGS = [
 
 def check_figure_args(args):
     """Check the shared figure arguments (presets already applied); returns the dataset's class count."""
-    args.dataset_t = datasets.check_dataset(args.dataset_t, "--dataset_t")
+    args.dataset_t = datasets.check_dataset(args.dataset_t, "--dataset")
     args.network = networks.check_network_name(args.network)
     utils.check_nonneg("--reg_b", args.reg_b)
     utils.check_positive("--lr", args.lr)
     if args.weight_decay is not None:
         utils.check_nonneg("--weight_decay", args.weight_decay)
     if args.epoch is not None:
-        utils.check_positive_ints("--epoch", [args.epoch])
+        utils.check_positive_ints("--epochs", [args.epoch])
     if args.width is not None:
         utils.check_positive_ints("--width", [args.width])
     check_launch_args(args)
@@ -459,11 +474,11 @@ def job_argv(argv):
 
 def slurm_parameters(args):
     """submitit SlurmExecutor parameters of the launcher's options (--slurm_extra as sbatch options)."""
-    params = dict(time=args.slurm_time, additional_parameters=dict(kv.split("=", 1) for kv in args.slurm_extra))
+    options = dict(time=args.slurm_time, additional_parameters=dict(kv.split("=", 1) for kv in args.slurm_extra))
     for key in ("partition", "gpus_per_task", "array_parallelism"):
         if getattr(args, "slurm_" + key) is not None:
-            params[key] = getattr(args, "slurm_" + key)
-    return params
+            options[key] = getattr(args, "slurm_" + key)
+    return options
 
 
 def visible_gpus():

@@ -29,31 +29,31 @@ def mixup_loss(loss_fn, logits, y_a, y_b, mix):
     return (mix * loss_fn(logits, y_a) + (1 - mix) * loss_fn(logits, y_b)).mean()
 
 
-LAM_PER = ("batch", "sample")
+MIX_PER = ("batch", "sample")
 
 
-def mix_batch(x, y, alpha, gen, lam_per="batch"):
+def mix_batch(x, y, alpha, gen, mix_per="batch"):
     """Mixup of a batch with a random partner permutation: returns (x_mixed, y_a, y_b, mix),
-    mix ~ Beta(alpha, alpha), one value for the whole batch (lam_per "batch": the original mixup
+    mix ~ Beta(alpha, alpha), one value for the whole batch (mix_per "batch": the original mixup
     code and timm, a 0-dim tensor) or one per sample ("sample"); float32 on x's device. Draws come
     from the CPU torch.Generator `gen` (the training loop's, checkpointed with the run), so they
     are reproducible on any device."""
     n = len(x)
     perm = torch.randperm(n, generator=gen).to(x.device)
-    u = torch.rand(1 if lam_per == "batch" else n, generator=gen, dtype=torch.float64).numpy()
+    u = torch.rand(1 if mix_per == "batch" else n, generator=gen, dtype=torch.float64).numpy()
     mix = torch.as_tensor(scipy.special.betaincinv(alpha, alpha, u), dtype=torch.float32, device=x.device)
-    mix = mix[0] if lam_per == "batch" else mix
+    mix = mix[0] if mix_per == "batch" else mix
     mix_x = mix.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
     return mix_x * x + (1 - mix_x) * x[perm], y, y[perm], mix
 
 
-def make_mixup_objective(loss_fn, alpha, mixup=True, lam_per="batch"):
+def make_mixup_objective(loss_fn, alpha, mixup=True, mix_per="batch"):
     """An objective(model, xb, yb, epoch, gen) -> (loss, terms) for train_run that feeds the
     network the mixed inputs (mix_batch, one coefficient per batch or per sample) and applies the
     mixed loss (the plain loss when mixup is False)."""
     def objective(model, xb, yb, epoch, gen):
         if mixup:
-            x_in, y_a, y_b, mix = mix_batch(xb, yb, alpha, gen, lam_per)
+            x_in, y_a, y_b, mix = mix_batch(xb, yb, alpha, gen, mix_per)
         else:
             x_in, y_a, y_b, mix = xb, yb, yb, 1.0
         logits, _ = model(x_in)
@@ -109,7 +109,7 @@ def check_train_config(cfg, prefix=""):
             raise UserError(f"{prefix}{k} {bad}: epochs must lie in 1..{cfg['epochs']}")
     if cfg.get("mixup"):
         utils.check_positive(prefix + "alpha", cfg["alpha"])
-        utils.check_choice(prefix + "lam_per", cfg.get("lam_per", "batch"), LAM_PER)
+        utils.check_choice(prefix + "lam_per", cfg.get("lam_per", "batch"), MIX_PER)  # lam_per: the stored key (run hashes)
 
 
 def regularized_objective(model, xb, yb, cfg, num_train, warm_weight):
@@ -187,7 +187,7 @@ def ufm_lbfgs_epoch(model, opt, y, cfg, warm_weight):
     relative-decrease test (UFM_REL_GRAD_TOL; theta = the balanced variables U, W, b). Returns (the
     epoch's terms as floats, converged). The test's own evaluation is handed to L-BFGS as its first
     one, so testing costs no extra gradient."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    trained = [p for p in model.parameters() if p.requires_grad]
     cached = {}
 
     def evaluate_point():
@@ -203,8 +203,8 @@ def ufm_lbfgs_epoch(model, opt, y, cfg, warm_weight):
     for _ in range(UFM_CHUNKS_PER_EPOCH):
         loss = evaluate_point()
         with torch.no_grad():
-            grad = torch.sqrt(sum(p.grad.pow(2).sum() for p in params))
-            size = torch.sqrt(sum(p.pow(2).sum() for p in params))
+            grad = torch.sqrt(sum(p.grad.pow(2).sum() for p in trained))
+            size = torch.sqrt(sum(p.pow(2).sum() for p in trained))
         stalled = previous is not None and previous - loss <= UFM_REL_DECREASE_TOL * loss.abs()
         if not torch.isfinite(loss) or grad * size <= UFM_REL_GRAD_TOL * loss.abs() or stalled:
             converged = bool(torch.isfinite(loss))
@@ -221,15 +221,15 @@ def ufm_lbfgs_epoch(model, opt, y, cfg, warm_weight):
 
 def make_optimizer(model, cfg):
     name = cfg["optimizer"].lower()
-    params = [p for p in model.parameters() if p.requires_grad]
+    trained = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        return torch.optim.SGD(trained, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     if name == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.Adam(trained, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.AdamW(trained, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     # lbfgs: full-batch quasi-Newton, for the UFM, whose optimum plain SGD approaches very slowly
-    return torch.optim.LBFGS(params, lr=cfg["lr"], max_iter=50, history_size=50, tolerance_grad=1e-12,
+    return torch.optim.LBFGS(trained, lr=cfg["lr"], max_iter=50, history_size=50, tolerance_grad=1e-12,
                              tolerance_change=1e-15, line_search_fn="strong_wolfe")
 
 

@@ -15,7 +15,7 @@ run python minority_n_main.py --ka 3 --quick --models_dir $M --plot_dir $P
 run python limit_main.py --quick --models_dir $M --plot_dir $P
 run python mixup_main.py --quick --models_dir $M --plot_dir $P
 run python mixup_main.py --quick --loss mse --models_dir $M --plot_dir $P
-run python opt_main.py --cluster_s 5 5 --sample_s 500 100 --reg_z 0.003 \
+run python opt_main.py --cluster_s 5 5 --sample_s 500 100 --lam 0.003 \
     --name readme_opt_main --out_dir $P --plot_dir $P
 
 for fig in block_synthetic_mlp_linear_s1 minority_l_synthetic_mlp_linear_ka5 minority_n_synthetic_mlp_linear_ka3 \

@@ -27,8 +27,8 @@ OPT = ["--cluster_s", "3", "3", "--sample_s", "5", "4", "--reg_z", "0.01"]
 # (script module, argv, text the error line must contain: the argument or file it names)
 CASES = [
     # figure scripts: fractions, zero/negative counts, negative seeds, non-finite numbers, choices, files
-    ("minority_l_main", ["--quick", "--ln_pro", "5"], "--ln_pro"),
-    ("minority_l_main", ["--quick", "--ln_pro", "nan"], "--ln_pro"),
+    ("minority_l_main", ["--quick", "--warm_frac", "5"], "--warm_frac"),
+    ("minority_l_main", ["--quick", "--warm_frac", "nan"], "--warm_frac"),
     ("minority_l_main", ["--quick", "--epoch", "0"], "--epoch"),
     ("minority_l_main", ["--quick", "--epoch", "abc"], "--epoch"),
     ("minority_l_main", ["--quick", "--width", "0"], "--width"),
@@ -45,7 +45,7 @@ CASES = [
     ("minority_l_main", ["--quick", "--point", "0", "--assemble"], "--point"),
     ("minority_l_main", ["--quick", "--no_such_flag"], "--no_such_flag"),
     ("minority_l_main", ["--dataset", "cifar10", "--na", "6000"], "--na"),
-    ("minority_n_main", ["--quick", "--ln_pro", "-0.1"], "--ln_pro"),
+    ("minority_n_main", ["--quick", "--warm_frac", "-0.1"], "--warm_frac"),
     ("minority_n_main", ["--quick", "--nb", "0"], "--nb"),
     ("minority_n_main", ["--quick", "--reg_l", "-1e-6"], "--reg_l"),
     ("minority_n_main", ["--quick", "--nalist", "-5"], "--nalist"),
@@ -59,7 +59,7 @@ CASES = [
     ("limit_main", ["--quick", "--ratio", "0"], "--ratio"),
     ("limit_main", ["--quick", "--ratio", "inf"], "--ratio"),
     ("limit_main", ["--quick", "--nalist", "1"], "--nalist"),
-    ("limit_main", ["--quick", "--reg_l", "nan"], "--reg_l"),
+    ("limit_main", ["--quick", "--lam_n", "nan"], "--lam_n"),
     ("limit_main", ["--quick", "--seed", "1.5"], "--seed"),
     # mixup: the schedule, zeros, the overlay's beta, sizes it does not have, classes, snapshots
     ("mixup_main", ["--quick", "--lr_gamma", "-1"], "--lr_gamma"),

@@ -43,7 +43,7 @@ def test_batch_coefficients_follow_beta_alpha_alpha():
 
 
 def test_batch_is_the_default_and_training_draws_one_coefficient_per_batch(tmp_path, monkeypatch):
-    assert mixup_main.parse_args([]).lam_per == "batch"
+    assert mixup_main.parse_args([]).mix_per == "batch"
     calls = []
     real = train_utils.mix_batch
 
@@ -62,7 +62,7 @@ def test_batch_is_the_default_and_training_draws_one_coefficient_per_batch(tmp_p
     calls.clear()
     mixup_main.main(common + ["--lam_per", "sample"])
     assert calls == [(16, (16,)), (16, (16,)), (16, (16,)), (12, (12,))]
-    with pytest.raises(utils.UserError, match="--lam_per"):
+    with pytest.raises(utils.UserError, match="--mix_per"):
         mixup_main.main(common + ["--lam_per", "epoch"])
 
 
