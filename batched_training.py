@@ -117,10 +117,9 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
         state = {i: {k: torch.stack([ck["optimizer"]["state"][i][k] for ck in ckpts]) if torch.is_tensor(v) else v
                      for k, v in s.items()} for i, s in ckpts[0]["optimizer"]["state"].items()}
         opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-        for gen, ck, run_dir in zip(gens, ckpts, run_dirs):
-            gen.set_state(ck["gen"])
-            utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), ck["history"])
-        histories, start = [ck["history"] for ck in ckpts], ckpts[0]["epoch"]
+        histories, starts = zip(*[train_utils.restore_history(run_dir, ck, gen)
+                                  for gen, ck, run_dir in zip(gens, ckpts, run_dirs)])
+        histories, start = list(histories), starts[0]
         print(f"resuming {M} batched runs from epoch {start}", file=sys.stderr)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     bs = min(cfg["batch_size"], N)
@@ -133,12 +132,8 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
     train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch
     for epoch in range(start + 1, cfg["epochs"] + 1):
         t_epoch = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = train_utils.lr_at(cfg, epoch)
-        warm_weight = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
-        perms = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(device)
-        if N % bs == 1 and N > 1:  # never a final batch of one sample (batch norm)
-            perms = perms[:, :-1]
+        warm_weight = train_utils.start_epoch(opt, cfg, epoch)
+        perms = torch.stack([train_utils.epoch_order(N, bs, g) for g in gens]).to(device)
         sums, seen = 0, 0
         for start_i in range(0, perms.shape[1], bs):
             idx = perms[:, start_i:start_i + bs]
@@ -165,10 +160,9 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
                     for k, v in model.named_buffers():
                         v.copy_(buffers[k][m])
                 model.train()
-                row, Z, b = train_utils.evaluate(model, data, x_train, c, device)
-                histories[m].append({"epoch": epoch, "lr": train_utils.lr_at(c, epoch), **dict(zip(names, means[m])),
-                                     **row, "seconds_per_epoch": seconds_per_epoch})
-                utils.atomic_write_csv(os.path.join(run_dirs[m], "summary.csv"), histories[m])  # CSV first, as train_run
+                metrics, Z, b = train_utils.evaluate(model, data, x_train, c, device)
+                train_utils.record_evaluated_epoch(run_dirs[m], c, histories[m], epoch, dict(zip(names, means[m])),
+                                                   metrics, seconds_per_epoch)
                 if epoch == cfg["epochs"]:
                     results[m] = train_utils.finish_run(run_dirs[m], c, data, model, histories[m], Z, b)
                 else:  # train_run's checkpoint of this run, with its slice of the optimizer state (copied)

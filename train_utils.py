@@ -244,6 +244,45 @@ def lr_at(cfg, epoch):
     return cfg["lr"] * cfg["lr_gamma"] ** sum(epoch > m for m in cfg["lr_milestones"])
 
 
+def start_epoch(opt, cfg, epoch):
+    """Set the (1-based) epoch's learning rate on every parameter group of `opt`; return the epoch's
+    warm weight, the factor of the regularisation (warm_factor in the first warm_epochs, else 1).
+    Shared by train_run's loop and the batched one, so their schedules cannot drift apart."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(cfg, epoch)
+    return cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
+
+
+def epoch_order(N, batch_size, gen):
+    """An epoch's order of the N samples, drawn from the CPU generator `gen`, without a final batch of
+    one sample (batch norm cannot normalise it): the last sample is dropped for that epoch."""
+    perm = torch.randperm(N, generator=gen)
+    return perm[:-1] if N % batch_size == 1 and N > 1 else perm
+
+
+def restore_history(run_dir, ckpt, gen):
+    """Resume a run's data order and CSV from its checkpoint: `gen` takes the checkpoint's state and
+    summary.csv is rewritten with the checkpoint's rows, no more, no less (a kill after a CSV row and
+    before its checkpoint left one row too many). Returns (history, the checkpoint's epoch)."""
+    gen.set_state(ckpt["gen"])
+    utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), ckpt["history"])
+    return ckpt["history"], ckpt["epoch"]
+
+
+def record_evaluated_epoch(run_dir, cfg, history, epoch, means, metrics, seconds_per_epoch, extra=None):
+    """Append the CSV row of an evaluated epoch (the training terms' means, the evaluation's metrics,
+    seconds_per_epoch, then `extra` columns) to `history`, log it as one line when stderr is not a
+    terminal (a cluster job or nohup: instead of the progress bar) and rewrite summary.csv; the CSV
+    is written before the epoch's checkpoint, whose resume rewrites it. Returns the row."""
+    row = {"epoch": epoch, "lr": lr_at(cfg, epoch), **means, **metrics, "seconds_per_epoch": seconds_per_epoch,
+           **(extra or {})}
+    history.append(row)
+    if not sys.stderr.isatty():
+        print(epoch_log_line(cfg, row, list(means)), file=sys.stderr, flush=True)
+    utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
+    return row
+
+
 def evaluate(model, data, x_train, cfg, device):
     """Train/test accuracy (test also per class) and every NC metric of the current model (eval
     mode, no gradients)."""
@@ -311,9 +350,7 @@ def _minibatch_epoch(model, opt, x_train, y_train, cfg, epoch, gen, objective, w
     """One epoch of mini-batches in the order drawn from `gen`; returns the sample-weighted means
     of the objective's terms."""
     bs = min(cfg["batch_size"], N)
-    perm = torch.randperm(N, generator=gen).to(device)
-    if N % bs == 1 and N > 1:  # never a final batch of one sample (batch norm)
-        perm = perm[:-1]
+    perm = epoch_order(N, bs, gen).to(device)
     sums, seen = 0, 0
     for start_i in range(0, len(perm), bs):
         idx = perm[start_i:start_i + bs]
@@ -416,10 +453,8 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
         if "optimizer" in ckpt:  # the UFM's checkpoint has none: L-BFGS restarts its history on resume
             opt.load_state_dict(ckpt["optimizer"])
         converged = ckpt.get("converged", False)
-        gen.set_state(ckpt["gen"])
         torch.set_rng_state(ckpt["torch_rng"])
-        history, start = ckpt["history"], ckpt["epoch"]
-        utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)  # the rows of the checkpoint, no more, no less
+        history, start = restore_history(run_dir, ckpt, gen)
         print(f"resuming {run_dir} from epoch {start}", file=sys.stderr)
     if ufm_lbfgs:  # L-BFGS on balanced variables, tested every UFM_CHUNK iterations, a short history
         balanced = BalancedUFM(model, cfg)
@@ -433,9 +468,7 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
     train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch: seconds_per_epoch of its CSV row
     for epoch in bar:
         t_epoch = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
-        warm_weight = cfg["warm_factor"] if epoch <= cfg["warm_epochs"] else 1.0
+        warm_weight = start_epoch(opt, cfg, epoch)
         model.train()
         if ufm_lbfgs:
             means, converged = ufm_lbfgs_epoch(balanced, opt, y_train, cfg, warm_weight)
@@ -449,17 +482,10 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})  # every loss term and the accuracy
         train_seconds, timed_epochs = train_seconds + time.perf_counter() - t_epoch, timed_epochs + 1
         if epoch in cfg["eval_epochs"] or converged:
-            row, Z, b = evaluate(model, data, x_train, cfg, device)
-            row = {"epoch": epoch, "lr": lr_at(cfg, epoch), **means, **row,
-                   "seconds_per_epoch": train_seconds / timed_epochs}
+            metrics, Z, b = evaluate(model, data, x_train, cfg, device)
+            record_evaluated_epoch(run_dir, cfg, history, epoch, means, metrics, train_seconds / timed_epochs,
+                                   None if on_eval is None else on_eval(model, epoch, run_dir))
             train_seconds, timed_epochs = 0.0, 0
-            if on_eval is not None:
-                row.update(on_eval(model, epoch, run_dir))
-            history.append(row)
-            if not sys.stderr.isatty():  # a cluster job or nohup: a log line instead of the progress bar
-                print(epoch_log_line(cfg, row, list(means)), file=sys.stderr, flush=True)
-            # The CSV first: a kill between the two resumes from the previous checkpoint, which rewrites the CSV.
-            utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
             # the UFM's L-BFGS history (up to 270 MB) is not kept; it rebuilds in a few steps
             save_checkpoint(ckpt_path, model, gen, history, epoch, converged, None if ufm_lbfgs else opt.state_dict())
         if converged:
