@@ -1,7 +1,37 @@
-"""Tests import the top-level modules from the repository root and run on the CPU."""
+"""Tests import the top-level modules from the repository root and run on the CPU. Shared here: ROOT,
+dirs() (a script's output folders under a test's tmp_path), the tiny training configuration and
+its data, and kill_at() (a run killed at an evaluated epoch, to test resume)."""
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import datasets  # noqa: E402  (after ROOT is on the path)
+
+# a run of a few seconds: 3 epochs of a width-16 MLP on 30 4x4 images (tiny_data)
+TINY_CFG = dict(name="t", network="mlp", width=16, epochs=3, lr=0.05, batch_size=16, lam_h=1e-5, lam_w=5e-4,
+                lam_b=1e-2, eval_epochs=[1, 2, 3])
+
+
+def dirs(tmp):
+    """A script's output folders under `tmp` (a test's tmp_path) and the CPU, as command-line arguments."""
+    return ["--models_dir", str(tmp / "models"), "--plot_dir", str(tmp / "plots"), "--data_dir", str(tmp / "data"),
+            "--device", "cpu"]
+
+
+def tiny_data():
+    """The data of TINY_CFG: synthetic 4x4 single-channel images, classes of 12, 12 and 6."""
+    return datasets.get_data("synthetic", [12, 12, 6], seed=0, synthetic={"image_size": 4, "channels": 1})
+
+
+def kill_at(epoch):
+    """train_run's on_eval that kills the run (KeyboardInterrupt, as Ctrl-C) at the evaluation of `epoch`,
+    after the checkpoint of the evaluated epoch before it: the resume tests' kill."""
+    def on_eval(model, evaluated, run_dir):
+        if evaluated == epoch:
+            raise KeyboardInterrupt
+        return {}
+    return on_eval
+

@@ -18,9 +18,9 @@ import datasets
 import sweep
 import train_utils
 import utils
+from conftest import ROOT, TINY_CFG, kill_at, tiny_data
 from utils import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
 OPT = ["--cluster_s", "3", "3", "--sample_s", "5", "4", "--reg_z", "0.01"]
 
@@ -293,12 +293,7 @@ def test_train_run_holds_its_lock(tmp_path):
 # Runs: CSV order, leftovers, records checked before reuse, UFM threads
 # --------------------------------------------------------------------------------------
 
-CFG = dict(name="t", network="mlp", width=16, epochs=3, lr=0.05, batch_size=16, lam_h=1e-5, lam_w=5e-4,
-           lam_b=1e-2, eval_epochs=[1, 2, 3])
-
-
-def small_data():
-    return datasets.get_data("synthetic", [12, 12, 6], seed=0, synthetic={"image_size": 4, "channels": 1})
+CFG, small_data = TINY_CFG, tiny_data
 
 
 def run_dir_of(tmp_path, cfg=CFG):
@@ -327,12 +322,8 @@ def test_kill_at_the_last_checkpoint_keeps_the_last_csv_row(tmp_path, monkeypatc
 
 def test_resume_rewrites_a_csv_behind_its_checkpoint(tmp_path):
     """A CSV missing rows the checkpoint has (a kill in the old write order) is rewritten on resume."""
-    def kill_at_3(model, epoch, run_dir):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return {}
     with pytest.raises(KeyboardInterrupt):
-        train_utils.train_run(CFG, small_data(), CPU, str(tmp_path), on_eval=kill_at_3)
+        train_utils.train_run(CFG, small_data(), CPU, str(tmp_path), on_eval=kill_at(3))
     run_dir = run_dir_of(tmp_path)
     utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), [])  # the CSV lost every row
     res = train_utils.train_run(CFG, small_data(), CPU, str(tmp_path))

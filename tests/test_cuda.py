@@ -19,6 +19,7 @@ import datasets
 import minority_l_main
 import train_utils
 import utils
+from conftest import kill_at
 from fake_datasets import write_cifar10
 
 HAS_CUDA = torch.cuda.is_available()
@@ -147,12 +148,8 @@ def test_killed_run_resumes_to_the_same_result_on_cuda(tmp_path, fake_cifar10, m
                lam_b=1e-2, eval_epochs=[2, 4, 6])
     whole = train_utils.train_run(cfg, data, GPU, models_dir=str(tmp_path / "a"))
 
-    def kill_at_4(model, epoch, run_dir):
-        if epoch == 4:
-            raise KeyboardInterrupt
-        return {}
     with pytest.raises(KeyboardInterrupt):
-        train_utils.train_run(cfg, data, GPU, models_dir=str(tmp_path / "b"), on_eval=kill_at_4)
+        train_utils.train_run(cfg, data, GPU, models_dir=str(tmp_path / "b"), on_eval=kill_at(4))
     resumed = train_utils.train_run(cfg, data, GPU, models_dir=str(tmp_path / "b"))
     assert not resumed["reused"]
     a = torch.load(os.path.join(whole["run_dir"], "model.pt"), weights_only=True)

@@ -11,9 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 import block_main  # noqa: E402
 import limit_main  # noqa: E402
 import minority_l_main  # noqa: E402
@@ -21,16 +18,12 @@ import minority_n_main  # noqa: E402
 import plot_utils  # noqa: E402
 import sweep  # noqa: E402
 import utils  # noqa: E402
+from conftest import ROOT, dirs
 
 POINT_KEYS = {"params", "sizes", "clusters", "Z", "b", "nc", "minority_spread", "minority_spread_rel", "cosines",
               "theory", "run_dir", "index"}
 THEORY_KEYS = {"Z", "b", "minority_spread", "minority_spread_rel", "cosines", "verdict", "minority_threshold",
                "cluster_thresholds", "status"}
-
-
-def dirs(tmp_path):
-    return ["--models_dir", str(tmp_path / "models"), "--plot_dir", str(tmp_path / "plots"),
-            "--data_dir", str(tmp_path / "data"), "--device", "cpu"]
 
 
 def run_main(module, argv, capsys):

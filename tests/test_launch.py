@@ -18,15 +18,10 @@ import limit_main
 import minority_l_main
 import sweep
 import utils
+from conftest import ROOT, dirs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_AS = [20, 40, 60, 80]
 KILLED = 2  # the run killed half-way (n_A = 60)
-
-
-def dirs(tmp):
-    return ["--models_dir", str(tmp / "models"), "--plot_dir", str(tmp / "plots"), "--data_dir", str(tmp / "data"),
-            "--device", "cpu"]
 
 
 def sweep_argv(tmp):

@@ -8,9 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 import losses  # noqa: E402
 import mixup_geometry  # noqa: E402
 import mixup_main  # noqa: E402
@@ -18,6 +15,7 @@ import networks  # noqa: E402
 import replot  # noqa: E402
 import train_utils  # noqa: E402
 import utils  # noqa: E402
+from conftest import ROOT
 
 
 def test_projection_of_exact_etf_is_equilateral_with_class_k_at_vertex_k():

@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 import block_main  # noqa: E402
 import datasets  # noqa: E402
 import limit_main  # noqa: E402
@@ -23,11 +20,7 @@ import mixup_geometry  # noqa: E402
 import opt_main  # noqa: E402
 import train_utils  # noqa: E402
 import utils  # noqa: E402
-
-
-def dirs(tmp_path):
-    return ["--models_dir", str(tmp_path / "models"), "--plot_dir", str(tmp_path / "plots"),
-            "--data_dir", str(tmp_path / "data"), "--device", "cpu"]
+from conftest import dirs
 
 
 def figure_json(out):

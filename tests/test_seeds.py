@@ -15,13 +15,9 @@ import limit_main
 import mixup_main
 import replot
 import utils
+from conftest import dirs
 
 SEEDS = [0, 1, 2]
-
-
-def dirs(tmp):
-    return ["--models_dir", str(tmp / "models"), "--plot_dir", str(tmp / "plots"), "--data_dir", str(tmp / "data"),
-            "--device", "cpu"]
 
 
 def figure_json(capsys):

@@ -7,6 +7,7 @@ import pytest
 import ana_utils
 import datasets
 import ufm_program
+from conftest import ROOT
 from utils import UserError
 
 
@@ -125,6 +126,7 @@ def test_bad_program_input():
 def test_trained_ufm_reaches_the_convex_optimum(tmp_path, lam_factor):
     """Training the UFM network (lam_H = lam/20, lam_W = 5 lam) lands on the convex program's Z."""
     import torch
+
     import train_utils
     sizes = [40, 40, 10, 10]
     lam = lam_factor * ana_utils.two_cluster_lambda_star(2, 40, 2, 10)
@@ -147,9 +149,6 @@ def test_trained_ufm_reaches_the_convex_optimum(tmp_path, lam_factor):
         H, y = model["H"].double().numpy(), data.y_train.numpy()
         means, _ = ana_utils.class_means(H, y, 4)
         assert ((H - means[y]) ** 2).sum() < 1e-6 * (H**2).sum()
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_opt_main(tmp_path, *args):

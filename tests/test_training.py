@@ -13,10 +13,10 @@ import datasets
 import networks
 import train_utils
 import utils
+from conftest import ROOT, kill_at
 from utils import UserError
 
 CPU = torch.device("cpu")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_data(sizes=(30, 30, 12, 12), seed=0):
@@ -92,12 +92,8 @@ UFM_CFG = dict(name="u", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=84
 def test_killed_run_resumes_to_the_same_result(tmp_path, cfg):
     whole = train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "a"))
 
-    def kill_at_6(model, epoch, run_dir):
-        if epoch == 6:
-            raise KeyboardInterrupt
-        return {}
     with pytest.raises(KeyboardInterrupt):
-        train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "b"), on_eval=kill_at_6)
+        train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "b"), on_eval=kill_at(6))
     run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **cfg}, small_data(), str(tmp_path / "b"))
     assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["epoch"] == 4
     resumed = train_utils.train_run(cfg, small_data(), CPU, models_dir=str(tmp_path / "b"))
