@@ -287,7 +287,8 @@ def ufm_theory(sizes, clusters, lam, lam_b):
                    "cosines": {"within": [None] * len(clusters), "across": None}}
         print(f"warning: convex program failed for sizes {sizes}, lambda {lam:.4g}: {sol['status']}", file=sys.stderr)
     return dict(summary, Z=sol["Z"], b=sol["b"], objective=sol.get("objective"),
-                status=sol.get("status"), accuracy=sol.get("accuracy"), cluster_thresholds=thresholds, cluster_collapse=collapse,
+                status=sol.get("status"), accuracy=sol.get("accuracy"), cluster_thresholds=thresholds,
+                cluster_collapse=collapse,
                 minority_threshold=thresholds[clusters.index(minority)],
                 verdict="collapse" if collapse[clusters.index(minority)] else "no collapse")
 

@@ -50,7 +50,8 @@ def train_batched(cfgs, data, device, models_dir="models"):
         train_utils.check_train_config(c)
     shared = {k: v for k, v in cfgs[0].items() if k not in BATCHED_OWN_KEYS}
     if not batchable(cfgs[0]) or any({k: v for k, v in c.items() if k not in BATCHED_OWN_KEYS} != shared for c in cfgs):
-        raise ValueError("train_batched: configurations must be batchable and differ only in " + ", ".join(BATCHED_OWN_KEYS))
+        raise ValueError("train_batched: configurations must be batchable and differ only in "
+                         + ", ".join(BATCHED_OWN_KEYS))
     run_dirs = [train_utils.run_dir_of(c, data, models_dir) for c in cfgs]
     first = {d: m for m, d in reversed(list(enumerate(run_dirs)))}  # a configuration given twice is trained once
     finals = [os.path.join(d, "final.json") for d in run_dirs]
@@ -77,7 +78,8 @@ def train_batched(cfgs, data, device, models_dir="models"):
         # together when all start fresh or all stopped at one epoch before the last; otherwise the runs
         # with a checkpoint resume alone (train_run's loop, which also finishes one killed before final.json)
         stopped = {ckpts[m]["epoch"] if ckpts[m] else 0 for m in todo}
-        alone = [m for m in todo if ckpts[m]] if len(stopped) > 1 or max(stopped, default=0) >= cfgs[0]["epochs"] else []
+        last = max(stopped, default=0)
+        alone = [m for m in todo if ckpts[m]] if len(stopped) > 1 or last >= cfgs[0]["epochs"] else []
         together = [m for m in todo if m not in alone]
         if len(together) == 1:
             alone, together = alone + together, []
@@ -126,7 +128,8 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
 
     def member_terms(p, b, xb, yb, lam, warm_weight):  # one model's objective; vmapped over the runs
         logits, h = functional_call(skeleton, (p, b), (xb,))
-        return train_utils.regularized_terms(logits, h, p["classifier.weight"], p.get("classifier.bias"), yb, lam, N, warm_weight)[1]
+        return train_utils.regularized_terms(logits, h, p["classifier.weight"], p.get("classifier.bias"), yb, lam, N,
+                                             warm_weight)[1]
 
     results = [None] * M
     train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch
@@ -168,6 +171,7 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
                 else:  # train_run's checkpoint of this run, with its slice of the optimizer state (copied)
                     own = {i: {k: v[m].clone() if torch.is_tensor(v) else v for k, v in s.items()}
                            for i, s in opt_state["state"].items()}
-                    train_utils.save_checkpoint(os.path.join(run_dirs[m], "checkpoint.pt"), model, gens[m], histories[m],
-                                                epoch, optimizer={"state": own, "param_groups": opt_state["param_groups"]})
+                    train_utils.save_checkpoint(os.path.join(run_dirs[m], "checkpoint.pt"), model, gens[m],
+                                                histories[m], epoch,
+                                                optimizer={"state": own, "param_groups": opt_state["param_groups"]})
     return results

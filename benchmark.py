@@ -30,7 +30,6 @@ import train_utils
 import ufm_program
 import utils
 
-
 # ======================================================================================
 # Foundation benchmarks
 # ======================================================================================
@@ -119,7 +118,8 @@ def bench_training_loop():
         times["loop"].append(utils.timed(loop)[0])
     torch.set_num_threads(threads)
     t_bare, t_loop = float(np.median(times["bare"])), float(np.median(times["loop"]))
-    print(f"training loop (MLP, {N} samples, {cfg['epochs']} epochs, CPU, 1 thread, median of 5): {t_loop:.2f} s vs bare "
+    print(f"training loop (MLP, {N} samples, {cfg['epochs']} epochs, CPU, 1 thread, median of 5): {t_loop:.2f} s "
+          f"vs bare "
           f"forward+backward+step {t_bare:.2f} s -> overhead {100 * (t_loop / t_bare - 1):+.1f}% "
           f"(includes one NC evaluation, the CSV row and the checkpoint)")
     return {"loop_s": t_loop, "bare_s": t_bare, "overhead": t_loop / t_bare - 1}
@@ -174,7 +174,8 @@ def bench_solver_speed():
     out = {}
     n = [500] * 50 + [100] * 50
     lam = 0.9 * 10 / sum(n)
-    t_cvx, ref = utils.timed(lambda: ufm_program.solve_ufm_cvxpy(n, lam, 0.01, solver="SCS", eps_abs=1e-7, eps_rel=1e-7, max_iters=100000))
+    t_cvx, ref = utils.timed(lambda: ufm_program.solve_ufm_cvxpy(n, lam, 0.01, solver="SCS", eps_abs=1e-7, eps_rel=1e-7,
+                                                                  max_iters=100000))
     t_fast, fast = utils.timed(lambda: ufm_program.solve_ufm_fast(n, lam, 0.01), repeat=3)
     gap = abs(fast["objective"] - ref["objective"]) / ref["objective"]
     print(f"UFM program at K=100: fast {t_fast:.2f} s vs cvxpy/SCS {t_cvx:.1f} s -> {t_cvx / t_fast:.0f}x faster "
@@ -186,7 +187,8 @@ def bench_solver_speed():
     for name, n in [("cluster", [500] * 500 + [100] * 500),
                     ("distinct", [int(x) for x in np.random.default_rng(0).integers(50, 1000, size=1000)]),
                     ("long_tailed", [round(1280 * (5 / 1280) ** (k / 999)) for k in range(1000)])]:
-        t, r = utils.timed(lambda: ufm_program.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01), repeat=2 if name == "cluster" else 1)
+        t, r = utils.timed(lambda: ufm_program.solve_ufm_fast(n, 0.9 * 10 / sum(n), 0.01),
+                           repeat=2 if name == "cluster" else 1)
         print(f"UFM program at K=1000, {name}, {len(set(n))} sizes: fast {t:.2f} s = {t / t_eigh:.1f} x one eigh "
               f"({t_eigh:.2f} s) ({r['status']}, accuracy {r['accuracy']:.0e}, {r['bm_iterations']} L-BFGS steps)")
         out.update({f"k1000_{name}_s": t, f"k1000_{name}_over_eigh": t / t_eigh})
@@ -204,17 +206,20 @@ def bench_ufm_training_vs_theory():
     """The UFM network trained at the paper's minority-collapse scale (k_A = 5 classes of 500, 5 of
     100, N = 3000) at 0.9 and 1.1 lambda*, against the convex program."""
     sizes = [500] * 5 + [100] * 5
-    data = datasets.get_data("synthetic", sizes, seed=0, synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
+    data = datasets.get_data("synthetic", sizes, seed=0,
+                             synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
     out = {}
     for factor in (0.9, 1.1):
         lam = factor / 300
         cfg = dict(name="ufm_bench", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=3000, epochs=100,
                    eval_epochs=[100], lam_h=lam / 20, lam_w=5 * lam, lam_b=0.01, feat_dim=16)
-        t, run = utils.timed(lambda: train_utils.train_run(cfg, data, torch.device("cpu"), models_dir=tempfile.mkdtemp()))
+        t, run = utils.timed(lambda: train_utils.train_run(cfg, data, torch.device("cpu"),
+                                                           models_dir=tempfile.mkdtemp()))
         ref = ufm_program.solve_ufm_cvxpy(sizes, lam, 0.01)
         Z = np.array(run["Z"])
         rel = np.linalg.norm(Z - ref["Z"]) / np.linalg.norm(ref["Z"])
-        spread_t, spread_c = ana_utils.minority_spread(Z, range(5, 10)), ana_utils.minority_spread(ref["Z"], range(5, 10))
+        spread_t = ana_utils.minority_spread(Z, range(5, 10))
+        spread_c = ana_utils.minority_spread(ref["Z"], range(5, 10))
         print(f"trained UFM at {factor} lambda* ({t:.0f} s): |Z - Z*|/|Z*| = {rel:.1e}, objective "
               f"{run['final']['loss']:.7f} vs {ref['objective']:.7f}, nc1 {run['final']['nc1']:.1e}, "
               f"minority spread {spread_t:.2e} (theory {spread_c:.2e})")
@@ -248,7 +253,8 @@ def run_script(checkout, argv, extra=()):
     dirs = (["--out_dir", out, "--plot_dir", out] if argv[0] == "opt_main.py" else
             [] if "--help" in argv else ["--models_dir", out, "--plot_dir", out])
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *argv, *extra, *dirs], cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, *argv, *extra, *dirs], cwd=checkout, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     text = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
@@ -285,7 +291,8 @@ def compare_scripts(before, commands, extra=()):
     for name, argv in commands:
         t_old, rss_old, fig_old, cpu_old = run_script(before, argv)
         t_new, rss_new, fig_new, cpu_new = run_script(HERE, argv, extra)
-        line = (f"{name}: {t_new:.1f} s ({cpu_new:.1f} s CPU, {rss_new:.0f} MB) vs before {t_old:.1f} s ({cpu_old:.1f} s "
+        line = (f"{name}: {t_new:.1f} s ({cpu_new:.1f} s CPU, {rss_new:.0f} MB) vs before {t_old:.1f} s "
+                f"({cpu_old:.1f} s "
                 f"CPU, {rss_old:.0f} MB) -> {t_old / t_new:.1f}x faster ({cpu_old / cpu_new:.1f}x less CPU)")
         if fig_old is not None:
             v_old, v_new, theory = collapsed(fig_old), collapsed(fig_new), collapsed(fig_new, "theory")
@@ -293,9 +300,11 @@ def compare_scripts(before, commands, extra=()):
             dz = max(np.abs(np.array(a["Z"]) - np.array(b["Z"])).max() / max(np.abs(np.array(a["Z"])).max(), 1e-12)
                      for a, b in zip(fig_old["points"], fig_new["points"]))
             line += (f"; minority collapsed (spread < {COLLAPSED_REL} ||Z||) in the trained Z as in the program's at "
-                     f"{agree[0]}/{len(theory)} points (before {agree[1]}/{len(theory)}), largest |Z - Z_before| / max|Z_before| {dz:.1e}")
+                     f"{agree[0]}/{len(theory)} points (before {agree[1]}/{len(theory)}), largest "
+                     f"|Z - Z_before| / max|Z_before| {dz:.1e}")
         print(line, flush=True)
-        out[name] = dict(s=t_new, before_s=t_old, cpu_s=cpu_new, before_cpu_s=cpu_old, rss_mb=rss_new, before_rss_mb=rss_old)
+        out[name] = dict(s=t_new, before_s=t_old, cpu_s=cpu_new, before_cpu_s=cpu_old, rss_mb=rss_new,
+                         before_rss_mb=rss_old)
     return out
 
 
@@ -317,7 +326,8 @@ def bench_batched(before=None, busy=0):
         argv = ["minority_l_main.py", "--ka", "5", "--quick"]
         t_one, _, fig_one, cpu_one = run_script(HERE, argv, ["--no-batched"])
         t_bat, _, fig_bat, cpu_bat = run_script(HERE, argv, ["--batched"])
-        dz = max(np.abs(np.array(a["Z"]) - np.array(b["Z"])).max() for a, b in zip(fig_one["points"], fig_bat["points"]))
+        dz = max(np.abs(np.array(a["Z"]) - np.array(b["Z"])).max()
+                 for a, b in zip(fig_one["points"], fig_bat["points"]))
         print(f"minority_l --ka 5 --quick --batched: {t_bat:.1f} s ({cpu_bat:.1f} s CPU) vs one by one {t_one:.1f} s "
               f"({cpu_one:.1f} s CPU) -> {t_one / t_bat:.1f}x faster, {cpu_one / cpu_bat:.1f}x less CPU (largest |Z "
               f"difference| {dz:.1e}, {busy} busy processes)", flush=True)
@@ -360,10 +370,12 @@ def main(argv=None):
                         help="busy-looping processes kept running during the speed benchmarks (default 0)")
     gpu = parser.add_argument_group("the GPU path (runs instead of the benchmarks above when --device is given)")
     gpu.add_argument("--device", default=None, help="cuda | cuda:N | cpu (cpu: only sensible with --tiny)")
-    gpu.add_argument("--networks", nargs="*", choices=list(gpu_benchmark.GPU_NETWORKS), default=list(gpu_benchmark.GPU_NETWORKS),
+    gpu.add_argument("--networks", nargs="*", choices=list(gpu_benchmark.GPU_NETWORKS),
+                     default=list(gpu_benchmark.GPU_NETWORKS),
                      help="default: all; none given: none")
     gpu.add_argument("--batched_sweep", nargs="*", type=int, default=[4, 10], metavar="M",
-                     help="ResNet18 sweeps of M points trained batched against one by one (default 4 10; none given: none)")
+                     help="ResNet18 sweeps of M points trained batched against one by one (default 4 10; none "
+                          "given: none)")
     gpu.add_argument("--variants", nargs="+", choices=list(gpu_benchmark.GPU_VARIANTS), default=None,
                      help="default: all on CUDA; fp32 bf16_cl elsewhere (bf16 autocast is CUDA only)")
     gpu.add_argument("--epochs", type=int, default=None, help="timed epochs per measurement (5, sweeps 2; --tiny 1)")

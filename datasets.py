@@ -87,7 +87,8 @@ def _torchvision_datasets(name):
         if "+cpu" in torch.__version__:  # PyPI's torchvision is built for PyPI's CUDA torch
             pair += " from the index this CPU build of torch came from"
         said = (str(e).strip().splitlines() or [""])[0][:160]
-        state = ("is not installed" if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torchvision"
+        torchvision_missing = isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "torchvision"
+        state = ("is not installed" if torchvision_missing
                  else f"does not import with torch {torch.__version__} ({type(e).__name__}: {said})")
         raise UserError(f"dataset {name} needs torchvision, which {state}; install the torchvision matching "
                         f"torch {torch.__version__} ({pair}), or use --dataset synthetic or digits") from None
@@ -97,7 +98,8 @@ def _torchvision_split(name, train, data_dir):
     """(uint8 images N x C x H x W, int64 labels) of a torchvision dataset, downloading if possible."""
     import torch
     tvd = _torchvision_datasets(name)
-    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
+           "cifar100": tvd.CIFAR100}[name]
     try:
         ds = cls(data_dir, train=train, download=False)
     except RuntimeError:

@@ -76,7 +76,8 @@ def _gpu_bench_setup(name, tiny):
     """The data and the training configuration of a network's GPU benchmark (toy sizes if tiny)."""
     spec = GPU_NETWORKS[name]
     sizes, image, test = ([6] * 4, 16, 2) if tiny else (spec["sizes"], 32, spec["test_per_class"])
-    data = datasets.get_data("synthetic", sizes, seed=0, synthetic={"image_size": image, "channels": 3, "test_per_class": test})
+    data = datasets.get_data("synthetic", sizes, seed=0,
+                             synthetic={"image_size": image, "channels": 3, "test_per_class": test})
     return data, {**train_utils.TRAIN_DEFAULTS, "name": f"bench_{name}", **spec["cfg"],
                   **(dict(TINY_NETWORKS[name], batch_size=8) if tiny else {})}
 
@@ -109,8 +110,10 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
 
         # bare loop: the same model, optimizer, objective and batches; one warm-up epoch, then k timed
         utils.set_seed(0)
-        model = _prepare_model(networks.build_model(vcfg["network"], data.num_classes, data.in_channels, width=vcfg["width"],
-                                                    image_size=data.x_train.shape[-1], depth=vcfg.get("depth")).to(device),
+        model = _prepare_model(networks.build_model(vcfg["network"], data.num_classes, data.in_channels,
+                                                    width=vcfg["width"],
+                                                    image_size=data.x_train.shape[-1],
+                                                    depth=vcfg.get("depth")).to(device),
                                channels_last, compile_model)
         opt = train_utils.make_optimizer(model, vcfg)
         x, y = vdata.x_train.to(device), data.y_train.to(device)
@@ -145,7 +148,7 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
 
         evaluation()
         t_eval, _ = utils.timed(evaluation, repeat=2)
-        del model, opt, x, y
+        model = opt = x = y = None  # free the device memory before the next variant
 
         def run(n_epochs):  # train_run: (1 + k) epochs minus 1 epoch (_epoch_seconds)
             with _train_run_builds(channels_last, compile_model):
@@ -206,7 +209,8 @@ def gpu_main(args):
     device = utils.get_device(args.device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        where = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}"
+        where = (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, "
+                 f"CUDA {torch.version.cuda}")
     else:
         torch.set_num_threads(1)
         where = f"{device.type}, torch {torch.__version__}"
@@ -219,7 +223,8 @@ def gpu_main(args):
         if args.json:  # after each network, so a run cut short keeps what it measured
             utils.atomic_write_json(args.json, results)
     if args.batched_sweep:  # the batched ResNet18 sweeps last
-        results["batched_sweep"] = bench_gpu_batched_sweep(device, args.batched_sweep, epochs=args.epochs, tiny=args.tiny)
+        results["batched_sweep"] = bench_gpu_batched_sweep(device, args.batched_sweep, epochs=args.epochs,
+                                                           tiny=args.tiny)
         if args.json:
             utils.atomic_write_json(args.json, results)
     return results

@@ -41,8 +41,8 @@ def parse_args(argv):
     p.add_argument("--lam_n", "--ln_pro", dest="lam_n", type=float, default=0.1,
                    help="lambda times N: each point trains at lambda = lam_n / N, N its sample count (default 0.1; "
                         "--ln_pro: the original's name)")
-    sweep.retire_flag(p, "--reg_l", "not a flag of this script: lambda times N is --lam_n (or the original's --ln_pro); "
-                      "--reg_l is lambda itself in minority_n_main.py")
+    sweep.retire_flag(p, "--reg_l", "not a flag of this script: lambda times N is --lam_n (or the original's "
+                      "--ln_pro); --reg_l is lambda itself in minority_n_main.py")
     p.set_defaults(train_epochs=2000)
     return utils.parse_with_presets(p, argv, QUICK)
 

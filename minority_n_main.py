@@ -21,7 +21,8 @@ FIGURE = "minority_n"
 PAPER_NA = {5: [100, 200, 300, 400, 600, 800, 1000, 1100, 1200, 1400],
             3: [100, 400, 450, 500, 700, 1000, 1600, 2200, 2500, 2800]}
 QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
-QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, nb=20, train_epochs=200)
+QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, nb=20,
+             train_epochs=200)
 
 
 def parse_args(argv):
@@ -66,7 +67,8 @@ def main(argv=None):
         return [n_A] * args.ka + [args.nb] * k_B
 
     # Points: one run per n_A, keyed by its whole configuration.
-    points = [sweep.figure_point(FIGURE, args, sizes_of(n_A), clusters, dict(n_A=n_A, lam=lam, k_A=args.ka, n_B=args.nb),
+    points = [sweep.figure_point(FIGURE, args, sizes_of(n_A), clusters,
+                                 dict(n_A=n_A, lam=lam, k_A=args.ka, n_B=args.nb),
                                  epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
                                  warm_frac=args.warm_frac)
               for n_A in nas]

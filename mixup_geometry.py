@@ -5,10 +5,8 @@ import scipy.optimize
 
 # torch and scipy.stats are imported in the functions that use them: plotting and opt_main.py,
 # which import this module, never pay for them.
-
 import losses
 from utils import UserError
-
 
 
 def simplex_etf(K, d, omega=1.0, seed=0):
@@ -190,7 +188,8 @@ def mixup_geometry_summary(snap):
 def ufm_same_class_logit(K, beta):
     """Root a > 0 of beta a (1 + (K-1) e^{-aK/(K-1)}) = (K-1) e^{-aK/(K-1)}: the same-class CE
     optimum has logits (a, -a/(K-1), ...), whatever mix."""
-    e = lambda a: np.exp(-a * K / (K - 1))
+    def e(a):
+        return np.exp(-a * K / (K - 1))
     return scipy.optimize.brentq(lambda a: beta * a * (1 + (K - 1) * e(a)) - (K - 1) * e(a),
                                  0.0, (K - 1) / beta, xtol=1e-14, rtol=1e-14)
 
@@ -228,12 +227,12 @@ def ufm_closed_form_logits(loss, K, beta, y_a, y_b, mix, mse_scale=1.0):
                               "use the direct optimiser")
     Z = np.empty((len(mix), K))
     a_same = ufm_same_class_logit(K, beta)
-    for i, (c, c2, l) in enumerate(zip(y_a, y_b, mix)):
+    for i, (c, c2, m) in enumerate(zip(y_a, y_b, mix)):
         if c == c2:
             Z[i] = -a_same / (K - 1)
             Z[i, c] = a_same
         else:
-            a, b, t = ufm_pair_logits(l, K, beta)
+            a, b, t = ufm_pair_logits(m, K, beta)
             Z[i] = t
             Z[i, c], Z[i, c2] = a, b
     return Z

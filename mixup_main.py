@@ -254,7 +254,8 @@ def main(argv=None):
         suptitle=f"{cfg['name']}: mixed features of classes {args.classes} over training"))
     label = {cfg["name"]: os.path.join(run_dir, "summary.csv")}
     for kind in ("loss", "accuracy"):
-        written.append(plot_utils.save_mixup_curves(label, plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
+        written.append(plot_utils.save_mixup_curves(label,
+                                                    plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
                                                     kind))
     geometry_path = plot_utils.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
     utils.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
@@ -380,7 +381,8 @@ def study(args, argv=None):
     if args.dry_run:
         return study_dry_run(points, args, device)
     if args.launch:
-        sweep.launch_points(points, args, sys.argv[1:] if argv is None else list(argv), script=os.path.abspath(__file__))
+        sweep.launch_points(points, args, sys.argv[1:] if argv is None else list(argv),
+                            script=os.path.abspath(__file__))
         records, missing = sweep.run_sweep(points, None, args.models_dir, assemble_only=True)
     else:
         records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
@@ -409,7 +411,8 @@ def study(args, argv=None):
         plot_utils.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
         plot_utils.save_study_calibration(table, stem + "_calibration.png")]
     for row in table:
-        print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}, diverged {row['n_diverged']}): " + "; ".join(
+        print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}, diverged {row['n_diverged']}): "
+              + "; ".join(
             f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} [{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]"
             for m in STUDY_METRICS))
     for path in written:

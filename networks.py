@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from utils import UserError
 
+
 class FeatureClassifier(nn.Module):
     """A feature extractor `body` followed by the linear `classifier`."""
 

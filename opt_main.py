@@ -54,7 +54,8 @@ def check_args(args):
     utils.check_nonneg("--reg_b", args.reg_b)
     for flag, value in (("--lam/--reg_z", args.lam), ("--reg_b", args.reg_b)):
         if value > LAM_MAX:
-            raise UserError(f"{flag} {value:g}: at most {LAM_MAX:g} (every collapse threshold sqrt(n_c)/N is at most 1; "
+            raise UserError(f"{flag} {value:g}: at most {LAM_MAX:g} (every collapse threshold sqrt(n_c)/N is at most "
+                            "1; "
                             "far beyond it the solvers fail)")
     if args.name is not None:
         check_file_name("--name", args.name)

@@ -37,7 +37,8 @@ def plot_z_heatmap(ax, Z, cluster_sizes, norm=None, title=None):
     """Heat-map of Z (classes as columns) with lines at the cluster boundaries; returns the image."""
     Z = np.asarray(Z, dtype=float)
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")  # NaN entries (masked) in grey
-    im = ax.imshow(np.ma.masked_invalid(Z), cmap=cmap, norm=norm if norm is not None else symlog_norm([np.nan_to_num(Z)]),
+    im = ax.imshow(np.ma.masked_invalid(Z), cmap=cmap,
+                   norm=norm if norm is not None else symlog_norm([np.nan_to_num(Z)]),
                    interpolation="nearest")
     for edge in np.cumsum(cluster_sizes)[:-1]:
         ax.axhline(edge - 0.5, color="k", lw=0.8)
@@ -226,7 +227,8 @@ def plot_minority_figure(result, path):
     if curve.get("x"):
         ax_s.plot(curve["x"], np.array(curve["minority_spread"], dtype=float), "-", color="0.5",
                   label="convex program (UFM)")
-    ax_s.plot(xs, [_seed_spread(ax_s, x, p, "minority_spread", p["minority_spread"], "tab:red") for x, p in zip(xs, pts)],
+    ax_s.plot(xs, [_seed_spread(ax_s, x, p, "minority_spread", p["minority_spread"], "tab:red")
+                   for x, p in zip(xs, pts)],
               "o", color="tab:red", label=f"trained ({result['settings'].get('network', '')})")
     thr = result.get("threshold")
     for ax in (ax_s, ax_z, ax_nc, ax_acc):
@@ -276,7 +278,8 @@ def plot_block_figure(result, path):
     diag = [np.diag(np.array(p["Z"], dtype=float)), np.diag(np.array(theory_Z, dtype=float))]
     plot_z_heatmap(axes[1], Zs[0], sizes, norm, f"trained Z ({result['settings'].get('network', '')}), off-diagonal\n"
                    f"(diagonal {diag[0].min():.3g} .. {diag[0].max():.3g})")
-    im = plot_z_heatmap(axes[2], Zs[1], sizes, norm, f"convex program Z (lambda = {p['params']['lam']:.3g}), off-diagonal\n"
+    im = plot_z_heatmap(axes[2], Zs[1], sizes, norm,
+                        f"convex program Z (lambda = {p['params']['lam']:.3g}), off-diagonal\n"
                         f"(diagonal {diag[1].min():.3g} .. {diag[1].max():.3g})")
     for ax in axes[1:]:
         label_clusters(ax, sizes)
@@ -295,13 +298,17 @@ def plot_limit_figure(result, path):
     pts = sorted(result["points"], key=lambda p: p["params"]["n_A"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     curve = result.get("theory_curve") or {}
-    styles = (("within_A", "tab:red", "within A"), ("within_B", "tab:blue", "within B"), ("across", "tab:green", "across A-B"))
+    styles = (("within_A", "tab:red", "within A"), ("within_B", "tab:blue", "within B"),
+              ("across", "tab:green", "across A-B"))
     for key, color, label in styles:
         if curve.get("x"):
-            ax.plot(curve["x"], np.array(curve[key], dtype=float), "--", color=color, alpha=0.7, label=f"{label} (convex program)")
-        vals = [(p["params"]["n_A"], _seed_spread(ax, p["params"]["n_A"], p, _COS_STATS[key], _cos_of(p["cosines"], key),
+            ax.plot(curve["x"], np.array(curve[key], dtype=float), "--", color=color, alpha=0.7,
+                    label=f"{label} (convex program)")
+        vals = [(p["params"]["n_A"], _seed_spread(ax, p["params"]["n_A"], p, _COS_STATS[key],
+                                                  _cos_of(p["cosines"], key),
                                                   color)) for p in pts]
-        ax.plot([v[0] for v in vals], [np.nan if v[1] is None else v[1] for v in vals], "o-", color=color, label=f"{label} (trained)")
+        ax.plot([v[0] for v in vals], [np.nan if v[1] is None else v[1] for v in vals], "o-", color=color,
+                label=f"{label} (trained)")
     K = len(pts[0]["sizes"]) if pts else result["settings"].get("num_classes", 10)
     # drawn last and on top, dashed, so it stays visible where the across-cluster cosine sits on it
     ax.axhline(-1 / (K - 1), color="k", lw=1.4, ls=(0, (5, 3)), zorder=5, label=f"ETF -1/(K-1) = {-1 / (K - 1):.3f}")
@@ -453,7 +460,8 @@ def summary_note(summary):
         v = summary.get(key)
         return "n/a" if v is None else format(v, fmt)
     return (f"same-class angle {f('same_angle_deg_mean', '.1f')} deg\n"
-            f"chord residual {f('diff_convex_residual_mean', '.3f')}, gap~log-odds {f('diff_logit_gap_vs_log_odds_spearman', '.2f')}")
+            f"chord residual {f('diff_convex_residual_mean', '.3f')}, "
+            f"gap~log-odds {f('diff_logit_gap_vs_log_odds_spearman', '.2f')}")
 
 
 def save_mixup_grid(snaps, titles, path, theory=None, suptitle=None, notes=None, dpi=110):
@@ -472,7 +480,8 @@ def save_mixup_grid(snaps, titles, path, theory=None, suptitle=None, notes=None,
     for ax in axes.flat[len(snaps):]:
         ax.axis("off")
     mixup_colorbars(fig, axes)
-    fig.legend(handles=mixup_legend_handles(any(t is not None for t in theories)), loc="outside lower center", ncol=3, fontsize=7,
+    fig.legend(handles=mixup_legend_handles(any(t is not None for t in theories)), loc="outside lower center", ncol=3,
+               fontsize=7,
                frameon=False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)

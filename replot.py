@@ -39,7 +39,8 @@ def cmd_mixup_projection(args):
             os.path.join(run_dir, "config.json")) else {}
         theory = mixup_geometry.ufm_overlay(cfg, len(snap["b"]), snap["classes"], args.beta)
     epoch = int(snap["epoch"]) if "epoch" in snap else None
-    name = f"projection_e{epoch:04d}.png" if epoch is not None else os.path.splitext(os.path.basename(args.snapshot))[0] + ".png"
+    name = (f"projection_e{epoch:04d}.png" if epoch is not None
+            else os.path.splitext(os.path.basename(args.snapshot))[0] + ".png")
     out = args.out or plot_utils.mixup_plot_path(args.plot_dir, run_dir, name)
     title = f"{os.path.basename(run_dir)}, epoch {epoch}" if epoch is not None else os.path.basename(args.snapshot)
     print(plot_utils.save_mixup_projection(snap, out, title, theory))
@@ -190,7 +191,8 @@ def add_mixup_commands(subparsers):
     p.add_argument("--beta", type=float, default=0.01, help="UFM beta of the overlay")
     for name, fn, what in [("mixup-loss", cmd_mixup_loss, "loss curves"),
                            ("mixup-accuracy", cmd_mixup_accuracy, "accuracy and ECE curves"),
-                           ("mixup-compare", cmd_mixup_compare, "runs side by side; summaries' mean ± std and 95%% interval over seeds")]:
+                           ("mixup-compare", cmd_mixup_compare,
+                            "runs side by side; summaries' mean ± std and 95%% interval over seeds")]:
         p = add(name, fn, what)
         p.add_argument("run_dirs", nargs="+")
         p.add_argument("--label", default="loss", help="config key that names (and groups) the runs")
@@ -226,7 +228,8 @@ def cmd_replot_figure(args):
 
 
 def main(argv=None):
-    parser = utils.ArgumentParser(prog="python utils.py", description="Data preparation and replotting from saved results.")
+    parser = utils.ArgumentParser(prog="python utils.py",
+                                  description="Data preparation and replotting from saved results.")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     p = sub.add_parser("prepare", help="build and cache an imbalanced training subset (run where there is internet)")
     p.add_argument("--dataset", required=True, help=" | ".join(datasets.DATASETS))
@@ -235,7 +238,8 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data")
     p.add_argument("--allow_test_fill", action="store_true", help="top up short classes from the test split")
     p.set_defaults(func=cmd_prepare)
-    p = sub.add_parser("replot-figure", help="redraw a figure of block/minority_l/minority_n/limit_main, or opt_main's Z, from its JSON")
+    p = sub.add_parser("replot-figure",
+                       help="redraw a figure of block/minority_l/minority_n/limit_main, or opt_main's Z, from its JSON")
     p.add_argument("json", help="the JSON written beside the figure")
     p.add_argument("--out", default=None, help="output PNG (default: beside the JSON)")
     p.set_defaults(func=cmd_replot_figure)

@@ -36,8 +36,8 @@ def add_figure_args(parser, epochs_help, ka=True):
                         help="cifar10 (default), fashion_mnist, mnist, digits, synthetic (--dataset_t: the original's "
                              "name)")
     parser.add_argument("--network", "--model", dest="network", default="ResNet18",
-                        help="ResNet18 (default), VGG11, VGG13, MLP, MLP_linear (an MLP whose features pass a last linear "
-                             "layer, so they can be negative as the UFM's), CNN, UFM")
+                        help="ResNet18 (default), VGG11, VGG13, MLP, MLP_linear (an MLP whose features pass a last "
+                             "linear layer, so they can be negative as the UFM's), CNN, UFM")
     if ka:
         parser.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
     parser.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
@@ -62,7 +62,8 @@ def add_figure_args(parser, epochs_help, ka=True):
     parser.add_argument("--batched", action="store_const", const=True, default=None,
                         help="train the missing points that share network and data together as one vmapped model, "
                              "each with its own lambda, seed and results (MLP, CNN, ResNet18, VGG; see "
-                             "docs/performance.md). Default: the MLPs and the small CNN with --quick, nothing otherwise")
+                             "docs/performance.md). Default: the MLPs and the small CNN with --quick, nothing "
+                             "otherwise")
     parser.add_argument("--no_batched", "--no-batched", dest="batched", action="store_const", const=False,
                         help="train every point alone (--no-batched: the older spelling)")
     parser.add_argument("--seeds", type=utils.seed_type, nargs="+", default=None,
@@ -94,8 +95,8 @@ def quick_epilog(quick, scaling):
     """The --quick paragraph of a figure script's help, written from its presets `quick`, then
     `scaling` (how the preview's sizes and lambdas relate to the paper's)."""
     side = QUICK_SYNTHETIC["image_size"]
-    return (f"--quick: synthetic {side}x{side} images, a width-{quick['mlp_width']} {quick['network']}, lr {quick['lr']} "
-            f"(a tenth after the milestone), no weight decay, {quick['train_epochs']} epochs; "
+    return (f"--quick: synthetic {side}x{side} images, a width-{quick['mlp_width']} {quick['network']}, "
+            f"lr {quick['lr']} (a tenth after the milestone), no weight decay, {quick['train_epochs']} epochs; "
             f"points of one data size trained together (--batched; --no_batched trains them one by one); {scaling}")
 
 

@@ -109,7 +109,8 @@ def check_train_config(cfg, prefix=""):
             raise UserError(f"{prefix}{k} {bad}: epochs must lie in 1..{cfg['epochs']}")
     if cfg.get("mixup"):
         utils.check_positive(prefix + "alpha", cfg["alpha"])
-        utils.check_choice(prefix + "lam_per", cfg.get("lam_per", "batch"), MIX_PER)  # lam_per: the stored key (run hashes)
+        # lam_per: the key stored in run configurations (their hashes), the mixup coefficient's per batch or sample
+        utils.check_choice(prefix + "lam_per", cfg.get("lam_per", "batch"), MIX_PER)
 
 
 def regularized_objective(model, xb, yb, cfg, num_train, warm_weight):
@@ -336,7 +337,8 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); move it away to start that run over") from None
+        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); move it away to start that run "
+                        "over") from None
 
 
 def epoch_log_line(cfg, row, terms):
@@ -474,11 +476,13 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
             means, converged = ufm_lbfgs_epoch(balanced, opt, y_train, cfg, warm_weight)
             balanced.write_back(model)
         else:
-            means = _minibatch_epoch(model, opt, x_train, y_train, cfg, epoch, gen, objective, warm_weight, amp, N, device)
+            means = _minibatch_epoch(model, opt, x_train, y_train, cfg, epoch, gen, objective, warm_weight, amp, N,
+                                     device)
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
             raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "
-                            f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the regularisation")
+                            f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the "
+                            "regularisation")
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})  # every loss term and the accuracy
         train_seconds, timed_epochs = train_seconds + time.perf_counter() - t_epoch, timed_epochs + 1
         if epoch in cfg["eval_epochs"] or converged:

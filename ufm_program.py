@@ -447,7 +447,7 @@ def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", tol=1e-9, **solver_opts):
     Returns dict(Z, b, objective, status, accuracy, solver_status, solve_time, solver); objective is
     re-evaluated in numpy; accuracy is ufm_certificate's bound, and status is 'optimal' only when
     accuracy <= tol ('inaccurate' otherwise), whatever cvxpy's own status (solver_status) says."""
-    import cvxpy as cp          # imported here: ~1 s to import, and only this function needs it
+    import cvxpy as cp  # imported here: ~1 s to import, and only this function needs it
     n = _check_ufm_args(n, lam, lam_b)
     K, N = n.size, n.sum()
     rho = n / N
@@ -508,7 +508,8 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
 
         def certify(X, b, F=None, res=np.nan, it=0):
             """Certified accuracy of (X, b) (objective F, computed if None); kept if best or certified."""
-            F = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum()) if F is None else F
+            if F is None:
+                F = _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
             acc = _ufm_accuracy(F, _ufm_dual_point(X, b, rho, q, L, lam_b)[0])
             if acc < best[0] or acc <= tol or best[1] is None:
                 best[:] = [acc, X, b, F, res, it]

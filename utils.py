@@ -39,7 +39,8 @@ def cli(main, argv=None):
     except (UserError, MemoryError, RuntimeError) as e:  # RuntimeError: only torch's out of memory (CPU or CUDA)
         if isinstance(e, RuntimeError) and not ("can't allocate memory" in str(e) or "out of memory" in str(e)):
             raise
-        print(f"error: {e if isinstance(e, UserError) else 'out of memory; lower the sizes or the width'}", file=sys.stderr)
+        message = e if isinstance(e, UserError) else "out of memory; lower the sizes or the width"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; the run resumes from its last checkpoint when the same command is run again",
@@ -449,7 +450,8 @@ def read_csv(path):
             lines = f.read().splitlines()
         cols = lines[0].split(",")
     except (OSError, IndexError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or empty ({type(e).__name__}); move its run folder away to retrain") from None
+        raise UserError(f"{path} is unreadable or empty ({type(e).__name__}); move its run folder away to "
+                        "retrain") from None
 
     def parse(v):
         try:
@@ -473,7 +475,8 @@ def load_snapshot(path):
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     except Exception as e:
-        raise UserError(f"snapshot {path} is unreadable ({type(e).__name__}); move it away (rerun to rewrite it)") from None
+        raise UserError(f"snapshot {path} is unreadable ({type(e).__name__}); move it away (rerun to rewrite "
+                        "it)") from None
 
 
 

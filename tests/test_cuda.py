@@ -124,7 +124,8 @@ def test_batched_resnet18_matches_one_by_one_on_cuda(tmp_path, monkeypatch):
     images is chaotic there: 1 against 2 CPU threads of train_run alone differ by 3e-3 in Z)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    data = datasets.get_data("synthetic", [8, 8, 4, 4], seed=0, synthetic={"image_size": 16, "channels": 1, "noise": 3.0})
+    data = datasets.get_data("synthetic", [8, 8, 4, 4], seed=0,
+                             synthetic={"image_size": 16, "channels": 1, "noise": 3.0})
     cfgs = [dict(name="batched", network="resnet18", width=4, epochs=2, lr=0.01, batch_size=8, lam_h=1e-5 * (1 + i),
                  lam_w=5e-4 * (1 + i), lam_b=1e-2, seed=i) for i in range(2)]
     alone = [train_utils.train_run(c, data, GPU, models_dir=str(tmp_path / "a")) for c in cfgs]
@@ -155,7 +156,8 @@ def test_killed_run_resumes_to_the_same_result_on_cuda(tmp_path, fake_cifar10, m
     a = torch.load(os.path.join(whole["run_dir"], "model.pt"), weights_only=True)
     b = torch.load(os.path.join(resumed["run_dir"], "model.pt"), weights_only=True)
     diff = {k: (a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()}
-    assert all(torch.equal(a[k], b[k]) for k in a), f"largest differences: {sorted(diff.items(), key=lambda t: -t[1])[:3]}"
+    assert all(torch.equal(a[k], b[k]) for k in a), \
+        f"largest differences: {sorted(diff.items(), key=lambda t: -t[1])[:3]}"
     assert resumed["final"] == whole["final"]
 
 

@@ -84,7 +84,8 @@ def test_class_larger_than_split_is_an_error_unless_test_fill(tmp_path):
 def test_synthetic_and_digits_need_no_download(tmp_path):
     s = datasets.get_data("synthetic", [7, 3, 2], seed=0, synthetic={"image_size": 8, "channels": 1})
     assert s.x_train.shape == (12, 1, 8, 8) and s.num_classes == 3
-    assert torch.equal(s.x_train, datasets.get_data("synthetic", [7, 3, 2], seed=0, synthetic={"image_size": 8, "channels": 1}).x_train)
+    again = datasets.get_data("synthetic", [7, 3, 2], seed=0, synthetic={"image_size": 8, "channels": 1})
+    assert torch.equal(s.x_train, again.x_train)
     d = datasets.get_data("digits", [100] + [20] * 9, seed=0, data_dir=str(tmp_path))
     assert d.x_train.shape == (280, 1, 8, 8) and abs(float(d.x_train.mean())) < 1.0
 

@@ -221,7 +221,8 @@ def test_bad_input(module, argv, name, tmp_path, capsys):
 
 def test_bad_input_subprocess(tmp_path):
     """The real command line: exit 2, one line, no traceback."""
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "limit_main.py"), "--nalist", "500", "5500"] + dirs(tmp_path),
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "limit_main.py"), "--nalist", "500", "5500"]
+                       + dirs(tmp_path),
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "--allow_test_fill" in r.stderr

@@ -182,7 +182,8 @@ def test_auto_without_a_gpu_is_quiet(monkeypatch, capsys):
     fake_cuda(monkeypatch, False, "12.1")
     assert utils.get_device("auto").type == "cpu"
     assert capsys.readouterr().err == ""
-    with pytest.raises(utils.UserError, match=r"^--device cuda: CUDA is not available on this machine; use auto or cpu$"):
+    with pytest.raises(utils.UserError,
+                       match=r"^--device cuda: CUDA is not available on this machine; use auto or cpu$"):
         utils.get_device("cuda")
 
 

@@ -105,7 +105,8 @@ def test_launch_local_kill_resume_and_assemble(tmp_path, capsys):
         job_log = f.read()
     assert 1 <= stopped_at < 60 and f"from epoch {stopped_at}" in job_log
     # the job's stderr is a file: one log line per evaluated epoch after the resume, one device line
-    logged = [int(ln.split()[2].split("/")[0]) for ln in job_log.splitlines() if ln.startswith("limit_mlp_linear epoch ")]
+    logged = [int(ln.split()[2].split("/")[0]) for ln in job_log.splitlines()
+              if ln.startswith("limit_mlp_linear epoch ")]
     summary = utils.read_csv(os.path.join(run_dir, "summary.csv"))
     assert logged == [int(r["epoch"]) for r in summary if r["epoch"] > stopped_at]
     assert job_log.count("device: cpu (1 thread)") == 1

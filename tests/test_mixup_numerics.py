@@ -24,20 +24,21 @@ def test_direct_optimiser_focal_small_beta_matches_per_sample_minimisation():
     K, beta = 10, 1e-4
     gamma = beta * K / (K - 1)
     W = mixup_geometry.simplex_etf(K, K)
-    y_a, y_b, lam = mixup_geometry.ufm_mixup_grid([0, 1, 2], K, 3)
-    fl = lambda z, y: losses.focal_loss(z, y, 2.0)
-    H = mixup_geometry.ufm_direct(fl, y_a, y_b, lam, K, K, gamma, W=W)[0]
+    y_a, y_b, mix = mixup_geometry.ufm_mixup_grid([0, 1, 2], K, 3)
+    def fl(z, y):
+        return losses.focal_loss(z, y, 2.0)
+    H = mixup_geometry.ufm_direct(fl, y_a, y_b, mix, K, K, gamma, W=W)[0]
     Wt = torch.tensor(W)
 
     def fg(h, i):  # one sample's objective, written out, minimised on its own by scipy
         ht = torch.tensor(h, requires_grad=True)
         z = (Wt @ ht)[None]
-        f = lam[i] * fl(z, torch.tensor([y_a[i]]))[0] + (1 - lam[i]) * fl(z, torch.tensor([y_b[i]]))[0] \
+        f = mix[i] * fl(z, torch.tensor([y_a[i]]))[0] + (1 - mix[i]) * fl(z, torch.tensor([y_b[i]]))[0] \
             + gamma / 2 * ht.pow(2).sum()
         f.backward()
         return f.item(), ht.grad.numpy().copy()
     worst = 0.0
-    for i in range(len(lam)):
+    for i in range(len(mix)):
         r = scipy.optimize.minimize(fg, H[i], args=(i,), jac=True, method="L-BFGS-B",
                                     options=dict(maxiter=100000, ftol=0, gtol=1e-14, maxcor=30))
         worst = max(worst, np.linalg.norm(r.x - H[i]) / np.linalg.norm(r.x))

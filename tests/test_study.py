@@ -160,7 +160,8 @@ def test_study_launch_local_runs_every_cell_as_a_job_and_assembles(tmp_path, cap
     """--launch local: one job per missing cell (this command with --point I), then the table of all."""
     argv = (["--study", "--quick", "--datasets", "synthetic", "--models", "mlp", "--panel_losses", "--seeds", "0",
              "--no_baselines", "--epochs", "4", "--device", "cpu", "--launch", "local", "--wait"]
-            + ["--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p"), "--data_dir", str(tmp_path / "d")])
+            + ["--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p"),
+               "--data_dir", str(tmp_path / "d")])
     mixup_main.main(argv)
     out = capsys.readouterr().out
     assert "submitted 2 local jobs" in out and "--assemble" in out
@@ -171,7 +172,8 @@ def test_study_launch_local_runs_every_cell_as_a_job_and_assembles(tmp_path, cap
 
 def test_study_dry_run_trains_nothing(tmp_path, capsys):
     """--study --dry_run lists every cell and estimates the time from probes in throw-away folders."""
-    argv = ["--study", "--quick", "--dry_run", "--datasets", "synthetic", "--models", "mlp", "--losses", "cross_entropy",
+    argv = ["--study", "--quick", "--dry_run", "--datasets", "synthetic", "--models", "mlp", "--losses",
+            "cross_entropy",
             "--panel_losses", "--seeds", "0", "3", "--epochs", "2", "--width", "8", "--device", "cpu",
             "--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p"), "--data_dir", str(tmp_path / "d")]
     mixup_main.main(argv)

@@ -130,7 +130,8 @@ def test_trained_ufm_reaches_the_convex_optimum(tmp_path, lam_factor):
     import train_utils
     sizes = [40, 40, 10, 10]
     lam = lam_factor * ana_utils.two_cluster_lambda_star(2, 40, 2, 10)
-    data = datasets.get_data("synthetic", sizes, seed=0, synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
+    data = datasets.get_data("synthetic", sizes, seed=0,
+                             synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
     cfg = dict(name="ufm", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=sum(sizes), epochs=30,
                eval_epochs=[30], lam_h=lam / 20, lam_w=5 * lam, lam_b=0.01, feat_dim=8)
     out = train_utils.train_run(cfg, data, torch.device("cpu"), models_dir=str(tmp_path))
@@ -196,7 +197,8 @@ def test_opt_main_bad_input(tmp_path, args, match):
     assert len(r.stderr.strip().splitlines()) == 1 and match in r.stderr
 
 
-@pytest.mark.parametrize("ratio,verdict", [(0.9999, "apart"), (1.0001, "collapsed"), (0.98, "apart"), (1.05, "collapsed")])
+@pytest.mark.parametrize("ratio,verdict", [(0.9999, "apart"), (1.0001, "collapsed"), (0.98, "apart"),
+                                           (1.05, "collapsed")])
 def test_opt_main_verdict_follows_the_certificate_at_the_threshold(ratio, verdict):
     # k = 2 + 2 classes of 2000 / 50: the minority threshold sqrt(50) / 4100 from the formula, not the solver
     import opt_main

@@ -161,11 +161,13 @@ def test_ufm_full_batch_objective_matches_the_regularised_objective():
 
 def test_divergence_names_epoch_and_terms(tmp_path):
     with pytest.raises(UserError, match=r"diverged at epoch \d+: non-finite .*loss"):
-        train_utils.train_run(dict(CFG, lr=1e12, epochs=5, eval_epochs=[5]), small_data(), CPU, models_dir=str(tmp_path))
+        train_utils.train_run(dict(CFG, lr=1e12, epochs=5, eval_epochs=[5]), small_data(), CPU,
+                              models_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(lam_h=-1.0), "lam_h: -1.0 is not allowed"), (dict(epochs=0), "epochs"), (dict(optimizer="rmsprop"), "optimizer"),
+    (dict(lam_h=-1.0), "lam_h: -1.0 is not allowed"), (dict(epochs=0), "epochs"),
+    (dict(optimizer="rmsprop"), "optimizer"),
     (dict(eval_epochs=[99]), "eval_epochs"),
 ])
 def test_bad_training_settings(tmp_path, change, match):
@@ -229,7 +231,8 @@ def test_batched_conv_networks_match_one_by_one_runs(tmp_path, network):
     of the difference between 1 and 2 CPU threads of train_run itself); the tolerances leave 10x.
     (At lr 0.05 these toys amplify any rounding: 1 against 2 threads of train_run alone differ by
     0.1 in Z; on 8 x 8 images, BatchNorm over 1 x 1 pixels and a last batch of 2, so do batched runs.)"""
-    data = datasets.get_data("synthetic", [8, 8, 4, 4], seed=0, synthetic={"image_size": 16, "channels": 1, "noise": 3.0})
+    data = datasets.get_data("synthetic", [8, 8, 4, 4], seed=0,
+                             synthetic={"image_size": 16, "channels": 1, "noise": 3.0})
     cfgs = [dict(name="c", network=network, width=4, epochs=2, lr=0.01, batch_size=8, lam_h=1e-5 * (1 + i),
                  lam_w=5e-4 * (1 + i), lam_b=1e-2, seed=i) for i in range(2)]
     alone = [train_utils.train_run(c, data, CPU, models_dir=str(tmp_path / "a")) for c in cfgs]
@@ -250,10 +253,12 @@ def test_batched_training_waits_for_a_held_run_and_reuses_it(tmp_path):
     run_dir = train_utils.run_dir_of(held, data, str(tmp_path))
     os.makedirs(run_dir)
     out = {}
-    batch = threading.Thread(target=lambda: out.update(res=batched_training.train_batched(cfgs, data, CPU, str(tmp_path))))
+    batch = threading.Thread(
+        target=lambda: out.update(res=batched_training.train_batched(cfgs, data, CPU, str(tmp_path))))
     with utils.run_lock(os.path.join(run_dir, "lock"), "the run (held by the test)"):
         batch.start()
-        other = train_utils.train_locked_run(held, data, CPU, run_dir, None, None)  # as another process's train_run would
+        # as another process's train_run would
+        other = train_utils.train_locked_run(held, data, CPU, run_dir, None, None)
         assert batch.is_alive()  # waiting for the lock
     batch.join(120)
     res = out["res"]

@@ -41,7 +41,8 @@ def test_one_run_and_a_batch_use_the_same_schedule_and_log_one_line_per_evaluate
     data = small_data()  # N = 48: no batch of one; batch 16
     calls = []
     real = train_utils.start_epoch
-    monkeypatch.setattr(train_utils, "start_epoch", lambda opt, cfg, epoch: calls.append(epoch) or real(opt, cfg, epoch))
+    monkeypatch.setattr(train_utils, "start_epoch",
+                        lambda opt, cfg, epoch: calls.append(epoch) or real(opt, cfg, epoch))
     cfgs = [dict(CFG, name=f"r{i}", lam_h=1e-5 * (1 + i), seed=i) for i in range(2)]
     capsys.readouterr()
     train_utils.train_run(cfgs[0], data, CPU, str(tmp_path / "alone"))
@@ -52,7 +53,8 @@ def test_one_run_and_a_batch_use_the_same_schedule_and_log_one_line_per_evaluate
     batch = [line for line in capsys.readouterr().err.splitlines() if " epoch " in line]
     assert calls == list(range(1, 7))  # one batched loop over the two runs
     assert [line.split(":")[0] for line in alone] == ["r0 epoch 1/6", "r0 epoch 3/6", "r0 epoch 6/6"]
-    assert sorted(line.split(":")[0] for line in batch) == sorted(f"r{i} epoch {e}/6" for i in (0, 1) for e in (1, 3, 6))
+    assert sorted(line.split(":")[0] for line in batch) == sorted(f"r{i} epoch {e}/6" for i in (0, 1)
+                                                                  for e in (1, 3, 6))
 
     def fields(line):
         return re.findall(r" (\w+)=", line)
