@@ -1,5 +1,7 @@
-"""Training: losses, mixup, the regularised objective of theory.md section 2, optimizers, the
-training loop with checkpoints and resume, and the free-feature mixup optimum of a run's loss."""
+"""Training: the loop of one run with checkpoints and resume, and what it trains with: mixup batches
+and the mixed loss (the per-sample losses are in losses.py), a fixed simplex-ETF classifier, the
+regularised objective of theory.md section 2, optimizers, the UFM's full-batch L-BFGS, and the epoch
+steps the batched loop shares (schedule, data order, history restore, CSV row and log line)."""
 import math
 import os
 import sys
