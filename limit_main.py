@@ -43,6 +43,8 @@ def parse_args(argv):
                         "--ln_pro: the original's name)")
     sweep.retire_flag(p, "--reg_l", "not a flag of this script: lambda times N is --lam_n (or the original's "
                       "--ln_pro); --reg_l is lambda itself in minority_n_main.py")
+    sweep.retire_flag(p, "--lam", "not a flag of this script: lambda changes with N here; give lambda times N as "
+                      "--lam_n (lambda = lam_n / N at each point)")
     p.set_defaults(train_epochs=2000)
     return utils.parse_with_presets(p, argv, QUICK)
 

@@ -80,6 +80,8 @@ def parse_args(argv):
     p.add_argument("--dry_run", action="store_true",
                    help="train nothing: print the run folder, whether it is finished, and an estimate of the time "
                         "left (from its recorded seconds per epoch, else a 3-epoch probe)")
+    sweep.retire_flag(p, "--lam", "not a flag of this script: mixup training has no lambda of the convex program; the "
+                      "mixup coefficient is drawn from Beta(--alpha, --alpha), per batch or sample (--mix_per)")
     s = p.add_argument_group("the study (--study): a grid of runs, summarised over seeds")
     s.add_argument("--study", action="store_true", help="run the study grid instead of one run")
     s.add_argument("--datasets", nargs="+", default=["fashion_mnist", "cifar10", "cifar100"])

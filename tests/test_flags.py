@@ -120,6 +120,8 @@ def test_limit_ln_pro_is_lambda_times_n_as_in_the_original(tmp_path, capsys):
     (minority_l_main, ["--ln_pro", "0.2"], ["--ln_pro", "--warm_frac"]),
     (minority_n_main, ["--ln_pro", "0.2"], ["--ln_pro", "--warm_frac"]),
     (limit_main, ["--reg_l", "0.1"], ["--reg_l", "--lam_n"]),
+    (limit_main, ["--lam", "0.1"], ["--lam", "--lam_n"]),  # not taken as an abbreviation of --lam_n
+    (mixup_main, ["--lam", "0.1"], ["--lam", "--alpha"]),  # nor of --lam_per
 ])
 def test_a_name_that_means_something_else_elsewhere_is_refused_with_what_to_give(script, argv, names):
     with pytest.raises(utils.UserError) as e:
