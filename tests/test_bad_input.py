@@ -163,6 +163,7 @@ def test_unwritable_or_broken_paths_are_named(tmp_path, monkeypatch, capsys, mod
     (["opt_main.py"] + OPT + ["--name", "../x"], "--name"),
     (["block_main.py", "--quick", "--reg_h", "-1e-6"], "--reg_h"),
 ])
+@pytest.mark.slow
 def test_bad_input_in_a_real_process(tmp_path, argv, names):
     r = subprocess.run([sys.executable, os.path.join(ROOT, argv[0])] + argv[1:], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))

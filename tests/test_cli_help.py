@@ -28,6 +28,7 @@ def test_help(main, argv, capsys):
     assert done.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_opt_main_and_the_commands_import_no_torch():
     """opt_main.py and `python utils.py <command>` start without torch (about 1 s of import)."""
     import subprocess

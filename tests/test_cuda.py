@@ -32,6 +32,7 @@ GPU = torch.device("cuda") if HAS_CUDA else None
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_benchmark_gpu_path_runs_tiny_on_cpu(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     res = benchmark.main(["--device", "cpu", "--tiny", "--json", str(out)])

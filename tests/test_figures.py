@@ -68,6 +68,7 @@ def check_points(result, K=10):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_minority_l_ufm_point_assemble_and_reuse(tmp_path, capsys):
     base = ["--network", "UFM", "--ka", "5", "--na", "50", "--nb", "10", "--reg_z_l", "0.005", "0.02", "0.04",
             "--epoch", "8"] + dirs(tmp_path)
@@ -101,6 +102,7 @@ def test_minority_l_ufm_point_assemble_and_reuse(tmp_path, capsys):
         assert np.abs(np.array(p["Z"]) - np.array(p["theory"]["Z"])).max() < 0.05
 
 
+@pytest.mark.slow
 def test_minority_n_mlp_quick(tmp_path, capsys):
     argv = ["--quick", "--ka", "3", "--nalist", "10", "30", "--epoch", "2"] + dirs(tmp_path)
     paths, _ = run_main(minority_n_main, argv, capsys)
@@ -112,6 +114,7 @@ def test_minority_n_mlp_quick(tmp_path, capsys):
     assert res["threshold"] == pytest.approx((np.sqrt(20) / (0.005 * np.sqrt(5)) - 7 * 20) / 3)
 
 
+@pytest.mark.slow
 def test_minority_l_quick_batched_matches_one_by_one(tmp_path, capsys):
     """--batched (the --quick default) trains the sweep's points as one vmapped model: the same
     figure numbers as --no-batched, which trains them one by one."""
@@ -137,6 +140,7 @@ def test_batched_by_default_only_the_quick_small_networks(flags, expected):
     assert tuple(sweep.batched_networks(minority_l_main.parse_args(flags))) == expected
 
 
+@pytest.mark.slow
 def test_limit_mlp_quick(tmp_path, capsys):
     argv = ["--quick", "--nalist", "10", "21", "--epoch", "2"] + dirs(tmp_path)
     paths, _ = run_main(limit_main, argv, capsys)
@@ -149,6 +153,7 @@ def test_limit_mlp_quick(tmp_path, capsys):
     assert {"within_A", "within_B", "across"} <= set(res["theory_curve"])
 
 
+@pytest.mark.slow
 def test_block_quick_and_ufm(tmp_path, capsys):
     paths, _ = run_main(block_main, ["--quick", "--structure", "2", "--epoch", "3"] + dirs(tmp_path), capsys)
     _, res = load_json(paths)
@@ -168,6 +173,7 @@ def test_block_quick_and_ufm(tmp_path, capsys):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_replot_from_json_including_missing_theory(tmp_path, capsys):
     paths, _ = run_main(minority_l_main, ["--network", "UFM", "--na", "40", "--nb", "8", "--reg_z_l", "0.01",
                                           "--epoch", "3"] + dirs(tmp_path), capsys)
@@ -219,6 +225,7 @@ def test_bad_input(module, argv, name, tmp_path, capsys):
     assert not (tmp_path / "models").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_bad_input_subprocess(tmp_path):
     """The real command line: exit 2, one line, no traceback."""
     r = subprocess.run([sys.executable, os.path.join(ROOT, "limit_main.py"), "--nalist", "500", "5500"]
@@ -233,6 +240,7 @@ def test_bad_input_subprocess(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_must_show_minority_l_ufm(tmp_path, capsys):
     paths, _ = run_main(minority_l_main, ["--network", "UFM", "--ka", "5", "--reg_z_l", "0.0027", "0.0045"]
                         + dirs(tmp_path), capsys)
@@ -243,6 +251,7 @@ def test_must_show_minority_l_ufm(tmp_path, capsys):
     assert low["minority_spread"] == pytest.approx(low["theory"]["minority_spread"], rel=0.02)
 
 
+@pytest.mark.slow
 def test_must_show_minority_n_ufm(tmp_path, capsys):
     paths, _ = run_main(minority_n_main, ["--network", "UFM", "--ka", "3", "--nalist", "400", "470"]
                         + dirs(tmp_path), capsys)

@@ -68,6 +68,7 @@ def test_installed_pair_is_inside_the_ranges_and_matched():
     assert t[0] == 2 and v[:2] == (0, t[1] + 15), (torch.__version__, tv.__version__)
 
 
+@pytest.mark.slow
 def test_pip_install_requirements_keeps_the_installed_torch():
     """`pip install -r requirements.txt` here would install no torch, torchvision or CUDA wheels: an
     installed pair in the allowed range is kept (in the floor environment: torch 2.4.1)."""
@@ -139,6 +140,7 @@ def run_without_torchvision(tmp_path, mode, *commands):
     return r.returncode, r.stderr
 
 
+@pytest.mark.slow
 def test_without_torchvision_everything_else_works(tmp_path):
     """synthetic, digits, the UFM, opt_main and mixup on digits need no torchvision."""
     rc, err = run_without_torchvision(
@@ -156,6 +158,7 @@ def test_without_torchvision_everything_else_works(tmp_path):
 
 @pytest.mark.parametrize("mode,says", [("missing", "which is not installed"),
                                        ("broken", "which does not import with torch")])
+@pytest.mark.slow
 def test_without_torchvision_its_datasets_stop_with_one_line(tmp_path, mode, says):
     rc, err = run_without_torchvision(tmp_path, mode, ("minority_l_main.py", "--quick", "--dataset_t", "cifar10"))
     assert rc == 2 and "Traceback" not in err, err[-3000:]

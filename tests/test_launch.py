@@ -65,6 +65,7 @@ def wait_for(condition, what, timeout=300):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_launch_local_kill_resume_and_assemble(tmp_path, capsys):
     argv = sweep_argv(tmp_path)
     models = str(tmp_path / "models")
@@ -154,6 +155,7 @@ def test_bad_launch_input_is_one_clear_line(bad, word, tmp_path):
     assert not os.path.exists(tmp_path / "models" / "points")
 
 
+@pytest.mark.slow
 def test_stderr_to_a_file_logs_one_line_per_evaluated_epoch(tmp_path):
     log = tmp_path / "run.log"
     with open(log, "w") as f:

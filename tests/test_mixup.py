@@ -158,6 +158,7 @@ def test_quick_defaults_yield_to_explicit_arguments():
     assert (mine.dataset, mine.epochs, mine.feature_mode) == ("synthetic", 7, "train")
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_every_file(runs):
     tmp, run_dirs = runs
     assert len(run_dirs) == 3
@@ -179,6 +180,7 @@ def test_end_to_end_writes_every_file(runs):
     assert np.allclose(etf["W"] @ etf["W"].T, np.eye(3) * 1.5 - 0.5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_finished_run_is_reused(runs, capsys):
     tmp, _ = runs
     mixup_main.main(TINY + ["--loss", "mse", "--models_dir", str(tmp / "models"), "--plot_dir",
@@ -186,6 +188,7 @@ def test_finished_run_is_reused(runs, capsys):
     assert "reusing finished run" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_replot_commands(runs, capsys):
     tmp, run_dirs = runs
     out = tmp / "replots"
@@ -210,6 +213,7 @@ def test_bad_input_is_one_clear_line(bad, word, tmp_path):
     assert not os.path.exists(tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_cli_exit_status_2_without_traceback():
     for cmd in ([sys.executable, "mixup_main.py", "--alpha", "-1"],
                 [sys.executable, "utils.py", "mixup-ufm", "--loss", "hinge"]):

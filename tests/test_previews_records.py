@@ -34,6 +34,7 @@ def figure_json(out):
     (minority_n_main, ["--ka", "3", "--nalist", "560"]),
     (block_main, ["--structure", "1"]),
     (limit_main, ["--nalist", "25"])], ids=["minority_l", "minority_n", "block", "limit"])
+@pytest.mark.slow
 def test_quick_preview_follows_the_convex_program(module, argv, tmp_path, capsys):
     """A smaller grid of each --quick figure (all other settings of the preview), including the
     points past the collapse threshold where the ReLU-feature MLP fell short: the trained ||Z||

@@ -104,6 +104,7 @@ MIXUP = ["--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "1
          "--epochs", "2", "--snapshots", "2", "--snapshot_size", "30", "--batch_size", "16", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_mixup_compare_intervals_and_collect(tmp_path, capsys):
     extra = dirs(tmp_path)[:6]
     for seed in SEEDS:

@@ -119,6 +119,7 @@ def study(tmp_path_factory):
     return tmp, dirs
 
 
+@pytest.mark.slow
 def test_study_table_recomputes_from_per_seed_rows_and_ce_is_above_mse(study):
     tmp, _ = study
     result = utils.read_json(tmp / "p" / "mixup_study_quick.json")
@@ -144,6 +145,7 @@ def test_study_table_recomputes_from_per_seed_rows_and_ce_is_above_mse(study):
     assert len(dyn["nc3"]["mean"]) == len(dyn["epochs"]) and len(dyn["residual"]["mean"]) == len(dyn["snapshot_epochs"])
 
 
+@pytest.mark.slow
 def test_study_point_reuses_finished_cells_and_checks_its_range(study, capsys):
     tmp, dirs = study
     mixup_main.main(STUDY + dirs + ["--point", "1"])
@@ -156,6 +158,7 @@ def test_study_point_reuses_finished_cells_and_checks_its_range(study, capsys):
         mixup_main.main(STUDY + dirs + ["--losses", "hinge"])
 
 
+@pytest.mark.slow
 def test_study_launch_local_runs_every_cell_as_a_job_and_assembles(tmp_path, capsys):
     """--launch local: one job per missing cell (this command with --point I), then the table of all."""
     argv = (["--study", "--quick", "--datasets", "synthetic", "--models", "mlp", "--panel_losses", "--seeds", "0",

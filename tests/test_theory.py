@@ -159,6 +159,7 @@ def run_opt_main(tmp_path, *args):
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_opt_main_original_example_writes_results_and_warns(tmp_path):
     r = run_opt_main(tmp_path, "--cluster_s", "3", "3", "4", "--sample_s", "5000", "4000", "3000",
                      "--reg_z", "0.005", "--reg_b", "0.01", "--name", "ex")
@@ -174,6 +175,7 @@ def test_opt_main_original_example_writes_results_and_warns(tmp_path):
     assert "opt_results/ex.npz" in r.stdout
 
 
+@pytest.mark.slow
 def test_opt_main_reports_minority_collapse(tmp_path):
     r = run_opt_main(tmp_path, "--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.0039",
                      "--solver", "fast", "--name", "mc")
@@ -191,6 +193,7 @@ def test_opt_main_reports_minority_collapse(tmp_path):
     (["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0"], "--reg_z: 0.0 is not allowed"),
     (["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.1", "--out_dir", "/proc/x"], "--out_dir"),
 ])
+@pytest.mark.slow
 def test_opt_main_bad_input(tmp_path, args, match):
     r = run_opt_main(tmp_path, *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -193,6 +193,7 @@ def test_unwritable_models_dir(tmp_path):
         train_utils.train_run(CFG, small_data(), CPU, models_dir=str(blocker))
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_without_traceback():
     r = subprocess.run([sys.executable, "utils.py", "prepare", "--dataset", "svhn", "--sizes", "1", "2"],
                        cwd=ROOT, capture_output=True, text=True)
