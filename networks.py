@@ -268,7 +268,7 @@ def make_vit_b4(num_classes, in_channels, width=None, depth=None, image_size=32)
     patches), the paper's ViT at 32x32, built by torchvision; the patch embedding takes
     `in_channels`. Exactly this architecture: width and depth cannot be changed."""
     if width is not None or depth is not None:
-        raise UserError("--width/--depth: vit_b4 is exactly ViT-B/4; use --model vit for a resizable ViT")
+        raise UserError("--width/--depth: vit_b4 is exactly ViT-B/4; use --network vit for a resizable ViT")
     if image_size % VIT_B4["patch_size"]:
         raise UserError(f"image size {image_size}: ViT-B/4 needs a multiple of 4")
     from torchvision.models import VisionTransformer  # lazily: only this preset needs torchvision

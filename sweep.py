@@ -207,11 +207,11 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     params["lam"] is the lambda of the convex program; the training weights lam_H, lam_W follow
     from it and lam_ratio = lam_W / lam_H (ana_utils.split_lambda), in this one place.
     Networks: SGD (momentum 0.9, batch 128), lr --lr (0.01) -> --lr/10 at milestone_frac of `epochs`
-    (--epoch overrides), weight decay --weight_decay or else the figure's `weight_decay`,
+    (--epochs overrides), weight decay --weight_decay or else the figure's `weight_decay`,
     regularisation at 1/10 for the first warm_frac of training (theory.md section 4), evaluated (NC
     metrics, checkpoint) at 1-5, every 10th epoch and the last; a --quick point without history only
     at the last (25 evaluations cost a 200-epoch MLP 1.7x). --network UFM: ufm_train_config
-    (full-batch L-BFGS to the optimum, ufm_epochs epochs unless --epoch is given)."""
+    (full-batch L-BFGS to the optimum, ufm_epochs epochs unless --epochs is given)."""
     network = args.network
     sizes = [int(n) for n in sizes]
     lam_h, lam_w = ana_utils.split_lambda(params["lam"], lam_ratio)
