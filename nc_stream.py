@@ -1,0 +1,211 @@
+"""Streaming NC metrics: class statistics summed over batches and over processes, in O(K d + d^2) memory.
+
+`nc_metrics_stream` returns the dict of `ana_utils.nc_metrics` (theory.md section 3) without holding
+the N x d feature matrix: pass 1 sums the class counts and feature sums, pass 2 sums the within-class
+scatter R^T R, the per-class within-class traces and the NC4 agreement counts. Every state is a sum,
+so processes reduce it by addition: when torch.distributed is initialised each rank passes its own
+shard and every rank gets the metrics of all of them (gloo on CPU, NCCL on GPU)."""
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils import UserError
+
+NC4_TIE_RTOL = 1e-6   # tau of nc4_ties (theory.md section 3); equal to ana_utils.NC4_TIE_RTOL (tested)
+
+
+def _device_of(W):
+    return W.device if isinstance(W, torch.Tensor) else torch.device("cpu")
+
+
+def _f64(a, device):
+    a = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+    return a.detach().to(device=device, dtype=torch.float64)
+
+
+def _batch(H, y, K, d, device):
+    """One (H, y) batch as float64 features and int64 labels on `device`, checked like nc_metrics's."""
+    H = _f64(H, device)
+    y = (y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))).detach().to(device)
+    if H.ndim != 2 or H.shape[1] != d or y.ndim != 1 or len(y) != len(H):
+        raise UserError(f"batches: each must be (H, y) with H of n x {d} (W's columns) and y of n labels; "
+                        f"got H {tuple(H.shape)}, y {tuple(y.shape)}")
+    if y.dtype.is_floating_point and len(y) and not bool(torch.all(y == torch.round(y))):
+        raise UserError(f"labels: must be integers 0..{K - 1}")
+    y = y.long()
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= K):
+        bad = sorted(set(y[(y < 0) | (y >= K)].tolist()))[:5]
+        raise UserError(f"labels: {bad} outside 0..{K - 1} (the classifier has K = {K} rows)")
+    return H, y
+
+
+def all_reduce_sum(*tensors):
+    """Sum the tensors over all ranks in place when torch.distributed is initialised (one call, one
+    flat float64 buffer; moved to the current GPU for NCCL); a no-op in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or not tensors:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    if dist.get_backend() == "nccl" and flat.device.type != "cuda":
+        flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat, start = flat.to(tensors[0].device), 0
+    for t in tensors:
+        t.copy_(flat[start:start + t.numel()].view_as(t))
+        start += t.numel()
+    return tensors
+
+
+def class_sums(batches, K, d, device):
+    """Pass 1: per-class counts (K) and feature sums (K x d), summed over batches and ranks."""
+    counts = torch.zeros(K, dtype=torch.float64, device=device)
+    sums = torch.zeros(K, d, dtype=torch.float64, device=device)
+    for H, y in batches():
+        H, y = _batch(H, y, K, d, device)
+        counts += torch.bincount(y, minlength=K).to(torch.float64)
+        sums.index_add_(0, y, H)
+    all_reduce_sum(counts, sums)
+    return counts, sums
+
+
+def scatter_and_agreement(batches, means, W, b, tie_slack):
+    """Pass 2: within-class scatter R^T R (d x d), per-class traces of it (K), and the counts of
+    samples where argmax(W h + b) equals the nearest class mean, strictly and up to `tie_slack`."""
+    K, d = means.shape
+    device = means.device
+    scatter = torch.zeros(d, d, dtype=torch.float64, device=device)
+    within = torch.zeros(K, dtype=torch.float64, device=device)
+    agree = torch.zeros(2, dtype=torch.float64, device=device)
+    M = means - means.mean(0)
+    M_sq = (M * M).sum(1)
+    for H, y in batches():
+        H, y = _batch(H, y, K, d, device)
+        if not len(y):
+            continue
+        R = H - means[y]
+        scatter.addmm_(R.T, R)
+        within.index_add_(0, y, (R * R).sum(1))
+        pred = torch.argmax(H @ W.T + b, dim=1)
+        Hc = H - means.mean(0)                             # centred, as in nc_metrics
+        sq_dist = (Hc * Hc).sum(1)[:, None] - 2 * Hc @ M.T + M_sq[None, :]
+        agree[0] += (pred == torch.argmin(sq_dist, dim=1)).sum()
+        dist_ = torch.sqrt(torch.clamp(sq_dist, min=0.0))
+        agree[1] += (dist_[torch.arange(len(y), device=device), pred] <= dist_.min(1).values + tie_slack).sum()
+    all_reduce_sum(scatter, within, agree)
+    return scatter, within, agree
+
+
+def class_statistics(batches, W, b=None, K=None, tie_rtol=NC4_TIE_RTOL):
+    """The two passes over `batches` (a callable returning a fresh iterator of (H, y)), as float64 numpy:
+    counts, means, scatter (R^T R), within (per-class sum of squared residuals), agree, agree_ties, N.
+    A class without samples (over all ranks) leaves the pass-2 entries NaN."""
+    K = _check_K(W, K)
+    device = _device_of(W)
+    W_t = _f64(W, device)
+    b_t = torch.zeros(K, dtype=torch.float64, device=device) if b is None else _f64(b, device).reshape(-1)
+    if len(b_t) != K:
+        raise UserError(f"b: must hold K = {K} entries (W's rows), got {len(b_t)}")
+    counts, sums = class_sums(batches, K, W_t.shape[1], device)
+    out = {"counts": counts.cpu().numpy(), "N": float(counts.sum())}
+    if bool(torch.any(counts == 0)):
+        out["means"] = np.full(tuple(sums.shape), np.nan)
+        nan = float("nan")
+        out.update(scatter=np.full((W_t.shape[1],) * 2, nan), within=np.full(K, nan), agree=nan, agree_ties=nan)
+        return out
+    means = sums / counts[:, None]
+    slack = tie_rtol * float(torch.linalg.norm(means - means.mean(0), dim=1).max())
+    scatter, within, agree = scatter_and_agreement(batches, means, W_t, b_t, slack)
+    out.update(means=means.cpu().numpy(), scatter=scatter.cpu().numpy(), within=within.cpu().numpy(),
+               agree=float(agree[0]), agree_ties=float(agree[1]))
+    return out
+
+
+def _check_K(W, K):
+    if getattr(W, "ndim", 0) != 2:
+        raise UserError("W: must be a K x d classifier matrix")
+    if K is not None and int(K) != W.shape[0]:
+        raise UserError(f"K: {K} differs from the classifier's {W.shape[0]} rows")
+    return W.shape[0]
+
+
+def _inverse_trace_ratio(scatter, N, centred, weights, K):
+    """tr(Sigma_W Sigma_B^+) / K from the scatter R^T R, Sigma_B = sum_k w_k c_k c_k^T inverted on its
+    K-1 leading directions only (the same rule as ana_utils.nc_metrics)."""
+    A = np.sqrt(weights)[:, None] * centred
+    _, s, Vt = np.linalg.svd(A, full_matrices=False)
+    r = min(K - 1, int(np.sum(s > s[0] * 1e-10))) if s[0] > 0 else 0
+    if r == 0:
+        return float("inf")
+    V = Vt[:r]
+    return float(np.sum(np.einsum("ij,jk,ik->i", V, scatter, V) / s[:r] ** 2) / N / K)
+
+
+def _trace_ratio(tr_w, tr_b):
+    if tr_b > 0:
+        return float(tr_w / tr_b)
+    return 0.0 if tr_w == 0 else float("inf")
+
+
+def nc_from_statistics(stats, W):
+    """The dict of ana_utils.nc_metrics (same keys, same definitions) from `class_statistics`'s output."""
+    W = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else np.asarray(W)
+    W = W.astype(np.float64)
+    K = W.shape[0]
+    norms_w = np.linalg.norm(W, axis=1)
+    counts, means, N = stats["counts"], stats["means"], stats["N"]
+    if np.any(counts == 0):
+        nan = float("nan")
+        out = {k: nan for k in ("nc1_weighted", "nc1", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means",
+                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties")}
+        out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
+        return out
+    w_size = counts / N
+    h_G = w_size @ means
+    mu = means.mean(0)
+    M = means - mu
+    out = {"nc1_weighted": _inverse_trace_ratio(stats["scatter"], N, means - h_G, w_size, K),
+           "nc1": _inverse_trace_ratio(stats["scatter"], N, M, np.full(K, 1.0 / K), K)}
+    tr_w = float(np.trace(stats["scatter"])) / N
+    out["nc1_trace"] = _trace_ratio(tr_w, float(np.sum(M**2)) / K)
+    out["nc1_trace_weighted"] = _trace_ratio(tr_w, float(w_size @ np.sum((means - h_G) ** 2, axis=1)))
+    norms_m = np.linalg.norm(M, axis=1)
+    out["nc2_equinorm_means"] = float(norms_m.std() / norms_m.mean())
+    out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
+    G = M @ M.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = G / np.outer(norms_m, norms_m)
+    out["nc2_equiangle"] = float(np.abs(cos[~np.eye(K, dtype=bool)] + 1.0 / (K - 1)).mean())
+    etf = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+    out["nc2_etf_distance"] = float(np.linalg.norm(G / np.linalg.norm(G) - etf))
+    out["nc3"] = float(np.linalg.norm(W / np.linalg.norm(W) - M / np.linalg.norm(M)) ** 2)
+    out["nc4"] = stats["agree"] / N
+    out["nc4_ties"] = stats["agree_ties"] / N
+    return out
+
+
+def nc_metrics_stream(batches, W, b=None, K=None, tie_rtol=NC4_TIE_RTOL):
+    """ana_utils.nc_metrics over a stream: `batches()` returns a fresh iterator of (H, y) batches (numpy
+    or torch; called twice). Memory O(K d + d^2) whatever N; under torch.distributed every rank passes
+    its shard and gets the metrics of the union. W: K x d classifier, b: K bias or None, K: optional check."""
+    return nc_from_statistics(class_statistics(batches, W, b, K, tie_rtol), W)
+
+
+def array_batches(H, y, batch_size):
+    """A `batches` callable over in-memory arrays (tests, and features already extracted)."""
+    if batch_size < 1:
+        raise UserError(f"batch_size: must be >= 1, got {batch_size}")
+    return lambda: ((H[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size))
+
+
+def model_batches(model, x, y, batch_size=1024):
+    """A `batches` callable of (features, labels) of `model` (forward returns (logits, h)) on inputs x,
+    computed batch by batch in eval mode without gradients (the model's mode is restored)."""
+    def gen():
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for i in range(0, len(x), batch_size):
+                    yield model(x[i:i + batch_size])[1], y[i:i + batch_size]
+        finally:
+            model.train(was_training)
+    return gen
