@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import nc_modern
+
 from utils import UserError
 
 NC4_TIE_RTOL = 1e-6   # tau of nc4_ties (theory.md section 3); equal to ana_utils.NC4_TIE_RTOL (tested)
@@ -67,6 +69,18 @@ def class_sums(batches, K, d, device):
     return counts, sums
 
 
+def _centred(means):
+    """Means centred on their mean, and their squared norms (distances from centred features cancel less)."""
+    M = means - means.mean(0)
+    return M, (M * M).sum(1)
+
+
+def _sq_dist(H, means, M, M_sq):
+    """Squared distances (n x K) of the features to the class means, as ana_utils.nc_metrics computes them."""
+    Hc = H - means.mean(0)
+    return (Hc * Hc).sum(1)[:, None] - 2 * Hc @ M.T + M_sq[None, :]
+
+
 def scatter_and_agreement(batches, means, W, b, tie_slack):
     """Pass 2: within-class scatter R^T R (d x d), per-class traces of it (K), and the counts of
     samples where argmax(W h + b) equals the nearest class mean, strictly and up to `tie_slack`."""
@@ -75,8 +89,7 @@ def scatter_and_agreement(batches, means, W, b, tie_slack):
     scatter = torch.zeros(d, d, dtype=torch.float64, device=device)
     within = torch.zeros(K, dtype=torch.float64, device=device)
     agree = torch.zeros(2, dtype=torch.float64, device=device)
-    M = means - means.mean(0)
-    M_sq = (M * M).sum(1)
+    M, M_sq = _centred(means)
     for H, y in batches():
         H, y = _batch(H, y, K, d, device)
         if not len(y):
@@ -85,8 +98,7 @@ def scatter_and_agreement(batches, means, W, b, tie_slack):
         scatter.addmm_(R.T, R)
         within.index_add_(0, y, (R * R).sum(1))
         pred = torch.argmax(H @ W.T + b, dim=1)
-        Hc = H - means.mean(0)                             # centred, as in nc_metrics
-        sq_dist = (Hc * Hc).sum(1)[:, None] - 2 * Hc @ M.T + M_sq[None, :]
+        sq_dist = _sq_dist(H, means, M, M_sq)
         agree[0] += (pred == torch.argmin(sq_dist, dim=1)).sum()
         dist_ = torch.sqrt(torch.clamp(sq_dist, min=0.0))
         agree[1] += (dist_[torch.arange(len(y), device=device), pred] <= dist_.min(1).values + tie_slack).sum()
@@ -209,3 +221,43 @@ def model_batches(model, x, y, batch_size=1024):
         finally:
             model.train(was_training)
     return gen
+
+
+def nc_modern_stream(batches, W, b=None, K=None):
+    """nc_modern.modern_metrics of the streamed class statistics, plus `clf_ncc_agreement` (nc4, bias
+    included): the post-2022 metric set in the same two passes and memory as nc_metrics_stream."""
+    stats = class_statistics(batches, W, b, K)
+    W = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else np.asarray(W)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        variances = stats["within"] / stats["counts"]
+    out = nc_modern.modern_metrics(W, stats["means"], stats["counts"], variances)
+    out["clf_ncc_agreement"] = stats["agree"] / stats["N"] if stats["N"] else float("nan")
+    return out
+
+
+def ncc_stream(batches, means, W=None, b=None, weighted=True):
+    """Nearest-class-centre rule with given (e.g. training) class means on any loader: `ncc_acc` (its
+    accuracy) and, with W, `clf_ncc_agreement` (how often argmax(W h + b) picks the same class). weighted:
+    over samples; else the mean of the per-class rates (classes with samples). NaN with no samples."""
+    device = means.device if isinstance(means, torch.Tensor) else torch.device("cpu")
+    means = _f64(means, device)
+    K, d = means.shape
+    M, M_sq = _centred(means)
+    if W is not None:
+        W = _f64(W, device)
+        b = torch.zeros(K, dtype=torch.float64, device=device) if b is None else _f64(b, device).reshape(-1)
+    hits = torch.zeros(3, K, dtype=torch.float64, device=device)    # samples, NCC correct, agreements
+    for H, y in batches():
+        H, y = _batch(H, y, K, d, device)
+        ncc = torch.argmin(_sq_dist(H, means, M, M_sq), dim=1)
+        hits[0].index_add_(0, y, torch.ones_like(ncc, dtype=torch.float64))
+        hits[1].index_add_(0, y, (ncc == y).to(torch.float64))
+        if W is not None:
+            hits[2].index_add_(0, y, (ncc == torch.argmax(H @ W.T + b, dim=1)).to(torch.float64))
+    all_reduce_sum(hits)
+    n, correct, agree = hits.cpu().numpy()
+    rate = (lambda h: h.sum() / n.sum()) if weighted else (lambda h: np.mean(h[n > 0] / n[n > 0]))
+    out = {"ncc_acc": float(rate(correct)) if n.sum() else float("nan")}
+    if W is not None:
+        out["clf_ncc_agreement"] = float(rate(agree)) if n.sum() else float("nan")
+    return out
