@@ -69,16 +69,23 @@ def class_sums(batches, K, d, device):
     return counts, sums
 
 
-def _centred(means):
-    """Means centred on their mean, and their squared norms (distances from centred features cancel less)."""
-    M = means - means.mean(0)
-    return M, (M * M).sum(1)
+def _decisions(means, W=None, b=None):
+    """A function of a batch H returning (squared distances to the class means (n x K), argmax(W h + b) or
+    None): one product of the centred features with [W; centred means] (distances from centred features
+    cancel less, as in ana_utils.nc_metrics)."""
+    K = len(means)
+    mu = means.mean(0)
+    M = means - mu
+    M_sq = (M * M).sum(1)
+    A = M if W is None else torch.cat([W, M])
+    offset = None if W is None else W @ mu + b
 
-
-def _sq_dist(H, means, M, M_sq):
-    """Squared distances (n x K) of the features to the class means, as ana_utils.nc_metrics computes them."""
-    Hc = H - means.mean(0)
-    return (Hc * Hc).sum(1)[:, None] - 2 * Hc @ M.T + M_sq[None, :]
+    def decide(H):
+        Hc = H - mu
+        P = Hc @ A.T
+        sq_dist = (Hc * Hc).sum(1)[:, None] - 2 * P[:, -K:] + M_sq[None, :]
+        return sq_dist, (None if W is None else torch.argmax(P[:, :K] + offset, dim=1))
+    return decide
 
 
 def scatter_and_agreement(batches, means, W, b, tie_slack):
@@ -89,7 +96,7 @@ def scatter_and_agreement(batches, means, W, b, tie_slack):
     scatter = torch.zeros(d, d, dtype=torch.float64, device=device)
     within = torch.zeros(K, dtype=torch.float64, device=device)
     agree = torch.zeros(2, dtype=torch.float64, device=device)
-    M, M_sq = _centred(means)
+    decide = _decisions(means, W, b)
     for H, y in batches():
         H, y = _batch(H, y, K, d, device)
         if not len(y):
@@ -97,8 +104,7 @@ def scatter_and_agreement(batches, means, W, b, tie_slack):
         R = H - means[y]
         scatter.addmm_(R.T, R)
         within.index_add_(0, y, (R * R).sum(1))
-        pred = torch.argmax(H @ W.T + b, dim=1)
-        sq_dist = _sq_dist(H, means, M, M_sq)
+        sq_dist, pred = decide(H)
         agree[0] += (pred == torch.argmin(sq_dist, dim=1)).sum()
         dist_ = torch.sqrt(torch.clamp(sq_dist, min=0.0))
         agree[1] += (dist_[torch.arange(len(y), device=device), pred] <= dist_.min(1).values + tie_slack).sum()
@@ -242,18 +248,19 @@ def ncc_stream(batches, means, W=None, b=None, weighted=True):
     device = means.device if isinstance(means, torch.Tensor) else torch.device("cpu")
     means = _f64(means, device)
     K, d = means.shape
-    M, M_sq = _centred(means)
     if W is not None:
         W = _f64(W, device)
         b = torch.zeros(K, dtype=torch.float64, device=device) if b is None else _f64(b, device).reshape(-1)
+    decide = _decisions(means, W, b)
     hits = torch.zeros(3, K, dtype=torch.float64, device=device)    # samples, NCC correct, agreements
     for H, y in batches():
         H, y = _batch(H, y, K, d, device)
-        ncc = torch.argmin(_sq_dist(H, means, M, M_sq), dim=1)
+        sq_dist, pred = decide(H)
+        ncc = torch.argmin(sq_dist, dim=1)
         hits[0].index_add_(0, y, torch.ones_like(ncc, dtype=torch.float64))
         hits[1].index_add_(0, y, (ncc == y).to(torch.float64))
         if W is not None:
-            hits[2].index_add_(0, y, (ncc == torch.argmax(H @ W.T + b, dim=1)).to(torch.float64))
+            hits[2].index_add_(0, y, (ncc == pred).to(torch.float64))
     all_reduce_sum(hits)
     n, correct, agree = hits.cpu().numpy()
     rate = (lambda h: h.sum() / n.sum()) if weighted else (lambda h: np.mean(h[n > 0] / n[n > 0]))
