@@ -89,13 +89,14 @@ def _decisions(means, W=None, b=None):
 
 
 def scatter_and_agreement(batches, means, W, b, tie_slack):
-    """Pass 2: within-class scatter R^T R (d x d), per-class traces of it (K), and the counts of
-    samples where argmax(W h + b) equals the nearest class mean, strictly and up to `tie_slack`."""
+    """Pass 2: within-class scatter R^T R (d x d), per-class traces of it (K), and per class (rows of a
+    4 x K tally) the samples where argmax(W h + b) equals the nearest class mean (strictly, and up to
+    `tie_slack`), where argmax(W h + b) is the label, and where the nearest class mean is the label."""
     K, d = means.shape
     device = means.device
     scatter = torch.zeros(d, d, dtype=torch.float64, device=device)
     within = torch.zeros(K, dtype=torch.float64, device=device)
-    agree = torch.zeros(2, dtype=torch.float64, device=device)
+    tally = torch.zeros(4, K, dtype=torch.float64, device=device)
     decide = _decisions(means, W, b)
     for H, y in batches():
         H, y = _batch(H, y, K, d, device)
@@ -105,17 +106,22 @@ def scatter_and_agreement(batches, means, W, b, tie_slack):
         scatter.addmm_(R.T, R)
         within.index_add_(0, y, (R * R).sum(1))
         sq_dist, pred = decide(H)
-        agree[0] += (pred == torch.argmin(sq_dist, dim=1)).sum()
+        ncc = torch.argmin(sq_dist, dim=1)
         dist_ = torch.sqrt(torch.clamp(sq_dist, min=0.0))
-        agree[1] += (dist_[torch.arange(len(y), device=device), pred] <= dist_.min(1).values + tie_slack).sum()
-    all_reduce_sum(scatter, within, agree)
-    return scatter, within, agree
+        tie = dist_[torch.arange(len(y), device=device), pred] <= dist_.min(1).values + tie_slack
+        tally.index_add_(1, y, torch.stack([pred == ncc, tie, pred == y, ncc == y]).to(torch.float64))
+    all_reduce_sum(scatter, within, tally)
+    return scatter, within, tally
+
+
+TALLIES = ("agree", "agree_ties", "correct", "ncc_correct")   # the rows of scatter_and_agreement's tally
 
 
 def class_statistics(batches, W, b=None, K=None, tie_rtol=NC4_TIE_RTOL):
     """The two passes over `batches` (a callable returning a fresh iterator of (H, y)), as float64 numpy:
-    counts, means, scatter (R^T R), within (per-class sum of squared residuals), agree, agree_ties, N.
-    A class without samples (over all ranks) leaves the pass-2 entries NaN."""
+    counts, means, scatter (R^T R), within (per-class sum of squared residuals), per-class tallies
+    `<t>_per_class` for t in TALLIES, the totals agree and agree_ties, and N. A class without samples (over all
+    ranks) has a NaN mean, and the tallies that need every mean (agree, agree_ties, ncc_correct) are NaN."""
     K = _check_K(W, K)
     device = _device_of(W)
     W_t = _f64(W, device)
@@ -123,17 +129,24 @@ def class_statistics(batches, W, b=None, K=None, tie_rtol=NC4_TIE_RTOL):
     if len(b_t) != K:
         raise UserError(f"b: must hold K = {K} entries (W's rows), got {len(b_t)}")
     counts, sums = class_sums(batches, K, W_t.shape[1], device)
+    d, nan = W_t.shape[1], float("nan")
     out = {"counts": counts.cpu().numpy(), "N": float(counts.sum())}
-    if bool(torch.any(counts == 0)):
-        out["means"] = np.full(tuple(sums.shape), np.nan)
-        nan = float("nan")
-        out.update(scatter=np.full((W_t.shape[1],) * 2, nan), within=np.full(K, nan), agree=nan, agree_ties=nan)
+    if out["N"] == 0:
+        out.update(means=np.full((K, d), nan), scatter=np.full((d, d), nan), within=np.full(K, nan),
+                   agree=nan, agree_ties=nan, **{f"{t}_per_class": np.full(K, nan) for t in TALLIES})
         return out
-    means = sums / counts[:, None]
+    empty = counts == 0
+    means = sums / torch.clamp(counts, min=1)[:, None]
+    means[empty] = means[~empty].mean(0)                   # a stand-in: its decisions are reported NaN
     slack = tie_rtol * float(torch.linalg.norm(means - means.mean(0), dim=1).max())
-    scatter, within, agree = scatter_and_agreement(batches, means, W_t, b_t, slack)
-    out.update(means=means.cpu().numpy(), scatter=scatter.cpu().numpy(), within=within.cpu().numpy(),
-               agree=float(agree[0]), agree_ties=float(agree[1]))
+    scatter, within, tally = scatter_and_agreement(batches, means, W_t, b_t, slack)
+    means[empty] = nan
+    out.update(means=means.cpu().numpy(), scatter=scatter.cpu().numpy(), within=within.cpu().numpy())
+    out.update({f"{t}_per_class": tally[i].cpu().numpy() for i, t in enumerate(TALLIES)})
+    if bool(torch.any(empty)):
+        for t in ("agree", "agree_ties", "ncc_correct"):
+            out[f"{t}_per_class"] = np.full(K, nan)
+    out["agree"], out["agree_ties"] = float(out["agree_per_class"].sum()), float(out["agree_ties_per_class"].sum())
     return out
 
 
@@ -158,6 +171,9 @@ def _inverse_trace_ratio(scatter, N, centred, weights, K):
 
 
 def _trace_ratio(tr_w, tr_b):
+    """tr_w / tr_b, 0 for 0/0 (collapsed and no spread), inf for x/0, NaN when either is NaN."""
+    if np.isnan(tr_w) or np.isnan(tr_b):
+        return float("nan")
     if tr_b > 0:
         return float(tr_w / tr_b)
     return 0.0 if tr_w == 0 else float("inf")
@@ -214,31 +230,21 @@ def array_batches(H, y, batch_size):
     return lambda: ((H[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size))
 
 
-def model_batches(model, x, y, batch_size=1024):
-    """A `batches` callable of (features, labels) of `model` (forward returns (logits, h)) on inputs x,
-    computed batch by batch in eval mode without gradients (the model's mode is restored)."""
-    def gen():
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for i in range(0, len(x), batch_size):
-                    yield model(x[i:i + batch_size])[1], y[i:i + batch_size]
-        finally:
-            model.train(was_training)
-    return gen
-
-
 def nc_modern_stream(batches, W, b=None, K=None):
     """nc_modern.modern_metrics of the streamed class statistics, plus `clf_ncc_agreement` (nc4, bias
     included): the post-2022 metric set in the same two passes and memory as nc_metrics_stream."""
     stats = class_statistics(batches, W, b, K)
+    out = _modern_from_statistics(stats, W)
+    out["clf_ncc_agreement"] = stats["agree"] / stats["N"] if stats["N"] else float("nan")
+    return out
+
+
+def _modern_from_statistics(stats, W):
+    """nc_modern.modern_metrics of class_statistics's output."""
     W = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else np.asarray(W)
     with np.errstate(divide="ignore", invalid="ignore"):
         variances = stats["within"] / stats["counts"]
-    out = nc_modern.modern_metrics(W, stats["means"], stats["counts"], variances)
-    out["clf_ncc_agreement"] = stats["agree"] / stats["N"] if stats["N"] else float("nan")
-    return out
+    return nc_modern.modern_metrics(W, stats["means"], stats["counts"], variances)
 
 
 def ncc_stream(batches, means, W=None, b=None, weighted=True):
@@ -268,3 +274,107 @@ def ncc_stream(batches, means, W=None, b=None, weighted=True):
     if W is not None:
         out["clf_ncc_agreement"] = float(rate(agree)) if n.sum() else float("nan")
     return out
+
+
+def model_batches(model, x, y, batch_size=1024, cache_bytes=0):
+    """A `batches` callable of (features, labels) of `model` (forward returns (logits, h)) on inputs x,
+    computed batch by batch in eval mode without gradients (the model's mode is restored). Up to
+    `cache_bytes` of features are kept from the first pass so that the second needs no forward pass;
+    beyond it nothing is kept and every pass runs the model."""
+    cache, state = [], {"complete": False}
+
+    def gen():
+        if state["complete"]:
+            yield from cache
+            return
+        was_training, kept = model.training, 0
+        model.eval()
+        try:
+            with torch.no_grad():
+                for i in range(0, len(x), batch_size):
+                    h = model(x[i:i + batch_size])[1]
+                    kept += h.numel() * h.element_size()
+                    if kept <= cache_bytes:
+                        cache.append((h, y[i:i + batch_size]))
+                    yield h, y[i:i + batch_size]
+        finally:
+            model.train(was_training)
+        state["complete"] = kept <= cache_bytes
+        if not state["complete"]:
+            cache.clear()
+    return gen
+
+
+def size_groups(sizes):
+    """Class groups by training size: none when balanced; two sizes: majority / minority; three: head /
+    medium / tail; more: head / medium / tail by the tercile of the classes ranked by size (equal sizes
+    stay together; an empty group is left out)."""
+    sizes = [int(n) for n in sizes]
+    distinct = sorted(set(sizes), reverse=True)
+    if len(distinct) < 2:
+        return {}
+    if len(distinct) == 2:
+        return {"majority": [k for k, n in enumerate(sizes) if n == distinct[0]],
+                "minority": [k for k, n in enumerate(sizes) if n == distinct[1]]}
+    groups = {"head": [], "medium": [], "tail": []}
+    for k, n in enumerate(sizes):
+        if len(distinct) == 3:
+            tercile = distinct.index(n)
+        else:                                              # by the number of classes strictly larger
+            tercile = min(2, 3 * sum(m > n for m in sizes) // len(sizes))
+        groups[list(groups)[tercile]].append(k)
+    return {g: c for g, c in groups.items() if c}
+
+
+def group_metrics(stats, groups, prefix=""):
+    """Per class group g (size_groups): `acc_g` (argmax(W h + b) is the label), `nc4_g` (it is the nearest
+    class mean), `ncc_acc_g` (the nearest class mean is the label), `nc1_trace_g` (the group's mean
+    squared within-class residual over the size-weighted between-class trace of all classes) and `cdnv_g`
+    (over the group's pairs); theory.md "Streaming and modern NC metrics"."""
+    counts, means = stats["counts"], stats["means"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h_G = counts @ means / counts.sum()
+        tr_bw = float(counts @ np.sum((means - h_G) ** 2, axis=1) / counts.sum())
+        variances = stats["within"] / counts
+    out = {}
+    for g, c in groups.items():
+        n = counts[c].sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[f"{prefix}acc_{g}"] = float(stats["correct_per_class"][c].sum() / n)
+            out[f"{prefix}nc4_{g}"] = float(stats["agree_per_class"][c].sum() / n)
+            out[f"{prefix}ncc_acc_{g}"] = float(stats["ncc_correct_per_class"][c].sum() / n)
+            out[f"{prefix}nc1_trace_{g}"] = _trace_ratio(float(stats["within"][c].sum() / n), tr_bw)
+        out[f"{prefix}cdnv_{g}"] = nc_modern.cdnv(means[c], variances[c]) if len(c) > 1 else float("nan")
+    return out
+
+
+W_ONLY = ("nc2_equinorm_classifier", "w_equinorm", "w_equiangle", "w_angle_std", "w_etf_distance")
+
+
+def evaluation_metrics(model, W, b, train, test=None, sizes=None, batch_size=1024, cache_bytes=2**30):
+    """A training run's evaluated-epoch row, streamed from the model: `train_acc`, `test_acc` and
+    `test_acc_c<k>`, the NC metrics of theory.md section 3 on the training set, the modern set and
+    `clf_ncc_agreement` (section "Streaming and modern NC metrics"), per size group (size_groups), and
+    with a test set the same NC metrics, groups and modern set prefixed `test_`, plus `test_ncc_acc` and
+    `test_clf_ncc_agreement` with the training set's class means. train, test: (x, y) on the model's
+    device; test None (the UFM) skips it. Returns (row, the training set's class_statistics)."""
+    K = W.shape[0]
+    groups = size_groups(sizes) if sizes is not None else {}
+    stats = class_statistics(model_batches(model, *train, batch_size, cache_bytes), W, b)
+    row = {"train_acc": float(stats["correct_per_class"].sum() / stats["N"])}
+    tail = {}
+    for prefix, st in [("", stats)] + ([] if test is None else [("test_", None)]):
+        if st is None:
+            test_batches = model_batches(model, *test, batch_size, cache_bytes)
+            st = class_statistics(test_batches, W, b)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_class = st["correct_per_class"] / st["counts"]
+            row["test_acc"] = float(st["correct_per_class"].sum() / st["N"])
+            row.update({f"test_acc_c{k}": float(per_class[k]) if st["counts"][k] else None for k in range(K)})
+            means = torch.as_tensor(stats["means"]).to(_device_of(W))
+            tail.update({f"test_{k}": v for k, v in ncc_stream(test_batches, means, W, b).items()})
+        for k, v in [*nc_from_statistics(st, W).items(), *_modern_from_statistics(st, W).items()]:
+            if not (prefix and k in W_ONLY):                # the classifier's own geometry: once per row
+                tail[prefix + k] = v
+        tail.update(group_metrics(st, groups, prefix))
+    return {**row, **tail}, stats
