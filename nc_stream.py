@@ -170,7 +170,7 @@ def _inverse_trace_ratio(scatter, N, centred, weights, K):
     return float(np.sum(np.einsum("ij,jk,ik->i", V, scatter, V) / s[:r] ** 2) / N / K)
 
 
-def _trace_ratio(tr_w, tr_b):
+def trace_ratio(tr_w, tr_b):
     """tr_w / tr_b, 0 for 0/0 (collapsed and no spread), inf for x/0, NaN when either is NaN."""
     if np.isnan(tr_w) or np.isnan(tr_b):
         return float("nan")
@@ -199,8 +199,8 @@ def nc_from_statistics(stats, W):
     out = {"nc1_weighted": _inverse_trace_ratio(stats["scatter"], N, means - h_G, w_size, K),
            "nc1": _inverse_trace_ratio(stats["scatter"], N, M, np.full(K, 1.0 / K), K)}
     tr_w = float(np.trace(stats["scatter"])) / N
-    out["nc1_trace"] = _trace_ratio(tr_w, float(np.sum(M**2)) / K)
-    out["nc1_trace_weighted"] = _trace_ratio(tr_w, float(w_size @ np.sum((means - h_G) ** 2, axis=1)))
+    out["nc1_trace"] = trace_ratio(tr_w, float(np.sum(M**2)) / K)
+    out["nc1_trace_weighted"] = trace_ratio(tr_w, float(w_size @ np.sum((means - h_G) ** 2, axis=1)))
     norms_m = np.linalg.norm(M, axis=1)
     out["nc2_equinorm_means"] = float(norms_m.std() / norms_m.mean())
     out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
@@ -343,7 +343,7 @@ def group_metrics(stats, groups, prefix=""):
             out[f"{prefix}acc_{g}"] = float(stats["correct_per_class"][c].sum() / n)
             out[f"{prefix}nc4_{g}"] = float(stats["agree_per_class"][c].sum() / n)
             out[f"{prefix}ncc_acc_{g}"] = float(stats["ncc_correct_per_class"][c].sum() / n)
-            out[f"{prefix}nc1_trace_{g}"] = _trace_ratio(float(stats["within"][c].sum() / n), tr_bw)
+            out[f"{prefix}nc1_trace_{g}"] = trace_ratio(float(stats["within"][c].sum() / n), tr_bw)
         out[f"{prefix}cdnv_{g}"] = nc_modern.cdnv(means[c], variances[c]) if len(c) > 1 else float("nan")
     return out
 
