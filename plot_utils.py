@@ -591,3 +591,35 @@ def save_study_calibration(table, path):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, path)
+
+
+def save_nc_depth(csv_path, path, title=None, max_epochs=8):
+    """NC against depth over training (nc_layers' columns of a run's summary.csv): the trace-ratio NC1
+    (log scale) and the NCC accuracy (train solid, test dashed) of each measured layer, one line per
+    evaluated epoch (at most `max_epochs`, spread over training; darker is later)."""
+    rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+    layers = [k.split("@", 1)[1] for k in (rows[0] if rows else {}) if k.startswith("nc1_trace@")]
+    if not layers:
+        raise UserError(f"{csv_path}: no per-layer NC columns (train with --nc_layers)")
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(rows) - 1, min(max_epochs, len(rows)))})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    x = np.arange(len(layers))
+    for j, i in enumerate(picks):
+        r, color = rows[i], plt.cm.viridis(1 - (j + 1) / len(picks) * 0.85)
+        ax1.plot(x, [r[f"nc1_trace@{n}"] for n in layers], "o-", color=color, ms=3, label=f"epoch {int(r['epoch'])}")
+        ax2.plot(x, [r[f"ncc_acc@{n}"] for n in layers], "o-", color=color, ms=3, label=f"epoch {int(r['epoch'])}")
+        if f"test_ncc_acc@{layers[0]}" in r:
+            ax2.plot(x, [r[f"test_ncc_acc@{n}"] for n in layers], "o--", color=color, ms=3)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("NC1 = tr(Σ_W) / tr(Σ_B)")
+    ax2.set_ylabel("NCC accuracy (train solid, test dashed)")
+    ax2.set_ylim(0, 1.02)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x)
+        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("layer (input to output)")
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)

@@ -69,3 +69,28 @@ def test_bad_layer_names():
     with pytest.raises(UserError, match="--nc_layers"):
         nc_layers.resolve_layers(model, ["all", "body.3"])
     assert nc_layers.resolve_layers(model, ["features", "body.3", "features"]) == ["features", "body.3"]
+
+
+TINY = ["--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "24", "--model", "cnn",
+        "--width", "4", "--epochs", "3", "--snapshots", "3", "--snapshot_size", "60",
+        "--batch_size", "16", "--lr", "0.05", "--device", "cpu"]
+
+
+def test_mixup_main_nc_layers_all(tmp_path):
+    """--nc_layers all: per-layer columns at every evaluated epoch and the depth figure; a bad name is one
+    line before training."""
+    import mixup_main
+    import utils
+    out = ["--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p")]
+    mixup_main.main(TINY + out + ["--nc_layers", "all"])
+    (csv_path,) = list((tmp_path / "m").glob("*/summary.csv"))
+    rows = utils.read_csv(str(csv_path))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        for layer in ("body.3", "body.7", "body.11", "features"):
+            assert 0 <= r[f"ncc_acc@{layer}"] <= 1 and r[f"nc1_trace@{layer}"] > 0 and f"test_ncc_acc@{layer}" in r
+        assert "test_nc1" in r and "cdnv" in r
+    assert list((tmp_path / "p").glob("*/nc_depth.png"))
+    with pytest.raises(UserError, match="--nc_layers body.99"):
+        mixup_main.main(TINY + out + ["--nc_layers", "body.99"])
+    assert len(list((tmp_path / "m").glob("*/summary.csv"))) == 1
