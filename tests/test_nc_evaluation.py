@@ -6,6 +6,7 @@ import torch
 
 import ana_utils
 import nc_stream
+import ufm_program
 
 
 class Net(torch.nn.Module):
@@ -78,3 +79,27 @@ def test_feature_cache_saves_the_second_forward_pass():
         assert net.calls == passes * 11, cache_bytes
         assert got["nc1"] == pytest.approx(ana_utils.nc_metrics(ana_utils.extract_features(net, x)[0], y, W)["nc1"],
                                            rel=1e-10)
+
+
+def test_ufm_run_reaches_the_convex_programs_z(tmp_path):
+    """A UFM trained to its optimum (L-BFGS) ends at the convex program's Z: z_theory_distance in every
+    evaluated row, 1.1e-6 at the end (measured); the optimum above the minority's threshold (lambda 0.05 >
+    sqrt(6)/72 = 0.034: collapsed minority) is far from the one below it."""
+    import datasets
+    import sweep
+    import train_utils
+    import utils
+    sizes = [30, 30, 6, 6]
+    lam_h, lam_w = ana_utils.split_lambda(0.01)
+    cfg = sweep.ufm_train_config(dict(name="u", lam_h=lam_h, lam_w=lam_w, lam_b=0.01, seed=0), 4, sum(sizes), 40)
+    data = datasets.get_data("synthetic", sizes, seed=0, data_dir=str(tmp_path / "d"),
+                             synthetic={"image_size": 4, "channels": 1, "noise": 1.0})
+    res = train_utils.train_run(cfg, data, torch.device("cpu"), str(tmp_path / "m"))
+    rows = utils.read_csv(f"{res['run_dir']}/summary.csv")
+    assert all("z_theory_distance" in r for r in rows)
+    assert rows[-1]["z_theory_distance"] < 1e-4
+    collapsed = ufm_program.solve_ufm_fast(sizes, 0.05, 0.01)["Z"]
+    assert ana_utils.z_theory_distance(collapsed, sizes, 0.01, 0.01) > 0.1
+    assert rows[-1]["z_theory_distance"] == pytest.approx(ana_utils.z_theory_distance(
+        np.array(res["Z"]), sizes, 0.01, 0.01), abs=1e-12)
+    assert np.isnan(ana_utils.z_theory_distance(np.zeros((4, 4)), sizes, 0.01, 0.01))
