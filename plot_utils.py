@@ -249,7 +249,12 @@ def plot_block_figure(result, path):
     """Figs 1-2: NC metrics against epoch (log axes); trained Z beside the convex program's Z."""
     p = result["points"][0]
     hist = result["history"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    with_distance = any(r.get("z_theory_distance") is not None for r in hist)
+    fig, axes = plt.subplots(1, 3 + with_distance, figsize=(13 + 3.6 * with_distance, 3.8),
+                             gridspec_kw={"width_ratios": [1.3] + [1.1] * with_distance + [1, 1]})
+    if with_distance:  # runs before this column existed have none: the figure keeps its three panels
+        plot_theory_distance_panel(axes[1], hist, p)
+        axes = axes[[0, 2, 3]]
     ep = [r["epoch"] for r in hist]
     for key in ("nc1", "nc1_weighted", "nc1_trace", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
         ys = [r.get(key) for r in hist]
@@ -287,6 +292,21 @@ def plot_block_figure(result, path):
     fig.text(0.5, 0.97, f"{note}; ||Z||_F trained {p['z_norm']:.3g}, convex program "
              f"{'n/a' if ufm_norm is None else format(ufm_norm, '.3g')}", ha="center", fontsize=8, color=color)
     return save_figure(fig, path)
+
+
+def plot_theory_distance_panel(ax, hist, point):
+    """The trained normalised Z's distance to the convex program's optimum against epoch
+    (z_theory_distance of each evaluated row; seeds' spread as a band)."""
+    ep = [r["epoch"] for r in hist]
+    ys = [r.get("z_theory_distance") for r in hist]
+    line = ax.plot(ep, [np.nan if y is None else y for y in ys], "-o", ms=2, color="C3")[0]
+    _history_band(ax, point, "z_theory_distance", line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("||Z/||Z|| - Z*/||Z*|| ||")
+    ax.set_title("distance to the convex program's Z*", fontsize=9)
+    ax.grid(alpha=0.3)
 
 
 def plot_limit_figure(result, path):
