@@ -10,7 +10,6 @@ import torch
 import torch.distributed as dist
 
 import nc_modern
-
 from utils import UserError
 
 NC4_TIE_RTOL = 1e-6   # tau of nc4_ties (theory.md section 3); equal to ana_utils.NC4_TIE_RTOL (tested)
@@ -329,8 +328,8 @@ def size_groups(sizes):
 def group_metrics(stats, groups, prefix=""):
     """Per class group g (size_groups): `acc_g` (argmax(W h + b) is the label), `nc4_g` (it is the nearest
     class mean), `ncc_acc_g` (the nearest class mean is the label), `nc1_trace_g` (the group's mean
-    squared within-class residual over the size-weighted between-class trace of all classes) and `cdnv_g`
-    (over the group's pairs); theory.md "Streaming and modern NC metrics"."""
+    squared within-class residual over the size-weighted between-class trace of all classes) and, for a
+    group of two classes or more, `cdnv_g` (over its pairs); theory.md "Streaming and modern NC metrics"."""
     counts, means = stats["counts"], stats["means"]
     with np.errstate(divide="ignore", invalid="ignore"):
         h_G = counts @ means / counts.sum()
@@ -344,7 +343,8 @@ def group_metrics(stats, groups, prefix=""):
             out[f"{prefix}nc4_{g}"] = float(stats["agree_per_class"][c].sum() / n)
             out[f"{prefix}ncc_acc_{g}"] = float(stats["ncc_correct_per_class"][c].sum() / n)
             out[f"{prefix}nc1_trace_{g}"] = trace_ratio(float(stats["within"][c].sum() / n), tr_bw)
-        out[f"{prefix}cdnv_{g}"] = nc_modern.cdnv(means[c], variances[c]) if len(c) > 1 else float("nan")
+        if len(c) > 1:                                     # CDNV needs a pair of classes
+            out[f"{prefix}cdnv_{g}"] = nc_modern.cdnv(means[c], variances[c])
     return out
 
 
