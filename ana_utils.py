@@ -312,6 +312,24 @@ def theory_curve(xs, make):
     return out
 
 
+def z_theory_distance(Z, sizes, lam, lam_b):
+    """||Z/||Z||_F - Z*/||Z*||_F||_F: how far the trained mean-logit matrix points from the convex program's
+    optimum Z* for these sizes and lambda (theory.md, "Streaming and modern NC metrics"); 0 at the optimum's
+    direction, at most 2. NaN when either is zero or the solver fails."""
+    Z = _np64(Z)
+    try:
+        Z_opt = np.asarray(_solve_ufm_cached(tuple(int(n) for n in sizes), float(lam), float(lam_b))["Z"])
+    except UserError:
+        raise
+    except Exception as e:  # as ufm_theory: a solver failure must not stop training
+        print(f"warning: convex program failed for sizes {sizes}, lambda {lam:.4g}: {e}"[:300], file=sys.stderr)
+        return float("nan")
+    nz, nopt = np.linalg.norm(Z), np.linalg.norm(Z_opt)
+    if nz == 0 or nopt == 0:
+        return float("nan")
+    return float(np.linalg.norm(Z / nz - Z_opt / nopt))
+
+
 
 # ======================================================================================
 # Statistics over seeds

@@ -149,7 +149,47 @@ def bench_nc_metrics():
     return {"nc_metrics_s": t_ours, "plain_s": t_plain}
 
 
-FOUNDATION_BENCHMARKS = [bench_subset, bench_training_loop, bench_nc_metrics]
+def nc_stream_child(N, d, K, batch):
+    """In a fresh process: nc_metrics_stream over N generated features against the float64 Gram X^T X
+    accumulated over the same batches (the floor for Sigma_W); prints times and this process's peak RSS."""
+    import resource
+    import nc_stream
+    torch.set_num_threads(1)
+    centres = torch.randn(K, d, generator=torch.Generator().manual_seed(0)) * 2
+
+    def batches():
+        for i in range(0, N, batch):
+            gen = torch.Generator().manual_seed(i)
+            y = torch.randint(K, (min(batch, N - i),), generator=gen)
+            yield centres[y] + torch.randn(len(y), d, generator=gen), y
+    W = torch.randn(K, d, generator=torch.Generator().manual_seed(1))
+    t_stream, m = utils.timed(lambda: nc_stream.nc_metrics_stream(batches, W, torch.zeros(K)))
+    peak_stream = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def gram():
+        G = torch.zeros(d, d, dtype=torch.float64)
+        for H, _ in batches():
+            H = H.double()
+            G.addmm_(H.T, H)
+        return G
+    t_gram, _ = utils.timed(gram)
+    print(json.dumps({"stream_s": t_stream, "gram_s": t_gram, "peak_bytes": peak_stream, "nc1": m["nc1"]}))
+
+
+def bench_nc_stream(N=1_000_000, d=512, K=100, batch=4096):
+    """nc_metrics_stream over N = 1e6 features of d = 512 generated batch by batch (one thread, in a
+    fresh process): peak memory, and time against the float64 Gram accumulation over the same batches."""
+    code = f"import benchmark; benchmark.nc_stream_child({N}, {d}, {K}, {batch})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"nc_metrics_stream (N={N}, d={d}, K={K}, batch {batch}, 1 thread): {r['stream_s']:.1f} s, "
+          f"Gram X^T X alone {r['gram_s']:.1f} s -> {r['stream_s'] / r['gram_s']:.2f}x the floor; "
+          f"peak memory {r['peak_bytes'] / 2**30:.2f} GiB (nc1 {r['nc1']:.5f})")
+    return r
+
+
+FOUNDATION_BENCHMARKS = [bench_subset, bench_training_loop, bench_nc_metrics, bench_nc_stream]
 
 # ======================================================================================
 # Theory-engine benchmarks

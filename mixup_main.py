@@ -15,6 +15,7 @@ import ana_utils
 import datasets
 import losses
 import mixup_geometry
+import nc_layers
 import networks
 import plot_utils
 import sweep
@@ -77,6 +78,9 @@ def parse_args(argv):
     p.add_argument("--snapshot_size", type=int, default=1500, help="mixed examples per snapshot")
     p.add_argument("--feature_mode", default="train", help="train (batch-norm batch statistics, as the paper) | eval")
     p.add_argument("--theory_beta", type=float, default=0.01, help="beta of the UFM overlay")
+    p.add_argument("--nc_layers", nargs="+", default=None, metavar="LAYER",
+                   help="per-layer NC1 (trace ratio) and NCC accuracy at every evaluated epoch, and the depth "
+                        "figure: module names of the network, or `all` (its blocks / stages / hidden layers)")
     p.add_argument("--dry_run", action="store_true",
                    help="train nothing: print the run folder, whether it is finished, and an estimate of the time "
                         "left (from its recorded seconds per epoch, else a 3-epoch probe)")
@@ -172,6 +176,9 @@ def make_on_eval(cfg, data, loss_fn, device):
         row = {"test_loss": loss_fn(logits, data.y_test).mean().item(),
                "test_ece": mixup_geometry.expected_calibration_error(logits, data.y_test, loss=cfg["loss"],
                                                                      mse_scale=cfg["mse_scale"])}
+        if cfg.get("nc_layers"):
+            row.update(nc_layers.layer_nc(model, cfg["nc_layers"], (data.x_train.to(device), data.y_train.to(device)),
+                                          (data.x_test.to(device), data.y_test.to(device))))
         if epoch in cfg["snapshots"]:
             rng = np.random.default_rng([cfg["seed"], epoch])
             snap = mixup_geometry.collect_mixup_features(model, data.x_train, data.y_train, cfg["classes"],
@@ -225,6 +232,8 @@ def dry_run(cfg, data, device, objective, models_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.study and args.nc_layers:
+        raise UserError("--nc_layers: measures one run (without --study)")
     if args.study:
         return study(args, argv)
     if args.point is not None or args.assemble or args.launch:
@@ -233,6 +242,10 @@ def main(argv=None):
     device = sweep.figure_device(args)
     cfg = train_config(args)
     inputs = run_inputs(cfg, args.dataset, per_class, K, device, args)
+    if args.nc_layers:   # names checked on the network itself, before any training; part of the run's key
+        net = networks.build_model(cfg["network"], K, inputs[1].in_channels, width=cfg["width"], depth=cfg["depth"],
+                                   image_size=inputs[1].x_train.shape[-1])
+        cfg["nc_layers"] = nc_layers.resolve_layers(net, args.nc_layers)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
     if args.dry_run:
         return dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
@@ -259,6 +272,9 @@ def main(argv=None):
         written.append(plot_utils.save_mixup_curves(label,
                                                     plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
                                                     kind))
+    if cfg.get("nc_layers"):
+        written.append(plot_utils.save_nc_depth(label[cfg["name"]], plot_utils.mixup_plot_path(
+            args.plot_dir, run_dir, "nc_depth.png"), f"{cfg['name']}: NC against depth"))
     geometry_path = plot_utils.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
     utils.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
                                             "ufm_optimum": mixup_geometry.mixup_geometry_summary(theory)})

@@ -251,7 +251,12 @@ def plot_block_figure(result, path):
     """Figs 1-2: NC metrics against epoch (log axes); trained Z beside the convex program's Z."""
     p = result["points"][0]
     hist = result["history"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    with_distance = any(r.get("z_theory_distance") is not None for r in hist)
+    fig, axes = plt.subplots(1, 3 + with_distance, figsize=(13 + 3.6 * with_distance, 3.8),
+                             gridspec_kw={"width_ratios": [1.3] + [1.1] * with_distance + [1, 1]})
+    if with_distance:  # runs before this column existed have none: the figure keeps its three panels
+        plot_theory_distance_panel(axes[1], hist, p)
+        axes = axes[[0, 2, 3]]
     ep = [r["epoch"] for r in hist]
     for key in ("nc1", "nc1_weighted", "nc1_trace", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
         ys = [r.get(key) for r in hist]
@@ -290,6 +295,21 @@ def plot_block_figure(result, path):
     fig.text(0.5, 0.97, f"{note}; ||Z||_F trained {p['z_norm']:.3g}, convex program "
              f"{'n/a' if ufm_norm is None else format(ufm_norm, '.3g')}", ha="center", fontsize=8, color=color)
     return save_figure(fig, path)
+
+
+def plot_theory_distance_panel(ax, hist, point):
+    """The trained normalised Z's distance to the convex program's optimum against epoch
+    (z_theory_distance of each evaluated row; seeds' spread as a band)."""
+    ep = [r["epoch"] for r in hist]
+    ys = [r.get("z_theory_distance") for r in hist]
+    line = ax.plot(ep, [np.nan if y is None else y for y in ys], "-o", ms=2, color="C3")[0]
+    _history_band(ax, point, "z_theory_distance", line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("||Z/||Z|| - Z*/||Z*|| ||")
+    ax.set_title("distance to the convex program's Z*", fontsize=9)
+    ax.grid(alpha=0.3)
 
 
 def plot_limit_figure(result, path):
@@ -599,4 +619,36 @@ def save_study_calibration(table, path):
         ax.set_title(dataset, fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)
+
+
+def save_nc_depth(csv_path, path, title=None, max_epochs=8):
+    """NC against depth over training (nc_layers' columns of a run's summary.csv): the trace-ratio NC1
+    (log scale) and the NCC accuracy (train solid, test dashed) of each measured layer, one line per
+    evaluated epoch (at most `max_epochs`, spread over training; darker is later)."""
+    rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+    layers = [k.split("@", 1)[1] for k in (rows[0] if rows else {}) if k.startswith("nc1_trace@")]
+    if not layers:
+        raise UserError(f"{csv_path}: no per-layer NC columns (train with --nc_layers)")
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(rows) - 1, min(max_epochs, len(rows)))})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    x = np.arange(len(layers))
+    for j, i in enumerate(picks):
+        r, color = rows[i], plt.cm.viridis(1 - (j + 1) / len(picks) * 0.85)
+        ax1.plot(x, [r[f"nc1_trace@{n}"] for n in layers], "o-", color=color, ms=3, label=f"epoch {int(r['epoch'])}")
+        ax2.plot(x, [r[f"ncc_acc@{n}"] for n in layers], "o-", color=color, ms=3, label=f"epoch {int(r['epoch'])}")
+        if f"test_ncc_acc@{layers[0]}" in r:
+            ax2.plot(x, [r[f"test_ncc_acc@{n}"] for n in layers], "o--", color=color, ms=3)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("NC1 = tr(Σ_W) / tr(Σ_B)")
+    ax2.set_ylabel("NCC accuracy (train solid, test dashed)")
+    ax2.set_ylim(0, 1.02)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x)
+        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("layer (input to output)")
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

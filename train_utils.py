@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 import ana_utils
 import mixup_geometry
+import nc_stream
 import utils
 from networks import build_model, is_ufm
 from utils import UserError
@@ -287,23 +288,20 @@ def record_evaluated_epoch(run_dir, cfg, history, epoch, means, metrics, seconds
 
 
 def evaluate(model, data, x_train, cfg, device):
-    """Train/test accuracy (test also per class) and every NC metric of the current model (eval
-    mode, no gradients)."""
-    H, logits = ana_utils.extract_features(model, x_train, batch_size=max(cfg["batch_size"], 1024))
-    y = data.y_train
-    W = model.classifier.weight.detach().cpu()
-    b = model.classifier.bias.detach().cpu() if model.classifier.bias is not None else None
-    row = {"train_acc": (logits.argmax(1) == y).float().mean().item()}
-    if not is_ufm(cfg["network"]):
-        _, test_logits = ana_utils.extract_features(model, data.x_test.to(device), batch_size=1024)
-        correct = (test_logits.argmax(1) == data.y_test).float()
-        row["test_acc"] = correct.mean().item()
-        # per class (test_acc_c0, ...): minority collapse shows as the minority classes' accuracy
-        row.update({f"test_acc_c{k}": correct[data.y_test == k].mean().item() if (data.y_test == k).any() else None
-                    for k in range(data.num_classes)})
-    row.update(ana_utils.nc_metrics(H, y, W, b))
-    Z = ana_utils.mean_logit_matrix(H, y, W, data.num_classes)
-    return row, Z, (b.numpy() if b is not None else np.zeros(data.num_classes))
+    """Train/test accuracy (test also per class), every NC metric of the current model on the training
+    and the test set, per class-size group, and the modern set (nc_stream.evaluation_metrics: eval mode,
+    no gradients, features streamed from the model into the class statistics); with lam_h, lam_w > 0,
+    `z_theory_distance` of Z to the convex program's optimum (ana_utils.z_theory_distance)."""
+    W = model.classifier.weight.detach()
+    b = model.classifier.bias.detach() if model.classifier.bias is not None else None
+    test = None if is_ufm(cfg["network"]) else (data.x_test.to(device), data.y_test.to(device))
+    row, stats = nc_stream.evaluation_metrics(model, W, b, (x_train, data.y_train.to(device)), test, data.sizes,
+                                              batch_size=max(cfg["batch_size"], 1024))
+    Z = W.double().cpu().numpy() @ stats["means"].T       # column k is W times the mean feature of class k
+    if cfg["lam_h"] > 0 and cfg["lam_w"] > 0:   # a run of the regularised UFM objective: the convex program's Z
+        lam = 2 * math.sqrt(cfg["lam_h"] * cfg["lam_w"])
+        row["z_theory_distance"] = ana_utils.z_theory_distance(Z, data.sizes, lam, cfg["lam_b"])
+    return row, Z, (b.double().cpu().numpy() if b is not None else np.zeros(data.num_classes))
 
 
 def run_dir_of(cfg, data, models_dir):
