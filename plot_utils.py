@@ -582,7 +582,8 @@ def save_projection_table(panels, row_labels, col_labels, path, title=None):
     """A table of projections: panels[r][c] is (snapshot, UFM overlay) or None (not trained yet,
     left blank and labelled so); rows and columns labelled (e.g. datasets x networks)."""
     nrow, ncol = len(panels), max(len(r) for r in panels)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 3.0 * nrow + 0.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(3.0 * ncol, 3.6), 3.0 * nrow + 0.4 + 1.2 / min(ncol, 3)),
+                             squeeze=False, layout="constrained")
     for r, row in enumerate(panels):
         for c, panel in enumerate(row):
             ax = axes[r, c]
@@ -597,7 +598,7 @@ def save_projection_table(panels, row_labels, col_labels, path, title=None):
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=10)
     fig.legend(handles=mixup_legend_handles(theory=any(p is not None and p[1] is not None for row in panels for p in row)),
-               loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+               loc="outside lower center", ncol=min(ncol, 3), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
@@ -644,11 +645,11 @@ def save_study_calibration(table, path):
                 r = next((r for r in rows if (r["model"], r["loss"], r["mixup"]) == (*g, mixup)), None)
                 if r is None:
                     continue
-                m, lo, hi = r["test_ece_mean"], r["test_ece_ci_lo"], r["test_ece_ci_hi"]
-                is_range = not np.isfinite(lo) and np.isfinite(r.get("test_ece_min", np.nan)) and \
-                    r.get("test_ece_min") != r.get("test_ece_max")
+                m, lo, hi, vmin, vmax = (np.nan if r.get(f"test_ece_{k}") is None else float(r[f"test_ece_{k}"])
+                                         for k in ("mean", "ci_lo", "ci_hi", "min", "max"))
+                is_range = not np.isfinite(lo) and np.isfinite(vmin) and vmin != vmax   # 2 seeds: no t-interval
                 if is_range:
-                    lo, hi = r["test_ece_min"], r["test_ece_max"]
+                    lo, hi = vmin, vmax
                 err = [[m - lo], [hi - m]] if np.isfinite(lo) else None
                 ax.bar(i + (j - 0.5) * 0.4, m, 0.4, yerr=err, capsize=3, color="tab:orange" if mixup else "tab:blue",
                        hatch="//" if is_range else None, label=("mixup" if mixup else "no mixup") if i == 0 else None)
@@ -660,5 +661,5 @@ def save_study_calibration(table, path):
     handles = [Patch(color="tab:orange", label="mixup"), Patch(color="tab:blue", label="no mixup"),
                Line2D([], [], color="k", marker="_", ms=8, label="95% t-interval (≥ 3 seeds)"),
                Patch(facecolor="white", edgecolor="k", hatch="//", label="hatched: range (min, max) of 2 seeds")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(datasets) == 1 else 4, fontsize=7, frameon=False)
     return save_figure(fig, path)
