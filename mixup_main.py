@@ -24,12 +24,12 @@ from utils import UserError
 
 # Full balanced training sets by default (datasets.TRAIN_PER_CLASS; synthetic: 100 per class).
 SYNTHETIC_PER_CLASS = 100
-# --quick: bundled 8x8 digits and a small MLP, a CPU preview of under a minute with no download. Weight
+# --quick: bundled 8x8 digits and a small MLP, a CPU preview with no download. Weight
 # decay 1e-2 at batch 64 makes the features collapse within 200 epochs (1e-4 barely acts in 2,000 steps);
 # eval-mode collection, since batch statistics of mixed batches from three classes blur a small network's features.
 QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=64, lr=0.05, weight_decay=1e-2,
              snapshot_size=900, feature_mode="eval")
-# --study --quick: a CPU grid of a few minutes (2 datasets x 2 networks x 2 losses x with/without mixup x
+# --study --quick: a CPU grid (2 datasets x 2 networks x 2 losses x with/without mixup x
 # 2 seeds, and label smoothing and focal on the first dataset and network): 40 epochs on 60 images per class
 # (10 synthetic classes); weight decay 5e-2 collapses the features that fast.
 STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=40,
@@ -41,7 +41,8 @@ STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_
 
 
 def parse_args(argv):
-    p = utils.ArgumentParser(description=__doc__)
+    p = utils.ArgumentParser(description=__doc__, epilog="--quick: " + utils.measured_time("mixup --quick")
+                             + "; --study --quick: " + utils.measured_time("study --quick") + ".")
     p.add_argument("--dataset", default="cifar10", help=" | ".join(datasets.DATASETS))
     p.add_argument("--model", default="resnet18",
                    help=" | ".join(n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm"))
