@@ -161,7 +161,7 @@ def rank_note(rows):
     nc1 in the JSON is not to be read there; '' where none did (or none recorded it)."""
     flags = [r.get("nc1_rank_deficient") for r in rows if r and r.get("nc1_rank_deficient") is not None]
     bad = sum(1 for f in flags if f)
-    return (f"Σ_B lost rank at {bad} of {len(flags)} (seed) runs: nc1 (pseudo-inverse) not drawn, "
+    return (f"Σ_B lost rank in {bad} of {len(flags)} runs: nc1 (its pseudo-inverse) not drawn, "
             f"kept in the JSON" if bad else "")
 
 
@@ -176,7 +176,7 @@ def plot_nc_panel(ax, xs, pts, x_label):
                     color=color, label=label)
     note = rank_note([r.get("nc") for p in pts for r in (p.get("seeds") or [p])])
     if note:
-        ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=5.5, color="0.3")
+        ax.set_title(note, fontsize=6.5, color="0.3")
     ax.set_yscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel("NC metric (final epoch)")
@@ -301,13 +301,11 @@ def plot_block_figure(result, path):
     axes[0].set_yscale("log")
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("NC metric (log scale)")
-    axes[0].set_title("NC metrics" + (f"; band: {what}" if what else ""), fontsize=8 if what else 9)
+    note = rank_note(hist[-1:] if not p.get("seeds") else [r["history"][-1] for r in p["seeds"] if r.get("history")])
+    axes[0].set_title("NC metrics" + (f"; band: {what}" if what else "") + (f"\n{note} (last epoch)" if note else ""),
+                      fontsize=7 if what or note else 9)
     axes[0].legend(fontsize=7)
     axes[0].grid(alpha=0.3)
-    note = rank_note(hist[-1:] if not p.get("seeds") else [r["history"][-1] for r in p["seeds"] if r.get("history")])
-    if note:
-        axes[0].text(0.02, 0.02, note.replace("(seed) runs", "seeds' last epochs"), transform=axes[0].transAxes,
-                     fontsize=6, color="0.3")
     # The diagonal dominates Z; the blocks live in the off-diagonal entries: show those on a linear scale.
     Z_trained = np.array(p.get("Z_mean", p["Z"]), dtype=float)
     K = len(Z_trained)

@@ -102,7 +102,7 @@ def test_sigma_b_rank_flags_a_collapsed_minority(scale, rank):
 def test_rank_note_and_nc_panel_plot_the_trace_ratios():
     assert [k for k, _ in plot_utils.NC_KEYS][:2] == ["nc1_trace", "nc1_trace_weighted"]
     assert "nc1" not in dict(plot_utils.NC_KEYS)
-    assert plot_utils.rank_note([{"nc1_rank_deficient": 0}, {"nc1_rank_deficient": 1}]).startswith("Σ_B lost rank at 1 of 2")
+    assert plot_utils.rank_note([{"nc1_rank_deficient": 0}, {"nc1_rank_deficient": 1}]).startswith("Σ_B lost rank in 1 of 2 runs")
     assert plot_utils.rank_note([{"nc1_rank_deficient": 0}]) == ""
 
 
