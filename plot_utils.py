@@ -180,7 +180,8 @@ def plot_nc_panel(ax, xs, pts, x_label):
     ax.set_yscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel("NC metric (final epoch)")
-    ax.legend(fontsize=5.5)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=5.5)
     ax.grid(alpha=0.3)
 
 
