@@ -109,3 +109,41 @@ def test_rank_note_and_nc_panel_plot_the_trace_ratios():
 def test_block_colour_scale_is_centred_at_zero():
     norm = plot_utils.centred_norm(np.array([-0.9, -0.55, -0.2]))   # all negative: white (0.5) stays at 0
     assert norm(0.0) == pytest.approx(0.5) and norm(-0.9) == pytest.approx(0.0) and norm(-0.2) < 0.5
+
+
+def minority_result(seeds):
+    """A minority_l figure result of 2 points x `seeds` seeds from random Z (K = 4: clusters A, B)."""
+    rng = np.random.default_rng(0)
+    sizes, clusters, points = [50, 50, 10, 10], [[0, 1], [2, 3]], []
+    for i, lam in enumerate((0.01, 0.03)):
+        recs = []
+        for s in seeds:
+            Z = rng.normal(size=(4, 4))
+            recs.append(dict(params={"lam": lam}, sizes=sizes, clusters=clusters, train={"seed": s}, Z=Z.tolist(),
+                             b=[0.0] * 4, nc={"test_acc": 0.9 + 0.05 * rng.random(), "nc1_trace": 0.1 + rng.random(),
+                                              "nc1_rank_deficient": int(i == 1)},
+                             test_acc_majority=0.99, test_acc_minority=0.5 + 0.1 * s, run_dir=f"r{i}{s}",
+                             **ana_utils.z_summary(Z, clusters, clusters[1])))
+        rec, = sweep.merge_seeds(recs, len(seeds))
+        points.append(dict(rec, index=i, theory=ana_utils.ufm_theory(sizes, clusters, lam, 0.0)))
+    return {"figure": "minority_l", "points": points, "threshold": 0.02, "missing": [],
+            "settings": {"x_key": "lam", "x_label": "λ", "title": "test", "network": "mlp"}}
+
+
+@pytest.mark.parametrize("seeds,what", [((0, 1), "range (min, max) of 2 seeds"), ((0, 1, 2), "95% t-interval")])
+def test_minority_figure_draws_means_and_intervals_in_every_panel(monkeypatch, tmp_path, seeds, what):
+    figs = []
+    monkeypatch.setattr(plot_utils, "save_figure", lambda fig, path, dpi=110: figs.append(fig) or path)
+    plot_utils.plot_minority_figure(minority_result(seeds), str(tmp_path / "f.png"))
+    axes = figs[0].get_axes()
+    heat = [ax for ax in axes if ax.images]
+    assert len(heat) == 2 and all(f"mean of {len(seeds)} seeds" in ax.get_title() for ax in heat)
+    panels = [ax for ax in axes if ax.get_xlabel() == "λ"]
+    assert len(panels) == 4                                  # spread, ||Z||, NC, accuracy
+    for ax in panels:
+        assert any(what in label for label in ax.get_legend_handles_labels()[1]), ax.get_ylabel()
+    nc = next(ax for ax in panels if ax.get_ylabel().startswith("NC metric"))
+    assert nc.get_title().startswith(f"Σ_B lost rank in {len(seeds)} of {2 * len(seeds)} runs")  # point 2's seeds
+    # the heat maps draw the mean Z
+    p = minority_result(seeds)["points"][0]
+    np.testing.assert_allclose(heat[0].images[0].get_array().data, np.mean([s["Z"] for s in p["seeds"]], axis=0))
