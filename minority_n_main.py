@@ -29,7 +29,8 @@ def parse_args(argv):
         description="Minority collapse against n_A (Figures 7-8 of Hong & Ling).",
         epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_B = 20, each n_A x 0.2, rounded) and lambda "
                                   "multiplied by sqrt(5), which leaves the UFM optimum (it depends on lambda sqrt(N) "
-                                  "only) and so the expected picture unchanged; " + utils.measured_time("minority_n --quick") + ".") +
+                                  "only) and so the expected picture unchanged; "
+                                  + utils.measured_time("minority_n --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale ("
                + utils.measured_time("minority_n UFM") + ").")
     sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")

@@ -152,7 +152,8 @@ def z_norm_note(points):
 
 # The NC panels plot the trace ratios, defined through minority collapse; Papyan's nc1 (pseudo-inverse of
 # Sigma_B) stays in the JSON with sigma_b_rank / nc1_rank_deficient (ana_utils.sigma_b_rank_of).
-NC_KEYS = (("nc1_trace", "nc1_trace  tr S_W / tr S_B"), ("nc1_trace_weighted", "nc1_trace_weighted (size-weighted S_B)"),
+NC_KEYS = (("nc1_trace", "nc1_trace  tr S_W / tr S_B"),
+           ("nc1_trace_weighted", "nc1_trace_weighted (size-weighted S_B)"),
            ("nc2_equiangle", "nc2 equiangularity"), ("nc3", "nc3 self-duality"))
 
 
@@ -215,7 +216,8 @@ def plot_z_norm_panel(ax, xs, pts, curve, x_label):
             label="convex program at the points")
     trained = [_seed_spread(ax, x, p, "z_norm", p["z_norm"], "tab:red") for x, p in zip(xs, pts)]
     ax.plot(xs, trained, "o", color="tab:red", ms=4, label="trained")
-    top = max([p["z_norm"] for p in pts] + [s["max"] for p in pts for s in [(p.get("stats") or {}).get("z_norm")] if s] + [v for v in [p["theory"].get("z_norm") for p in pts] + list(
+    seed_max = [s["max"] for p in pts for s in [(p.get("stats") or {}).get("z_norm")] if s and s["n"]]
+    top = max([p["z_norm"] for p in pts] + seed_max + [v for v in [p["theory"].get("z_norm") for p in pts] + list(
         curve.get("z_norm") or []) if v is not None] + [1e-12])
     ax.set_ylim(0, 1.1 * top)
     ax.set_xlabel(x_label)
@@ -596,7 +598,8 @@ def save_projection_table(panels, row_labels, col_labels, path, title=None):
                 ax.set_title(col_labels[c], fontsize=10)
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=10)
-    fig.legend(handles=mixup_legend_handles(theory=any(p is not None and p[1] is not None for row in panels for p in row)),
+    theory = any(p is not None and p[1] is not None for row in panels for p in row)
+    fig.legend(handles=mixup_legend_handles(theory=theory),
                loc="outside lower center", ncol=min(ncol, 3), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -635,7 +638,8 @@ def save_study_calibration(table, path):
     said in the legend), none with one seed; labels laid out by the constrained layout, not overlapping."""
     datasets = list(dict.fromkeys(r["dataset"] for r in table)) or ["(no finished cells)"]
     width = max(4.2, 1.1 * max([len({(r["model"], r["loss"]) for r in table if r["dataset"] == d}) for d in datasets]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(width * len(datasets), 3.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(datasets), figsize=(width * len(datasets), 3.8), squeeze=False,
+                             layout="constrained")
     for ax, dataset in zip(axes[0], datasets):
         rows = [r for r in table if r["dataset"] == dataset]
         groups = list(dict.fromkeys((r["model"], r["loss"]) for r in rows))
@@ -653,12 +657,14 @@ def save_study_calibration(table, path):
                 ax.bar(i + (j - 0.5) * 0.4, m, 0.4, yerr=err, capsize=3, color="tab:orange" if mixup else "tab:blue",
                        hatch="//" if is_range else None, label=("mixup" if mixup else "no mixup") if i == 0 else None)
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{m}\n{loss.replace('_', ' ')}" for m, loss in groups], fontsize=7, rotation=30, ha="right")
+        ax.set_xticklabels([f"{m}\n{loss.replace('_', ' ')}" for m, loss in groups], fontsize=7, rotation=30,
+                           ha="right")
         ax.set_ylabel("test ECE")
         ax.set_title(dataset, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     handles = [Patch(color="tab:orange", label="mixup"), Patch(color="tab:blue", label="no mixup"),
                Line2D([], [], color="k", marker="_", ms=8, label="95% t-interval (≥ 3 seeds)"),
                Patch(facecolor="white", edgecolor="k", hatch="//", label="hatched: range (min, max) of 2 seeds")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(datasets) == 1 else 4, fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(datasets) == 1 else 4, fontsize=7,
+               frameon=False)
     return save_figure(fig, path)

@@ -263,7 +263,7 @@ def add_common_args(parser):
     parser.add_argument("--data_dir", default="data", help="datasets and cached subsets")
     parser.add_argument("--models_dir", default="models", help="run folders (weights, CSV, results)")
     parser.add_argument("--plot_dir", default="plots", help="figures and their JSON")
-    parser.add_argument("--quick", action="store_true", help="small CPU preview, no download (its measured time: below)")
+    parser.add_argument("--quick", action="store_true", help="small CPU preview, no download (its time: below)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and BLAS (default: chosen per point from its size and the free "

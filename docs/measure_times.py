@@ -9,7 +9,6 @@ time measured on a busy machine says so. Run it on an idle machine:
     python docs/measure_times.py                                  # every command (about 15 min on 2 cores)
     python docs/measure_times.py --only "minority_l --quick" "opt_main"   # some; the others are kept
 """
-import argparse
 import os
 import platform
 import subprocess
@@ -94,7 +93,8 @@ def main(argv=None):
                           "exit_status": rc, "load_before": round(load, 2),
                           "measured": time.strftime("%Y-%m-%d", time.gmtime())}
         print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load average before {load:.1f}, exit {rc})", flush=True)
-    utils.atomic_write_json(args.out, {"machine": here, "commands": {n: commands[n] for n in COMMANDS if n in commands}})
+    ordered = {n: commands[n] for n in COMMANDS if n in commands}
+    utils.atomic_write_json(args.out, {"machine": here, "commands": ordered})
     print(args.out)
     return 0
 

@@ -17,7 +17,8 @@ def test_quantity_ranges_by_name():
                 "nc.nc4_ties": (0, 1), "cosines.within.0": (-1, 1), "cosines.across": (-1, 1),
                 "diff_logit_gap_vs_log_odds_spearman": (-1, 1), "same_angle_deg_mean": (0, 180),
                 "z_norm": (0, math.inf), "minority_spread": (0, math.inf), "nc.nc1": (0, math.inf),
-                "diff_convex_residual_mean": (0, math.inf), "Z.0.1": (-math.inf, math.inf), "b.2": (-math.inf, math.inf)}
+                "diff_convex_residual_mean": (0, math.inf), "Z.0.1": (-math.inf, math.inf),
+                "b.2": (-math.inf, math.inf)}
     for name, rng in expected.items():
         assert ana_utils.quantity_range(name) == rng, name
 
@@ -29,7 +30,8 @@ def test_t_interval_clipped_to_the_range_and_range_below_three_seeds():
     assert hi > 1.0                                   # unclipped it claims an accuracy above 1
     assert st["ci95"] == pytest.approx([lo, 1.0]) and (st["min"], st["max"]) == (0.90, 1.0)
     two = ana_utils.mean_std_interval([0.95, 1.0], (0.0, 1.0))
-    assert two["ci95"] is None and (two["min"], two["max"]) == (0.95, 1.0) and two["std"] == pytest.approx(0.05 / 2**0.5)
+    assert two["ci95"] is None and (two["min"], two["max"]) == (0.95, 1.0)
+    assert two["std"] == pytest.approx(0.05 / 2**0.5)
     lo2, hi2, what = ana_utils.interval_of(two)
     assert (lo2, hi2) == (0.95, 1.0) and "range" in what and "2 seeds" in what
     ece = ana_utils.seed_interval([0.0, 0.01, 0.1], (0.0, 1.0))
@@ -102,7 +104,8 @@ def test_sigma_b_rank_flags_a_collapsed_minority(scale, rank):
 def test_rank_note_and_nc_panel_plot_the_trace_ratios():
     assert [k for k, _ in plot_utils.NC_KEYS][:2] == ["nc1_trace", "nc1_trace_weighted"]
     assert "nc1" not in dict(plot_utils.NC_KEYS)
-    assert plot_utils.rank_note([{"nc1_rank_deficient": 0}, {"nc1_rank_deficient": 1}]).startswith("Σ_B lost rank in 1 of 2 runs")
+    note = plot_utils.rank_note([{"nc1_rank_deficient": 0}, {"nc1_rank_deficient": 1}])
+    assert note.startswith("Σ_B lost rank in 1 of 2 runs")
     assert plot_utils.rank_note([{"nc1_rank_deficient": 0}]) == ""
 
 
