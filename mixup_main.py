@@ -409,7 +409,7 @@ def study(args, argv=None):
     for row in table:
         print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}, diverged {row['n_diverged']}): " + "; ".join(
             f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} " + (
-                f"[{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]" if row[m + "_ci_lo"] == row[m + "_ci_lo"]
+                f"[{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]" if np.isfinite(row[m + "_ci_lo"])
                 else f"range [{row[m + '_min']:.3g}, {row[m + '_max']:.3g}]") for m in STUDY_METRICS))
     for path in written:
         print(path)
