@@ -91,6 +91,7 @@ def main(argv=None):
             wall, cpu, rc = run_one(kind, command, tmp)
         commands[name] = {"command": "python " + command, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                           "exit_status": rc, "load_before": round(load, 2),
+                          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or None,   # unset: the scripts choose
                           "measured": time.strftime("%Y-%m-%d", time.gmtime())}
         print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load average before {load:.1f}, exit {rc})", flush=True)
     ordered = {n: commands[n] for n in COMMANDS if n in commands}
