@@ -219,7 +219,8 @@ def measured_time(command, path=TIMINGS_PATH):
         return f"time not measured yet (python docs/measure_times.py --only '{command}')"
     took = f"{wall:.0f} s" if wall < 120 else f"{wall / 60:.1f} min"
     load = entry.get("load_before") or 0
-    busy = f", busy: load average {load:.1f}" if load >= 1 else ""
+    busy = f", busy: load average {load:.1f}" if load >= 1 else ""   # then the CPU time says more than the wall time
+    took += f" ({entry['cpu_s']:.0f} s CPU)" if busy and entry.get("cpu_s") is not None else ""
     return f"took {took} on {machine}{busy} ({entry.get('measured', 'date unknown')}, docs/timings.json)"
 
 
