@@ -6,7 +6,7 @@ plots, data: nothing reused), one after another, and its wall and CPU time (the 
 os.wait4) are recorded with the machine it ran on and the load average before it started, so that a
 time measured on a busy machine says so. Run it on an idle machine:
 
-    python docs/measure_times.py                                  # every command (about 15 min on 2 cores)
+    python docs/measure_times.py                                  # every command, the test suite last
     python docs/measure_times.py --only "minority_l --quick" "opt_main"   # some; the others are kept
 """
 import os
@@ -21,8 +21,8 @@ sys.path.insert(0, REPO)
 import utils  # noqa: E402  (the repository's utils, found through the path above)
 
 # name (the key utils.measured_time reads) -> the command line, as the README states it; FIG takes the
-# temporary --models_dir/--plot_dir/--data_dir, OPT opt_main's --out_dir/--plot_dir.
-FIG, OPT = "fig", "opt"
+# temporary --models_dir/--plot_dir/--data_dir, OPT opt_main's --out_dir/--plot_dir, NONE no folders.
+FIG, OPT, NONE = "fig", "opt", "none"
 COMMANDS = {
     "opt_main": (OPT, "opt_main.py --cluster_s 5 5 --sample_s 500 100 --reg_z 0.003"),
     "block --quick": (FIG, "block_main.py --structure 1 --quick"),
@@ -36,6 +36,7 @@ COMMANDS = {
     "mixup --quick": (FIG, "mixup_main.py --quick"),
     "mixup --quick --loss mse": (FIG, "mixup_main.py --quick --loss mse"),
     "study --quick": (FIG, "mixup_main.py --study --quick"),
+    "test suite": (NONE, "-m pytest -q tests -p no:cacheprovider"),
 }
 
 
@@ -54,9 +55,9 @@ def machine():
 
 def run_one(kind, command, tmp):
     """(wall seconds, CPU seconds of the child and its children, exit status) of one command."""
-    folders = (["--out_dir", os.path.join(tmp, "opt"), "--plot_dir", os.path.join(tmp, "plots")] if kind == OPT else
-               ["--models_dir", os.path.join(tmp, "models"), "--plot_dir", os.path.join(tmp, "plots"),
-                "--data_dir", os.path.join(tmp, "data")])
+    folders = {OPT: ["--out_dir", os.path.join(tmp, "opt"), "--plot_dir", os.path.join(tmp, "plots")],
+               FIG: ["--models_dir", os.path.join(tmp, "models"), "--plot_dir", os.path.join(tmp, "plots"),
+                     "--data_dir", os.path.join(tmp, "data")], NONE: []}[kind]
     argv = [sys.executable] + command.split() + folders
     with open(os.path.join(tmp, "stderr"), "w+b") as err:   # a file, not a pipe: a full pipe would block the child
         start = time.perf_counter()
