@@ -107,7 +107,7 @@ def _mean_of(point, stat, value):
 
 def _history_band(ax, point, key):
     """With several seeds: the mean of an NC metric at each epoch evaluated in every seed, and its
-    interval (ana_utils.interval_of) shaded; returns the line, or None without seeds."""
+    interval (ana_utils.interval_of) shaded; returns (the line, what the band is), or None without seeds."""
     rows = [(r["epoch"], r["stats"].get(key)) for r in point.get("history_stats") or []]
     rows = [(e, st, ana_utils.interval_of(st)) for e, st in rows if st and st["n"]]
     if not rows:
