@@ -3,6 +3,7 @@ lambda split, geometry from Z), and the theory side of a figure point (the conve
 for its sizes and lambda, and along a curve). No plotting."""
 import functools
 import math
+import re
 import sys
 
 import numpy as np
@@ -69,6 +70,10 @@ def _trace_within_over_between(R, centred, weights, K):
     return float(np.sum(proj**2 / s[:r] ** 2) / len(R) / K)
 
 
+# Sigma_B has lost rank (sigma_b_rank < K - 1, nc1_rank_deficient = 1) when a singular value of the
+# centred class means is below this times the largest, i.e. an eigenvalue of Sigma_B below 1e-6 of the
+# largest: there Papyan's nc1, which divides by those eigenvalues, is dominated by them (minority collapse).
+SIGMA_B_RANK_RTOL = 1e-3
 NC4_TIE_RTOL = 1e-6   # nc4_ties: class means within this times the means' spread of the nearest tie
 
 
@@ -100,7 +105,8 @@ def nc_metrics(H, y, W, b=None, tie_rtol=NC4_TIE_RTOL):
     if np.any(counts == 0):
         nan = float("nan")
         out = {k: nan for k in ("nc1_weighted", "nc1", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means",
-                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties")}
+                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties", "sigma_b_rank",
+                                "nc1_rank_deficient")}
         out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
         return out
     R = H - means[y]
@@ -118,6 +124,7 @@ def nc_metrics(H, y, W, b=None, tie_rtol=NC4_TIE_RTOL):
         out["nc1_trace"] = float(np.divide(tr_w, tr_b)) if tr_b > 0 else (0.0 if tr_w == 0 else float("inf"))
         out["nc1_trace_weighted"] = float(tr_w / tr_bw) if tr_bw > 0 else (0.0 if tr_w == 0 else float("inf"))
     M = means - mu                                         # centred means as rows
+    out.update(sigma_b_rank_of(M))
     norms_m = np.linalg.norm(M, axis=1)
     out["nc2_equinorm_means"] = float(norms_m.std() / norms_m.mean())
     out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
@@ -138,6 +145,16 @@ def nc_metrics(H, y, W, b=None, tie_rtol=NC4_TIE_RTOL):
     slack = tie_rtol * float(norms_m.max())
     out["nc4_ties"] = float(np.mean(dist[np.arange(len(y)), pred] <= dist.min(axis=1) + slack))
     return out
+
+
+def sigma_b_rank_of(M, rtol=SIGMA_B_RANK_RTOL):
+    """sigma_b_rank: the numerical rank of Sigma_B from the centred class means M (K rows), counting
+    singular values above rtol times the largest; nc1_rank_deficient: 1 when it is below K - 1 (then
+    nc1 and nc1_weighted, through the pseudo-inverse, blow up; the trace ratios stay defined), else 0.
+    Numbers rather than booleans so that they survive the CSV and average over seeds."""
+    s = np.linalg.svd(np.asarray(M, dtype=np.float64), compute_uv=False)
+    rank = int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0
+    return {"sigma_b_rank": rank, "nc1_rank_deficient": int(rank < len(M) - 1)}
 
 
 def mean_logit_matrix(H, y, W, K=None):
@@ -336,33 +353,75 @@ def z_theory_distance(Z, sizes, lam, lam_b):
 # ======================================================================================
 
 
-def mean_std_interval(values):
-    """{'n', 'mean', 'std', 'ci95'} of the defined (non-None, finite) values: the sample standard
-    deviation (ddof 1) and the 95% Student-t interval of the mean, mean +- t(0.975, n - 1) s / sqrt(n).
-    std and the interval are None below two values, the mean too with none: undefined, not 0."""
+# The range each kind of number can take, by its name (the last part of a utils.flatten name decides;
+# first match wins): an interval over seeds is clipped to it. Unnamed quantities are unbounded.
+QUANTITY_RANGES = (
+    (r"(^|[._])(test_|train_)?acc(_|$)|ece|nc4|rank_deficient", 0.0, 1.0),
+    (r"spearman|cosine", -1.0, 1.0),
+    (r"angle_deg", 0.0, 180.0),
+    (r"^nc[123]|norm|spread|residual|loss|^ce$|^reg_|seconds|sigma_b_rank|_std$", 0.0, math.inf),
+)
+
+
+def quantity_range(name):
+    """(lo, hi) that the quantity called `name` (a utils.flatten name such as 'nc.test_acc',
+    'cosines.within.0', 'test_acc_per_class.3') can take: its last part that is not a list index
+    decides; (-inf, inf) for one not in QUANTITY_RANGES (e.g. an entry of Z)."""
+    parts = [q for q in str(name).split(".") if not re.fullmatch(r"-?\d+", q)]
+    if "cosines" in parts:
+        return -1.0, 1.0
+    for pattern, lo, hi in QUANTITY_RANGES:
+        if parts and re.search(pattern, parts[-1]):
+            return lo, hi
+    return -math.inf, math.inf
+
+
+def mean_std_interval(values, bounds=(-math.inf, math.inf)):
+    """{'n', 'mean', 'std', 'min', 'max', 'ci95'} of the defined (non-None, finite) values: the sample
+    standard deviation (ddof 1), the range, and from 3 values on the 95% Student-t interval of the mean,
+    mean +- t(0.975, n - 1) s / sqrt(n), clipped to `bounds` (the quantity's possible range, e.g. (0, 1)
+    for an accuracy), so it never claims impossible values. Undefined numbers are None, not 0: std
+    below two values, ci95 below three (with two the t-interval is too wide to mean anything: show
+    the range, min to max, instead), the rest with none."""
     import scipy.stats  # lazily: only sweeps over seeds need it
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     n = len(vals)
-    out = {"n": n, "mean": float(np.mean(vals)) if n else None, "std": None, "ci95": None}
+    out = {"n": n, "mean": float(np.mean(vals)) if n else None, "std": None,
+           "min": min(vals) if n else None, "max": max(vals) if n else None, "ci95": None}
     if n >= 2:
-        std = float(np.std(vals, ddof=1))
-        half = float(scipy.stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-        out.update(std=std, ci95=[out["mean"] - half, out["mean"] + half])
+        out["std"] = float(np.std(vals, ddof=1))
+    if n >= 3:
+        half = float(scipy.stats.t.ppf(0.975, n - 1)) * out["std"] / math.sqrt(n)
+        lo, hi = bounds
+        out["ci95"] = [float(max(out["mean"] - half, lo)), float(min(out["mean"] + half, hi))]
     return out
 
 
-def seed_interval(values):
-    """ana_utils.mean_std_interval in the study table's flat form: n, mean, std, ci_lo, ci_hi
-    (NaN where undefined: std and interval with one value, everything with none)."""
-    s, nan = mean_std_interval(values), float("nan")
+def interval_of(stats):
+    """(lo, hi, what) to draw for a mean_std_interval result: the 95% t-interval from 3 values on,
+    else the range (min, max) with 2 and the value alone with 1; None with none."""
+    if not stats or not stats.get("n"):
+        return None
+    if stats.get("ci95") is not None:
+        return stats["ci95"][0], stats["ci95"][1], f"95% t-interval of the mean of {stats['n']} seeds"
+    if stats["n"] >= 2:
+        return stats["min"], stats["max"], f"range (min, max) of {stats['n']} seeds: too few for a t-interval"
+    return stats["mean"], stats["mean"], "one seed"
+
+
+def seed_interval(values, bounds=(-math.inf, math.inf)):
+    """ana_utils.mean_std_interval in the study table's flat form: n, mean, std, min, max, ci_lo, ci_hi
+    (NaN where undefined: std with one value, the interval below three, everything with none)."""
+    s, nan = mean_std_interval(values, bounds), float("nan")
     lo, hi = s["ci95"] or (nan, nan)
-    return {"n": s["n"], "mean": nan if s["mean"] is None else s["mean"],
-            "std": nan if s["std"] is None else s["std"], "ci_lo": lo, "ci_hi": hi}
+    return {"n": s["n"], **{k: nan if s[k] is None else s[k] for k in ("mean", "std", "min", "max")},
+            "ci_lo": lo, "ci_hi": hi}
 
 
 def table_over_seeds(records, keys, metrics):
     """One row per distinct combination of `keys` among the per-seed records (first-seen order):
-    the keys, n_seeds, and for each metric <m>_mean, <m>_std, <m>_ci_lo, <m>_ci_hi (seed_interval)."""
+    the keys, n_seeds, and for each metric <m>_mean, <m>_std, <m>_min, <m>_max, <m>_ci_lo, <m>_ci_hi
+    (seed_interval, clipped to the metric's quantity_range)."""
     groups = {}
     for r in records:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
@@ -370,8 +429,8 @@ def table_over_seeds(records, keys, metrics):
     for combo, rs in groups.items():
         row = dict(zip(keys, combo), n_seeds=len(rs))
         for m in metrics:
-            stats = seed_interval([r.get(m) for r in rs])
-            row.update({f"{m}_{k}": stats[k] for k in ("mean", "std", "ci_lo", "ci_hi")})
+            stats = seed_interval([r.get(m) for r in rs], quantity_range(m))
+            row.update({f"{m}_{k}": stats[k] for k in ("mean", "std", "min", "max", "ci_lo", "ci_hi")})
         rows.append(row)
     return rows
 

@@ -8,7 +8,7 @@ heat-map of Z beside the convex program's Z for the same sizes and lambda.
 
     python block_main.py --dataset_t cifar10 --structure 1 --network ResNet18
     python block_main.py --structure 1 --network UFM     # the UFM at full scale, on CPU
-    python block_main.py --structure 1 --quick           # CPU preview, under a minute
+    python block_main.py --structure 1 --quick           # CPU preview (its time: --help)
 """
 import math
 import sys
@@ -28,10 +28,10 @@ def parse_args(argv):
     p = utils.ArgumentParser(
         description="NC1 against epoch and the block structure of Z (Figures 1-2 of Hong & Ling).",
         epilog=sweep.quick_epilog(QUICK, "class sizes x 0.02 (100/80/60 or 100/60/20) and lam_H, lam_W multiplied "
-                                  "by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is unchanged); about 10 s "
-                                  "on 2 CPU cores.") +
+                                  "by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is unchanged); "
+                                  + utils.measured_time("block --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale (full-batch L-BFGS; NC metrics "
-               "per L-BFGS epoch).")
+               "per L-BFGS epoch; " + utils.measured_time("block UFM") + ").")
     sweep.add_figure_args(p, f"epochs (default 1000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)", ka=False)
     p.add_argument("--structure", type=int, default=1, help="class-size structure 1 or 2 (default 1)")
     p.add_argument("--reg_h", type=float, default=1e-6, help="lam_H, feature regularisation (default 1e-6)")

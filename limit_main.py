@@ -8,7 +8,7 @@ B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex pr
 
     python limit_main.py --nalist 500 1000 1500 2000 2500 3000 3500 4000 4500 5000 5500 --allow_test_fill
     python limit_main.py --network UFM          # the same sweep on the UFM, on CPU
-    python limit_main.py --quick                # CPU preview, about two minutes
+    python limit_main.py --quick                # CPU preview (its time: --help)
 """
 import sys
 
@@ -28,9 +28,10 @@ QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=128, lr=0.05
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="Angles between classes against n_A (Figure 9 of Hong & Ling).",
-        epilog=sweep.quick_epilog(QUICK, "n_A x 0.05 (25 ... 275); lambda is --lam_n / N as always; about 30 s on "
-                                  "2 CPU cores.") +
-               " --network UFM trains the unconstrained feature model at full scale (seconds per point). n_A = 5500 "
+        epilog=sweep.quick_epilog(QUICK, "n_A x 0.05 (25 ... 275); lambda is --lam_n / N as always; "
+                                  + utils.measured_time("limit --quick") + ".") +
+               " --network UFM trains the unconstrained feature model at full scale ("
+               + utils.measured_time("limit UFM") + "). n_A = 5500 "
                "exceeds CIFAR-10's 5000 training images per class: it is an error unless --allow_test_fill (as the "
                "original did, silently).")
     sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 15 L-BFGS epochs: far from "

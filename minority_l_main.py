@@ -7,7 +7,7 @@ the lambda of the convex program, theory.md section 2). Theory: the minority cla
 
     python minority_l_main.py --ka 5 --lam 0.0027 0.0030 0.0033 0.0039 0.0045 0.0051 0.0057 0.0063 0.0069 0.0075
     python minority_l_main.py --ka 5 --network UFM          # the same sweep on the UFM, on CPU
-    python minority_l_main.py --ka 5 --quick                # CPU preview, about a minute
+    python minority_l_main.py --ka 5 --quick                # CPU preview (its time: --help)
 """
 import math
 import sys
@@ -31,8 +31,10 @@ def parse_args(argv):
         description="Minority collapse against lambda (Figures 5-6 of Hong & Ling).",
         epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_A = 100, n_B = 20) and every lambda multiplied by "
                                   "sqrt(5), which leaves the UFM optimum (it depends on lambda sqrt(N) only) and so "
-                                  "the expected picture unchanged; about 10 s on 2 CPU cores.") +
-               " --network UFM trains the unconstrained feature model at full scale (seconds per point).")
+                                  "the expected picture unchanged; "
+                                  + utils.measured_time("minority_l --quick") + ".") +
+               " --network UFM trains the unconstrained feature model at full scale ("
+               + utils.measured_time("minority_l UFM") + ").")
     sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
     p.add_argument("--na", type=int, default=500, help="samples per majority class (default 500)")
     p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")

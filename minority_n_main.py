@@ -7,7 +7,7 @@ n_B = 100, lambda = 0.005).
 
     python minority_n_main.py --ka 5 --nalist 100 200 300 400 600 800 1000 1100 1200 1400
     python minority_n_main.py --ka 3 --network UFM        # the same sweep on the UFM, on CPU
-    python minority_n_main.py --ka 3 --quick              # CPU preview, about a minute
+    python minority_n_main.py --ka 3 --quick              # CPU preview (its time: --help)
 """
 import math
 import sys
@@ -30,8 +30,10 @@ def parse_args(argv):
         description="Minority collapse against n_A (Figures 7-8 of Hong & Ling).",
         epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_B = 20, each n_A x 0.2, rounded) and lambda "
                                   "multiplied by sqrt(5), which leaves the UFM optimum (it depends on lambda sqrt(N) "
-                                  "only) and so the expected picture unchanged; about 20 s on 2 CPU cores.") +
-               " --network UFM trains the unconstrained feature model at full scale (seconds per point).")
+                                  "only) and so the expected picture unchanged; "
+                                  + utils.measured_time("minority_n --quick") + ".") +
+               " --network UFM trains the unconstrained feature model at full scale ("
+               + utils.measured_time("minority_n UFM") + ").")
     sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default: the paper's list for --ka 5 or 3)")

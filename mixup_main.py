@@ -25,12 +25,12 @@ from utils import UserError
 
 # Full balanced training sets by default (datasets.TRAIN_PER_CLASS; synthetic: 100 per class).
 SYNTHETIC_PER_CLASS = 100
-# --quick: bundled 8x8 digits and a small MLP, a CPU preview of under a minute with no download. Weight
+# --quick: bundled 8x8 digits and a small MLP, a CPU preview with no download. Weight
 # decay 1e-2 at batch 64 makes the features collapse within 200 epochs (1e-4 barely acts in 2,000 steps);
 # eval-mode collection, since batch statistics of mixed batches from three classes blur a small network's features.
 QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=64, lr=0.05, weight_decay=1e-2,
              snapshot_size=900, feature_mode="eval")
-# --study --quick: a CPU grid of a few minutes (2 datasets x 2 networks x 2 losses x with/without mixup x
+# --study --quick: a CPU grid (2 datasets x 2 networks x 2 losses x with/without mixup x
 # 2 seeds, and label smoothing and focal on the first dataset and network): 40 epochs on 60 images per class
 # (10 synthetic classes); weight decay 5e-2 collapses the features that fast.
 STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=40,
@@ -42,7 +42,8 @@ STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_
 
 
 def parse_args(argv):
-    p = utils.ArgumentParser(description=__doc__)
+    p = utils.ArgumentParser(description=__doc__, epilog="--quick: " + utils.measured_time("mixup --quick")
+                             + "; --study --quick: " + utils.measured_time("study --quick") + ".")
     p.add_argument("--dataset", default="cifar10", help=" | ".join(datasets.DATASETS))
     p.add_argument("--network", "--model", dest="model", default="resnet18",
                    help=" | ".join(n for n in networks.NETWORKS + tuple(networks.MIXUP_NETWORKS) if n != "ufm")
@@ -430,9 +431,9 @@ def study(args, argv=None):
         plot_utils.save_study_calibration(table, stem + "_calibration.png")]
     for row in table:
         print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}, diverged {row['n_diverged']}): "
-              + "; ".join(
-            f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} [{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]"
-            for m in STUDY_METRICS))
+              + "; ".join(f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} " + (
+                  f"[{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]" if np.isfinite(row[m + "_ci_lo"])
+                  else f"range [{row[m + '_min']:.3g}, {row[m + '_max']:.3g}]") for m in STUDY_METRICS))
     for path in written:
         print(path)
 

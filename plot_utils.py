@@ -78,32 +78,46 @@ def _cluster_sizes(point):
 
 def _seed_spread(ax, x, point, stat, value, color):
     """With several seeds at a point ('stats' in its record, sweep.merge_seeds): each seed's value as a
-    faint dot and the mean with its 95% t-interval as an error bar. Returns the value to mark: the
-    mean over seeds, or `value` (the one seed's) as before."""
+    faint dot and the mean with its interval (ana_utils.interval_of: the 95% t-interval, or the range
+    with two seeds, said so in the legend) as an error bar. Returns the value to mark: the mean over
+    seeds, or `value` (the one seed's) without seeds."""
     s = (point.get("stats") or {}).get(stat)
     if s is None:
         return value
     vals = [utils.flatten(r).get(stat) for r in point["seeds"]]
     ax.plot([x] * len(vals), [np.nan if v is None else v for v in vals], ".", color=color, alpha=0.35, ms=4)
-    if s["ci95"] is not None:
-        label = f"mean of {s['n']} seeds (dots), 95% t-interval"
-        ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - s["ci95"][0]], [s["ci95"][1] - s["mean"]]], color=color,
-                    capsize=3, lw=1, label=None if label in ax.get_legend_handles_labels()[1] else label)
-    return s["mean"]
+    iv = ana_utils.interval_of(s)
+    if iv is not None and s["n"] >= 2:
+        label = f"mean (dots: seeds), bar: {iv[2]}"
+        ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - iv[0]], [iv[1] - s["mean"]]], color=color, capsize=4,
+                    lw=1.6, capthick=1.6, zorder=4, label=None if label in ax.get_legend_handles_labels()[1] else label)
+    return np.nan if s["mean"] is None else s["mean"]
 
 
-def _history_band(ax, point, key, color):
-    """With several seeds: the range (min to max over seeds) of an NC metric at each epoch, shaded."""
-    hists = [r["history"] for r in point.get("seeds", []) if r.get("history")]
-    if len(hists) < 2:
-        return
-    by_epoch = {}
-    for hist in hists:
-        for row in hist:
-            if row.get(key) is not None and row[key] > 0:
-                by_epoch.setdefault(row["epoch"], []).append(row[key])
-    ep = sorted(e for e, v in by_epoch.items() if len(v) == len(hists))
-    ax.fill_between(ep, [min(by_epoch[e]) for e in ep], [max(by_epoch[e]) for e in ep], color=color, alpha=0.2, lw=0)
+def seeds_note(point):
+    """' (mean of n seeds)' for a point with several seeds, else ''."""
+    n = len(point.get("seeds") or [])
+    return f" (mean of {n} seed{'s' if n > 1 else ''})" if n else ""
+
+
+def _mean_of(point, stat, value):
+    """The mean over seeds of a point's number where it has seeds, else its own value."""
+    s = (point.get("stats") or {}).get(stat)
+    return value if s is None else s["mean"]
+
+
+def _history_band(ax, point, key):
+    """With several seeds: the mean of an NC metric at each epoch evaluated in every seed, and its
+    interval (ana_utils.interval_of) shaded; returns (the line, what the band is), or None without seeds."""
+    rows = [(r["epoch"], r["stats"].get(key)) for r in point.get("history_stats") or []]
+    rows = [(e, st, ana_utils.interval_of(st)) for e, st in rows if st and st["n"]]
+    if not rows:
+        return None
+    ep = [e for e, _, _ in rows]
+    pos = [st["mean"] if st["mean"] > 0 else np.nan for _, st, _ in rows]
+    line = ax.plot(ep, pos, "-o", ms=2, label=f"{key} (mean)")[0]
+    ax.fill_between(ep, [iv[0] for *_, iv in rows], [iv[1] for *_, iv in rows], color=line.get_color(), alpha=0.2, lw=0)
+    return line, rows[0][2][2]
 
 
 def label_clusters(ax, cluster_sizes, class_ticks=True, fontsize=6):
@@ -123,6 +137,7 @@ def label_clusters(ax, cluster_sizes, class_ticks=True, fontsize=6):
 def z_norm_note(points):
     """One line for a figure's face: whether the trained ||Z|| is within ana_utils.Z_NORM_TOL of
     the convex program's at every point, and the worst deviation; plus the colour it is drawn in."""
+    points = [dict(p, z_norm=_mean_of(p, "z_norm", p["z_norm"])) for p in points]  # the mean over seeds
     devs = ana_utils.z_norm_deviations(points)
     known = [(d, p) for d, p in zip(devs, points) if d is not None]
     if not known:
@@ -136,20 +151,39 @@ def z_norm_note(points):
             f"at {len(off)} of {len(known)} points (worst {worst:.0%})", "tab:red")
 
 
-NC_KEYS = (("nc1", "nc1  tr(S_W S_B^+)/K"), ("nc1_trace", "nc1_trace  tr S_W / tr S_B"),
+# The NC panels plot the trace ratios, defined through minority collapse; Papyan's nc1 (pseudo-inverse of
+# Sigma_B) stays in the JSON with sigma_b_rank / nc1_rank_deficient (ana_utils.sigma_b_rank_of).
+NC_KEYS = (("nc1_trace", "nc1_trace  tr S_W / tr S_B"),
+           ("nc1_trace_weighted", "nc1_trace_weighted (size-weighted S_B)"),
            ("nc2_equiangle", "nc2 equiangularity"), ("nc3", "nc3 self-duality"))
 
 
-def plot_nc_panel(ax, xs, rows, x_label):
-    """NC metrics of the final evaluations against the swept value (log y); nc1_trace when recorded."""
-    for key, label in NC_KEYS:
-        ys = [r.get(key) if r else None for r in rows]
+def rank_note(rows):
+    """A line saying at how many of the evaluations (dicts of NC metrics) Sigma_B lost rank, so that
+    nc1 in the JSON is not to be read there; '' where none did (or none recorded it)."""
+    flags = [r.get("nc1_rank_deficient") for r in rows if r and r.get("nc1_rank_deficient") is not None]
+    bad = sum(1 for f in flags if f)
+    return (f"Σ_B lost rank in {bad} of {len(flags)} runs: nc1 (its pseudo-inverse) not drawn, "
+            f"kept in the JSON" if bad else "")
+
+
+def plot_nc_panel(ax, xs, pts, x_label):
+    """NC metrics of the final evaluations against the swept value (log y), the mean and interval over
+    seeds where there are several; the trace ratios, not nc1, which explodes when Sigma_B loses rank."""
+    for i, (key, label) in enumerate(NC_KEYS):
+        color = f"C{i}"
+        ys = [_seed_spread(ax, x, p, f"nc.{key}", (p.get("nc") or {}).get(key), color) for x, p in zip(xs, pts)]
         if any(isinstance(y, (int, float)) and y > 0 for y in ys):
-            ax.plot(xs, [y if isinstance(y, (int, float)) and y > 0 else np.nan for y in ys], "o-", ms=3, label=label)
+            ax.plot(xs, [y if isinstance(y, (int, float)) and y > 0 else np.nan for y in ys], "o-", ms=3,
+                    color=color, label=label)
+    note = rank_note([r.get("nc") for p in pts for r in (p.get("seeds") or [p])])
+    if note:
+        ax.set_title(note, fontsize=6.5, color="0.3")
     ax.set_yscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel("NC metric (final epoch)")
-    ax.legend(fontsize=6)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=5.5)
     ax.grid(alpha=0.3)
 
 
@@ -160,8 +194,9 @@ def plot_accuracy_panel(ax, xs, pts, x_label):
               ("test_acc_minority", "minority classes (B)", "tab:red"), (None, "all classes", "0.4"))
     drawn = False
     for key, label, color in series:
-        ys = [p.get(key) if key else (p.get("nc") or {}).get("test_acc") for p in pts]
-        if any(y is not None for y in ys):
+        ys = [_seed_spread(ax, x, p, key or "nc.test_acc", p.get(key) if key else (p.get("nc") or {}).get("test_acc"),
+                           color) for x, p in zip(xs, pts)]
+        if any(y is not None and np.isfinite(y) for y in ys):
             ax.plot(xs, [np.nan if y is None else y for y in ys], "o-", ms=3, color=color, label=label)
             drawn = True
     if not drawn:
@@ -180,8 +215,10 @@ def plot_z_norm_panel(ax, xs, pts, curve, x_label):
         ax.plot(curve["x"], np.array(curve["z_norm"], dtype=float), "-", color="0.5", label="convex program (UFM)")
     ax.plot(xs, [p["theory"].get("z_norm", np.nan) for p in pts], "s", mfc="none", color="0.3", ms=5,
             label="convex program at the points")
-    ax.plot(xs, [p["z_norm"] for p in pts], "o", color="tab:red", ms=4, label="trained")
-    top = max([p["z_norm"] for p in pts] + [v for v in [p["theory"].get("z_norm") for p in pts] + list(
+    trained = [_seed_spread(ax, x, p, "z_norm", p["z_norm"], "tab:red") for x, p in zip(xs, pts)]
+    ax.plot(xs, trained, "o", color="tab:red", ms=4, label="trained")
+    seed_max = [s["max"] for p in pts for s in [(p.get("stats") or {}).get("z_norm")] if s and s["n"]]
+    top = max([p["z_norm"] for p in pts] + seed_max + [v for v in [p["theory"].get("z_norm") for p in pts] + list(
         curve.get("z_norm") or []) if v is not None] + [1e-12])
     ax.set_ylim(0, 1.1 * top)
     ax.set_xlabel(x_label)
@@ -203,13 +240,14 @@ def plot_minority_figure(result, path):
     fig = plt.figure(figsize=(max(2.2 * ncol + 1.0, 9.0), 2.6 * nrow + 6.4), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.6 * nrow + 0.5, 5.9])
     axes = top.subplots(nrow, ncol, squeeze=False)
-    norm = symlog_norm([p["Z"] for p in pts]) if pts else None
+    norm = symlog_norm([p.get("Z_mean", p["Z"]) for p in pts]) if pts else None
     im = None
     for ax, p in zip(axes.flat, pts):
         v = p["params"][x_key]
         mark = "collapse" if p["theory"]["verdict"] == "collapse" else "no collapse"
-        im = plot_z_heatmap(ax, p["Z"], _cluster_sizes(p), norm,
-                            f"{x_label} = {v:.4g}\nspread {p['minority_spread']:.3g}, ||Z|| {p['z_norm']:.3g}")
+        spread, z_norm = _mean_of(p, "minority_spread", p["minority_spread"]), _mean_of(p, "z_norm", p["z_norm"])
+        im = plot_z_heatmap(ax, p.get("Z_mean", p["Z"]), _cluster_sizes(p), norm,
+                            f"{x_label} = {v:.4g}{seeds_note(p)}\nspread {spread:.3g}, ||Z|| {z_norm:.3g}")
         label_clusters(ax, _cluster_sizes(p))
         for sp in ax.spines.values():
             sp.set_edgecolor("tab:red" if mark == "collapse" else "tab:blue")
@@ -217,7 +255,8 @@ def plot_minority_figure(result, path):
     for ax in axes.flat[len(pts):]:
         ax.axis("off")
     if im is not None:
-        top.colorbar(im, ax=axes, shrink=0.9, label="Z entry (mean logit), symlog scale")
+        top.colorbar(im, ax=axes, shrink=0.9, label="Z entry (mean logit), symlog scale"
+                     + (", mean over seeds" if any("Z_mean" in p for p in pts) else ""))
     top.legend(handles=[Patch(facecolor="none", edgecolor="tab:red", lw=2.5, label="theory: minority collapse"),
                         Patch(facecolor="none", edgecolor="tab:blue", lw=2.5, label="theory: no collapse")],
                loc="outside lower center", ncol=2, fontsize=8, frameon=False)
@@ -239,7 +278,7 @@ def plot_minority_figure(result, path):
     ax_s.legend(fontsize=7)
     ax_s.grid(alpha=0.3)
     plot_z_norm_panel(ax_z, xs, pts, curve, x_label)
-    plot_nc_panel(ax_nc, xs, [p.get("nc") for p in pts], x_label)
+    plot_nc_panel(ax_nc, xs, pts, x_label)
     plot_accuracy_panel(ax_acc, xs, pts, x_label)
     note, color = z_norm_note(pts)
     bottom.suptitle(note, fontsize=9, color=color)
@@ -248,7 +287,8 @@ def plot_minority_figure(result, path):
 
 
 def plot_block_figure(result, path):
-    """Figs 1-2: NC metrics against epoch (log axes); trained Z beside the convex program's Z."""
+    """Figs 1-2: NC metrics against epoch (log axes; with seeds their mean and interval); trained Z
+    (with seeds the mean Z) beside the convex program's Z, off-diagonal, on one colour scale centred at 0."""
     p = result["points"][0]
     hist = result["history"]
     with_distance = any(r.get("z_theory_distance") is not None for r in hist)
@@ -258,41 +298,47 @@ def plot_block_figure(result, path):
         plot_theory_distance_panel(axes[1], hist, p)
         axes = axes[[0, 2, 3]]
     ep = [r["epoch"] for r in hist]
-    for key in ("nc1", "nc1_weighted", "nc1_trace", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
+    what = None
+    for key in ("nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means", "nc2_equiangle", "nc3"):
+        band = _history_band(axes[0], p, key)
+        if band is not None:
+            what = band[1]
+            continue
         ys = [r.get(key) for r in hist]
         if any(y is not None and y > 0 for y in ys):
-            line = axes[0].plot(ep, [y if y is not None and y > 0 else np.nan for y in ys], "-o", ms=2, label=key)[0]
-            _history_band(axes[0], p, key, line.get_color())
+            axes[0].plot(ep, [y if y is not None and y > 0 else np.nan for y in ys], "-o", ms=2, label=key)
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("NC metric (log scale)")
-    axes[0].set_title("NC metrics", fontsize=9)
+    note = rank_note(hist[-1:] if not p.get("seeds") else [r["history"][-1] for r in p["seeds"] if r.get("history")])
+    axes[0].set_title("NC metrics" + (f"; band: {what}" if what else "") + (f"\n{note} (last epoch)" if note else ""),
+                      fontsize=7 if what or note else 9)
     axes[0].legend(fontsize=7)
     axes[0].grid(alpha=0.3)
     # The diagonal dominates Z; the blocks live in the off-diagonal entries: show those on a linear scale.
-    K = len(p["Z"])
+    Z_trained = np.array(p.get("Z_mean", p["Z"]), dtype=float)
+    K = len(Z_trained)
     theory_Z = p["theory"]["Z"] if p["theory"]["Z"] is not None else np.full((K, K), np.nan)  # solver failed
-    Zs = [np.array(p["Z"], dtype=float), np.array(theory_Z, dtype=float)]
-    off = ~np.eye(len(Zs[0]), dtype=bool)
+    Zs = [Z_trained.copy(), np.array(theory_Z, dtype=float)]
+    off = ~np.eye(K, dtype=bool)
     for Z in Zs:
         Z[~off] = np.nan
-    vals = np.concatenate([Z[off] for Z in Zs])
-    norm = Normalize(np.nanmin(vals), np.nanmax(vals))
+    norm = centred_norm(np.concatenate([Z[off] for Z in Zs]))
     sizes = _cluster_sizes(p)
-    diag = [np.diag(np.array(p["Z"], dtype=float)), np.diag(np.array(theory_Z, dtype=float))]
-    plot_z_heatmap(axes[1], Zs[0], sizes, norm, f"trained Z ({result['settings'].get('network', '')}), off-diagonal\n"
-                   f"(diagonal {diag[0].min():.3g} .. {diag[0].max():.3g})")
+    diag = [np.diag(Z_trained), np.diag(np.array(theory_Z, dtype=float))]
+    plot_z_heatmap(axes[1], Zs[0], sizes, norm, f"trained Z{seeds_note(p)} ({result['settings'].get('network', '')}), "
+                   f"off-diagonal\n(diagonal {diag[0].min():.3g} .. {diag[0].max():.3g})")
     im = plot_z_heatmap(axes[2], Zs[1], sizes, norm,
                         f"convex program Z (lambda = {p['params']['lam']:.3g}), off-diagonal\n"
                         f"(diagonal {diag[1].min():.3g} .. {diag[1].max():.3g})")
     for ax in axes[1:]:
         label_clusters(ax, sizes)
-    fig.colorbar(im, ax=axes[1:], fraction=0.03, label="Z off-diagonal entry (linear)")
+    fig.colorbar(im, ax=axes[1:], fraction=0.03, label="Z off-diagonal entry (linear, white at 0)")
     note, color = z_norm_note([p])
     fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10, y=1.04)
     ufm_norm = p["theory"].get("z_norm")
-    fig.text(0.5, 0.97, f"{note}; ||Z||_F trained {p['z_norm']:.3g}, convex program "
+    fig.text(0.5, 0.97, f"{note}; ||Z||_F trained {_with_interval(p, 'z_norm', p['z_norm'])}, convex program "
              f"{'n/a' if ufm_norm is None else format(ufm_norm, '.3g')}", ha="center", fontsize=8, color=color)
     return save_figure(fig, path)
 
@@ -302,14 +348,29 @@ def plot_theory_distance_panel(ax, hist, point):
     (z_theory_distance of each evaluated row; seeds' spread as a band)."""
     ep = [r["epoch"] for r in hist]
     ys = [r.get("z_theory_distance") for r in hist]
-    line = ax.plot(ep, [np.nan if y is None else y for y in ys], "-o", ms=2, color="C3")[0]
-    _history_band(ax, point, "z_theory_distance", line.get_color())
+    if _history_band(ax, point, "z_theory_distance") is None:
+        ax.plot(ep, [np.nan if y is None else y for y in ys], "-o", ms=2, color="C3")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("||Z/||Z|| - Z*/||Z*|| ||")
     ax.set_title("distance to the convex program's Z*", fontsize=9)
     ax.grid(alpha=0.3)
+
+
+def centred_norm(values):
+    """A linear colour scale symmetric about 0 (white of a diverging map at 0, so the sign reads
+    right: all-negative data is all blue), spanning the largest |value|."""
+    vmax = float(np.nanmax(np.abs(values))) if np.any(np.isfinite(values)) else 1.0
+    return Normalize(-max(vmax, 1e-12), max(vmax, 1e-12))
+
+
+def _with_interval(point, stat, value):
+    """'v' for one seed; 'mean [lo, hi] (what)' over seeds (ana_utils.interval_of)."""
+    iv = ana_utils.interval_of((point.get("stats") or {}).get(stat))
+    if iv is None or point["stats"][stat]["n"] < 2:
+        return f"{value:.3g}"
+    return f"{point['stats'][stat]['mean']:.3g} [{iv[0]:.3g}, {iv[1]:.3g}] ({iv[2]})"
 
 
 def plot_limit_figure(result, path):
@@ -551,7 +612,8 @@ def save_projection_table(panels, row_labels, col_labels, path, title=None):
     """A table of projections: panels[r][c] is (snapshot, UFM overlay) or None (not trained yet,
     left blank and labelled so); rows and columns labelled (e.g. datasets x networks)."""
     nrow, ncol = len(panels), max(len(r) for r in panels)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 3.0 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(3.0 * ncol, 3.6), 3.0 * nrow + 0.4 + 1.2 / min(ncol, 3)),
+                             squeeze=False, layout="constrained")
     for r, row in enumerate(panels):
         for c, panel in enumerate(row):
             ax = axes[r, c]
@@ -565,6 +627,9 @@ def save_projection_table(panels, row_labels, col_labels, path, title=None):
                 ax.set_title(col_labels[c], fontsize=10)
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=10)
+    theory = any(p is not None and p[1] is not None for row in panels for p in row)
+    fig.legend(handles=mixup_legend_handles(theory=theory),
+               loc="outside lower center", ncol=min(ncol, 3), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
@@ -598,9 +663,12 @@ def save_study_dynamics(dynamics, path, title=None):
 
 def save_study_calibration(table, path):
     """Test ECE with and without mixup per (network, loss), one panel per dataset: bars at the mean
-    over seeds, error bars the 95% t-interval (none where a cell has one seed)."""
+    over seeds, error bars the 95% t-interval (3 seeds or more) or the range (2 seeds, hatched bar and
+    said in the legend), none with one seed; labels laid out by the constrained layout, not overlapping."""
     datasets = list(dict.fromkeys(r["dataset"] for r in table)) or ["(no finished cells)"]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    width = max(4.2, 1.1 * max([len({(r["model"], r["loss"]) for r in table if r["dataset"] == d}) for d in datasets]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(width * len(datasets), 3.8), squeeze=False,
+                             layout="constrained")
     for ax, dataset in zip(axes[0], datasets):
         rows = [r for r in table if r["dataset"] == dataset]
         groups = list(dict.fromkeys((r["model"], r["loss"]) for r in rows))
@@ -609,16 +677,25 @@ def save_study_calibration(table, path):
                 r = next((r for r in rows if (r["model"], r["loss"], r["mixup"]) == (*g, mixup)), None)
                 if r is None:
                     continue
-                m, lo, hi = r["test_ece_mean"], r["test_ece_ci_lo"], r["test_ece_ci_hi"]
-                err = None if not np.isfinite(lo) else [[m - lo], [hi - m]]
+                m, lo, hi, vmin, vmax = (np.nan if r.get(f"test_ece_{k}") is None else float(r[f"test_ece_{k}"])
+                                         for k in ("mean", "ci_lo", "ci_hi", "min", "max"))
+                is_range = not np.isfinite(lo) and np.isfinite(vmin) and vmin != vmax   # 2 seeds: no t-interval
+                if is_range:
+                    lo, hi = vmin, vmax
+                err = [[m - lo], [hi - m]] if np.isfinite(lo) else None
                 ax.bar(i + (j - 0.5) * 0.4, m, 0.4, yerr=err, capsize=3, color="tab:orange" if mixup else "tab:blue",
-                       label=("mixup" if mixup else "no mixup") if i == 0 else None)
+                       hatch="//" if is_range else None, label=("mixup" if mixup else "no mixup") if i == 0 else None)
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{m}\n{loss}" for m, loss in groups], fontsize=7)
+        ax.set_xticklabels([f"{m}\n{loss.replace('_', ' ')}" for m, loss in groups], fontsize=7, rotation=30,
+                           ha="right")
         ax.set_ylabel("test ECE")
         ax.set_title(dataset, fontsize=10)
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
+    handles = [Patch(color="tab:orange", label="mixup"), Patch(color="tab:blue", label="no mixup"),
+               Line2D([], [], color="k", marker="_", ms=8, label="95% t-interval (≥ 3 seeds)"),
+               Patch(facecolor="white", edgecolor="k", hatch="//", label="hatched: range (min, max) of 2 seeds")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(datasets) == 1 else 4, fontsize=7,
+               frameon=False)
     return save_figure(fig, path)
 
 

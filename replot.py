@@ -100,7 +100,8 @@ def cmd_mixup_compare(args):
         names = dict.fromkeys(k for s in summaries for k, v in s.items() if isinstance(v, (int, float, type(None)))
                               and not isinstance(v, bool))
         stats[label] = {"n_runs": len(summaries),
-                        **{k: ana_utils.mean_std_interval([s.get(k) for s in summaries]) for k in names}}
+                        **{k: ana_utils.mean_std_interval([s.get(k) for s in summaries], ana_utils.quantity_range(k))
+                           for k in names}}
     out = args.out or os.path.join(args.plot_dir, "mixup_compare.png")
     print(plot_utils.save_mixup_grid(snaps, titles, out, theories, notes=notes,
                                      suptitle=f"last snapshots of {len(snaps)} runs by {args.label}"))
@@ -108,19 +109,22 @@ def cmd_mixup_compare(args):
     utils.atomic_write_json(json_out, stats)
     print(json_out)
     for label, group in stats.items():
-        print(f"{args.label}={label} ({group['n_runs']} runs): mean ± std [95% t-interval]")
+        print(f"{args.label}={label} ({group['n_runs']} runs): mean ± std [95% t-interval, clipped to the "
+              f"quantity's range; with 2 runs the range min, max]")
         for k, st in group.items():
             if k != "n_runs":
                 print(f"  {k}: {_format_stat(st)}")
 
 
 def _format_stat(st):
-    """'mean ± std [lo, hi]' of ana_utils.mean_std_interval; 'undefined' without values."""
+    """'mean ± std [lo, hi]' of ana_utils.mean_std_interval (the range with two values, said so);
+    'undefined' without values."""
     if st["mean"] is None:
         return "undefined (no values)"
     if st["std"] is None:
         return f"{st['mean']:.4g} (one run: no std or interval)"
-    return f"{st['mean']:.4g} ± {st['std']:.2g} [{st['ci95'][0]:.4g}, {st['ci95'][1]:.4g}] (n={st['n']})"
+    lo, hi, _ = ana_utils.interval_of(st)
+    return f"{st['mean']:.4g} ± {st['std']:.2g} {'' if st['ci95'] else 'range '}[{lo:.4g}, {hi:.4g}] (n={st['n']})"
 
 
 def cmd_collect(args):

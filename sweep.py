@@ -433,17 +433,35 @@ def train_batched_groups(points, args, device, use_threads):
                                        args.models_dir)
 
 
-# Per-seed fields of a point record whose numbers get mean, std and interval over seeds.
-STAT_FIELDS = ("minority_spread", "minority_spread_rel", "z_norm", "cosines", "nc")
+# Per-seed fields of a point record whose numbers get mean, std and interval over seeds: every
+# per-seed number of a point (its run_dir and history excepted: the history gets history_stats).
+STAT_FIELDS = ("minority_spread", "minority_spread_rel", "z_norm", "cosines", "nc", "test_acc_per_class",
+               "test_acc_majority", "test_acc_minority", "Z", "b")
 POINT_FIELDS = ("params", "sizes", "clusters", "train")  # shared by the seeds of a point
+
+
+def stats_over_seeds(dicts):
+    """{name: ana_utils.mean_std_interval} of every number of the dicts (one per seed), named as
+    utils.flatten names them, each interval clipped to its quantity's range (ana_utils.quantity_range);
+    the epoch and lr of an evaluated row are left out (the same for every seed)."""
+    flat = [utils.flatten(d) for d in dicts]
+    names = [k for k in dict.fromkeys(k for f in flat for k in f) if k.split(".")[-1] not in ("epoch", "lr")]
+    return {k: ana_utils.mean_std_interval([f.get(k) for f in flat], ana_utils.quantity_range(k)) for k in names}
+
+
+def history_stats(histories):
+    """Per epoch evaluated in every seed's history: {"epoch", "stats": stats_over_seeds of that row}."""
+    rows = [{r["epoch"]: r for r in h} for h in histories]
+    common = [e for e in rows[0] if all(e in r for r in rows[1:])]
+    return [{"epoch": e, "stats": stats_over_seeds([r[e] for r in rows])} for e in common]
 
 
 def merge_seeds(records, n_seeds):
     """One record per point from its n_seeds consecutive run records. A single seed: the record as
-    it is. Several: the first finished seed's record (its Z is the one drawn), plus 'seeds' (every
-    finished seed's own numbers) and 'stats' ({name: ana_utils.mean_std_interval}) of every number
-    in STAT_FIELDS over the finished seeds, named as utils.flatten names them (e.g. 'cosines.within.0',
-    'nc.test_acc'; the epoch and lr of the last row are left out)."""
+    it is. Several: the first finished seed's record, plus 'seeds' (every finished seed's own numbers),
+    'stats' (stats_over_seeds of every number in STAT_FIELDS over the finished seeds, e.g.
+    'cosines.within.0', 'nc.test_acc', 'Z.0.1'), 'Z_mean' (the mean Z drawn) and, with histories,
+    'history_stats'."""
     if n_seeds == 1:
         return records
     merged = []
@@ -453,10 +471,12 @@ def merge_seeds(records, n_seeds):
             merged.append(None)
             continue
         per_seed = [dict({k: v for k, v in r.items() if k not in POINT_FIELDS}, seed=r["train"]["seed"]) for r in done]
-        flat = [utils.flatten({k: r[k] for k in STAT_FIELDS if k in r}) for r in done]
-        names = [k for k in dict.fromkeys(k for f in flat for k in f) if k not in ("nc.epoch", "nc.lr")]
-        stats = {k: ana_utils.mean_std_interval([f.get(k) for f in flat]) for k in names}
-        merged.append(dict(done[0], seeds=per_seed, stats=stats))
+        stats = stats_over_seeds([{k: r[k] for k in STAT_FIELDS if k in r} for r in done])
+        rec = dict(done[0], seeds=per_seed, stats=stats,
+                   Z_mean=np.mean([np.asarray(r["Z"], dtype=float) for r in done], axis=0).tolist())
+        if all(r.get("history") for r in done):
+            rec["history_stats"] = history_stats([r["history"] for r in done])
+        merged.append(rec)
     return merged
 
 

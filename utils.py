@@ -204,6 +204,27 @@ def run_record(device):
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+TIMINGS_PATH = os.path.join(REPO_DIR, "docs", "timings.json")  # written by docs/measure_times.py
+
+
+def measured_time(command, path=TIMINGS_PATH):
+    """How long `command` (a key of docs/timings.json, e.g. "minority_l --quick") took where it was
+    last measured, as help text: the one source of every time the help states (docs/measure_times.py
+    measures and writes it). Says so where it was not measured, or the file is missing or broken."""
+    try:
+        with open(path) as f:
+            timings = json.load(f)
+        entry = timings["commands"][command]
+        wall, machine = float(entry["wall_s"]), timings["machine"]["summary"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"time not measured yet (python docs/measure_times.py --only '{command}')"
+    took = f"{wall:.0f} s" if wall < 120 else f"{wall / 60:.1f} min"
+    load = entry.get("load_before") or 0
+    busy = f", busy: load average {load:.1f}" if load >= 1 else ""   # then the CPU time says more than the wall time
+    took += f" ({entry['cpu_s']:.0f} s CPU)" if busy and entry.get("cpu_s") is not None else ""
+    return f"took {took} on {machine}{busy} ({entry.get('measured', 'date unknown')}, docs/timings.json)"
+
+
 def check_positive_ints(name, values):
     """Every value must be an integer > 0."""
     for v in values:
@@ -244,7 +265,7 @@ def add_common_args(parser):
     parser.add_argument("--data_dir", default="data", help="datasets and cached subsets")
     parser.add_argument("--models_dir", default="models", help="run folders (weights, CSV, results)")
     parser.add_argument("--plot_dir", default="plots", help="figures and their JSON")
-    parser.add_argument("--quick", action="store_true", help="small CPU preview (minutes, no download)")
+    parser.add_argument("--quick", action="store_true", help="small CPU preview, no download (its time: below)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and BLAS (default: chosen per point from its size and the free "

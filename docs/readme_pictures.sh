@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every picture of the README (docs/img/*.png) with the commands the README documents:
-#     bash docs/readme_pictures.sh          (about 10 minutes on 2 CPU cores; finished runs are reused)
+#     bash docs/readme_pictures.sh          (finished runs are reused)
 # Runs go to models/readme/ and plots/readme/ (git-ignored), so other runs never mix in; the
 # pictures are then redrawn from the saved results into docs/img/.
 set -euo pipefail

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import ana_utils
 import block_main
 import limit_main
 import mixup_main
 import replot
+import sweep
 import utils
 from conftest import dirs
 
@@ -61,8 +63,23 @@ def test_seeds_give_per_point_mean_std_and_t_interval(seeded, capsys):
             st = p["stats"][name]
             assert st["n"] == 3
             assert st["mean"] == pytest.approx(m, rel=1e-12) and st["std"] == pytest.approx(s, rel=1e-12)
-            assert st["ci95"] == pytest.approx([lo, hi], rel=1e-12, abs=1e-15)
-        assert p["Z"] == p["seeds"][0]["Z"]  # the first seed's Z is the one drawn
+            rlo, rhi = ana_utils.quantity_range(name)  # the interval is clipped to the quantity's range
+            assert st["ci95"] == pytest.approx([max(lo, rlo), min(hi, rhi)], rel=1e-12, abs=1e-15)
+        assert p["Z"] == p["seeds"][0]["Z"]  # the first seed's record, and the mean Z beside it
+        np.testing.assert_allclose(p["Z_mean"], np.mean([s["Z"] for s in p["seeds"]], axis=0), rtol=1e-12)
+
+
+def test_seeds_give_statistics_for_every_per_point_number_within_its_range(seeded, capsys):
+    tmp, argv = seeded
+    assert limit_main.main(argv + ["--seeds"] + [str(s) for s in SEEDS] + ["--assemble"]) == 0
+    for p in figure_json(capsys)["points"]:
+        names = {k for s in p["seeds"] for k in utils.flatten({f: s[f] for f in sweep.STAT_FIELDS if f in s})}
+        assert names - {"nc.epoch", "nc.lr"} == set(p["stats"]) and {"Z.0.0", "nc.test_acc_c0", "b.0"} <= names
+        for name, st in p["stats"].items():
+            lo, hi = {"nc.test_acc": (0, 1), "cosines.across": (-1, 1), "z_norm": (0, math.inf)}.get(
+                name, ana_utils.quantity_range(name))
+            if st["ci95"] is not None:
+                assert lo <= st["ci95"][0] <= st["mean"] <= st["ci95"][1] <= hi, (name, st)
 
 
 def test_a_seed_of_the_sweep_is_the_single_seed_run(seeded, capsys):
@@ -97,7 +114,8 @@ def test_block_seeds_keep_every_history(tmp_path, capsys):
     result = figure_json(capsys)
     p = result["points"][0]
     assert [len(s["history"]) for s in p["seeds"]] == [3, 3] and result["history"] == p["seeds"][0]["history"]
-    assert p["stats"]["nc.nc1"]["n"] == 2
+    assert p["stats"]["nc.nc1"]["n"] == 2 and p["stats"]["nc.nc1"]["ci95"] is None  # two seeds: the range only
+    assert [h["epoch"] for h in p["history_stats"]] == [r["epoch"] for r in result["history"]]
 
 
 MIXUP = ["--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "16", "--model", "cnn", "--width", "4",
@@ -121,7 +139,7 @@ def test_mixup_compare_intervals_and_collect(tmp_path, capsys):
         m, s, (lo, hi) = t_interval([x[key] for x in summaries])
         st = stats["cross_entropy"][key]
         assert st["mean"] == pytest.approx(m) and st["std"] == pytest.approx(s)
-        assert st["ci95"] == pytest.approx([lo, hi])
+        assert st["ci95"] == pytest.approx([max(lo, 0), hi])  # clipped at 0: a spread and a residual are >= 0
         assert f"{key}: {m:.4g} ± " in printed
 
     replot.main(["collect", str(tmp_path / "models")])

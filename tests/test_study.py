@@ -133,7 +133,8 @@ def test_study_table_recomputes_from_per_seed_rows_and_ce_is_above_mse(study):
             lo, hi = (scipy.stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=scipy.stats.sem(v))
                       if np.ptp(v) > 0 else (v[0], v[0]))   # scipy gives NaN for zero spread
             assert (row[f"{m}_mean"], row[f"{m}_std"]) == pytest.approx((v.mean(), v.std(ddof=1)))
-            assert (row[f"{m}_ci_lo"], row[f"{m}_ci_hi"]) == pytest.approx((lo, hi))
+            rlo, rhi = ana_utils.quantity_range(m)  # clipped to the metric's range
+            assert (row[f"{m}_ci_lo"], row[f"{m}_ci_hi"]) == pytest.approx((max(lo, rlo), min(hi, rhi)))
             assert csv_row[f"{m}_mean"] == pytest.approx(row[f"{m}_mean"])
     ce, mse = ({r["loss"]: r for r in result["table"]}[k] for k in ("cross_entropy", "mse"))
     # the free-feature model: CE bends away from the chord (residual 0.36), MSE stays on it (0)
@@ -185,3 +186,16 @@ def test_study_dry_run_trains_nothing(tmp_path, capsys):
     assert "estimate for the 4 cells to train" in out
     assert not os.path.exists(tmp_path / "m") or os.listdir(tmp_path / "m") == []
     assert not os.path.exists(tmp_path / "p") or os.listdir(tmp_path / "p") == []
+
+
+def test_study_csv_intervals_stay_within_each_quantitys_range(study):
+    tmp, _ = study
+    ranges = {"test_acc": (0, 1), "test_ece": (0, 1), "same_angle_deg_mean": (0, 180),
+              "diff_logit_gap_vs_log_odds_spearman": (-1, 1), "diff_convex_residual_mean": (0, np.inf),
+              "diff_convex_residual_binned": (0, np.inf), "same_spread": (0, np.inf)}
+    rows = utils.read_csv(tmp / "p" / "mixup_study_quick.csv")
+    assert set(utils.read_json(tmp / "p" / "mixup_study_quick.json")["metrics"]) == set(ranges)
+    for row in rows:
+        for m, (lo, hi) in ranges.items():
+            assert lo <= row[f"{m}_ci_lo"] <= row[f"{m}_mean"] <= row[f"{m}_ci_hi"] <= hi, (m, row)
+            assert row[f"{m}_min"] <= row[f"{m}_mean"] <= row[f"{m}_max"]
