@@ -6,6 +6,7 @@ import os
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -57,3 +58,33 @@ def test_two_gloo_ranks_return_single_process_metrics(tmp_path):
         assert list(got) == list(want)
         for k, v in want.items():
             assert not math.isnan(v) and abs(got[k] - v) <= REL * abs(v), (k, got[k], v)
+
+
+def _nccl_worker(rank, world, port, out_dir):
+    """One NCCL rank per GPU: CUDA batches and W (state on the GPU), then numpy batches with a CPU W (the
+    state moves to the GPU for the reduction and back)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    try:
+        H, y, W, b = _data()
+        shard = np.arange(len(y))[rank::world]
+        dev = torch.device("cuda", rank)
+        on_gpu = nc_stream.array_batches(torch.tensor(H[shard], device=dev), torch.tensor(y[shard], device=dev), 7)
+        got = [nc_stream.nc_metrics_stream(on_gpu, torch.tensor(W, device=dev), torch.tensor(b, device=dev)),
+               nc_stream.nc_metrics_stream(nc_stream.array_batches(H[shard], y[shard], 7), W, b)]
+        with open(os.path.join(out_dir, f"nccl{rank}.json"), "w") as f:
+            json.dump(got, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(), reason="needs CUDA and NCCL")
+def test_nccl_ranks_return_single_process_metrics(tmp_path):
+    world = min(2, torch.cuda.device_count())
+    mp.spawn(_nccl_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    want = ana_utils.nc_metrics(*_data())
+    for r in range(world):
+        for got in json.loads((tmp_path / f"nccl{r}.json").read_text()):
+            for k, v in want.items():
+                assert abs(got[k] - v) <= REL * abs(v), (k, got[k], v)
