@@ -130,9 +130,13 @@ def test_minority_l_quick_batched_matches_one_by_one(tmp_path, capsys):
     _, together = load_json(paths)
     assert "[batched] training 2 points together" in err
     assert together["points"][0]["train"]["width"] == 64 and together["points"][0]["train"]["lr"] == 0.1
+    # Batched and alone differ by the rounding of bmm against mm, amplified by training. Measured: loss
+    # equal and |dZ| <= 2.2e-8 here (AMD EPYC, torch 2.14.1, OMP_NUM_THREADS=1 and 2); relative loss 1.0e-4
+    # on the issue-20 machines. A real fault is far larger: lambda x 1.1 moves the loss by 2.4e-2 (relative)
+    # and Z by 1.2e-2, so the bounds sit 20x above the worst spread and 10x below that signal.
     for a, b in zip(alone["points"], together["points"]):
-        assert b["nc"]["loss"] == pytest.approx(a["nc"]["loss"], rel=1e-4)
-        np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)
+        assert b["nc"]["loss"] == pytest.approx(a["nc"]["loss"], rel=2e-3)
+        np.testing.assert_allclose(b["Z"], a["Z"], rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("flags, expected", [
