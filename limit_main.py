@@ -49,7 +49,7 @@ def main(argv=None):
     K = sweep.check_figure_args(args)
     chosen = args.nalist or PAPER_NA  # --quick scales only the paper's list, never a typed --nalist
     na_scale = QUICK_SCALE if args.quick and not args.nalist else 1.0
-    nas = [max(1, round(n * na_scale)) for n in chosen]
+    nas = [max(1, round(n * na_scale)) for n in chosen] if na_scale != 1 else list(chosen)
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive("--ratio", args.ratio)
     utils.check_positive("--reg_l", args.reg_l)

@@ -50,7 +50,7 @@ def main(argv=None):
     # --quick scales only what it chose itself: the paper's n_A list and the default lambda, never a typed one
     chosen = args.nalist or PAPER_NA.get(args.ka, PAPER_NA[5])
     na_scale = QUICK_SCALE if args.quick and not args.nalist else 1.0
-    nas = [max(1, round(n * na_scale)) for n in chosen]
+    nas = [max(1, round(n * na_scale)) for n in chosen] if na_scale != 1 else list(chosen)
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive_ints("--nb", [args.nb])
     utils.check_positive("--reg_l", args.reg_l)

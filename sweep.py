@@ -429,7 +429,7 @@ def check_complete(runs, missing, args, argv):
         words = job_argv(sys.argv[1:] if argv is None else list(argv))
         words = [w for k, w in enumerate(words) if not (w == "--point" or w.startswith("--point=")
                                                          or (k and words[k - 1] == "--point"))]
-        command = shlex.join(["python", os.path.basename(sys.argv[0])] + words + ["--assemble"])
+        command = shlex.join(["python", f"{runs[0]['figure']}_main.py"] + words + ["--assemble"])
         print(f"run {args.point} finished; {len(missing)} of {len(runs)} runs still missing; no figure written "
               f"(once they are finished: {command})", file=sys.stderr)
         raise SystemExit(0)

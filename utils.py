@@ -10,6 +10,7 @@ import os
 import platform
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,8 +33,23 @@ class UserError(Exception):
     """Bad input from the user: reported as one line, exit status 2, no traceback."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a scheduler or `kill` sends), raised where the process is, so that every cleanup that
+    Ctrl-C runs (locks released, partial writes removed; the last checkpoint stays) runs for it too."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the cleanup short
+    raise Terminated()
+
+
 def cli(main, argv=None):
-    """Run main(argv): a UserError is `error: ...` on stderr and exit 2; Ctrl-C one line and exit 130."""
+    """Run main(argv): a UserError is `error: ...` on stderr and exit 2; Ctrl-C one line and exit 130,
+    SIGTERM the same line and exit 143 (128 + 15, as a shell reports it)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals are the main thread's
+        previous = None
     try:
         return main(argv)
     except (UserError, MemoryError, RuntimeError) as e:  # RuntimeError: only torch's out of memory (CPU or CUDA)
@@ -41,10 +57,14 @@ def cli(main, argv=None):
             raise
         print(f"error: {e if isinstance(e, UserError) else 'out of memory; lower the sizes or the width'}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; the run resumes from its last checkpoint when the same command is run again",
-              file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        term = isinstance(e, Terminated)
+        print(f"{'terminated (SIGTERM)' if term else 'interrupted'}; the run resumes from its last checkpoint when "
+              "the same command is run again", file=sys.stderr)
+        sys.exit(143 if term else 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def set_seed(seed):
