@@ -20,6 +20,7 @@ import batched_training
 import datasets
 import figure_store
 import networks
+import run_estimate
 import train_utils
 import utils
 from utils import UserError
@@ -586,32 +587,10 @@ def launch_points(runs, args, argv, script=None):
 # ======================================================================================
 
 
-def _batches(point):
-    """Batches per epoch of a point's training (the last, partial one counted)."""
-    return -(-sum(point["sizes"]) // min(point["train"]["batch_size"], sum(point["sizes"])))
-
-
-def _seconds_per_batch(records):
-    """Mean recorded training seconds per batch over finished points, or None."""
-    rates = []
-    for rec in records:
-        csv_path = os.path.join(rec.get("run_dir", ""), "summary.csv")
-        rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
-        secs = [r["seconds_per_epoch"] for r in rows if isinstance(r.get("seconds_per_epoch"), float)]
-        if secs:
-            rates.append(sum(secs) / len(secs) / _batches(rec))
-    return sum(rates) / len(rates) if rates else None
-
-
-def _probe_seconds_per_batch(point, device, data_dir):
-    """Training seconds per batch of `point`, measured by training it for 3 epochs in a
-    throw-away folder."""
-    return train_utils.probe_seconds_per_epoch(point["train"], point_data(point, data_dir), device) / _batches(point)
-
-
 def dry_run_report(points, args, device):
     """--dry_run: every point (1-based, with its --point index), finished or to train, and an
-    estimate of the training time of the rest (seconds per epoch scale with the batches per epoch)."""
+    estimate of the command's time: run_estimate.estimate (the runs trained as the command trains
+    them, start-up and analysis)."""
     todo, finished = [], []
     for i, point in enumerate(points):
         record = finished_record(args.models_dir, point)
@@ -625,12 +604,15 @@ def dry_run_report(points, args, device):
     if not todo:
         print("nothing to train")
         return
-    rate, how = _seconds_per_batch(finished), "the finished points' recorded seconds per epoch"
-    if rate is None:
-        rate, how = _probe_seconds_per_batch(todo[0], device, args.data_dir), "a 3-epoch probe of the first"
-    total = sum(rate * _batches(p) * p["train"]["epochs"] for p in todo)
-    print(f"estimate for the {len(todo)} points to train: {total / 60:.1f} min on {device} "
-          f"(training only, from {how})")
+
+    def use_threads(group):  # the threads the run sets for these points trained together
+        if device.type == "cpu":
+            utils.set_threads(point_work_size(group[0]) * len(group), args.threads)
+
+    groups = batch_groups(todo, args.models_dir, batched_networks(args)) if args.point is None else []
+    total, how = run_estimate.estimate(todo, groups, finished, lambda p: point_data(p, args.data_dir), device,
+                                       use_threads, len({utils.config_key(p["params"]) for p in points}))
+    print(f"estimate for the {len(todo)} points to train: {total / 60:.1f} min ({total:.0f} s) on {device} ({how})")
 
 
 # ======================================================================================
