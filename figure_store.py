@@ -35,24 +35,33 @@ def _same_result(a, b):
     return strip(a) == strip(b)
 
 
-def write_figure(result, plot_dir, stem):
-    """Write result (with its 'key' and 'runs': {'finished', 'total'}) under plot_dir as `stem` or
-    `stem`_<key> (module docstring); print the two paths of the figure that holds it (the new one,
-    or the kept one that is fuller or equal), naming on stderr whatever was kept instead of written."""
+def choose_stem(plot_dir, stem, result):
+    """(stem to write `result` as, or None to keep what is there, and the JSON path that then holds it):
+    `stem` when free or holding the same key, else `stem`_<key> (module docstring). result: a dict with
+    'key' and 'runs': {'finished', 'total'}; the JSON of a stem is plot_dir/<stem>.json."""
     key, finished = result["key"], result["runs"]["finished"]
     for name in (stem, f"{stem}_{key}"):
-        png, js = plot_utils.figure_paths(plot_dir, name)
+        js = os.path.join(plot_dir, f"{name}.json")
         held = _held(js)
         if held is not None and held.get("key") != key and name == stem:
-            print(f"note: {js} holds a different figure (other points or seeds); kept, this one is "
-                  f"{os.path.basename(plot_utils.figure_paths(plot_dir, f'{stem}_{key}')[1])}", file=sys.stderr)
+            print(f"note: {js} holds a different figure (other points or seeds); kept, this one is {name}_{key}.*",
+                  file=sys.stderr)
             continue
-        if held and held.get("key") == key and os.path.exists(png):
+        if held and held.get("key") == key:
             kept = (held.get("runs") or {}).get("finished", -1)
             if kept > finished:
                 print(f"note: {js} holds this figure with more runs finished ({kept} against {finished} here); "
                       "kept, not replaced", file=sys.stderr)
-                return png, js
+                return None, js
             if _same_result(held, result):
-                return png, js
-        return plot_utils.write_figure(result, plot_dir, name)
+                return None, js
+        return name, js
+
+
+def write_figure(result, plot_dir, stem):
+    """Write result (with its 'key' and 'runs') under plot_dir as choose_stem says; return the PNG and
+    JSON paths of the figure that holds it (the new one, or the kept one that is fuller or equal)."""
+    name, js = choose_stem(plot_dir, stem, result)
+    if name is None:
+        return os.path.splitext(js)[0] + ".png", js
+    return plot_utils.write_figure(result, plot_dir, name)
