@@ -471,7 +471,7 @@ def train_batched_groups(points, args, device, use_threads):
     for group in batch_groups(points, args.models_dir, batched_networks(args)):
         use_threads(point_work_size(group[0]) * len(group))
         print(f"[batched] training {len(group)} points together: "
-              + "; ".join(describe_params(p["params"]) for p in group), file=sys.stderr)
+              + "; ".join(describe_point(p) for p in group), file=sys.stderr)
         batched_training.train_batched([p["train"] for p in group], point_data(group[0], args.data_dir), device,
                                        args.models_dir)
 

@@ -68,3 +68,24 @@ def test_sigterm_releases_locks_keeps_checkpoint_and_resumes(tmp_path):
     assert got["points"][0]["Z"] == ref["points"][0]["Z"]
     untimed = [[{k: v for k, v in row.items() if k != "seconds_per_epoch"} for row in r["history"]] for r in (got, ref)]
     assert untimed[0] == untimed[1] and len(untimed[0]) > 10
+
+
+def test_sigterm_during_a_batched_sweep_releases_every_lock(tmp_path):
+    """minority_l --quick trains its points as one batched model, each run under its lock: SIGTERM while
+    they train ends with the one line and exit 143, and leaves no lock behind."""
+    argv = [sys.executable, os.path.join(ROOT, "minority_l_main.py"), "--quick", "--epoch", "5000", "--device", "cpu",
+            "--models_dir", str(tmp_path / "models"), "--plot_dir", str(tmp_path / "plots"),
+            "--data_dir", str(tmp_path / "data")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    end = time.time() + 300
+    while len(glob.glob(str(tmp_path / "models" / "minority_l_*" / "lock"))) < 10 and time.time() < end:
+        assert proc.poll() is None, "the sweep ended before it could be terminated"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert "[batched] training 10 points together" in err
+    assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM)") and out == ""
+    names = [os.path.basename(p) for p in glob.glob(str(tmp_path / "models" / "**" / "*"), recursive=True)]
+    assert names and not [n for n in names if n == "lock" or ".lock" in n]
