@@ -1,18 +1,28 @@
 """--dry_run's estimate of a figure command's time: the runs it would train, measured as they will be trained
-(the threads the run sets, the batched groups trained together), plus this process's start-up and the
-figure's analysis (the convex program per point and along the theory curve).
+(the threads the run sets, the batched groups trained together), plus this process's start-up, the
+figure's analysis (the convex program per point and along the theory curve) and its drawing.
 
 Training is measured from the finished runs' recorded seconds per epoch when there are any, else by
-probes: 3 epochs of the first point trained alone and of each batched group, in throw-away folders,
-the first epoch (one-time costs) not counted."""
+probes in throw-away folders: 3 epochs of each batched group, and of the points to train alone with the
+fewest and the most batches per epoch (an epoch's time is linear in its batches between them: small runs
+are mostly per-epoch overhead). A probe's seconds beyond 3 such epochs are the run's own fixed costs
+(building, evaluations, checkpoints), the first probe's also the process's one-time costs (imports on
+the first optimizer step), counted once."""
+import io
 import os
 import tempfile
 import time
 
-import ana_utils
-import batched_training
-import train_utils
-import utils
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import ana_utils  # noqa: E402
+import batched_training  # noqa: E402
+import train_utils  # noqa: E402
+import utils  # noqa: E402
 
 # Theory-curve points a sweep figure adds to its points (minority figures: 20 + the threshold's 2).
 CURVE_POINTS = 22
@@ -49,12 +59,54 @@ def recorded_seconds_per_batch(records):
     return sum(rates) / len(rates) if rates else None
 
 
-def probe_batched_epoch(group, data, device):
-    """Seconds per epoch of `group` trained together (batched_training.train_batched), from 3 epochs."""
+def probe_batched(group, data, device):
+    """(seconds per epoch, seconds beyond 3 such epochs) of `group` trained together
+    (batched_training.train_batched) for 3 epochs."""
     cfgs = [dict(p["train"], epochs=3, eval_epochs=[1, 3], lr_milestones=[], warm_epochs=0) for p in group]
     with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
         res = batched_training.train_batched(cfgs, data, device, tmp)
-        return sum(utils.read_csv(os.path.join(r["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"] for r in res)
+        wall = time.perf_counter() - t0
+        epoch = sum(utils.read_csv(os.path.join(r["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"] for r in res)
+    return epoch, max(0.0, wall - 3 * epoch)
+
+
+def probe_alone(point, data, device):
+    """(seconds per epoch, seconds beyond 3 such epochs) of `point` trained alone for 3 epochs."""
+    t0 = time.perf_counter()
+    epoch = train_utils.probe_seconds_per_epoch(point["train"], data, device)
+    return epoch, max(0.0, time.perf_counter() - t0 - 3 * epoch)
+
+
+def drawing_seconds(n_panels):
+    """Seconds to draw and save (PNG, dpi 110) a stand-in of a figure with n_panels heat maps and a colour bar."""
+    t0, ncol = time.perf_counter(), min(n_panels, 5)
+    fig, axes = plt.subplots(-(-n_panels // ncol), ncol, squeeze=False, layout="constrained")
+    for k, ax in enumerate(axes.flat[:n_panels]):
+        im = ax.imshow(np.random.default_rng(k).normal(size=(10, 10)))
+        ax.set_title(f"panel {k}", fontsize=8)
+    fig.colorbar(im, ax=axes)
+    fig.savefig(io.BytesIO(), format="png", dpi=110)
+    plt.close(fig)
+    return time.perf_counter() - t0
+
+
+def alone_seconds(alone, data_of, device, use_threads):
+    """Seconds to train the points `alone` one by one, from probes of the ones with the fewest and the
+    most batches per epoch (module docstring)."""
+    ends = sorted({batches(p): p for p in alone}.items())
+    ends = [ends[0], ends[-1]] if len(ends) > 1 else ends
+    probes = []
+    for _, p in ends:
+        use_threads([p])
+        probes.append(probe_alone(p, data_of(p), device))
+    (b0, _), (b1, _) = ends[0], ends[-1]
+    (e0, fixed0), (e1, fixed1) = probes[0], probes[-1]
+
+    def per_epoch(b):
+        return e0 if b1 == b0 else e0 + (e1 - e0) * (b - b0) / (b1 - b0)
+    per_run = fixed1 if len(probes) > 1 else 0.0
+    return sum(per_epoch(batches(p)) * p["train"]["epochs"] + per_run for p in alone) + max(0.0, fixed0 - per_run)
 
 
 def estimate(todo, groups, finished, data_of, device, use_threads, n_points):
@@ -70,14 +122,14 @@ def estimate(todo, groups, finished, data_of, device, use_threads, n_points):
         alone = [p for p in todo if id(p) not in grouped]
         train, how = 0.0, "3-epoch probes"
         if alone:
-            use_threads(alone[:1])
-            rate = train_utils.probe_seconds_per_epoch(alone[0]["train"], data_of(alone[0]), device) / batches(alone[0])
-            train += sum(rate * batches(p) * p["train"]["epochs"] for p in alone)
+            train += alone_seconds(alone, data_of, device, use_threads)
         for group in groups:
             use_threads(group)
-            train += probe_batched_epoch(group, data_of(group[0]), device) * group[0]["train"]["epochs"]
+            epoch, fixed = probe_batched(group, data_of(group[0]), device)
+            train += epoch * group[0]["train"]["epochs"] + fixed
     t0, p = time.perf_counter(), todo[0]
     ana_utils.ufm_theory(p["sizes"], p["clusters"], p["params"]["lam"], p["train"]["lam_b"])
     analysis = (time.perf_counter() - t0) * (n_points + (CURVE_POINTS if n_points > 1 else 0))
+    analysis += drawing_seconds(n_points + 4 if n_points > 1 else 3)
     return startup + train + analysis, (f"start-up {startup:.0f} s, training {train:.0f} s from {how}, "
-                                        f"analysis {analysis:.0f} s")
+                                        f"analysis and drawing {analysis:.0f} s")
