@@ -31,8 +31,8 @@ def _held(json_path):
 
 def _same_result(a, b):
     """Whether two figure results say the same, their command lines aside."""
-    strip = lambda r: {k: v for k, v in utils.to_jsonable(r).items() if k != "argv"}  # noqa: E731
-    return strip(a) == strip(b)
+    return ({k: v for k, v in utils.to_jsonable(a).items() if k != "argv"}
+            == {k: v for k, v in utils.to_jsonable(b).items() if k != "argv"})
 
 
 def choose_stem(plot_dir, stem, result):
