@@ -93,3 +93,8 @@ def test_quick_names_what_it_scaled(tmp_path, capsys):
         minority_l_main.main(["--quick", "--na", "500", "--nb", "100", "--list_points"])
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["params"]["lam"] == pytest.approx(0.0027) and "scaled" not in rows[0]
+
+
+def test_partial_without_assemble_is_one_line(tmp_path, capsys):
+    _, err = run(QUICK + ["--partial"] + dirs(tmp_path), capsys, code=2)
+    assert err.strip() == "error: --partial: writes a figure with runs missing; give it with --assemble or --launch ... --wait"
