@@ -97,4 +97,5 @@ def test_quick_names_what_it_scaled(tmp_path, capsys):
 
 def test_partial_without_assemble_is_one_line(tmp_path, capsys):
     _, err = run(QUICK + ["--partial"] + dirs(tmp_path), capsys, code=2)
-    assert err.strip() == "error: --partial: writes a figure with runs missing; give it with --assemble or --launch ... --wait"
+    assert err.strip() == ("error: --partial: writes a figure with runs missing; give it with --assemble or "
+                           "--launch ... --wait")
