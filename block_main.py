@@ -28,7 +28,8 @@ def parse_args(argv):
     p = utils.ArgumentParser(
         description="NC1 against epoch and the block structure of Z (Figures 1-2 of Hong & Ling).",
         epilog=sweep.quick_epilog(QUICK, "class sizes x 0.02 (100/80/60 or 100/60/20) and lam_H, lam_W multiplied "
-                                  "by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is unchanged); "
+                                  "by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is unchanged); a --reg_h, "
+                                  "--reg_w or --lam you give is trained as given; "
                                   + utils.measured_time("block --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale (full-batch L-BFGS; NC metrics "
                "per L-BFGS epoch; " + utils.measured_time("block UFM") + ").")
@@ -61,13 +62,18 @@ def main(argv=None):
     datasets.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--structure", args.network)
     starts = [sum(k for k, _ in groups[:i]) for i in range(len(groups))]
     clusters = [list(range(s, s + k)) for s, (k, _) in zip(starts, groups)]
-    # lambda of the convex program from lam_H, lam_W, times sqrt(50) for --quick; split back in their ratio.
-    lam = (2 * math.sqrt(args.reg_h * args.reg_w) if args.lam is None else args.lam) / math.sqrt(scale)
+    # lambda of the convex program from lam_H, lam_W, each times sqrt(50) for --quick unless typed (a typed --lam
+    # is trained as given); split back in their ratio.
+    factors = {k: 1.0 if k in args.given else 1 / math.sqrt(scale) for k in ("reg_h", "reg_w")}
+    lam_h, lam_w = args.reg_h * factors["reg_h"], args.reg_w * factors["reg_w"]
+    lam = 2 * math.sqrt(lam_h * lam_w) if args.lam is None else args.lam
+    scaled = sweep.quick_scaled(args, sizes=([n for _, n in STRUCTURES[args.structure]], scale),
+                                lam_h=(args.reg_h, factors["reg_h"]), lam_w=(args.reg_w, factors["reg_w"]))
 
     # One run (reused when finished), keeping its per-epoch NC metrics.
     point = sweep.figure_point(FIGURE, args, sizes, clusters, dict(lam=lam, structure=args.structure),
                                epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4, history=True,
-                               lam_ratio=args.reg_w / args.reg_h)
+                               lam_ratio=lam_w / lam_h, scaled=scaled)
     records, missing = sweep.train_points([point], args, argv)
 
     # Analyse against the convex program with the same sizes and lambda.

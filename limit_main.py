@@ -54,9 +54,9 @@ def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
     K = sweep.check_figure_args(args)
-    nas = args.nalist or PAPER_NA
-    if args.quick and not args.nalist:
-        nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
+    chosen = args.nalist or PAPER_NA  # --quick scales only the paper's list, never a typed --nalist
+    na_scale = QUICK_SCALE if args.quick and not args.nalist else 1.0
+    nas = [max(1, round(n * na_scale)) for n in chosen] if na_scale != 1 else list(chosen)
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive("--ratio", args.ratio)
     utils.check_positive("--lam_n/--ln_pro", args.lam_n)
@@ -78,12 +78,12 @@ def main(argv=None):
 
     # Points: one run per n_A, keyed by its whole configuration.
     points = []
-    for n_A in nas:
+    for n0, n_A in zip(chosen, nas):
         sizes, _, lam, _ = setting(n_A)
         points.append(sweep.figure_point(FIGURE, args, sizes, clusters,
                                          dict(n_A=n_A, n_B=n_B_of(n_A), N=sum(sizes), lam=lam, k_A=args.ka),
                                          epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4,
-                                         ufm_epochs=15))
+                                         ufm_epochs=15, scaled=sweep.quick_scaled(args, n_A=(n0, na_scale))))
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
     records, missing = sweep.train_points(points, args, argv)

@@ -9,7 +9,6 @@ the lambda of the convex program, theory.md section 2). Theory: the minority cla
     python minority_l_main.py --ka 5 --network UFM          # the same sweep on the UFM, on CPU
     python minority_l_main.py --ka 5 --quick                # CPU preview (its time: --help)
 """
-import math
 import sys
 
 import ana_utils
@@ -21,7 +20,7 @@ FIGURE = "minority_l"
 # The paper's lambda lists (README of the original code); other k_A: the k_A = 5 list as multiples of lambda*.
 PAPER_LAMS = {5: [0.0027, 0.0030, 0.0033, 0.0039, 0.0045, 0.0051, 0.0057, 0.0063, 0.0069, 0.0075],
               3: [0.0037, 0.0041, 0.0045, 0.0053, 0.0062, 0.0070, 0.0078, 0.0086, 0.0094, 0.0102]}
-QUICK_SCALE = 0.2  # --quick: class sizes x 0.2 and lambda / sqrt(0.2): the UFM optimum is unchanged
+PAPER_SIZES = (500, 100)  # the n_A, n_B of the paper's lambda lists
 QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, weight_decay=0.0, na=100, nb=20,
              train_epochs=200)
 
@@ -29,10 +28,11 @@ QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, 
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="Minority collapse against lambda (Figures 5-6 of Hong & Ling).",
-        epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_A = 100, n_B = 20) and every lambda multiplied by "
-                                  "sqrt(5), which leaves the UFM optimum (it depends on lambda sqrt(N) only) and so "
-                                  "the expected picture unchanged; "
-                                  + utils.measured_time("minority_l --quick") + ".") +
+        epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_A = 100, n_B = 20) and, without --lam, the "
+                                  "paper's lambdas multiplied by lambda*(sizes trained) / lambda*(500, 100) (sqrt(5) "
+                                  "at n_A = 100, n_B = 20), which leaves the UFM optimum (it depends on lambda "
+                                  "sqrt(N) only) and so the expected picture unchanged; a --lam you give is "
+                                  "trained as given; " + utils.measured_time("minority_l --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale ("
                + utils.measured_time("minority_l UFM") + ").")
     sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
@@ -55,13 +55,16 @@ def main(argv=None):
     args = parse_args(argv)
     K = sweep.check_figure_args(args)
     utils.check_positive_ints("--na/--nb", [args.na, args.nb])
-    lam_scale = 1 / math.sqrt(QUICK_SCALE) if args.quick else 1.0
+    lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
+    lam_scale = 1.0  # --quick scales only the paper's list (never a typed --lam) to the sizes trained
     if args.lams:
         lams = args.lams
     elif args.ka in PAPER_LAMS:
         lams = PAPER_LAMS[args.ka]
+        if args.quick:
+            lam_scale = lam_star / ana_utils.two_cluster_lambda_star(args.ka, PAPER_SIZES[0], K - args.ka,
+                                                                     PAPER_SIZES[1])
     else:  # the k_A = 5 list as multiples of its lambda* = 1/300, moved to this k_A's lambda*
-        lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb) / lam_scale
         lams = [round(lam * 300 * lam_star, 6) for lam in PAPER_LAMS[5]]
     utils.check_positive("--lam/--reg_z_l", lams)
     utils.check_fraction("--warm_frac", args.warm_frac)
@@ -69,18 +72,17 @@ def main(argv=None):
     clusters = [list(range(args.ka)), list(range(args.ka, K))]
     datasets.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--na/--nb", args.network)
 
-    # Points: one run per lambda (as given, times sqrt(5) for --quick), keyed by its whole configuration.
+    # Points: one run per lambda (the paper's list scaled by --quick), keyed by its whole configuration.
     points = [sweep.figure_point(FIGURE, args, sizes, clusters,
                                  dict(lam=lam * lam_scale, k_A=args.ka, n_A=args.na, n_B=args.nb),
                                  epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
-                                 warm_frac=args.warm_frac)
+                                 warm_frac=args.warm_frac, scaled=sweep.quick_scaled(args, lam=(lam, lam_scale)))
               for lam in lams]
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
     records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: every point against the convex program; the threshold and the theory curve.
-    lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
     used = [pt["params"]["lam"] for pt in points]
     lo, hi = min(used + [lam_star]) * 0.9, max(used + [lam_star]) * 1.05
     grid = sorted(set([lo + (hi - lo) * i / 19 for i in range(20)] + [lam_star * 0.999, lam_star] + used))

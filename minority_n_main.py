@@ -30,8 +30,8 @@ def parse_args(argv):
         description="Minority collapse against n_A (Figures 7-8 of Hong & Ling).",
         epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_B = 20, each n_A x 0.2, rounded) and lambda "
                                   "multiplied by sqrt(5), which leaves the UFM optimum (it depends on lambda sqrt(N) "
-                                  "only) and so the expected picture unchanged; "
-                                  + utils.measured_time("minority_n --quick") + ".") +
+                                  "only) and so the expected picture unchanged; a --nalist or --lam you give is "
+                                  "trained as given; " + utils.measured_time("minority_n --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale ("
                + utils.measured_time("minority_n UFM") + ").")
     sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
@@ -53,15 +53,17 @@ def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
     K = sweep.check_figure_args(args)
-    nas = args.nalist or PAPER_NA.get(args.ka, PAPER_NA[5])
-    if args.quick and not args.nalist:
-        nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
+    # --quick scales only what it chose itself: the paper's n_A list and the default lambda, never a typed one
+    chosen = args.nalist or PAPER_NA.get(args.ka, PAPER_NA[5])
+    na_scale = QUICK_SCALE if args.quick and not args.nalist else 1.0
+    nas = [max(1, round(n * na_scale)) for n in chosen] if na_scale != 1 else list(chosen)
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive_ints("--nb", [args.nb])
     utils.check_positive("--lam/--reg_l", args.lam)
     utils.check_fraction("--warm_frac", args.warm_frac)
     datasets.check_class_sizes(args.dataset_t, nas + [args.nb], args.allow_test_fill, "--nalist/--nb", args.network)
-    lam = args.lam / math.sqrt(QUICK_SCALE) if args.quick else args.lam
+    lam_scale = 1 / math.sqrt(QUICK_SCALE) if args.quick and "lam" not in args.given else 1.0
+    lam = args.lam * lam_scale
     k_B = K - args.ka
     clusters = [list(range(args.ka)), list(range(args.ka, K))]
 
@@ -72,8 +74,9 @@ def main(argv=None):
     points = [sweep.figure_point(FIGURE, args, sizes_of(n_A), clusters,
                                  dict(n_A=n_A, lam=lam, k_A=args.ka, n_B=args.nb),
                                  epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
-                                 warm_frac=args.warm_frac)
-              for n_A in nas]
+                                 warm_frac=args.warm_frac,
+                                 scaled=sweep.quick_scaled(args, n_A=(n0, na_scale), lam=(args.lam, lam_scale)))
+              for n0, n_A in zip(chosen, nas)]
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
     records, missing = sweep.train_points(points, args, argv)

@@ -13,6 +13,7 @@ import numpy as np
 
 import ana_utils
 import datasets
+import figure_store
 import losses
 import mixup_geometry
 import nc_layers
@@ -406,6 +407,10 @@ def study(args, argv=None):
     else:
         records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
                                            args.point, args.assemble)
+    if args.point is not None:  # a job of the grid writes no table: --assemble does, or the next full run
+        print(f"cell {args.point} finished; {len(missing)} of {len(points)} cells still missing; no table written",
+              file=sys.stderr)
+        return 0
     done = [r for r in records if r is not None and "diverged" not in r]
     table = ana_utils.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
     for row in table:
@@ -416,7 +421,12 @@ def study(args, argv=None):
     result = {"figure": "mixup_study", "argv": sys.argv[1:], "level": 0.95, "keys": STUDY_KEYS,
               "metrics": STUDY_METRICS, "table": table, "cells": [r for r in records if r is not None],
               "missing": [points[i]["params"] for i in missing], "dynamics": study_dynamics(done, d0, m0)}
-    stem = os.path.join(args.plot_dir, "mixup_study" + ("_quick" if args.quick else ""))
+    result.update(key=figure_store.runs_key(points), runs=dict(finished=len(points) - len(missing), total=len(points)))
+    name, held = figure_store.choose_stem(args.plot_dir, "mixup_study" + ("_quick" if args.quick else ""), result)
+    if name is None:  # this grid's table is there already, as full or fuller
+        print(held)
+        return 0
+    stem = os.path.join(args.plot_dir, name)
     written = [stem + ".json", stem + ".csv"]
     utils.atomic_write_json(written[0], result)
     utils.atomic_write_csv(written[1], table)

@@ -18,8 +18,9 @@ import numpy as np
 import ana_utils
 import batched_training
 import datasets
+import figure_store
 import networks
-import plot_utils
+import run_estimate
 import train_utils
 import utils
 from utils import UserError
@@ -53,12 +54,16 @@ def add_figure_args(parser, epochs_help, ka=True):
                         help="top up classes larger than the train split from the test split (the original did "
                              "this silently); otherwise such sizes are an error")
     parser.add_argument("--point", type=int, default=None, metavar="I",
-                        help="train only run I, then plot whatever points are finished, naming the missing ones "
-                             "(for cluster job arrays). I is a run index (0-based): without --seeds run I is point I "
+                        help="train only run I, for cluster job arrays; writes no figure (--assemble does, when "
+                             "every run is finished). I is a run index (0-based): without --seeds run I is point I "
                              "in the order the values are listed; with --seeds it is point I // (number of seeds) "
                              "with seed number I %% (number of seeds) (see --list_points)")
     parser.add_argument("--assemble", action="store_true",
-                        help="train nothing: plot the finished points and name the missing ones")
+                        help="train nothing: plot the finished points; fails naming the missing runs unless "
+                             "--partial")
+    parser.add_argument("--partial", action="store_true",
+                        help="with --assemble or --launch ... --wait: write the figure even when runs are missing "
+                             "(listed in its JSON); it never replaces a figure of the same runs with more finished")
     parser.add_argument("--batched", action="store_const", const=True, default=None,
                         help="train the missing points that share network and data together as one vmapped model, "
                              "each with its own lambda, seed and results (MLP, CNN, ResNet18, VGG; see "
@@ -154,6 +159,8 @@ def check_launch_args(args):
         raise UserError(f"{modes[0]} with {modes[1]}: give one of them")
     if args.wait and args.launch is None:
         raise UserError("--wait: waits for the jobs of --launch local|slurm; give --launch too")
+    if getattr(args, "partial", False) and not (args.assemble or args.wait):
+        raise UserError("--partial: writes a figure with runs missing; give it with --assemble or --launch ... --wait")
     utils.check_positive_ints("--slurm_time", [args.slurm_time])
     if args.slurm_array_parallelism is not None:
         utils.check_positive_ints("--slurm_array_parallelism", [args.slurm_array_parallelism])
@@ -201,7 +208,8 @@ def ufm_train_config(cfg, num_classes, num_samples, epochs):
 
 
 def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, weight_decay,
-                 warm_frac=0.0, history=False, ufm_epochs=UFM_EPOCHS, lam_ratio=ana_utils.SCRIPT_LAM_RATIO):
+                 warm_frac=0.0, history=False, ufm_epochs=UFM_EPOCHS, lam_ratio=ana_utils.SCRIPT_LAM_RATIO,
+                 scaled=None):
     """One point of a figure: data, clusters, the plotted `params` and the train_run configuration.
 
     params["lam"] is the lambda of the convex program; the training weights lam_H, lam_W follow
@@ -211,7 +219,9 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     regularisation at 1/10 for the first warm_frac of training (theory.md section 4), evaluated (NC
     metrics, checkpoint) at 1-5, every 10th epoch and the last; a --quick point without history only
     at the last (25 evaluations cost a 200-epoch MLP 1.7x). --network UFM: ufm_train_config
-    (full-batch L-BFGS to the optimum, ufm_epochs epochs unless --epochs is given)."""
+    (full-batch L-BFGS to the optimum, ufm_epochs epochs unless --epochs is given).
+    scaled: {name: {"from": value chosen by the script, "factor": f}} for the values --quick scaled
+    (only values the user did not type), shown wherever the point is (describe_point, the JSON)."""
     network = args.network
     sizes = [int(n) for n in sizes]
     lam_h, lam_w = ana_utils.split_lambda(params["lam"], lam_ratio)
@@ -231,9 +241,36 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
     dataset = "synthetic" if network == "ufm" else args.dataset_t
     synthetic = QUICK_SYNTHETIC if (network == "ufm" or (args.quick and dataset == "synthetic")) else None
-    return dict(figure=figure, dataset=dataset, sizes=sizes, clusters=[list(c) for c in clusters],
-                seed=int(args.seed), allow_test_fill=bool(args.allow_test_fill), synthetic=synthetic,
-                params=params, train=train, history=bool(history))
+    point = dict(figure=figure, dataset=dataset, sizes=sizes, clusters=[list(c) for c in clusters],
+                 seed=int(args.seed), allow_test_fill=bool(args.allow_test_fill), synthetic=synthetic,
+                 params=params, train=train, history=bool(history))
+    return dict(point, scaled=scaled) if scaled else point
+
+
+def quick_scaled(args, **values):
+    """figure_point's `scaled` from name=(value the script chose, factor --quick multiplies it by): the
+    values with a factor other than 1, None without --quick or without any. A typed value is never passed."""
+    scaled = {k: {"from": v, "factor": f} for k, (v, f) in values.items() if f != 1}
+    return scaled if args.quick and scaled else None
+
+
+def scaled_text(scaled):
+    """'--quick scaled lam = 0.0027 x 2.236, ...' for a point's `scaled` ('' when nothing was)."""
+    if not scaled:
+        return ""
+    return "--quick scaled " + ", ".join(
+        f"{k} = {v['from']:.4g} x {v['factor']:.4g}" if isinstance(v["from"], (int, float))
+        else f"{k} x {v['factor']:.4g}" for k, v in scaled.items())
+
+
+def scaled_note(points):
+    """One line naming the values --quick scaled in any of the points, with their factors ('' if none)."""
+    factors = {}
+    for point in points:
+        for k, v in (point.get("scaled") or {}).items():
+            factors.setdefault(k, set()).add(round(v["factor"], 6))
+    return ("scaled by --quick: " + ", ".join(f"{k} x {'/'.join(f'{f:.4g}' for f in sorted(fs))}"
+                                              for k, fs in factors.items())) if factors else ""
 
 
 def point_record_path(models_dir, point):
@@ -283,15 +320,16 @@ def describe_params(params):
 def describe_point(point):
     """The point's plotted values and (unless they hold it) its seed."""
     text = describe_params(point["params"])
-    return text if "seed" in point["params"] or "seed" not in point else f"{text}, seed={point['seed']}"
+    text = text if "seed" in point["params"] or "seed" not in point else f"{text}, seed={point['seed']}"
+    return f"{text} ({scaled_text(point['scaled'])})" if point.get("scaled") else text
 
 
-def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
+def run_sweep(points, run_point, models_dir, only=None, assemble_only=False, say_missing=True):
     """Run (or reuse) every point, or only point `only`; return (records, missing indices).
 
     run_point(point) -> a JSON-able record, stored in point_record_path and reused by later calls.
-    With assemble_only nothing is trained. Missing points are named on stderr. records[i] is None
-    where missing."""
+    With assemble_only nothing is trained. Missing points are named on stderr (unless not say_missing:
+    the caller names them). records[i] is None where missing."""
     if only is not None and not 0 <= only < len(points):
         raise UserError(f"--point {only}: allowed are 0..{len(points) - 1} ({len(points)} points)")
     if only is not None and assemble_only:
@@ -317,7 +355,7 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
     if reused:
         print(f"reused finished points ({len(reused)} of {len(points)}, from {os.path.join(models_dir, 'points')}): "
               + "; ".join(f"{i + 1} ({describe_point(points[i])})" for i in reused), file=sys.stderr)
-    if missing:
+    if missing and say_missing:
         print(f"missing points ({len(missing)} of {len(points)}, not trained yet; run each with --point I): "
               + "; ".join(f"{i} ({describe_point(points[i])})" for i in missing), file=sys.stderr)
     return records, missing
@@ -367,7 +405,8 @@ def train_points(points, args, argv=None):
     runs = seeded_points(points, seeds)
     if args.list_points:
         rows = [json.dumps(dict(index=i, point=i // len(seeds), seed=run["seed"], params=run["params"],
-                                finished=finished_record(args.models_dir, run) is not None))
+                                finished=finished_record(args.models_dir, run) is not None,
+                                **({"scaled": run["scaled"]} if run.get("scaled") else {})))
                 for i, run in enumerate(runs)]
         print("[\n " + ",\n ".join(rows) + "\n]")  # one run per line
         raise SystemExit(0)
@@ -376,7 +415,7 @@ def train_points(points, args, argv=None):
         raise SystemExit(0)
     if args.launch:
         launch_points(runs, args, sys.argv[1:] if argv is None else list(argv))
-        records, missing = run_sweep(runs, None, args.models_dir, assemble_only=True)
+        records, missing = run_sweep(runs, None, args.models_dir, assemble_only=True, say_missing=args.partial)
     else:
         device, said = figure_device(args), []
 
@@ -393,9 +432,29 @@ def train_points(points, args, argv=None):
         def run_point(pt):
             use_threads(point_work_size(pt))
             return train_point(pt, device, args.models_dir, args.data_dir)
-        records, missing = run_sweep(runs, run_point, args.models_dir, args.point, args.assemble)
+        records, missing = run_sweep(runs, run_point, args.models_dir, args.point, args.assemble, args.partial)
+    check_complete(runs, missing, args, argv)
+    args.figure_runs = dict(key=figure_store.runs_key(runs), total=len(runs))
     n = len(seeds)
     return merge_seeds(records, n), [(i // n, runs[i]["seed"]) for i in missing]
+
+
+def check_complete(runs, missing, args, argv):
+    """After training or assembling: a --point job ends here (its figure is --assemble's, once every run is
+    finished); missing runs without --partial are an error naming them (exit 2)."""
+    if args.point is not None:
+        words = job_argv(sys.argv[1:] if argv is None else list(argv))
+        words = [w for k, w in enumerate(words) if not (w == "--point" or w.startswith("--point=")
+                                                         or (k and words[k - 1] == "--point"))]
+        command = shlex.join(["python", f"{runs[0]['figure']}_main.py"] + words + ["--assemble"])
+        print(f"run {args.point} finished; {len(missing)} of {len(runs)} runs still missing; no figure written "
+              f"(once they are finished: {command})", file=sys.stderr)
+        raise SystemExit(0)
+    if missing and not args.partial:
+        mode = "--assemble" if args.assemble else ("--launch" if args.launch else "the sweep")
+        raise UserError(f"{mode}: {len(missing)} of {len(runs)} runs are not finished: "
+                        + "; ".join(f"{i} ({describe_point(runs[i])})" for i in missing)
+                        + "; train them (--point I), or add --partial for a figure without them")
 
 
 def batched_networks(args):
@@ -428,7 +487,7 @@ def train_batched_groups(points, args, device, use_threads):
     for group in batch_groups(points, args.models_dir, batched_networks(args)):
         use_threads(point_work_size(group[0]) * len(group))
         print(f"[batched] training {len(group)} points together: "
-              + "; ".join(describe_params(p["params"]) for p in group), file=sys.stderr)
+              + "; ".join(describe_point(p) for p in group), file=sys.stderr)
         batched_training.train_batched([p["train"] for p in group], point_data(group[0], args.data_dir), device,
                                        args.models_dir)
 
@@ -564,32 +623,10 @@ def launch_points(runs, args, argv, script=None):
 # ======================================================================================
 
 
-def _batches(point):
-    """Batches per epoch of a point's training (the last, partial one counted)."""
-    return -(-sum(point["sizes"]) // min(point["train"]["batch_size"], sum(point["sizes"])))
-
-
-def _seconds_per_batch(records):
-    """Mean recorded training seconds per batch over finished points, or None."""
-    rates = []
-    for rec in records:
-        csv_path = os.path.join(rec.get("run_dir", ""), "summary.csv")
-        rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
-        secs = [r["seconds_per_epoch"] for r in rows if isinstance(r.get("seconds_per_epoch"), float)]
-        if secs:
-            rates.append(sum(secs) / len(secs) / _batches(rec))
-    return sum(rates) / len(rates) if rates else None
-
-
-def _probe_seconds_per_batch(point, device, data_dir):
-    """Training seconds per batch of `point`, measured by training it for 3 epochs in a
-    throw-away folder."""
-    return train_utils.probe_seconds_per_epoch(point["train"], point_data(point, data_dir), device) / _batches(point)
-
-
 def dry_run_report(points, args, device):
     """--dry_run: every point (1-based, with its --point index), finished or to train, and an
-    estimate of the training time of the rest (seconds per epoch scale with the batches per epoch)."""
+    estimate of the command's time: run_estimate.estimate (the runs trained as the command trains
+    them, start-up and analysis)."""
     todo, finished = [], []
     for i, point in enumerate(points):
         record = finished_record(args.models_dir, point)
@@ -598,17 +635,20 @@ def dry_run_report(points, args, device):
             finished.append(record)
         elif args.point in (None, i):
             todo.append(point)
-        print(f"point {i + 1} of {len(points)} (--point {i}): {describe_params(point['params'])}, "
+        print(f"point {i + 1} of {len(points)} (--point {i}): {describe_point(point)}, "
               f"{point['train']['epochs']} epochs, N = {sum(point['sizes'])}: {'finished' if done else 'to train'}")
     if not todo:
         print("nothing to train")
         return
-    rate, how = _seconds_per_batch(finished), "the finished points' recorded seconds per epoch"
-    if rate is None:
-        rate, how = _probe_seconds_per_batch(todo[0], device, args.data_dir), "a 3-epoch probe of the first"
-    total = sum(rate * _batches(p) * p["train"]["epochs"] for p in todo)
-    print(f"estimate for the {len(todo)} points to train: {total / 60:.1f} min on {device} "
-          f"(training only, from {how})")
+
+    def use_threads(group):  # the threads the run sets for these points trained together
+        if device.type == "cpu":
+            utils.set_threads(point_work_size(group[0]) * len(group), args.threads)
+
+    groups = batch_groups(todo, args.models_dir, batched_networks(args)) if args.point is None else []
+    total, how = run_estimate.estimate(todo, groups, finished, lambda p: point_data(p, args.data_dir), device,
+                                       use_threads, len({utils.config_key(p["params"]) for p in points}))
+    print(f"estimate for the {len(todo)} points to train: {total / 60:.1f} min ({total:.0f} s) on {device} ({how})")
 
 
 # ======================================================================================
@@ -622,15 +662,21 @@ def assemble_figure(figure, settings, points, records, missing, lam_b):
     out = []
     for i, rec in enumerate(records):
         if rec is not None:
-            out.append(dict(rec, index=i,
+            out.append(dict(rec, index=i, **({"scaled": points[i]["scaled"]} if points[i].get("scaled") else {}),
                             theory=ana_utils.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b)))
+    note = scaled_note(points)
+    if note:  # what --quick scaled is named on the figure and in its settings
+        settings = dict(settings, scaled=note, title=f"{settings['title']} ({note})")
     return {"figure": figure, "argv": sys.argv[1:], "settings": settings, "points": out,
             "missing": [dict(index=i, seed=seed, params=points[i]["params"]) for i, seed in missing]}
 
 
 def save_figure_result(result, args, stem):
-    """Write the figure's JSON and PNG under --plot_dir (the --quick ones with a _quick suffix) and
-    print their paths."""
+    """Write the figure's JSON and PNG under --plot_dir (the --quick ones with a _quick suffix) as
+    figure_store.write_figure does (never over a different or fuller figure) and print their paths."""
     stem += "_quick" if args.quick else ""
-    for path in plot_utils.write_figure(result, args.plot_dir, stem):
+    runs = args.figure_runs
+    result = dict(result, key=runs["key"], runs=dict(finished=runs["total"] - len(result["missing"]),
+                                                     total=runs["total"]))
+    for path in figure_store.write_figure(result, args.plot_dir, stem):
         print(path)

@@ -10,6 +10,7 @@ import os
 import platform
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,8 +33,23 @@ class UserError(Exception):
     """Bad input from the user: reported as one line, exit status 2, no traceback."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a scheduler or `kill` sends), raised where the process is, so that every cleanup that
+    Ctrl-C runs (locks released, partial writes removed; the last checkpoint stays) runs for it too."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the cleanup short
+    raise Terminated()
+
+
 def cli(main, argv=None):
-    """Run main(argv): a UserError is `error: ...` on stderr and exit 2; Ctrl-C one line and exit 130."""
+    """Run main(argv): a UserError is `error: ...` on stderr and exit 2; Ctrl-C one line and exit 130,
+    SIGTERM the same line and exit 143 (128 + 15, as a shell reports it)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals are the main thread's
+        previous = None
     try:
         return main(argv)
     except (UserError, MemoryError, RuntimeError) as e:  # RuntimeError: only torch's out of memory (CPU or CUDA)
@@ -42,10 +58,14 @@ def cli(main, argv=None):
         message = e if isinstance(e, UserError) else "out of memory; lower the sizes or the width"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; the run resumes from its last checkpoint when the same command is run again",
-              file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        term = isinstance(e, Terminated)
+        print(f"{'terminated (SIGTERM)' if term else 'interrupted'}; the run resumes from its last checkpoint when "
+              "the same command is run again", file=sys.stderr)
+        sys.exit(143 if term else 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def set_seed(seed):
@@ -276,12 +296,28 @@ def add_common_args(parser):
 
 def parse_with_presets(parser, argv, quick):
     """Parse argv; with --quick, the preview's values `quick` replace the defaults (explicit
-    arguments still win), as timm applies its config file through set_defaults."""
+    arguments still win), as timm applies its config file through set_defaults. args.given: the
+    options typed (given_options), so --quick can leave them as typed."""
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
+    args.given = given_options(parser, argv)
     return args
+
+
+def given_options(parser, argv):
+    """The dest names of the options typed in argv (None: sys.argv[1:]), whatever their defaults."""
+    saved = [(a, a.default) for a in parser._actions], dict(parser._defaults)
+    try:
+        for a, _ in saved[0]:
+            a.default = argparse.SUPPRESS
+        parser._defaults.clear()
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for a, default in saved[0]:
+            a.default = default
+        parser._defaults.update(saved[1])
 
 
 def check_fraction(name, value):

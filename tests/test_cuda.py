@@ -48,7 +48,10 @@ def test_benchmark_gpu_path_runs_tiny_on_cpu(tmp_path, capsys):
     for M in (4, 10):
         r = sweeps[f"M={M}"]
         assert r["speedup"] is None or isinstance(r["speedup"], float), M
-        assert r["max_abs_dZ"] <= 1e-5 and r["max_abs_Z"] > 0, M  # the same runs (1.6e-7 measured)
+        # the same runs up to rounding amplified by 2 epochs: |dZ| 1.6e-7 (1 thread) and 6.4e-8 (2 threads) measured
+        # here (AMD EPYC, torch 2.14.1, also with ONEDNN_MAX_CPU_ISA=AVX2/SSE41), 1.8e-4 on the issue-20 machine;
+        # a fault is larger: the next point's lambda (x 1.5) moves Z by 1.0e-2, another seed by 0.31 (max |Z| 0.21)
+        assert r["max_abs_dZ"] <= 1e-3 and r["max_abs_Z"] > 0, M
     printed = capsys.readouterr().out
     assert "resnet18 fp32" in printed and "overhead" in printed and "of a run" in printed
     assert "resnet18 sweep of 10 points" in printed and "largest |Z difference|" in printed

@@ -72,16 +72,26 @@ def check_points(result, K=10):
 def test_minority_l_ufm_point_assemble_and_reuse(tmp_path, capsys):
     base = ["--network", "UFM", "--ka", "5", "--na", "50", "--nb", "10", "--reg_z_l", "0.005", "0.02", "0.04",
             "--epoch", "8"] + dirs(tmp_path)
-    paths, err = run_main(minority_l_main, base + ["--point", "1"], capsys)
-    js, res = load_json(paths)
-    assert res["figure"] == "minority_l" and len(res["points"]) == 1 and res["points"][0]["index"] == 1
-    assert [m["index"] for m in res["missing"]] == [0, 2]
-    assert "missing points" in err and "0 (lam=0.005" in err
-    check_points(res)
+    with pytest.raises(SystemExit) as done:  # a job of a sweep trains its run and writes no figure
+        minority_l_main.main(base + ["--point", "1"])
+    out, err = capsys.readouterr()
+    assert done.value.code == 0 and out == "" and not (tmp_path / "plots").exists() or not os.listdir(
+        tmp_path / "plots")
+    assert "run 1 finished; 2 of 3 runs still missing" in err.splitlines()[-1] and "--assemble" in err
     first = final_mtimes(tmp_path / "models")
     assert len(first) == 1
 
-    paths, err = run_main(minority_l_main, base + ["--assemble"], capsys)  # trains nothing
+    with pytest.raises(SystemExit) as done:  # missing runs: one line naming them, no figure
+        utils.cli(minority_l_main.main, base + ["--assemble"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and err[-1].startswith("error: --assemble: 2 of 3 runs are not finished: 0 (lam=0.005")
+    assert "2 (lam=0.04" in err[-1] and "--partial" in err[-1] and not any("missing points" in ln for ln in err)
+    paths, err = run_main(minority_l_main, base + ["--assemble", "--partial"], capsys)  # trains nothing
+    js, res = load_json(paths)
+    assert res["figure"] == "minority_l" and len(res["points"]) == 1 and res["points"][0]["index"] == 1
+    assert [m["index"] for m in res["missing"]] == [0, 2] and res["runs"] == {"finished": 1, "total": 3}
+    assert "missing points" in err and "0 (lam=0.005" in err
+    check_points(res)
     assert final_mtimes(tmp_path / "models") == first
     paths, err = run_main(minority_l_main, base, capsys)  # trains 0 and 2, reuses 1
     _, res = load_json(paths)
@@ -126,9 +136,13 @@ def test_minority_l_quick_batched_matches_one_by_one(tmp_path, capsys):
     _, together = load_json(paths)
     assert "[batched] training 2 points together" in err
     assert together["points"][0]["train"]["width"] == 64 and together["points"][0]["train"]["lr"] == 0.1
+    # Batched and alone differ by the rounding of bmm against mm, amplified by training. Measured: loss
+    # equal and |dZ| <= 2.2e-8 here (AMD EPYC, torch 2.14.1, OMP_NUM_THREADS=1 and 2); relative loss 1.0e-4
+    # on the issue-20 machines. A real fault is far larger: lambda x 1.1 moves the loss by 2.4e-2 (relative)
+    # and Z by 1.2e-2, so the bounds sit 20x above the worst spread and 10x below that signal.
     for a, b in zip(alone["points"], together["points"]):
-        assert b["nc"]["loss"] == pytest.approx(a["nc"]["loss"], rel=1e-4)
-        np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)
+        assert b["nc"]["loss"] == pytest.approx(a["nc"]["loss"], rel=2e-3)
+        np.testing.assert_allclose(b["Z"], a["Z"], rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("flags, expected", [
