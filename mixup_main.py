@@ -19,6 +19,7 @@ import mixup_geometry
 import networks
 import plot_utils
 import recipes
+import residual_split
 import sweep
 import train_utils
 import utils
@@ -39,6 +40,9 @@ STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"
 STUDY_KEYS = ("dataset", "model", "loss", "mixup")
 STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_vs_log_odds_spearman",
                  "diff_convex_residual_mean", "diff_convex_residual_binned", "same_spread")
+# the residual's parts in the classifier's row space and orthogonal to it (residual_split), after the above
+SPLIT_METRICS = ("diff_residual_row_space", "diff_residual_orthogonal")
+STUDY_METRICS += SPLIT_METRICS
 
 
 def parse_args(argv):
@@ -148,8 +152,7 @@ def check_args(args):
     if args.feature_mode not in ("train", "eval"):
         raise UserError(f"--feature_mode {args.feature_mode}: allowed are train, eval")
     utils.check_positive_ints("--epochs", [args.epochs])
-    if not 0 <= args.warmup_epochs < args.epochs:
-        raise UserError(f"--warmup_epochs {args.warmup_epochs}: allowed are 0..{args.epochs - 1} (fewer than --epochs)")
+    utils.check_nonneg("--warmup_epochs", args.warmup_epochs)   # one longer than the training never reaches --lr
     utils.check_positive_ints("--width/--depth", [v for v in (args.width, args.depth) if v is not None])
     utils.check_positive_ints("--snapshot_size", [args.snapshot_size])
     utils.check_positive("--theory_beta", args.theory_beta)
@@ -349,7 +352,8 @@ def study_cell(point, device, args):
                 last_snapshot=snaps[-1][1], K=point["K"], classes=point["train"]["classes"],
                 train_acc=rows[-1]["train_acc"], nc1=rows[-1].get("nc1"),
                 test_acc=rows[-1]["test_acc"], test_ece=rows[-1]["test_ece"],
-                **{k: geometry[-1][k] for k in STUDY_METRICS[2:]},
+                **{k: geometry[-1][k] for k in STUDY_METRICS[2:-len(SPLIT_METRICS)]},
+                **dict(zip(SPLIT_METRICS, residual_split.residual_split(utils.load_snapshot(snaps[-1][1])))),
                 epochs=[r["epoch"] for r in rows], curves=curves, snapshot_epochs=[e for e, _ in snaps],
                 residual=[g["diff_convex_residual_mean"] for g in geometry])
 
