@@ -485,7 +485,8 @@ def study(args, argv=None):
     models = [m.lower() for m in args.models]
     result = {"figure": "mixup_study", "argv": sys.argv[1:], "level": 0.95, "keys": STUDY_KEYS,
               "metrics": STUDY_METRICS, "table": table, "cells": cells,
-              "missing": [points[i]["params"] for i in missing], "dynamics": study_dynamics([r for r in cells if learned(r)], d0, m0)}
+              "missing": [points[i]["params"] for i in missing],
+              "dynamics": study_dynamics([r for r in cells if learned(r)], d0, m0)}
     stem = os.path.join(args.plot_dir, "mixup_study" + ("_quick" if args.quick else ""))
     written = [stem + ".json", stem + ".csv"]
     utils.atomic_write_json(written[0], result)

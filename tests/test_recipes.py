@@ -71,7 +71,8 @@ def test_documented_recipe_values():
 def test_each_network_gets_its_recipe():
     assert recipes.recipe_for("wrn").name == "sgd_step" and recipes.recipe_for("resnet18").name == "sgd_step"
     assert recipes.recipe_for("vit_b4").name == recipes.recipe_for("ViT").name == "vit_adamw"
-    assert recipes.recipe_for("mlp", cpu=True).name == "mlp_cpu" and recipes.recipe_for("cnn", cpu=True).name == "cnn_cpu"
+    assert recipes.recipe_for("mlp", cpu=True).name == "mlp_cpu"
+    assert recipes.recipe_for("cnn", cpu=True).name == "cnn_cpu"
     assert recipes.recipe_for("wrn", name="vit_adamw").name == "vit_adamw"
     with pytest.raises(utils.UserError, match="--recipe"):
         recipes.recipe_for("wrn", name="nope")
@@ -104,9 +105,9 @@ def test_a_given_flag_wins_over_the_recipe(tmp_path):
 
 
 def test_a_run_trains_with_its_recipe_and_records_it(tmp_path):
-    argv = ["--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "10", "--model", "vit", "--width", "16",
-            "--depth", "1", "--epochs", "4", "--warmup_epochs", "2", "--batch_size", "15", "--snapshot_size", "6",
-            "--snapshots", "4", "--device", "cpu", "--models_dir", str(tmp_path / "m"), "--plot_dir",
+    argv = ["--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "10", "--model", "vit",
+            "--width", "16", "--depth", "1", "--epochs", "4", "--warmup_epochs", "2", "--batch_size", "15",
+            "--snapshot_size", "6", "--snapshots", "4", "--device", "cpu", "--models_dir", str(tmp_path / "m"), "--plot_dir",
             str(tmp_path / "p"), "--data_dir", str(tmp_path / "d")]
     mixup_main.main(argv)
     run = os.path.join(tmp_path / "m", os.listdir(tmp_path / "m")[0])
@@ -116,7 +117,8 @@ def test_a_run_trains_with_its_recipe_and_records_it(tmp_path):
     assert lrs == pytest.approx([1.25e-4 / 2, 1.25e-4, 1.25e-4, 1.25e-4 / 2])   # warm-up, then cosine
 
 
-@pytest.mark.parametrize("argv, flag", [(["--recipe", "fast"], "--recipe"), (["--lr_schedule", "linear"], "--lr_schedule"),
+@pytest.mark.parametrize("argv, flag", [(["--recipe", "fast"], "--recipe"),
+                                        (["--lr_schedule", "linear"], "--lr_schedule"),
                                         (["--warmup_epochs", "-1"], "--warmup_epochs")])
 def test_bad_recipe_flags_fail_with_one_line(argv, flag, tmp_path):
     with pytest.raises(utils.UserError, match=flag):
@@ -132,7 +134,8 @@ def test_study_dry_run_lists_each_cells_recipe(tmp_path, capsys):
     assert len(lines) == 3 * 2 * 2 * 2 + 2 * 3       # 3 seeds x 2 networks x 2 losses x mixup or not; 2 panel losses
     wrn, vit = [line for line in lines if "model=wrn" in line], [line for line in lines if "model=vit_b4" in line]
     assert wrn and all("recipe sgd_step: sgd lr 0.1 x0.1 after epochs 150,250,450" in line for line in wrn)
-    assert vit and all("recipe vit_adamw: adamw lr 0.000125 cosine, warm-up 5, weight decay 0.05" in line for line in vit)
+    vit_recipe = "recipe vit_adamw: adamw lr 0.000125 cosine, warm-up 5, weight decay 0.05"
+    assert vit and all(vit_recipe in line for line in vit)
     assert all("no estimate" in line for line in lines)
 
 
