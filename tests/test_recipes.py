@@ -107,8 +107,8 @@ def test_a_given_flag_wins_over_the_recipe(tmp_path):
 def test_a_run_trains_with_its_recipe_and_records_it(tmp_path):
     argv = ["--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "10", "--model", "vit",
             "--width", "16", "--depth", "1", "--epochs", "4", "--warmup_epochs", "2", "--batch_size", "15",
-            "--snapshot_size", "6", "--snapshots", "4", "--device", "cpu", "--models_dir", str(tmp_path / "m"), "--plot_dir",
-            str(tmp_path / "p"), "--data_dir", str(tmp_path / "d")]
+            "--snapshot_size", "6", "--snapshots", "4", "--device", "cpu", "--models_dir", str(tmp_path / "m"),
+            "--plot_dir", str(tmp_path / "p"), "--data_dir", str(tmp_path / "d")]
     mixup_main.main(argv)
     run = os.path.join(tmp_path / "m", os.listdir(tmp_path / "m")[0])
     config = utils.read_json(os.path.join(run, "config.json"))
