@@ -8,6 +8,7 @@ import torch
 
 import fit_checks
 import mixup_main
+import plot_utils
 import recipes
 import train_utils
 import utils
@@ -158,3 +159,23 @@ def test_fit_checks_chance_stalled_and_terminal_phase():
     flat_fit = _rows([2.0, 0.6, 0.6, 0.6, 0.6], [0.5, 1, 1, 1, 1], [0.9] * 5, [1, 0.3, 0.2, 0.25, 0.3])
     assert fit_checks.failure(flat_fit, 10) is None and not fit_checks.terminal_phase(flat_fit)
     assert fit_checks.failure([], 10) == "no rows"
+
+
+def test_study_table_leaves_failed_and_diverged_cells_out_and_marks_them(tmp_path, monkeypatch):
+    keys = dict(dataset="digits", model="cnn", loss="mse", mixup=True)
+    metrics = {m: 0.0 for m in mixup_main.STUDY_METRICS}
+    cells = [dict(keys, seed=0, recipe="cnn_cpu", failed=None, terminal=True, **dict(metrics, test_acc=0.9)),
+             dict(keys, seed=1, recipe="cnn_cpu", failed=None, terminal=True, **dict(metrics, test_acc=0.8)),
+             dict(keys, seed=2, recipe="cnn_cpu", failed="stalled (...)", terminal=False, **dict(metrics, test_acc=0.3)),
+             dict(keys, seed=3, recipe="cnn_cpu", diverged="training diverged", failed=None, terminal=False,
+                  **{m: None for m in mixup_main.STUDY_METRICS}), None]
+    (row,) = mixup_main.study_table(cells)
+    assert row["test_acc_mean"] == pytest.approx(0.85) and row["n_seeds"] == 4 and row["recipe"] == "cnn_cpu"
+    assert (row["n_failed"], row["n_diverged"], row["n_averaged"], row["n_terminal"]) == (1, 1, 2, 2)
+    all_failed = mixup_main.study_table([dict(cells[2], seed=s) for s in (0, 1)])[0]
+    assert all_failed["n_averaged"] == 0 and all_failed["test_acc_mean"] != all_failed["test_acc_mean"]   # NaN
+    texts = []
+    monkeypatch.setattr(plot_utils, "save_figure", lambda fig, path: texts.extend(
+        t.get_text() for ax in fig.axes for t in ax.texts))
+    plot_utils.save_study_calibration([row, dict(all_failed, mixup=False)], str(tmp_path / "c.png"))
+    assert sorted(texts) == ["1 diverged\n1 failed", "2 failed"]
