@@ -61,7 +61,7 @@ RECIPES = {r.name: r for r in (
                   "weight decay 1e-2, which collapses a small network's features within 200 epochs"),
     Recipe("cnn_cpu", "sgd", 0.05, 1e-2, 64, 200, "step", (0.3, 0.5, 0.9), warmup_epochs=5,
            source="this project's CPU preview: mlp_cpu with 5 warm-up epochs (without them the small CNN with MSE "
-                  "diverged in its first two epochs at lr 0.05, or stalled near chance)"),
+                  "diverged in its first three epochs at lr 0.05, or stalled near chance)"),
 )}
 # Paper scale: the recipe of each network; --quick: the CPU recipe (networks not named take sgd_step / mlp_cpu).
 NETWORK_RECIPES = {"vit": "vit_adamw", "vit_b4": "vit_adamw"}
