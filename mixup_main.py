@@ -14,11 +14,14 @@ import numpy as np
 import ana_utils
 import datasets
 import figure_store
+import fit_checks
 import losses
 import mixup_geometry
 import nc_layers
 import networks
 import plot_utils
+import recipes
+import residual_split
 import sweep
 import train_utils
 import utils
@@ -26,20 +29,23 @@ from utils import UserError
 
 # Full balanced training sets by default (datasets.TRAIN_PER_CLASS; synthetic: 100 per class).
 SYNTHETIC_PER_CLASS = 100
-# --quick: bundled 8x8 digits and a small MLP, a CPU preview with no download. Weight
-# decay 1e-2 at batch 64 makes the features collapse within 200 epochs (1e-4 barely acts in 2,000 steps);
-# eval-mode collection, since batch statistics of mixed batches from three classes blur a small network's features.
-QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=64, lr=0.05, weight_decay=1e-2,
-             snapshot_size=900, feature_mode="eval")
-# --study --quick: a CPU grid (2 datasets x 2 networks x 2 losses x with/without mixup x
-# 2 seeds, and label smoothing and focal on the first dataset and network): 40 epochs on 60 images per class
-# (10 synthetic classes); weight decay 5e-2 collapses the features that fast.
-STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=40,
+# --quick: bundled 8x8 digits and a small MLP, a CPU preview of under a minute with no download, trained with
+# the network's CPU recipe (recipes.py: mlp_cpu, 200 epochs at weight decay 1e-2); eval-mode collection, since
+# batch statistics of mixed batches from three classes blur a small network's features.
+QUICK = dict(dataset="digits", model="mlp", snapshot_size=900, feature_mode="eval")
+# --study --quick: a CPU grid of a few minutes (2 datasets x 2 networks x 2 losses x with/without mixup x
+# 2 seeds, and label smoothing and focal on the first dataset and network) on 60 images per class (10 synthetic
+# classes), each network with its CPU recipe shortened to 60 epochs at weight decay 5e-2, which collapses the
+# features that fast; every cell then fits its training data and its NC1 falls (docs/mixup_study.md).
+STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=60,
                    train_per_class=60, num_classes=10, image_size=16, weight_decay=5e-2, snapshot_size=600)
 # The study's table: the per-seed numbers of a cell, and what keys a row.
 STUDY_KEYS = ("dataset", "model", "loss", "mixup")
 STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_vs_log_odds_spearman",
                  "diff_convex_residual_mean", "diff_convex_residual_binned", "same_spread")
+# the residual's parts in the classifier's row space and orthogonal to it (residual_split), after the above
+SPLIT_METRICS = ("diff_residual_row_space", "diff_residual_orthogonal")
+STUDY_METRICS += SPLIT_METRICS
 
 
 def parse_args(argv):
@@ -55,15 +61,20 @@ def parse_args(argv):
     p.add_argument("--mse_scale", type=float, default=1.0, help="mse: target scale")
     p.add_argument("--smoothing", type=float, default=0.1, help="label_smoothing: epsilon")
     p.add_argument("--focal_gamma", type=float, default=2.0, help="focal: gamma")
-    p.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=500)
-    p.add_argument("--optimizer", default="sgd", help="sgd | adam | adamw")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight_decay", type=float, default=1e-4)
+    p.add_argument("--recipe", default=None, help=f"{' | '.join(recipes.RECIPES)}: the training recipe (default: the "
+                   "network's, recipes.py; --quick: its CPU recipe); the flags below, when given, win over it")
+    p.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=None, help="default: the recipe's (sgd_step, vit_adamw: 500)")
+    p.add_argument("--optimizer", default=None, help="sgd | adam | adamw (default: the recipe's)")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's (sgd_step 0.1)")
+    p.add_argument("--momentum", type=float, default=None, help="sgd (default: the recipe's, 0.9)")
+    p.add_argument("--weight_decay", type=float, default=None, help="default: the recipe's (sgd_step 1e-4)")
+    p.add_argument("--lr_schedule", default=None, help="step | cosine (default: the recipe's)")
+    p.add_argument("--warmup_epochs", type=int, default=None, help="linear lr warm-up epochs (default: the recipe's)")
     p.add_argument("--lr_milestones", type=int, nargs="*", default=None,
-                   help="epochs after which the lr is multiplied by --lr_gamma (default: 30%%, 50%%, 90%% of training)")
-    p.add_argument("--lr_gamma", type=float, default=0.1)
-    p.add_argument("--batch_size", type=int, default=128)
+                   help="step schedule: epochs after which the lr is multiplied by --lr_gamma (default: the recipe's "
+                        "fractions of training, sgd_step 30%%, 50%%, 90%%)")
+    p.add_argument("--lr_gamma", type=float, default=None, help="default: the recipe's (0.1)")
+    p.add_argument("--batch_size", type=int, default=None, help="default: the recipe's (sgd_step, vit_adamw: 128)")
     p.add_argument("--alpha", type=float, default=1.0, help="mixup coefficient ~ Beta(alpha, alpha)")
     p.add_argument("--mix_per", "--lam_per", dest="mix_per", default="batch",
                    help="batch (one mixup coefficient per batch, as the original mixup code and timm) | sample (one "
@@ -108,6 +119,31 @@ def parse_args(argv):
     return utils.parse_with_presets(p, argv, STUDY_QUICK if study else QUICK)
 
 
+def apply_recipe(args):
+    """Fill the training settings the user did not give from the run's recipe (recipes.recipe_for:
+    the network's, or --recipe); sets args.recipe to {"name", "overrides": the given values that
+    differ from the recipe's}. Idempotent: a second call keeps the first one's overrides."""
+    if isinstance(args.recipe, dict):
+        return
+    recipe = recipes.recipe_for(args.model, args.loss, cpu=args.quick, name=args.recipe)
+    overrides = {}
+    for key, value in recipe.settings().items():
+        given = getattr(args, key)
+        if key == "lr_milestones":  # the recipe's fractions of the epochs this run trains
+            value = recipes.milestone_epochs(recipe.milestones, args.epochs)
+        if given is None:
+            setattr(args, key, value)
+        elif given != value:
+            overrides[key] = given
+    args.recipe = {"name": recipe.name, "overrides": overrides}
+
+
+def recipe_label(recipe):
+    """A recipe record as one short text: the name, and the settings given instead of its own."""
+    extra = ", ".join(f"{k}={v}" for k, v in recipe["overrides"].items())
+    return recipe["name"] + (f" ({extra})" if extra else "")
+
+
 def check_args(args):
     """Every bad argument fails here with one line, before any data is loaded or run folder made."""
     args.dataset = datasets.check_dataset(args.dataset)
@@ -121,11 +157,14 @@ def check_args(args):
     utils.check_positive("--mse_scale", args.mse_scale)
     utils.check_fraction("--smoothing", args.smoothing)
     utils.check_nonneg("--focal_gamma", args.focal_gamma)
+    apply_recipe(args)
     utils.check_choice("--optimizer", args.optimizer.lower(), ("sgd", "adam", "adamw"))
+    utils.check_choice("--lr_schedule", args.lr_schedule, recipes.SCHEDULES)
     utils.check_choice("--mix_per", args.mix_per, train_utils.MIX_PER)
     if args.feature_mode not in ("train", "eval"):
         raise UserError(f"--feature_mode {args.feature_mode}: allowed are train, eval")
     utils.check_positive_ints("--epochs", [args.epochs])
+    utils.check_nonneg("--warmup_epochs", args.warmup_epochs)   # one longer than the training never reaches --lr
     utils.check_positive_ints("--width/--depth", [v for v in (args.width, args.depth) if v is not None])
     utils.check_positive_ints("--snapshot_size", [args.snapshot_size])
     utils.check_positive("--theory_beta", args.theory_beta)
@@ -147,8 +186,6 @@ def check_args(args):
     bad = [e for e in args.snapshots if not 1 <= e <= args.epochs]
     if bad:
         raise UserError(f"--snapshots {bad}: snapshot epochs must lie in 1..{args.epochs}")
-    if args.lr_milestones is None:
-        args.lr_milestones = sorted({max(1, round(f * args.epochs)) for f in (0.3, 0.5, 0.9)})
     train_utils.check_train_config(dict(train_utils.TRAIN_DEFAULTS, **train_config(args)), prefix="--")
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return K, per_class
@@ -161,6 +198,7 @@ def train_config(args):
     return dict(name=name, network=args.model.lower(), width=args.width, depth=args.depth, epochs=args.epochs,
                 optimizer=args.optimizer.lower(), lr=args.lr, momentum=args.momentum,
                 weight_decay=args.weight_decay, lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma,
+                lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, recipe=args.recipe,
                 batch_size=args.batch_size, eval_epochs=list(range(1, args.epochs + 1)), seed=args.seed,
                 amp=args.amp, loss=args.loss, mse_scale=args.mse_scale, smoothing=args.smoothing,
                 focal_gamma=args.focal_gamma, alpha=args.alpha, mixup=not args.no_mixup, lam_per=args.mix_per,
@@ -249,6 +287,7 @@ def main(argv=None):
                                    image_size=inputs[1].x_train.shape[-1])
         cfg["nc_layers"] = nc_layers.resolve_layers(net, args.nc_layers)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
+    print(training_summary(cfg), file=sys.stderr)
     if args.dry_run:
         return dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
     result = train(cfg, inputs, device, args.models_dir)
@@ -318,7 +357,7 @@ def study_cells(args):
 def study_cell(point, device, args):
     """Train (or reuse) one cell; its record: the per-seed numbers of the table (last row of
     summary.csv, last snapshot's geometry) and the curves over epochs."""
-    p = point["params"]
+    p, recipe = point["params"], recipe_label(point["train"]["recipe"])
     try:
         inputs = run_inputs(point["train"], p["dataset"], point["per_class"], point["K"], device, args)
         run_dir = train(point["train"], inputs, device, args.models_dir)["run_dir"]
@@ -326,20 +365,46 @@ def study_cell(point, device, args):
         if not str(e).startswith("training diverged"):
             raise
         print(f"cell {describe(p)}: {e}", file=sys.stderr)
-        return dict(p, diverged=str(e), **{m: None for m in STUDY_METRICS})
+        return dict(p, recipe=recipe, diverged=str(e), failed=None, terminal=False, **{m: None for m in STUDY_METRICS})
     rows = utils.read_csv(os.path.join(run_dir, "summary.csv"))
     snaps = utils.mixup_snapshots(run_dir)
     geometry = [utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps]
     curves = {k: [r.get(k) for r in rows] for k in ("nc1", "nc1_trace", "nc3") if k in rows[0]}
-    return dict(p, run_dir=run_dir, last_snapshot=snaps[-1][1], K=point["K"], classes=point["train"]["classes"],
+    failed = fit_checks.failure(rows, point["K"])
+    if failed:
+        print(f"cell {describe(p)}: failed to learn: {failed}", file=sys.stderr)
+    return dict(p, recipe=recipe, failed=failed, terminal=fit_checks.terminal_phase(rows), run_dir=run_dir,
+                last_snapshot=snaps[-1][1], K=point["K"], classes=point["train"]["classes"],
+                train_acc=rows[-1]["train_acc"], nc1=rows[-1].get("nc1"),
                 test_acc=rows[-1]["test_acc"], test_ece=rows[-1]["test_ece"],
-                **{k: geometry[-1][k] for k in STUDY_METRICS[2:]},
+                **{k: geometry[-1][k] for k in STUDY_METRICS[2:-len(SPLIT_METRICS)]},
+                **dict(zip(SPLIT_METRICS, residual_split.residual_split(utils.load_snapshot(snaps[-1][1])))),
                 epochs=[r["epoch"] for r in rows], curves=curves, snapshot_epochs=[e for e, _ in snaps],
                 residual=[g["diff_convex_residual_mean"] for g in geometry])
 
 
 def describe(params):
     return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def learned(record):
+    """Whether a cell's record counts in the means: trained, neither diverged nor failed to learn."""
+    return record is not None and "diverged" not in record and not record.get("failed")
+
+
+def study_table(records):
+    """The table over seeds (ana_utils.table_over_seeds) of the cells that learned; per row also
+    the recipe, n_diverged, n_failed (fit_checks.failure), n_averaged and n_terminal
+    (fit_checks.terminal_phase). A row of cells that all failed keeps NaN means."""
+    cells = [r for r in records if r is not None]
+    table = ana_utils.table_over_seeds([r if learned(r) else dict(r, **{m: None for m in STUDY_METRICS})
+                                        for r in cells], STUDY_KEYS, STUDY_METRICS)
+    for row in table:
+        rs = [r for r in cells if all(r[k] == row[k] for k in STUDY_KEYS)]
+        row["recipe"] = "; ".join(dict.fromkeys(r.get("recipe", "?") for r in rs))
+        row.update(n_diverged=sum("diverged" in r for r in rs), n_failed=sum(bool(r.get("failed")) for r in rs),
+                   n_averaged=sum(learned(r) for r in rs), n_terminal=sum(bool(r.get("terminal")) for r in rs))
+    return table
 
 
 def study_dynamics(records, dataset, model):
@@ -356,36 +421,68 @@ def study_dynamics(records, dataset, model):
 
 
 def projection_panel(records, args, dataset, model, loss):
-    """(snapshot, UFM overlay) of the first seed's last snapshot of a cell with mixup, or None
-    if not trained: one network's features, never pooled across networks."""
+    """(snapshot, UFM overlay) of the first seed's last snapshot of a cell with mixup, None if not
+    trained, or "diverged" / "failed to learn" (marked, not drawn): one network's features, never
+    pooled across networks."""
     for r in records:
         if (r["dataset"], r["model"], r["loss"], r["mixup"], r["seed"]) == (dataset, model, loss, True, args.seeds[0]):
+            if not learned(r):
+                return "diverged" if "diverged" in r else "failed to learn"
             cfg = dict(loss=loss, mse_scale=args.mse_scale, smoothing=args.smoothing, focal_gamma=args.focal_gamma)
             return utils.load_snapshot(r["last_snapshot"]), mixup_geometry.ufm_overlay(cfg, r["K"], r["classes"],
                                                                                     args.theory_beta)
     return None
 
 
+def training_summary(cfg):
+    """A run's recipe and the settings it trains with, as one line of text."""
+    schedule = (f"x{cfg['lr_gamma']:g} after epochs {','.join(map(str, cfg['lr_milestones']))}"
+                if cfg["lr_schedule"] == "step" and cfg["lr_milestones"] else cfg["lr_schedule"])
+    return (f"recipe {recipe_label(cfg['recipe'])}: {cfg['optimizer']} lr {cfg['lr']:g} {schedule}, warm-up "
+            f"{cfg['warmup_epochs']}, weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, "
+            f"{cfg['epochs']} epochs")
+
+
+def probe_cell_seconds(point, device, args):
+    """Training seconds per epoch of a cell from a 3-epoch probe, or the reason there is none (its
+    data are missing and cannot be downloaded)."""
+    p, cfg = point["params"], dict(point["train"], snapshots=[])
+    try:
+        _, data, objective = run_inputs(cfg, p["dataset"], point["per_class"], point["K"], device, args)
+    except UserError as e:
+        return str(e)
+    return train_utils.probe_seconds_per_epoch(cfg, data, device, objective)
+
+
 def study_dry_run(points, args, device):
-    """--study --dry_run: every cell, finished or to train, and the training time of the rest,
-    from a 3-epoch probe of each (dataset, network) to train (losses and seeds cost the same)."""
-    todo = []
+    """--study --dry_run: every cell with its recipe, finished or to train, and the training time
+    of each to train and of all, from a 3-epoch probe per (dataset, network, recipe) (losses and
+    seeds cost the same); a cell whose data are missing is listed without an estimate."""
+    seconds, total, todo, unknown = {}, 0.0, 0, 0
     for i, point in enumerate(points):
         done = sweep.finished_record(args.models_dir, point) is not None
+        p, cfg = point["params"], point["train"]
+        state = "finished"
         if not done and args.point in (None, i):
-            todo.append(point)
-        print(f"cell {i + 1} of {len(points)} (--point {i}): {describe(point['params'])}, "
-              f"{point['train']['epochs']} epochs: {'finished' if done else 'to train'}")
-    seconds = {}
-    for point in todo:
-        p = point["params"]
-        if (p["dataset"], p["model"]) not in seconds:
-            cfg = dict(point["train"], snapshots=[])
-            _, data, objective = run_inputs(cfg, p["dataset"], point["per_class"], point["K"], device, args)
-            seconds[p["dataset"], p["model"]] = train_utils.probe_seconds_per_epoch(cfg, data, device, objective)
-    total = sum(seconds[pt["params"]["dataset"], pt["params"]["model"]] * pt["train"]["epochs"] for pt in todo)
-    print(f"estimate for the {len(todo)} cells to train: {total / 60:.1f} min on {device} (training only, from "
-          f"3-epoch probes)" if todo else "nothing to train")
+            key = (p["dataset"], p["model"], recipe_label(cfg["recipe"]))
+            if key not in seconds:
+                seconds[key] = probe_cell_seconds(point, device, args)
+            todo += 1
+            if isinstance(seconds[key], str):
+                unknown += 1
+                state = "to train, no estimate (below)"
+            else:
+                total += seconds[key] * cfg["epochs"]
+                state = f"to train, {seconds[key] * cfg['epochs'] / 60:.1f} min"
+        elif not done:
+            state = "to train"
+        print(f"cell {i + 1} of {len(points)} (--point {i}): {describe(p)}, {training_summary(cfg)}: {state}")
+    for key, reason in seconds.items():
+        if isinstance(reason, str):
+            print(f"no estimate for {key[0]}, {key[1]}: {reason}")
+    print(f"estimate for the {todo - unknown} cells to train with an estimate: {total / 60:.1f} min on {device} "
+          f"(training only, from 3-epoch probes)" + (f"; {unknown} without one" if unknown else "")
+          if todo else "nothing to train")
     return 0
 
 
@@ -411,16 +508,14 @@ def study(args, argv=None):
         print(f"cell {args.point} finished; {len(missing)} of {len(points)} cells still missing; no table written",
               file=sys.stderr)
         return 0
-    done = [r for r in records if r is not None and "diverged" not in r]
-    table = ana_utils.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
-    for row in table:
-        row["n_diverged"] = sum(1 for r in records if r is not None and "diverged" in r
-                                and all(r[k] == row[k] for k in STUDY_KEYS))
+    cells = [r for r in records if r is not None]
+    table = study_table(records)
     d0, m0 = args.datasets[0], args.models[0].lower()
     models = [m.lower() for m in args.models]
     result = {"figure": "mixup_study", "argv": sys.argv[1:], "level": 0.95, "keys": STUDY_KEYS,
-              "metrics": STUDY_METRICS, "table": table, "cells": [r for r in records if r is not None],
-              "missing": [points[i]["params"] for i in missing], "dynamics": study_dynamics(done, d0, m0)}
+              "metrics": STUDY_METRICS, "table": table, "cells": cells,
+              "missing": [points[i]["params"] for i in missing],
+              "dynamics": study_dynamics([r for r in cells if learned(r)], d0, m0)}
     result.update(key=figure_store.runs_key(points), runs=dict(finished=len(points) - len(missing), total=len(points)))
     name, held = figure_store.choose_stem(args.plot_dir, "mixup_study" + ("_quick" if args.quick else ""), result)
     if name is None:  # this grid's table is there already, as full or fuller
@@ -433,14 +528,15 @@ def study(args, argv=None):
     all_losses = list(dict.fromkeys(args.losses + args.panel_losses))
     written += [
         plot_utils.save_projection_table(
-            [[projection_panel(done, args, d, m, args.losses[0]) for m in models] for d in args.datasets],
+            [[projection_panel(cells, args, d, m, args.losses[0]) for m in models] for d in args.datasets],
             args.datasets, models, stem + "_projections.png", f"{args.losses[0]}, with mixup, last epoch"),
-        plot_utils.save_projection_table([[projection_panel(done, args, d0, m0, loss) for loss in all_losses]],
+        plot_utils.save_projection_table([[projection_panel(cells, args, d0, m0, loss) for loss in all_losses]],
                                          [f"{d0}, {m0}"], all_losses, stem + "_losses.png", "with mixup, last epoch"),
         plot_utils.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
         plot_utils.save_study_calibration(table, stem + "_calibration.png")]
     for row in table:
-        print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}, diverged {row['n_diverged']}): "
+        print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" [{row['recipe']}] (n={row['n_seeds']}, diverged "
+              f"{row['n_diverged']}, failed {row['n_failed']}, terminal phase {row['n_terminal']}): "
               + "; ".join(f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} " + (
                   f"[{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]" if np.isfinite(row[m + "_ci_lo"])
                   else f"range [{row[m + '_min']:.3g}, {row[m + '_max']:.3g}]") for m in STUDY_METRICS))

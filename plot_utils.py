@@ -609,16 +609,18 @@ def save_mixup_curves(runs, path, kind):
 
 
 def save_projection_table(panels, row_labels, col_labels, path, title=None):
-    """A table of projections: panels[r][c] is (snapshot, UFM overlay) or None (not trained yet,
-    left blank and labelled so); rows and columns labelled (e.g. datasets x networks)."""
+    """A table of projections: panels[r][c] is (snapshot, UFM overlay), None (not trained yet, left
+    blank and labelled so) or a text (e.g. "diverged": left blank, the text in red); rows and
+    columns labelled (e.g. datasets x networks)."""
     nrow, ncol = len(panels), max(len(r) for r in panels)
     fig, axes = plt.subplots(nrow, ncol, figsize=(max(3.0 * ncol, 3.6), 3.0 * nrow + 0.4 + 1.2 / min(ncol, 3)),
                              squeeze=False, layout="constrained")
     for r, row in enumerate(panels):
         for c, panel in enumerate(row):
             ax = axes[r, c]
-            if panel is None:
-                ax.text(0.5, 0.5, "not trained yet", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            if panel is None or isinstance(panel, str):
+                ax.text(0.5, 0.5, panel or "not trained yet", ha="center", va="center", transform=ax.transAxes,
+                        color="tab:red" if panel else "0.5")
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
@@ -664,7 +666,8 @@ def save_study_dynamics(dynamics, path, title=None):
 def save_study_calibration(table, path):
     """Test ECE with and without mixup per (network, loss), one panel per dataset: bars at the mean
     over seeds, error bars the 95% t-interval (3 seeds or more) or the range (2 seeds, hatched bar and
-    said in the legend), none with one seed; labels laid out by the constrained layout, not overlapping."""
+    said in the legend), none with one seed; labels laid out by the constrained layout, not overlapping;
+    the diverged and failed cells of a row (n_diverged, n_failed: left out of its mean) written in red on its bar."""
     datasets = list(dict.fromkeys(r["dataset"] for r in table)) or ["(no finished cells)"]
     width = max(4.2, 1.1 * max([len({(r["model"], r["loss"]) for r in table if r["dataset"] == d}) for d in datasets]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(width * len(datasets), 3.8), squeeze=False,
@@ -685,6 +688,10 @@ def save_study_calibration(table, path):
                 err = [[m - lo], [hi - m]] if np.isfinite(lo) else None
                 ax.bar(i + (j - 0.5) * 0.4, m, 0.4, yerr=err, capsize=3, color="tab:orange" if mixup else "tab:blue",
                        hatch="//" if is_range else None, label=("mixup" if mixup else "no mixup") if i == 0 else None)
+                bad = [f"{r[k]} {word}" for k, word in (("n_diverged", "diverged"), ("n_failed", "failed")) if r.get(k)]
+                if bad:
+                    ax.text(i + (j - 0.5) * 0.4, m if np.isfinite(m) else 0, "\n".join(bad), ha="center", va="bottom",
+                            fontsize=6, color="tab:red", rotation=90)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{m}\n{loss.replace('_', ' ')}" for m, loss in groups], fontsize=7, rotation=30,
                            ha="right")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 import ana_utils
 import mixup_geometry
 import nc_stream
+import recipes
 import utils
 from networks import build_model, is_ufm
 from utils import UserError
@@ -224,14 +225,11 @@ def ufm_lbfgs_epoch(model, opt, y, cfg, warm_weight):
 
 
 def make_optimizer(model, cfg):
+    """The optimizer of cfg over the model's trained parameters: recipes.build_optimizer, or L-BFGS."""
     name = cfg["optimizer"].lower()
     trained = [p for p in model.parameters() if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(trained, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    if name == "adam":
-        return torch.optim.Adam(trained, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    if name == "adamw":
-        return torch.optim.AdamW(trained, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if name != "lbfgs":
+        return recipes.build_optimizer(trained, cfg)
     # lbfgs: full-batch quasi-Newton, for the UFM, whose optimum plain SGD approaches very slowly
     return torch.optim.LBFGS(trained, lr=cfg["lr"], max_iter=50, history_size=50, tolerance_grad=1e-12,
                              tolerance_change=1e-15, line_search_fn="strong_wolfe")
@@ -244,8 +242,9 @@ def is_ufm_lbfgs(cfg, num_train, objective):
 
 
 def lr_at(cfg, epoch):
-    """Learning rate in (1-based) epoch: multiplied by lr_gamma at each milestone passed."""
-    return cfg["lr"] * cfg["lr_gamma"] ** sum(epoch > m for m in cfg["lr_milestones"])
+    """Learning rate in (1-based) epoch: recipes.lr_at (step decays at the milestones by default;
+    a cosine schedule and a linear warm-up where cfg names them)."""
+    return recipes.lr_at(cfg, epoch)
 
 
 def start_epoch(opt, cfg, epoch):
