@@ -13,6 +13,7 @@ B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex pr
 import sys
 
 import ana_utils
+import arg_combinations
 import datasets
 import sweep
 import utils
@@ -51,6 +52,7 @@ def main(argv=None):
     if args.quick and not args.nalist:
         nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
     utils.check_positive_ints("--nalist", nas)
+    arg_combinations.check_distinct("--nalist", nas)
     utils.check_positive("--ratio", args.ratio)
     utils.check_positive("--reg_l", args.reg_l)
     k_B = K - args.ka

@@ -13,9 +13,11 @@ import math
 import sys
 
 import ana_utils
+import arg_combinations
 import datasets
 import sweep
 import utils
+from utils import UserError
 
 FIGURE = "minority_l"
 # The paper's lambda lists (README of the original code); other k_A: the k_A = 5 list as multiples of lambda*.
@@ -49,6 +51,9 @@ def main(argv=None):
     args = parse_args(argv)
     K = sweep.check_figure_args(args)
     utils.check_positive_ints("--na/--nb", [args.na, args.nb])
+    if args.nb > args.na:
+        raise UserError(f"--nb {args.nb} with --na {args.na}: the minority classes would be larger than the majority "
+                        "(minority collapse needs n_B < n_A); give --nb below --na")
     lam_scale = 1 / math.sqrt(QUICK_SCALE) if args.quick else 1.0
     if args.reg_z_l:
         lams = args.reg_z_l
@@ -58,6 +63,7 @@ def main(argv=None):
         lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb) / lam_scale
         lams = [round(l * 300 * lam_star, 6) for l in PAPER_LAMS[5]]
     utils.check_positive("--reg_z_l", lams)
+    arg_combinations.check_distinct("--reg_z_l", lams)
     utils.check_fraction("--ln_pro", args.ln_pro)
     sizes = [args.na] * args.ka + [args.nb] * (K - args.ka)
     clusters = [list(range(args.ka)), list(range(args.ka, K))]

@@ -13,6 +13,7 @@ import math
 import sys
 
 import ana_utils
+import arg_combinations
 import datasets
 import sweep
 import utils
@@ -51,6 +52,11 @@ def main(argv=None):
         nas = [max(1, round(n * QUICK_SCALE)) for n in nas]
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive_ints("--nb", [args.nb])
+    arg_combinations.check_distinct("--nalist", nas)
+    below = [n for n in nas if n < args.nb]
+    if below:
+        print(f"warning: --nalist {' '.join(map(str, below))} below --nb {args.nb}: at those points the majority "
+              "classes are the smaller ones (the minority spread is then measured on classes A)", file=sys.stderr)
     utils.check_positive("--reg_l", args.reg_l)
     utils.check_fraction("--ln_pro", args.ln_pro)
     datasets.check_class_sizes(args.dataset_t, nas + [args.nb], args.allow_test_fill, "--nalist/--nb", args.network)

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 import ana_utils
+import arg_combinations
 import datasets
 import losses
 import mixup_geometry
@@ -35,6 +36,8 @@ QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=64, lr=0.05, 
 STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=40,
                    train_per_class=60, num_classes=10, image_size=16, weight_decay=5e-2, snapshot_size=600)
 # The study's table: the per-seed numbers of a cell, and what keys a row.
+# the networks of the --quick previews: seconds on the CPU (others are warned about, with their estimate)
+QUICK_NETWORKS = ("mlp", "cnn")
 STUDY_KEYS = ("dataset", "model", "loss", "mixup")
 STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_vs_log_odds_spearman",
                  "diff_convex_residual_mean", "diff_convex_residual_binned", "same_spread")
@@ -220,15 +223,24 @@ def dry_run(cfg, data, device, objective, models_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not args.study and (args.point is not None or args.assemble or args.launch):
+        raise UserError("--point/--assemble/--launch: they select or launch cells of the study grid; add --study")
+    arg_combinations.check_mixup_combinations(args)
     if args.study:
         return study(args, argv)
-    if args.point is not None or args.assemble or args.launch:
-        raise UserError("--point/--assemble/--launch: they select or launch cells of the study grid; add --study")
     K, per_class = check_args(args)
     device = sweep.figure_device(args)
     cfg = train_config(args)
+    if not args.dry_run:
+        arg_combinations.check_models_dir(args)
     inputs = run_inputs(cfg, args.dataset, per_class, K, device, args)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
+    if args.quick and device.type == "cpu" and cfg["network"] not in QUICK_NETWORKS and not args.dry_run:
+        data = inputs[1]
+        arg_combinations.warn_slow_preview(cfg["network"], arg_combinations.seconds_per_step(
+            cfg["network"], K, data.in_channels, data.x_train.shape[-1], min(cfg["batch_size"], len(data.y_train)),
+            cfg["width"], cfg["depth"]), arg_combinations.steps_of(len(data.y_train), cfg["batch_size"], cfg["epochs"]),
+            1, "--model")
     if args.dry_run:
         return dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
     result = train(cfg, inputs, device, args.models_dir)
@@ -373,7 +385,10 @@ def study(args, argv=None):
         utils.check_choice("--losses/--panel_losses", loss, tuple(losses.LOSSES))
     sweep.check_launch_args(args)
     points = study_cells(args)
+    arg_combinations.check_point_index(args.point, len(points), "cells")
     device = sweep.figure_device(args)
+    if not (args.dry_run or args.assemble or args.launch):
+        arg_combinations.check_models_dir(args)
     if args.dry_run:
         return study_dry_run(points, args, device)
     if args.launch:

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 import ana_utils
+import arg_combinations
 import batched_training
 import datasets
 import networks
@@ -124,6 +125,7 @@ def check_figure_args(args):
     K = datasets.num_classes_of(args.dataset_t)
     if getattr(args, "ka", None) is not None and not 1 <= args.ka < K:
         raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
+    arg_combinations.check_figure_combinations(args, batched_training.BATCHED_NETWORKS)
     return K
 
 
@@ -349,6 +351,7 @@ def train_points(points, args, argv=None):
     (point index, seed) pairs not trained yet."""
     seeds = args.seeds or [args.seed]
     runs = seeded_points(points, seeds)
+    arg_combinations.check_point_index(args.point, len(runs), "runs" if len(seeds) > 1 else "points")
     if args.list_points:
         rows = [json.dumps(dict(index=i, point=i // len(seeds), seed=run["seed"], params=run["params"],
                                 finished=finished_record(args.models_dir, run) is not None))
@@ -371,6 +374,11 @@ def train_points(points, args, argv=None):
                 print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
                 said.append(True)
 
+        todo = [] if args.assemble else [r for i, r in enumerate(runs) if args.point in (None, i)
+                                         and not os.path.exists(point_record_path(args.models_dir, r))]
+        if todo:  # checked before training starts, not at its first write
+            arg_combinations.check_models_dir(args)
+            arg_combinations.warn_slow_figure_preview(todo, args, device, batched_training.SMALL_NETWORKS)
         if args.point is None and not args.assemble:
             train_batched_groups(runs, args, device, use_threads)
 
