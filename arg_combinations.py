@@ -97,9 +97,9 @@ def warn_slow_preview(network, step_s, steps, n_points, option="--network"):
     the training steps of all n_points)."""
     per_point = step_s * steps / n_points
     if per_point > SLOW_PREVIEW_S:
-        print(f"warning: {option} {network} with --quick on the CPU: about {per_point / 60:.1f} min per point"
-              f"{f', {n_points * per_point / 60:.0f} min for the {n_points} to train' if n_points > 1 else ''} "
-              f"(from {step_s:.2f} s per training step, {steps // n_points} steps per point); a GPU (--device cuda) or the "
+        each = f" per point, {n_points * per_point / 60:.0f} min for the {n_points} to train" if n_points > 1 else ""
+        print(f"warning: {option} {network} with --quick on the CPU: about {per_point / 60:.1f} min{each} "
+              f"(from {step_s:.2f} s per training step, {steps // n_points} steps{' per point' * bool(each)}); a GPU (--device cuda) or the "
               "preview's own network takes seconds", file=sys.stderr, flush=True)
     return per_point
 

@@ -21,6 +21,7 @@ import batched_training
 import datasets
 import networks
 import plot_utils
+import read_back
 import train_utils
 import utils
 from utils import UserError
@@ -244,6 +245,9 @@ def read_point_record(path, point):
                   and np.shape(rec.get("Z")) == (K, K))
         if not ok:
             raise UserError(f"point record {path} does not match its point (params, sizes, clusters, Z)")
+        found = read_back.point_record_problem(rec, point) if "sizes" in point else None
+        if found:
+            raise UserError(f"point record {path}: {found}")
     except UserError as e:
         print(f"warning: {e}; counted as missing (recomputed when trained)", file=sys.stderr)
         return None
