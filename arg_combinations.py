@@ -58,9 +58,9 @@ def check_figure_combinations(args, batchable):
         raise UserError(f"--seeds {' '.join(map(str, args.seeds))} with --seed {args.seed}: --seeds replaces --seed; "
                         "list every seed in --seeds")
     if args.batched and args.network not in batchable:
-        raise UserError(f"--batched with --network {args.network}: trains only {', '.join(batchable)} together"
-                        f"{' (the UFM is trained point by point, by full-batch L-BFGS)' if args.network == 'ufm' else ''}"
-                        "; leave out --batched")
+        ufm = " (the UFM is trained point by point, by full-batch L-BFGS)" if args.network == "ufm" else ""
+        raise UserError(f"--batched with --network {args.network}: trains only {', '.join(batchable)} together{ufm}; "
+                        "leave out --batched")
     if args.network == "ufm":
         for dest, why in UFM_NOT_APPLYING.items():
             if dest in typed:
@@ -99,7 +99,8 @@ def warn_slow_preview(network, step_s, steps, n_points, option="--network"):
     if per_point > SLOW_PREVIEW_S:
         each = f" per point, {n_points * per_point / 60:.0f} min for the {n_points} to train" if n_points > 1 else ""
         print(f"warning: {option} {network} with --quick on the CPU: about {per_point / 60:.1f} min{each} "
-              f"(from {step_s:.2f} s per training step, {steps // n_points} steps{' per point' * bool(each)}); a GPU (--device cuda) or the "
+              f"(from {step_s:.2f} s per training step, {steps // n_points} steps{' per point' * bool(each)}); "
+              "a GPU (--device cuda) or the "
               "preview's own network takes seconds", file=sys.stderr, flush=True)
     return per_point
 

@@ -18,6 +18,7 @@ import losses
 import mixup_geometry
 import networks
 import plot_utils
+import read_back
 import sweep
 import train_utils
 import utils
@@ -206,7 +207,8 @@ def dry_run(cfg, data, device, objective, models_dir):
     recorded seconds per epoch or a 3-epoch probe in a throw-away folder (evaluation excluded)."""
     run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **cfg}, data, models_dir)
     csv_path = os.path.join(run_dir, "summary.csv")
-    rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+    rows = read_back.read_csv(csv_path, ["epoch", "seconds_per_epoch"], "the dry run's estimate",
+                              empty_ok=True) if os.path.isfile(csv_path) else []
     if os.path.exists(os.path.join(run_dir, "final.json")):
         print(f"{run_dir}: finished, nothing to train")
         return 0
@@ -315,9 +317,12 @@ def study_cell(point, device, args):
             raise
         print(f"cell {describe(p)}: {e}", file=sys.stderr)
         return dict(p, diverged=str(e), **{m: None for m in STUDY_METRICS})
-    rows = utils.read_csv(os.path.join(run_dir, "summary.csv"))
+    rows = read_back.read_csv(os.path.join(run_dir, "summary.csv"), ["epoch", "test_acc", "test_ece"],
+                              "the study's table")
     snaps = utils.mixup_snapshots(run_dir)
-    geometry = [utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps]
+    geometry = [read_back.read_json(utils.mixup_snapshot_path(run_dir, e, "json"),
+                                    dict.fromkeys(STUDY_METRICS[2:], read_back.NUM_OR_NULL), "the study's table")
+                for e, _ in snaps]
     curves = {k: [r.get(k) for r in rows] for k in ("nc1", "nc1_trace", "nc3") if k in rows[0]}
     return dict(p, run_dir=run_dir, last_snapshot=snaps[-1][1], K=point["K"], classes=point["train"]["classes"],
                 test_acc=rows[-1]["test_acc"], test_ece=rows[-1]["test_ece"],
@@ -349,8 +354,8 @@ def projection_panel(records, args, dataset, model, loss):
     for r in records:
         if (r["dataset"], r["model"], r["loss"], r["mixup"], r["seed"]) == (dataset, model, loss, True, args.seeds[0]):
             cfg = dict(loss=loss, mse_scale=args.mse_scale, smoothing=args.smoothing, focal_gamma=args.focal_gamma)
-            return utils.load_snapshot(r["last_snapshot"]), mixup_geometry.ufm_overlay(cfg, r["K"], r["classes"],
-                                                                                    args.theory_beta)
+            snap = read_back.load_snapshot(r["last_snapshot"], "the study's projections")
+            return snap, mixup_geometry.ufm_overlay(cfg, r["K"], r["classes"], args.theory_beta)
     return None
 
 

@@ -164,7 +164,8 @@ def load_snapshot(path, what="a mixup projection"):
          and classes.max() < K)) if not ok), None)
     if bad:
         raise UserError(f"{path}: {bad}, which does not fit features {H.shape} and W {W.shape} (needed by {what}; "
-                        "classes: three distinct indices below the rows of W); rewrite it with the command that made it")
+                        "classes: three distinct indices below the rows of W); rewrite it with the command that "
+                        "made it")
     return snap
 
 
@@ -180,12 +181,14 @@ def run_config(run_dir, arg="run_dir"):
     return cfg
 
 
-def read_csv(path, columns, what):
-    """The rows of a CSV that must have at least one row and the given columns; one line naming the
-    file and the first missing column otherwise."""
+def read_csv(path, columns, what, empty_ok=False):
+    """The rows of a CSV that must have the given columns and (unless empty_ok) at least one row; one
+    line naming the file and the first missing column otherwise."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file (needed by {what})")
     rows = utils.read_csv(path)
+    if not rows and empty_ok:
+        return rows
     if not rows:
         raise UserError(f"{path}: has no rows (needed by {what}); the run has not finished an evaluated epoch")
     lacking = [c for c in columns if c not in rows[0]]

@@ -59,8 +59,8 @@ def no_training(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------
 
 MINORITY = {"figure": "minority_l", "settings": {"x_key": "lam", "x_label": "λ", "network": "mlp"},
-            "points": [{"params": {"lam": 0.01}, "sizes": [4, 2], "clusters": [[0], [1]], "Z": [[1.0, -1.0], [-1.0, 1.0]],
-                        "z_norm": 2.0, "minority_spread": 0.0, "theory": {"verdict": "collapse", "z_norm": 2.0}}],
+            "points": [{"params": {"lam": 0.01}, "sizes": [4, 2], "clusters": [[0], [1]],
+                        "Z": [[1.0, -1.0], [-1.0, 1.0]], "z_norm": 2.0, "minority_spread": 0.0, "theory": {"verdict": "collapse", "z_norm": 2.0}}],
             "theory_curve": {"x": [0.01], "minority_spread": [0.0], "z_norm": [2.0]}, "threshold": 0.02}
 
 
@@ -94,11 +94,13 @@ READ_BACK = [  # (what the file is, how to write it, command after the file, the
     ("figure JSON without points", lambda d: utils.atomic_write_json(d / "F.json", without(MINORITY, "points")),
      ["replot-figure", "F.json"], "points"),
     ("figure point without its spread", lambda d: utils.atomic_write_json(
-        d / "F.json", without(MINORITY, "points.0.minority_spread")), ["replot-figure", "F.json"], "points[0].minority_spread"),
+        d / "F.json", without(MINORITY, "points.0.minority_spread")), ["replot-figure", "F.json"],
+     "points[0].minority_spread"),
     ("figure point without the swept value", lambda d: utils.atomic_write_json(
         d / "F.json", without(MINORITY, "points.0.params.lam")), ["replot-figure", "F.json"], "points[0].params.lam"),
     ("figure Z of the wrong size", lambda d: utils.atomic_write_json(
-        d / "F.json", dict(MINORITY, points=[dict(MINORITY["points"][0], Z=[[1.0]])])), ["replot-figure", "F.json"], "Z"),
+        d / "F.json", dict(MINORITY, points=[dict(MINORITY["points"][0], Z=[[1.0]])])),
+     ["replot-figure", "F.json"], "Z"),
     ("theory curve shorter than its x", lambda d: utils.atomic_write_json(
         d / "F.json", dict(MINORITY, theory_curve={"x": [0.01, 0.02], "minority_spread": [0.0]})),
      ["replot-figure", "F.json"], "theory_curve.minority_spread"),
@@ -109,7 +111,8 @@ READ_BACK = [  # (what the file is, how to write it, command after the file, the
         MINORITY, figure="limit", points=[dict(MINORITY["points"][0], params={"lam": 0.1, "n_A": 4})])),
      ["replot-figure", "F.json"], "points[0].cosines"),
     ("opt_main JSON with a Z of the wrong size", lambda d: utils.atomic_write_json(
-        d / "F.json", {"cluster_s": [2, 1], "Z": [[1.0, 0.0], [0.0, 1.0]], "lam": 0.1}), ["replot-figure", "F.json"], "Z"),
+        d / "F.json", {"cluster_s": [2, 1], "Z": [[1.0, 0.0], [0.0, 1.0]], "lam": 0.1}),
+     ["replot-figure", "F.json"], "Z"),
     ("snapshot without b", lambda d: utils.atomic_savez(str(d / "S.npz"), **snapshot(b=1)),
      ["mixup-projection", "S.npz"], "b"),
     ("snapshot whose classes exceed W", lambda d: utils.atomic_savez(
@@ -324,5 +327,6 @@ def test_the_preview_network_is_not_warned_about(no_training, capsys):
     """The preset network of --quick is not measured or warned about."""
     class Args:
         quick, network = True, "mlp_linear"
-    assert arg_combinations.warn_slow_figure_preview([{}], Args, torch.device("cpu"), ("mlp", "mlp_linear", "cnn")) is None
+    small = ("mlp", "mlp_linear", "cnn")
+    assert arg_combinations.warn_slow_figure_preview([{}], Args, torch.device("cpu"), small) is None
     assert capsys.readouterr().err == ""
