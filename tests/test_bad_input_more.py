@@ -60,7 +60,8 @@ def no_training(tmp_path, monkeypatch):
 
 MINORITY = {"figure": "minority_l", "settings": {"x_key": "lam", "x_label": "λ", "network": "mlp"},
             "points": [{"params": {"lam": 0.01}, "sizes": [4, 2], "clusters": [[0], [1]],
-                        "Z": [[1.0, -1.0], [-1.0, 1.0]], "z_norm": 2.0, "minority_spread": 0.0, "theory": {"verdict": "collapse", "z_norm": 2.0}}],
+                        "Z": [[1.0, -1.0], [-1.0, 1.0]], "z_norm": 2.0, "minority_spread": 0.0,
+                        "theory": {"verdict": "collapse", "z_norm": 2.0}}],
             "theory_curve": {"x": [0.01], "minority_spread": [0.0], "z_norm": [2.0]}, "threshold": 0.02}
 
 
