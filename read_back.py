@@ -14,7 +14,6 @@ from utils import UserError
 NUM = "a number"
 NUM_OR_NULL = "a number or null"
 MATRIX = "a matrix of numbers"
-ANY = "anything"
 
 
 def _type_name(value):
@@ -28,8 +27,6 @@ def _is_number(value, null_ok=False):
 
 def _matches(value, token):
     """Whether value matches a token or type spec."""
-    if token == ANY:
-        return True
     if token in (NUM, NUM_OR_NULL):
         return _is_number(value, token == NUM_OR_NULL)
     if token == MATRIX:
