@@ -65,10 +65,24 @@ def check_figure_combinations(args, batchable):
         for dest, why in UFM_NOT_APPLYING.items():
             if dest in typed:
                 raise UserError(f"--{dest} with --network UFM: does not apply, {why}; leave out --{dest}")
-    for dest in SLURM_ONLY + ("slurm_time",):
-        if dest in typed and args.launch != "slurm" and not (dest == "slurm_time" and args.launch == "local"):
-            raise UserError(f"--{dest} without --launch slurm: applies to SLURM jobs only"
-                            f"{' (and --slurm_time to --launch local)' if dest == 'slurm_time' else ''}")
+    check_launch_combinations(args)
+
+
+def check_launch_combinations(args):
+    """SLURM options without --launch slurm (--slurm_time: without --launch), and --dry_run with a
+    mode it would ignore or run despite (--list_points, --assemble, --launch)."""
+    typed = given(args)
+    for dest in SLURM_ONLY:
+        if dest in typed and args.launch != "slurm":
+            raise UserError(f"--{dest} without --launch slurm: applies to SLURM jobs only; add --launch slurm or "
+                            f"leave out --{dest}")
+    if "slurm_time" in typed and args.launch is None:
+        raise UserError("--slurm_time without --launch: the time limit of launched jobs (slurm or local); add "
+                        "--launch or leave out --slurm_time")
+    other = [name for name, on in (("--list_points", getattr(args, "list_points", False)),
+                                   ("--assemble", args.assemble), ("--launch", args.launch is not None)) if on]
+    if args.dry_run and other:
+        raise UserError(f"--dry_run with {other[0]}: --dry_run only lists and estimates; give one of them")
 
 
 def check_models_dir(args):
@@ -142,9 +156,10 @@ def check_mixup_combinations(args):
     typed = given(args)
     if not args.study:
         for dest in MIXUP_STUDY_ONLY:
+            single = next((f" (a single run takes --{k})" for k, v in MIXUP_STUDY_REPLACES.items() if v == dest), "")
             if dest in typed:
-                raise UserError(f"--{dest} without --study: applies to the study grid only (a single run takes "
-                                f"--{next(k for k, v in MIXUP_STUDY_REPLACES.items() if v == dest)}); add --study")
+                raise UserError(f"--{dest} without --study: applies to the study grid only{single}; add --study")
+    check_launch_combinations(args)
     for dest, instead in MIXUP_STUDY_REPLACES.items():
         if args.study and dest in typed:
             raise UserError(f"--{dest} with --study: the study's cells take --{instead}; give that instead")

@@ -228,6 +228,11 @@ NOT_APPLYING = [
     ("minority_l_main", ["--network", "UFM", "--width", "64"], ["--width", "--network UFM"]),
     ("minority_n_main", ["--network", "UFM", "--ln_pro", "0.5"], ["--ln_pro", "--network UFM"]),
     ("block_main", ["--quick", "--slurm_partition", "gpu"], ["--slurm_partition", "--launch slurm"]),
+    ("mixup_main", ["--study", "--quick", "--launch", "local", "--slurm_extra", "mem=4G"], ["--slurm_extra", "slurm"]),
+    ("minority_l_main", ["--quick", "--slurm_time", "10"], ["--slurm_time", "--launch"]),
+    ("minority_l_main", ["--quick", "--assemble", "--dry_run"], ["--dry_run", "--assemble"]),
+    ("mixup_main", ["--study", "--quick", "--assemble", "--dry_run"], ["--dry_run"]),
+    ("mixup_main", ["--quick", "--panel_losses", "mse"], ["--panel_losses", "--study"]),
     ("limit_main", ["--quick", "--seeds", "0", "1", "--seed", "3"], ["--seeds 0 1", "--seed 3"]),
 ]
 
