@@ -3,6 +3,7 @@ repeated in a list, a contradictory pair (refused in one line naming both), a su
 about in one line). Options are keyed by their dest names; `args.given` (utils.parse_with_presets)
 holds the ones the user typed."""
 import math
+import os
 import sys
 
 import datasets
@@ -85,9 +86,15 @@ def check_launch_combinations(args):
         raise UserError(f"--dry_run with {other[0]}: --dry_run only lists and estimates; give one of them")
 
 
-def check_models_dir(args):
-    """--models_dir is writable, checked before training starts rather than at the first write."""
+def check_output_dirs(args, points=()):
+    """--models_dir, and --data_dir where a point's subset is still to be cached, are writable: checked
+    before training starts rather than at their first write (a read-only --data_dir of prepared subsets is fine)."""
     utils.ensure_writable_dir(args.models_dir, "--models_dir")
+    for p in points:
+        path, _ = datasets.subset_cache_path(p["dataset"], p["sizes"], p["seed"], args.data_dir, p["allow_test_fill"])
+        if p["dataset"] != "synthetic" and not os.path.exists(path):
+            utils.ensure_writable_dir(os.path.dirname(path), "--data_dir")
+            return
 
 
 def seconds_per_step(network, num_classes, in_channels, image_size, batch, width=None, depth=None, repeat=2):

@@ -234,7 +234,7 @@ def main(argv=None):
     device = sweep.figure_device(args)
     cfg = train_config(args)
     if not args.dry_run:
-        arg_combinations.check_models_dir(args)
+        arg_combinations.check_output_dirs(args)
     inputs = run_inputs(cfg, args.dataset, per_class, K, device, args)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
     if args.quick and device.type == "cpu" and cfg["network"] not in QUICK_NETWORKS and not args.dry_run:
@@ -393,7 +393,7 @@ def study(args, argv=None):
     arg_combinations.check_point_index(args.point, len(points), "cells")
     device = sweep.figure_device(args)
     if not (args.dry_run or args.assemble or args.launch):
-        arg_combinations.check_models_dir(args)
+        arg_combinations.check_output_dirs(args)
     if args.dry_run:
         return study_dry_run(points, args, device)
     if args.launch:

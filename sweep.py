@@ -381,7 +381,7 @@ def train_points(points, args, argv=None):
         todo = [] if args.assemble else [r for i, r in enumerate(runs) if args.point in (None, i)
                                          and not os.path.exists(point_record_path(args.models_dir, r))]
         if todo:  # checked before training starts, not at its first write
-            arg_combinations.check_models_dir(args)
+            arg_combinations.check_output_dirs(args, todo)
             arg_combinations.warn_slow_figure_preview(todo, args, device, batched_training.SMALL_NETWORKS)
         if args.point is None and not args.assemble:
             train_batched_groups(runs, args, device, use_threads)

@@ -281,6 +281,7 @@ LATE = [
     ("mixup_main", ["--quick", "--threads", "-1"], ["--threads -1"]),
     ("minority_l_main", ["--quick", "--models_dir", "{file}"], ["--models_dir", "{file}"]),
     ("mixup_main", ["--quick", "--models_dir", "{file}"], ["--models_dir", "{file}"]),
+    ("minority_l_main", ["--quick", "--dataset", "digits", "--data_dir", "{file}"], ["--data_dir", "{file}"]),
     ("minority_l_main", ["--quick", "--dry_run", "--point", "99"], ["--point 99", "0..9"]),
     ("mixup_main", ["--study", "--quick", "--dry_run", "--point", "99"], ["--point 99", "cells"]),
     ("minority_l_main", ["--quick", "--nb", "200"], ["--nb 200", "--na 100"]),
