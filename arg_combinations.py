@@ -130,6 +130,15 @@ def steps_of(n_samples, batch_size, epochs):
     return math.ceil(n_samples / min(batch_size, n_samples)) * epochs
 
 
+def warn_slow_run_preview(cfg, data):
+    """mixup_main --quick on the CPU with a network other than the preview's: one warning line when
+    the run `cfg` on `data` takes minutes (measured over two steps)."""
+    batch = min(cfg["batch_size"], len(data.y_train))
+    step = seconds_per_step(cfg["network"], data.num_classes, data.in_channels, data.x_train.shape[-1], batch,
+                            cfg["width"], cfg.get("depth"))
+    return warn_slow_preview(cfg["network"], step, steps_of(len(data.y_train), batch, cfg["epochs"]), 1, "--model")
+
+
 # (channels, side) of the datasets' images as the networks see them
 IMAGE_SHAPES = {"digits": (1, 8), "mnist": (1, 32), "fashion_mnist": (1, 32), "cifar10": (3, 32), "cifar100": (3, 32)}
 

@@ -36,9 +36,9 @@ QUICK = dict(dataset="digits", model="mlp", epochs=200, batch_size=64, lr=0.05, 
 # (10 synthetic classes); weight decay 5e-2 collapses the features that fast.
 STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=40,
                    train_per_class=60, num_classes=10, image_size=16, weight_decay=5e-2, snapshot_size=600)
-# The study's table: the per-seed numbers of a cell, and what keys a row.
 # the networks of the --quick previews: seconds on the CPU (others are warned about, with their estimate)
 QUICK_NETWORKS = ("mlp", "cnn")
+# The study's table: the per-seed numbers of a cell, and what keys a row.
 STUDY_KEYS = ("dataset", "model", "loss", "mixup")
 STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_vs_log_odds_spearman",
                  "diff_convex_residual_mean", "diff_convex_residual_binned", "same_spread")
@@ -238,11 +238,7 @@ def main(argv=None):
     inputs = run_inputs(cfg, args.dataset, per_class, K, device, args)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
     if args.quick and device.type == "cpu" and cfg["network"] not in QUICK_NETWORKS and not args.dry_run:
-        data = inputs[1]
-        arg_combinations.warn_slow_preview(cfg["network"], arg_combinations.seconds_per_step(
-            cfg["network"], K, data.in_channels, data.x_train.shape[-1], min(cfg["batch_size"], len(data.y_train)),
-            cfg["width"], cfg["depth"]), arg_combinations.steps_of(len(data.y_train), cfg["batch_size"], cfg["epochs"]),
-            1, "--model")
+        arg_combinations.warn_slow_run_preview(cfg, inputs[1])
     if args.dry_run:
         return dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
     result = train(cfg, inputs, device, args.models_dir)

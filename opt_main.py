@@ -21,9 +21,9 @@ from utils import UserError
 COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one (solver accuracy)
 LAM_MAX = 1e6  # largest --reg_z / --reg_b: Clarabel panics at 1e300, and Z = b = 0 long before
 # cvxpy/Clarabel's peak memory on the program (ru_maxrss, one thread): 0.13 GB at K = 10, 0.17 at 20, 0.32 at
-# 30, 0.65 at 40, 1.37 at 50 (23 min): about 0.12 GB + 210 K^4 bytes (the nuclear norm's PSD cone of side 2K gives a dense block of
-# (2K(2K+1)/2)^2 entries; K = 2000 asked for 5.1e14 bytes and aborted the process). --solver cvxpy is refused
-# where this exceeds CVXPY_MEMORY_SHARE of the machine's memory: K <= 96 on 24 GB.
+# 30, 0.65 at 40, 1.37 at 50 (23 min): about 0.12 GB + 210 K^4 bytes (the nuclear norm's PSD cone of side 2K
+# gives a dense block of (2K(2K+1)/2)^2 entries; K = 2000 asked for 5.1e14 bytes and aborted the process).
+# --solver cvxpy is refused where this exceeds CVXPY_MEMORY_SHARE of the machine's memory: K <= 96 on 24 GB.
 CVXPY_BASE_BYTES, CVXPY_BYTES_PER_K4, CVXPY_MEMORY_SHARE = 0.12e9, 210, 0.75
 
 
@@ -80,9 +80,10 @@ def check_cvxpy_size(K, memory_bytes=None):
     memory_bytes = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if K > cvxpy_max_k(memory_bytes):
         need = CVXPY_BASE_BYTES + CVXPY_BYTES_PER_K4 * float(K) ** 4
-        raise UserError(f"--solver cvxpy at K = {K}: Clarabel would need about {need / 1e9:,.1f} GB (0.12 GB + 210 K^4 "
-                        f"bytes, measured), so this machine's {memory_bytes / 1e9:.0f} GB allow K <= "
-                        f"{cvxpy_max_k(memory_bytes)}; use --solver fast or auto (the fast solver takes K = 1000 and more)")
+        raise UserError(f"--solver cvxpy at K = {K}: Clarabel would need about {need / 1e9:,.1f} GB (0.12 GB + "
+                        f"210 K^4 bytes, measured), so this machine's {memory_bytes / 1e9:.0f} GB allow K <= "
+                        f"{cvxpy_max_k(memory_bytes)}; use --solver fast or auto (the fast solver takes K = 1000 "
+                        "and more)")
 
 
 def check_file_name(name, value):
