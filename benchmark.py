@@ -153,6 +153,7 @@ def nc_stream_child(N, d, K, batch):
     """In a fresh process: nc_metrics_stream over N generated features against the float64 Gram X^T X
     accumulated over the same batches (the floor for Sigma_W); prints times and this process's peak RSS."""
     import resource
+
     import nc_stream
     torch.set_num_threads(1)
     centres = torch.randn(K, d, generator=torch.Generator().manual_seed(0)) * 2

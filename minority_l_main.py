@@ -12,9 +12,11 @@ the lambda of the convex program, theory.md section 2). Theory: the minority cla
 import sys
 
 import ana_utils
+import arg_combinations
 import datasets
 import sweep
 import utils
+from utils import UserError
 
 FIGURE = "minority_l"
 # The paper's lambda lists (README of the original code); other k_A: the k_A = 5 list as multiples of lambda*.
@@ -55,6 +57,9 @@ def main(argv=None):
     args = parse_args(argv)
     K = sweep.check_figure_args(args)
     utils.check_positive_ints("--na/--nb", [args.na, args.nb])
+    if args.nb > args.na:
+        raise UserError(f"--nb {args.nb} with --na {args.na}: the minority classes would be larger than the majority "
+                        "(minority collapse needs n_B < n_A); give --nb below --na")
     lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
     lam_scale = 1.0  # --quick scales only the paper's list (never a typed --lam) to the sizes trained
     if args.lams:
@@ -67,6 +72,7 @@ def main(argv=None):
     else:  # the k_A = 5 list as multiples of its lambda* = 1/300, moved to this k_A's lambda*
         lams = [round(lam * 300 * lam_star, 6) for lam in PAPER_LAMS[5]]
     utils.check_positive("--lam/--reg_z_l", lams)
+    arg_combinations.check_distinct("--lam/--reg_z_l", lams)
     utils.check_fraction("--warm_frac", args.warm_frac)
     sizes = [args.na] * args.ka + [args.nb] * (K - args.ka)
     clusters = [list(range(args.ka)), list(range(args.ka, K))]

@@ -13,6 +13,7 @@ import math
 import sys
 
 import ana_utils
+import arg_combinations
 import datasets
 import sweep
 import utils
@@ -59,6 +60,11 @@ def main(argv=None):
     nas = [max(1, round(n * na_scale)) for n in chosen] if na_scale != 1 else list(chosen)
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive_ints("--nb", [args.nb])
+    arg_combinations.check_distinct("--nalist", nas)
+    below = [n for n in nas if n < args.nb]
+    if below:
+        print(f"warning: --nalist {' '.join(map(str, below))} below --nb {args.nb}: at those points the majority "
+              "classes are the smaller ones (the minority spread is then measured on classes A)", file=sys.stderr)
     utils.check_positive("--lam/--reg_l", args.lam)
     utils.check_fraction("--warm_frac", args.warm_frac)
     datasets.check_class_sizes(args.dataset_t, nas + [args.nb], args.allow_test_fill, "--nalist/--nb", args.network)

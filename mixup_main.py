@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 import ana_utils
+import arg_combinations
 import datasets
 import figure_store
 import fit_checks
@@ -20,6 +21,7 @@ import mixup_geometry
 import nc_layers
 import networks
 import plot_utils
+import read_back
 import recipes
 import residual_split
 import sweep
@@ -39,6 +41,8 @@ QUICK = dict(dataset="digits", model="mlp", snapshot_size=900, feature_mode="eva
 # features that fast; every cell then fits its training data and its NC1 falls (docs/mixup_study.md).
 STUDY_QUICK = dict(QUICK, datasets=["digits", "synthetic"], models=["mlp", "cnn"], seeds=[0, 1], epochs=60,
                    train_per_class=60, num_classes=10, image_size=16, weight_decay=5e-2, snapshot_size=600)
+# the networks of the --quick previews: seconds on the CPU (others are warned about, with their estimate)
+QUICK_NETWORKS = ("mlp", "cnn")
 # The study's table: the per-seed numbers of a cell, and what keys a row.
 STUDY_KEYS = ("dataset", "model", "loss", "mixup")
 STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_vs_log_odds_spearman",
@@ -63,7 +67,8 @@ def parse_args(argv):
     p.add_argument("--focal_gamma", type=float, default=2.0, help="focal: gamma")
     p.add_argument("--recipe", default=None, help=f"{' | '.join(recipes.RECIPES)}: the training recipe (default: the "
                    "network's, recipes.py; --quick: its CPU recipe); the flags below, when given, win over it")
-    p.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=None, help="default: the recipe's (sgd_step, vit_adamw: 500)")
+    p.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=None,
+                   help="default: the recipe's (sgd_step, vit_adamw: 500)")
     p.add_argument("--optimizer", default=None, help="sgd | adam | adamw (default: the recipe's)")
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's (sgd_step 0.1)")
     p.add_argument("--momentum", type=float, default=None, help="sgd (default: the recipe's, 0.9)")
@@ -255,7 +260,8 @@ def dry_run(cfg, data, device, objective, models_dir):
     recorded seconds per epoch or a 3-epoch probe in a throw-away folder (evaluation excluded)."""
     run_dir = train_utils.run_dir_of({**train_utils.TRAIN_DEFAULTS, **cfg}, data, models_dir)
     csv_path = os.path.join(run_dir, "summary.csv")
-    rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+    rows = read_back.read_csv(csv_path, ["epoch", "seconds_per_epoch"], "the dry run's estimate",
+                              empty_ok=True) if os.path.isfile(csv_path) else []
     if os.path.exists(os.path.join(run_dir, "final.json")):
         print(f"{run_dir}: finished, nothing to train")
         return 0
@@ -274,19 +280,24 @@ def main(argv=None):
     args = parse_args(argv)
     if args.study and args.nc_layers:
         raise UserError("--nc_layers: measures one run (without --study)")
+    if not args.study and (args.point is not None or args.assemble or args.launch):
+        raise UserError("--point/--assemble/--launch: they select or launch cells of the study grid; add --study")
+    arg_combinations.check_mixup_combinations(args)
     if args.study:
         return study(args, argv)
-    if args.point is not None or args.assemble or args.launch:
-        raise UserError("--point/--assemble/--launch: they select or launch cells of the study grid; add --study")
     K, per_class = check_args(args)
     device = sweep.figure_device(args)
     cfg = train_config(args)
+    if not args.dry_run:
+        arg_combinations.check_output_dirs(args)
     inputs = run_inputs(cfg, args.dataset, per_class, K, device, args)
     if args.nc_layers:   # names checked on the network itself, before any training; part of the run's key
         net = networks.build_model(cfg["network"], K, inputs[1].in_channels, width=cfg["width"], depth=cfg["depth"],
                                    image_size=inputs[1].x_train.shape[-1])
         cfg["nc_layers"] = nc_layers.resolve_layers(net, args.nc_layers)
     print(utils.describe_device(device, args.amp), file=sys.stderr)
+    if args.quick and device.type == "cpu" and cfg["network"] not in QUICK_NETWORKS and not args.dry_run:
+        arg_combinations.warn_slow_run_preview(cfg, inputs[1])
     print(training_summary(cfg), file=sys.stderr)
     if args.dry_run:
         return dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
@@ -366,9 +377,12 @@ def study_cell(point, device, args):
             raise
         print(f"cell {describe(p)}: {e}", file=sys.stderr)
         return dict(p, recipe=recipe, diverged=str(e), failed=None, terminal=False, **{m: None for m in STUDY_METRICS})
-    rows = utils.read_csv(os.path.join(run_dir, "summary.csv"))
+    rows = read_back.read_csv(os.path.join(run_dir, "summary.csv"), ["epoch", "test_acc", "test_ece"],
+                              "the study's table")
     snaps = utils.mixup_snapshots(run_dir)
-    geometry = [utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps]
+    geometry = [read_back.read_json(utils.mixup_snapshot_path(run_dir, e, "json"),
+                                    dict.fromkeys(STUDY_METRICS[2:], read_back.NUM_OR_NULL), "the study's table")
+                for e, _ in snaps]
     curves = {k: [r.get(k) for r in rows] for k in ("nc1", "nc1_trace", "nc3") if k in rows[0]}
     failed = fit_checks.failure(rows, point["K"])
     if failed:
@@ -429,8 +443,8 @@ def projection_panel(records, args, dataset, model, loss):
             if not learned(r):
                 return "diverged" if "diverged" in r else "failed to learn"
             cfg = dict(loss=loss, mse_scale=args.mse_scale, smoothing=args.smoothing, focal_gamma=args.focal_gamma)
-            return utils.load_snapshot(r["last_snapshot"]), mixup_geometry.ufm_overlay(cfg, r["K"], r["classes"],
-                                                                                    args.theory_beta)
+            snap = read_back.load_snapshot(r["last_snapshot"], "the study's projections")
+            return snap, mixup_geometry.ufm_overlay(cfg, r["K"], r["classes"], args.theory_beta)
     return None
 
 
@@ -494,7 +508,10 @@ def study(args, argv=None):
         utils.check_choice("--losses/--panel_losses", loss, tuple(losses.LOSSES))
     sweep.check_launch_args(args)
     points = study_cells(args)
+    arg_combinations.check_point_index(args.point, len(points), "cells")
     device = sweep.figure_device(args)
+    if not (args.dry_run or args.assemble or args.launch):
+        arg_combinations.check_output_dirs(args)
     if args.dry_run:
         return study_dry_run(points, args, device)
     if args.launch:

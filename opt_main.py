@@ -20,6 +20,11 @@ from utils import UserError
 
 COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one (solver accuracy)
 LAM_MAX = 1e6  # largest --lam / --reg_b: Clarabel panics at 1e300, and Z = b = 0 long before
+# cvxpy/Clarabel's peak memory on the program (ru_maxrss, one thread): 0.13 GB at K = 10, 0.17 at 20, 0.32 at
+# 30, 0.65 at 40, 1.37 at 50 (23 min): about 0.12 GB + 210 K^4 bytes (the nuclear norm's PSD cone of side 2K
+# gives a dense block of (2K(2K+1)/2)^2 entries; K = 2000 asked for 5.1e14 bytes and aborted the process).
+# --solver cvxpy is refused where this exceeds CVXPY_MEMORY_SHARE of the machine's memory: K <= 96 on 24 GB.
+CVXPY_BASE_BYTES, CVXPY_BYTES_PER_K4, CVXPY_MEMORY_SHARE = 0.12e9, 210, 0.75
 
 
 def parse_args(argv):
@@ -57,12 +62,30 @@ def check_args(args):
             raise UserError(f"{flag} {value:g}: at most {LAM_MAX:g} (every collapse threshold sqrt(n_c)/N is at most "
                             "1; "
                             "far beyond it the solvers fail)")
+    if args.solver == "cvxpy":
+        check_cvxpy_size(sum(args.cluster_s))
     if args.name is not None:
         check_file_name("--name", args.name)
     utils.ensure_writable_dir(args.out_dir, "--out_dir")
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return args.name or ("ufm_c" + "-".join(map(str, args.cluster_s)) + "_n" + "-".join(map(str, args.sample_s))
                          + f"_lam{args.lam:g}_b{args.reg_b:g}")
+
+
+def cvxpy_max_k(memory_bytes):
+    """The largest K whose cvxpy/Clarabel solve fits in CVXPY_MEMORY_SHARE of memory_bytes."""
+    return int(((CVXPY_MEMORY_SHARE * memory_bytes - CVXPY_BASE_BYTES) / CVXPY_BYTES_PER_K4) ** 0.25)
+
+
+def check_cvxpy_size(K, memory_bytes=None):
+    """--solver cvxpy only up to the K whose estimated memory fits this machine: refused before solving."""
+    memory_bytes = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if K > cvxpy_max_k(memory_bytes):
+        need = CVXPY_BASE_BYTES + CVXPY_BYTES_PER_K4 * float(K) ** 4
+        raise UserError(f"--solver cvxpy at K = {K}: Clarabel would need about {need / 1e9:,.1f} GB (0.12 GB + "
+                        f"210 K^4 bytes, measured), so this machine's {memory_bytes / 1e9:.0f} GB allow K <= "
+                        f"{cvxpy_max_k(memory_bytes)}; use --solver fast or auto (the fast solver takes K = 1000 "
+                        "and more)")
 
 
 def check_file_name(name, value):

@@ -14,15 +14,13 @@ import datasets
 import losses
 import mixup_geometry
 import plot_utils
+import read_back
 import utils
 from utils import UserError
 
 
 def _run_config(run_dir):
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"run_dir: {run_dir} has no config.json")
-    return utils.read_json(path)
+    return read_back.run_config(run_dir)
 
 
 def _run_label(cfg, key):
@@ -31,12 +29,11 @@ def _run_label(cfg, key):
 
 def cmd_mixup_projection(args):
     """Redraw the projection of one snapshot .npz."""
-    snap = utils.load_snapshot(args.snapshot)
+    snap = read_back.load_snapshot(args.snapshot)
     run_dir = os.path.dirname(os.path.abspath(args.snapshot))
     theory = None
     if not args.no_theory:
-        cfg = utils.read_json(os.path.join(run_dir, "config.json")) if os.path.isfile(
-            os.path.join(run_dir, "config.json")) else {}
+        cfg = read_back.run_config(run_dir) if os.path.isfile(os.path.join(run_dir, "config.json")) else {}
         theory = mixup_geometry.ufm_overlay(cfg, len(snap["b"]), snap["classes"], args.beta)
     epoch = int(snap["epoch"]) if "epoch" in snap else None
     name = (f"projection_e{epoch:04d}.png" if epoch is not None
@@ -50,7 +47,7 @@ def cmd_mixup_grid(args):
     """Redraw the grid of a run's snapshots over epochs."""
     utils.check_positive_ints("--dpi", [args.dpi])
     snaps = utils.mixup_snapshots(args.run_dir)
-    loaded = [utils.load_snapshot(p) for _, p in snaps]
+    loaded = [read_back.load_snapshot(p, "the grid of projections") for _, p in snaps]
     theory = None if args.no_theory else mixup_geometry.ufm_overlay(
         _run_config(args.run_dir), len(loaded[0]["b"]), loaded[0]["classes"], args.beta)
     out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dir, "projection_grid.png")
@@ -63,6 +60,9 @@ def cmd_mixup_grid(args):
 
 def _cmd_curves(args, kind):
     runs = {_run_label(_run_config(d), args.label): os.path.join(d, "summary.csv") for d in args.run_dirs}
+    columns = {"loss": ["epoch", "loss"], "accuracy": ["epoch", "train_acc", "test_acc"]}[kind]
+    for path in runs.values():
+        read_back.read_csv(path, columns, f"the {kind} curves")
     out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dirs[0], f"{kind}.png")
     print(plot_utils.save_mixup_curves(runs, out, kind))
 
@@ -87,8 +87,8 @@ def cmd_mixup_compare(args):
     several_networks = len({cfg.get("network") for cfg in configs}) > 1
     for d, cfg in zip(args.run_dirs, configs):
         epoch, path = utils.mixup_snapshots(d)[-1]
-        summary = utils.read_json(utils.mixup_snapshot_path(d, epoch, "json"))
-        snaps.append(utils.load_snapshot(path))
+        summary = read_back.read_json(utils.mixup_snapshot_path(d, epoch, "json"), {}, "the compared summaries")
+        snaps.append(read_back.load_snapshot(path, "the compared projections"))
         titles.append(f"{_run_label(cfg, args.label)} e{epoch}")
         notes.append(plot_utils.summary_note(summary))
         theories.append(None if args.no_theory else mixup_geometry.ufm_overlay(
@@ -137,7 +137,8 @@ def cmd_collect(args):
         dirs.sort()
         if "final.json" not in files:
             continue
-        final = utils.read_json(os.path.join(root, "final.json"))
+        final = read_back.read_json(os.path.join(root, "final.json"), {"config": dict, "final": (dict, type(None))},
+                                    "collect (the run's configuration and final metrics)")
         config = dict(final.get("config", {}), data=final.get("data"), sizes=final.get("sizes"))
         row = {"run_dir": root}
         row.update({f"config.{k}": " ".join(map(str, v)) if isinstance(v, list) else v for k, v in config.items()})
@@ -228,6 +229,7 @@ def cmd_replot_figure(args):
     without retraining or solving."""
     if not os.path.isfile(args.json):
         raise UserError(f"replot-figure: no such file {args.json}")
+    read_back.check_figure_json(args.json, utils.read_json(args.json))
     print(plot_utils.plot_figure_json(args.json, args.out))
 
 

@@ -16,10 +16,12 @@ import sys
 import numpy as np
 
 import ana_utils
+import arg_combinations
 import batched_training
 import datasets
 import figure_store
 import networks
+import read_back
 import run_estimate
 import train_utils
 import utils
@@ -145,6 +147,7 @@ def check_figure_args(args):
     K = datasets.num_classes_of(args.dataset_t)
     if getattr(args, "ka", None) is not None and not 1 <= args.ka < K:
         raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
+    arg_combinations.check_figure_combinations(args, batched_training.BATCHED_NETWORKS)
     return K
 
 
@@ -295,6 +298,9 @@ def read_point_record(path, point):
                   and np.shape(rec.get("Z")) == (K, K))
         if not ok:
             raise UserError(f"point record {path} does not match its point (params, sizes, clusters, Z)")
+        found = read_back.point_record_problem(rec, point) if "sizes" in point else None
+        if found:
+            raise UserError(f"point record {path}: {found}")
     except UserError as e:
         print(f"warning: {e}; counted as missing (recomputed when trained)", file=sys.stderr)
         return None
@@ -403,6 +409,7 @@ def train_points(points, args, argv=None):
     (point index, seed) pairs not trained yet."""
     seeds = args.seeds or [args.seed]
     runs = seeded_points(points, seeds)
+    arg_combinations.check_point_index(args.point, len(runs), "runs" if len(seeds) > 1 else "points")
     if args.list_points:
         rows = [json.dumps(dict(index=i, point=i // len(seeds), seed=run["seed"], params=run["params"],
                                 finished=finished_record(args.models_dir, run) is not None,
@@ -426,6 +433,11 @@ def train_points(points, args, argv=None):
                 print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
                 said.append(True)
 
+        todo = [] if args.assemble else [r for i, r in enumerate(runs) if args.point in (None, i)
+                                         and not os.path.exists(point_record_path(args.models_dir, r))]
+        if todo:  # checked before training starts, not at its first write
+            arg_combinations.check_output_dirs(args, todo)
+            arg_combinations.warn_slow_figure_preview(todo, args, device, batched_training.SMALL_NETWORKS)
         if args.point is None and not args.assemble:
             train_batched_groups(runs, args, device, use_threads)
 

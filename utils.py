@@ -297,27 +297,21 @@ def add_common_args(parser):
 def parse_with_presets(parser, argv, quick):
     """Parse argv; with --quick, the preview's values `quick` replace the defaults (explicit
     arguments still win), as timm applies its config file through set_defaults. args.given: the
-    options typed (given_options), so --quick can leave them as typed."""
+    dests typed (typed_dests)."""
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
-    args.given = given_options(parser, argv)
+    args.given = typed_dests(parser, argv)
     return args
 
 
-def given_options(parser, argv):
-    """The dest names of the options typed in argv (None: sys.argv[1:]), whatever their defaults."""
-    saved = [(a, a.default) for a in parser._actions], dict(parser._defaults)
-    try:
-        for a, _ in saved[0]:
-            a.default = argparse.SUPPRESS
-        parser._defaults.clear()
-        return set(vars(parser.parse_args(argv)))
-    finally:
-        for a, default in saved[0]:
-            a.default = default
-        parser._defaults.update(saved[1])
+def typed_dests(parser, argv):
+    """The dests of the options typed in argv (not left at a default or a preset), so that an option
+    given where it does not apply can be refused."""
+    unset, dests = object(), [a.dest for a in parser._actions if a.dest != argparse.SUPPRESS]
+    namespace = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(dests, unset)))
+    return frozenset(d for d in dests if getattr(namespace, d) is not unset)
 
 
 def check_fraction(name, value):

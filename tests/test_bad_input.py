@@ -232,7 +232,9 @@ def test_disk_full_is_one_line_naming_the_path_and_leaves_nothing(tmp_path):
 # --------------------------------------------------------------------------------------
 
 POINT = {"figure": "t", "params": {"lam": 0.1}, "seed": 0, "sizes": [2, 2], "clusters": [[0], [1]]}
-RECORD = {"params": {"lam": 0.1}, "sizes": [2, 2], "clusters": [[0], [1]], "Z": [[1.0, 0.0], [0.0, 1.0]]}
+RECORD = {"params": {"lam": 0.1}, "sizes": [2, 2], "clusters": [[0], [1]], "Z": [[1.0, 0.0], [0.0, 1.0]],
+          "z_norm": 1.4142, "minority_spread": 0.0, "cosines": {"within": [None, None], "across": 0.0},
+          "train": {"seed": 0}}  # the parts a figure reads back (read_back.POINT_RECORD)
 
 
 def _slow_point(models_dir, started):
