@@ -166,7 +166,8 @@ def test_study_table_leaves_failed_and_diverged_cells_out_and_marks_them(tmp_pat
     metrics = {m: 0.0 for m in mixup_main.STUDY_METRICS}
     cells = [dict(keys, seed=0, recipe="cnn_cpu", failed=None, terminal=True, **dict(metrics, test_acc=0.9)),
              dict(keys, seed=1, recipe="cnn_cpu", failed=None, terminal=True, **dict(metrics, test_acc=0.8)),
-             dict(keys, seed=2, recipe="cnn_cpu", failed="stalled (...)", terminal=False, **dict(metrics, test_acc=0.3)),
+             dict(keys, seed=2, recipe="cnn_cpu", failed="stalled (...)", terminal=False,
+                  **dict(metrics, test_acc=0.3)),
              dict(keys, seed=3, recipe="cnn_cpu", diverged="training diverged", failed=None, terminal=False,
                   **{m: None for m in mixup_main.STUDY_METRICS}), None]
     (row,) = mixup_main.study_table(cells)
