@@ -10,7 +10,7 @@ import utils
 
 STOPPED_STATUS = utils.STOPPED_STATUS  # copied here: PointJob travels by value to jobs that may not import utils
 STOP_SIGNAL = signal.SIGUSR2  # submitit's warning signal (sbatch --signal=USR2@<delay>)
-RUN_STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)  # what a --point run checkpoints and stops on
+RUN_STOP_SIGNALS = (signal.SIGUSR2,)  # what a --point run checkpoints at its epoch's end and stops on
 DEFAULT_MAX_REQUEUES = 10
 MAX_SIGNAL_DELAY_S = 90  # submitit's default
 # squeue states of a job that has ended (a requeued job is PENDING or REQUEUED again, not ended)
@@ -55,8 +55,8 @@ class PointJob:
             time.sleep(0.2)
         rc = self._proc.returncode
         if rc == STOPPED_STATUS:
-            raise RuntimeError("the run checkpointed and stopped on a signal without the job's warning (cancelled, "
-                               "or killed at its time limit); launching again resumes it")
+            raise RuntimeError("the run checkpointed and stopped on SIGUSR2 without this job's warning; launching "
+                               "again resumes it")
         if rc:
             raise RuntimeError(f"the run exited with status {rc}; its error is above in this log")
         return rc

@@ -303,12 +303,12 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False):
 
     run_point(point) -> a JSON-able record, stored in point_record_path and reused by later calls.
     With assemble_only nothing is trained. Missing points are named on stderr. records[i] is None
-    where missing. With `only`, SIGUSR2 and SIGTERM make the run checkpoint and stop (utils.Stopped)."""
+    where missing."""
     if only is not None and not 0 <= only < len(points):
         raise UserError(f"--point {only}: allowed are 0..{len(points) - 1} ({len(points)} points)")
     if only is not None and assemble_only:
         raise UserError("--point with --assemble: --assemble trains nothing; give one of them")
-    if only is not None:  # a job's run: warned of a time limit, it checkpoints at the end of its epoch and stops
+    if only is not None:  # a job's run: warned (SIGUSR2) of a time limit, it checkpoints at its epoch's end, stops
         utils.stop_on_signals(launcher.RUN_STOP_SIGNALS)
     records, missing, reused = [], [], []
     for i, point in enumerate(points):
@@ -512,8 +512,8 @@ def launch_points(runs, args, argv, script=None):
     --point I, print the job ids and the command that assembles the figure; with --wait, wait for
     them, otherwise end the script. A job warned of its time limit or a preemption requeues itself
     (launcher.PointJob). With --wait, a job that failed for good or a run left unfinished is named with
-    its log and the script ends with exit status 1, writing no figure (launching again resumes the run
-    from its checkpoint). The launcher's logs go to <models_dir>/launcher/.
+    its log and, unless --partial, the script ends with exit status 1, writing no figure (launching again
+    resumes the run from its checkpoint). The launcher's logs go to <models_dir>/launcher/.
     script: the script the jobs run (default <figure>_main.py beside this file)."""
     import cloudpickle  # lazily, as submitit (which brings it): only launching needs them
     import submitit
@@ -557,7 +557,7 @@ def launch_points(runs, args, argv, script=None):
         if k in failed:
             print(f"run {i} ({describe_point(runs[i])}): job {job.job_id} failed for good: {failed[k]}; "
                   f"log {job.paths.stderr}", file=sys.stderr)
-    if failed:
+    if failed and not getattr(args, "partial", False):  # --partial: the figure of the finished runs
         launcher.fail(f"{len(failed)} of {len(jobs)} jobs failed (named above), so no figure is written; "
                       f"launching again resumes their runs from their checkpoints")
 

@@ -33,31 +33,8 @@ class UserError(Exception):
     """Bad input from the user: reported as one line, exit status 2, no traceback."""
 
 
-# Exit status of a run stopped by a signal after checkpointing (EX_TEMPFAIL: run it again to go on).
-STOPPED_STATUS = 75
-_stop_signals = []  # the signals received since stop_on_signals
-
-
-class Stopped(Exception):
-    """A run that checkpointed and stopped on a signal (a cluster's time limit or preemption ahead):
-    one line, exit status STOPPED_STATUS; the same command resumes it."""
-
-
-def stop_on_signals(signums):
-    """Make each signal in `signums` ask the training loop to checkpoint at the end of its epoch and raise
-    Stopped, instead of killing the process (a job's warning before its time limit, or a preemption)."""
-    for signum in signums:
-        signal.signal(signum, lambda got, frame: _stop_signals.append(signal.Signals(got).name))
-
-
-def stop_requested():
-    """The name of the first signal asking this process to stop (stop_on_signals), or None."""
-    return _stop_signals[0] if _stop_signals else None
-
-
 def cli(main, argv=None):
-    """Run main(argv): a UserError is `error: ...` on stderr and exit 2; Ctrl-C one line and exit 130; a run
-    stopped by a signal after checkpointing (Stopped) one line and exit STOPPED_STATUS."""
+    """Run main(argv): a UserError is `error: ...` on stderr and exit 2; Ctrl-C one line and exit 130."""
     try:
         return main(argv)
     except (UserError, MemoryError, RuntimeError) as e:  # RuntimeError: only torch's out of memory (CPU or CUDA)
@@ -69,9 +46,6 @@ def cli(main, argv=None):
         print("interrupted; the run resumes from its last checkpoint when the same command is run again",
               file=sys.stderr)
         sys.exit(130)
-    except Stopped as e:
-        print(f"stopped: {e}; the same command resumes it", file=sys.stderr)
-        sys.exit(STOPPED_STATUS)
 
 
 def set_seed(seed):
@@ -363,6 +337,29 @@ def remove_leftovers(folder, name="", also=()):
     for p in tmps + list(also):
         with contextlib.suppress(FileNotFoundError):
             os.remove(p)
+
+
+# Exit status of a run stopped by a signal after checkpointing (EX_TEMPFAIL: run it again to go on).
+STOPPED_STATUS = 75
+_stop_signals = []  # the signals received since stop_on_signals
+
+
+class Stopped(SystemExit):
+    """Raised by a run that checkpointed and stopped on a signal (a cluster's time limit or preemption ahead),
+    having said so: the process ends with exit status STOPPED_STATUS once every cleanup has run (locks released);
+    the same command resumes the run."""
+
+
+def stop_on_signals(signums):
+    """Make each signal in `signums` ask the training loop to checkpoint at the end of its epoch and raise
+    Stopped, instead of killing the process (a job's warning before its time limit, or a preemption)."""
+    for signum in signums:
+        signal.signal(signum, lambda got, frame: _stop_signals.append(signal.Signals(got).name))
+
+
+def stop_requested():
+    """The name of the first signal asking this process to stop (stop_on_signals), or None."""
+    return _stop_signals[0] if _stop_signals else None
 
 
 @contextlib.contextmanager

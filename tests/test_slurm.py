@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import submitit
+import torch
 
 import launcher
 import minority_l_main
@@ -134,7 +135,7 @@ def test_a_job_that_may_not_requeue_fails_and_no_figure_is_written(tmp_path):
 def test_warned_job_checkpoints_its_run_requeues_within_its_bound_and_resumes(tmp_path):
     """PointJob without SLURM: checkpoint() (submitit's handler of the warning) stops the run, which writes
     its checkpoint at that epoch; the requeued job resumes it and ends with the uninterrupted run's Z."""
-    argv = ["--quick", "--reg_z_l", "0.0033", "--epoch", "3000"]
+    argv = ["--quick", "--reg_z_l", "0.0033", "--epoch", "1500"]
     command = [sys.executable, SCRIPT] + argv + dirs(tmp_path / "job") + ["--point", "0"]
     job = launcher.PointJob(command, str(tmp_path), max_requeues=1, grace_s=60)
     errors = []
@@ -144,11 +145,10 @@ def test_warned_job_checkpoints_its_run_requeues_within_its_bound_and_resumes(tm
     time.sleep(2)  # a few epochs in
     requeued = job.checkpoint()
     thread.join()
-    assert "stopped on a signal without the job's warning" in errors[0]  # __call__ saw the stop; the handler requeues
+    assert "stopped on SIGUSR2 without this job's warning" in errors[0]  # the handler requeues it, not __call__
     ckpt = os.path.join(os.path.dirname(config[0]), "checkpoint.pt")
-    import torch
     stopped_at = torch.load(ckpt, weights_only=True)["epoch"]
-    assert 1 <= stopped_at < 3000
+    assert 1 <= stopped_at < 1500
     assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function.requeues == 1
     with pytest.raises(RuntimeError, match="requeued 1 times already, the most --slurm_max_requeues allows"):
         requeued.function.checkpoint()  # the bound: a second warning fails the job
@@ -184,19 +184,19 @@ def wait_for(condition, timeout=300):
     raise AssertionError("timed out")
 
 
-def test_point_run_stops_at_the_epoch_end_on_sigterm(tmp_path):
-    """A --point run signalled SIGTERM (SLURM's kill at a time limit or preemption) checkpoints the epoch it
-    is in and exits with utils.STOPPED_STATUS, one line; the same command resumes it from that epoch."""
-    argv = [sys.executable, SCRIPT, "--quick", "--reg_z_l", "0.0033", "--epoch", "3000", "--point", "0"]
+def test_point_run_stops_at_the_epoch_end_on_sigusr2(tmp_path):
+    """A --point run signalled SIGUSR2 (SLURM's warning, sent to every process of the job) checkpoints the
+    epoch it is in and exits with utils.STOPPED_STATUS, one line; the same command resumes it from that epoch."""
+    argv = [sys.executable, SCRIPT, "--quick", "--reg_z_l", "0.0033", "--epoch", "1500", "--point", "0"]
     proc = subprocess.Popen(argv + dirs(tmp_path), cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: glob.glob(str(tmp_path / "models" / "minority_l_*" / "config.json")))
     time.sleep(1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGUSR2)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == utils.STOPPED_STATUS, err
     last = err.rstrip().splitlines()[-1]
-    assert last.startswith("stopped: SIGTERM at epoch ") and "Traceback" not in err
+    assert last.startswith("stopped: SIGUSR2 at epoch ") and "Traceback" not in err
     epoch = int(last.split("at epoch ")[1].split()[0])
     again = subprocess.run(argv + dirs(tmp_path), cwd=tmp_path, capture_output=True, text=True,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -223,7 +223,9 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
     (["--slurm_cpus_per_task", "0"], "--slurm_cpus_per_task"),
     (["--slurm_max_requeues", "-1"], "--slurm_max_requeues -1: must be >= 0"),
 ])
-def test_bad_slurm_options_stop_with_one_line(tmp_path, bad, word):
-    got = script(["--quick", "--launch", "slurm"] + bad + dirs(tmp_path), tmp_path)
-    assert got.returncode == 2 and got.stderr.startswith("error: ") and word in got.stderr, got.stderr
-    assert len(got.stderr.strip().splitlines()) == 1
+def test_bad_slurm_options_stop_with_one_line(tmp_path, capsys, bad, word):
+    with pytest.raises(SystemExit) as stop:
+        utils.cli(minority_l_main.main, ["--quick", "--launch", "slurm"] + bad + dirs(tmp_path))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and word in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "models").exists()
