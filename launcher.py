@@ -1,6 +1,7 @@
 """The job of one run under --launch: runs the script with --point I; at SLURM's warning signal (a time limit
 or a preemption ahead) the run checkpoints and the job requeues itself, at most a stated number of times;
 and waiting for the jobs, naming each one that failed for good with its log."""
+import re
 import signal
 import subprocess
 import sys
@@ -106,9 +107,10 @@ def job_failure(job, slurm, ended_state=None):
         try:
             job.result()
             return ""
-        except Exception as e:  # the job's own error and traceback are in its log
-            lines = [ln for ln in str(e).splitlines() if ln.strip()]
-            return lines[-1] if lines else type(e).__name__
+        except Exception as e:  # the job's own error and traceback are in its log; say the error's line
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            errors = [ln for ln in lines if re.match(r"[\w.]+(Error|Exception): ", ln)]
+            return (errors or lines or [type(e).__name__])[-1 if errors else 0]
     return None if ended_state is None else f"it ended ({ended_state}) without a result"
 
 
