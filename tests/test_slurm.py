@@ -114,7 +114,7 @@ def test_run_past_its_time_limit_requeues_itself_and_ends_as_an_uninterrupted_ru
     assert job_log.count("resuming ") >= len(stops)  # each attempt after the first resumed the checkpoint
     slurm, uninterrupted = figure_json(tmp_path / "slurm"), figure_json(tmp_path / "ref")
     assert slurm["missing"] == [] and len(slurm["points"]) == 1
-    assert max_z_diff(slurm, uninterrupted) <= 1e-6  # measured 0.0 (the same epochs, one thread)
+    assert max_z_diff(slurm, uninterrupted) <= 1e-6  # the same epochs on one thread: the local resume test gets 0.0
 
 
 @needs_slurm
