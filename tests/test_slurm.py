@@ -37,7 +37,8 @@ def slurm_state():
     except subprocess.TimeoutExpired:
         return "sinfo does not answer in 20 s (slurmctld down?); tests/slurm/start_slurm.sh starts it"
     if not any(s.strip().rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in out.stdout.split()):
-        return f"SLURM has no node up (sinfo: {(out.stdout + out.stderr).strip()[:200]!r})"
+        return (f"SLURM has no node up (sinfo: {(out.stdout + out.stderr).strip()[:200]!r}); as root on Debian, "
+                "tests/slurm/start_slurm.sh starts one")
     return ""
 
 
