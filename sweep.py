@@ -10,6 +10,7 @@ reuses the trained network itself the same way."""
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -20,6 +21,7 @@ import arg_combinations
 import batched_training
 import datasets
 import figure_store
+import launcher
 import networks
 import read_back
 import run_estimate
@@ -124,6 +126,17 @@ LAUNCH_ARGS = [
     (("--slurm_time",), dict(type=int, default=24 * 60,
                              help="time limit of a job in minutes (default 1440; also the local jobs' timeout)")),
     (("--slurm_gpus_per_task",), dict(type=int, default=None, help="GPUs per SLURM job (default: none asked)")),
+    (("--slurm_cpus_per_task",), dict(type=int, default=None, help="CPU cores per SLURM job (default: the "
+                                                                   "cluster's)")),
+    (("--slurm_mem",), dict(default=None, help="memory per SLURM job, e.g. 32G or 4000M (default: the cluster's)")),
+    (("--slurm_signal_delay",), dict(type=int, default=None, metavar="SECONDS",
+                                     help="SLURM warns a job this long before its time limit; the run then "
+                                          "checkpoints and the job requeues itself (default a sixth of "
+                                          "--slurm_time, 10 to 90 s)")),
+    (("--slurm_max_requeues",), dict(type=int, default=launcher.DEFAULT_MAX_REQUEUES,
+                                     help="a job requeues itself at most this often (time limits and "
+                                          f"preemptions together; default {launcher.DEFAULT_MAX_REQUEUES}); "
+                                          "then it fails, its checkpoint kept")),
     (("--slurm_array_parallelism",), dict(type=int, default=None,
                                           help="at most this many SLURM jobs of the array at once")),
     (("--slurm_extra",), dict(nargs="+", default=[], metavar="KEY=VALUE",
@@ -169,9 +182,24 @@ def check_launch_args(args):
         utils.check_positive_ints("--slurm_array_parallelism", [args.slurm_array_parallelism])
     if args.slurm_gpus_per_task is not None and args.slurm_gpus_per_task < 0:
         raise UserError(f"--slurm_gpus_per_task {args.slurm_gpus_per_task}: must be >= 0")
+    check_slurm_resources(args)
     bad = [kv for kv in args.slurm_extra if "=" not in kv or not kv.split("=", 1)[0]]
     if bad:
         raise UserError(f"--slurm_extra {bad[0]}: give KEY=VALUE pairs, e.g. account=abc mem=32G")
+
+
+def check_slurm_resources(args):
+    """--slurm_cpus_per_task, --slurm_mem, --slurm_signal_delay, --slurm_max_requeues: one line when bad."""
+    if args.slurm_cpus_per_task is not None:
+        utils.check_positive_ints("--slurm_cpus_per_task", [args.slurm_cpus_per_task])
+    if args.slurm_mem is not None and not re.fullmatch(r"[1-9][0-9]*[KMGT]?", args.slurm_mem):
+        raise UserError(f"--slurm_mem {args.slurm_mem}: give a size in megabytes or with a unit K, M, G or T, e.g. 32G")
+    limit_s = args.slurm_time * 60
+    if args.slurm_signal_delay is not None and not 1 <= args.slurm_signal_delay < limit_s:
+        raise UserError(f"--slurm_signal_delay {args.slurm_signal_delay}: must lie in 1..{limit_s - 1} seconds "
+                        f"(below --slurm_time {args.slurm_time} min)")
+    if args.slurm_max_requeues < 0:
+        raise UserError(f"--slurm_max_requeues {args.slurm_max_requeues}: must be >= 0")
 
 
 def figure_tag(args):
@@ -340,6 +368,8 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False, say
         raise UserError(f"--point {only}: allowed are 0..{len(points) - 1} ({len(points)} points)")
     if only is not None and assemble_only:
         raise UserError("--point with --assemble: --assemble trains nothing; give one of them")
+    if only is not None:  # a job's run: warned (SIGUSR2) of a time limit, it checkpoints at its epoch's end, stops
+        utils.stop_on_signals(launcher.RUN_STOP_SIGNALS)
     records, missing, reused = [], [], []
     for i, point in enumerate(points):
         path = point_record_path(models_dir, point)
@@ -565,9 +595,11 @@ def job_argv(argv):
 
 
 def slurm_parameters(args):
-    """submitit SlurmExecutor parameters of the launcher's options (--slurm_extra as sbatch options)."""
-    options = dict(time=args.slurm_time, additional_parameters=dict(kv.split("=", 1) for kv in args.slurm_extra))
-    for key in ("partition", "gpus_per_task", "array_parallelism"):
+    """submitit SlurmExecutor parameters of the launcher's options (--slurm_extra as sbatch options): the
+    warning signal (USR2) comes launcher.signal_delay_s before the time limit."""
+    options = dict(time=args.slurm_time, additional_parameters=dict(kv.split("=", 1) for kv in args.slurm_extra),
+                   signal_delay_s=launcher.signal_delay_s(args.slurm_time, args.slurm_signal_delay))
+    for key in ("partition", "gpus_per_task", "cpus_per_task", "mem", "array_parallelism"):
         if getattr(args, "slurm_" + key) is not None:
             options[key] = getattr(args, "slurm_" + key)
     return options
@@ -585,10 +617,13 @@ def visible_gpus():
 def launch_points(runs, args, argv, script=None):
     """Submit every unfinished run as a job (one job array) that runs this script's command line with
     --point I, print the job ids and the command that assembles the figure; with --wait, wait for
-    them (a failed job is named with its log; its run resumes from its checkpoint when launched
-    again), otherwise end the script. The launcher's logs go to <models_dir>/launcher/.
+    them, otherwise end the script. A job warned of its time limit or a preemption requeues itself
+    (launcher.PointJob). With --wait, a job that failed for good or a run left unfinished is named with
+    its log and, unless --partial, the script ends with exit status 1, writing no figure (launching again
+    resumes the run from its checkpoint). The launcher's logs go to <models_dir>/launcher/.
     script: the script the jobs run (default <figure>_main.py beside this file)."""
-    import submitit  # lazily: only launching needs it
+    import cloudpickle  # lazily, as submitit (which brings it): only launching needs them
+    import submitit
     utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
     folder = os.path.join(utils.ensure_writable_dir(args.models_dir, "--models_dir"), "launcher", "%j")
     script = script or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{runs[0]['figure']}_main.py")
@@ -598,16 +633,20 @@ def launch_points(runs, args, argv, script=None):
     if not todo:
         print(f"all {len(runs)} runs are finished; nothing to launch")
         return
-    commands = [submitit.helpers.CommandFunction(base + ["--point", str(i)], cwd=os.getcwd()) for i in todo]
+    cloudpickle.register_pickle_by_value(launcher)  # the jobs need not find launcher.py on their path
+    grace = launcher.stop_grace_s(launcher.signal_delay_s(args.slurm_time, args.slurm_signal_delay))
+    commands = [launcher.PointJob(base + ["--point", str(i)], os.getcwd(), args.slurm_max_requeues, grace)
+                for i in todo]
     if args.launch == "slurm":
         try:
-            executor = submitit.SlurmExecutor(folder=folder)
+            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.slurm_max_requeues)
         except RuntimeError as e:  # no srun here
             raise UserError(f"--launch slurm: {e}; use --launch local on a machine without SLURM") from None
         executor.update_parameters(**slurm_parameters(args))
         jobs = executor.submit_array(commands)
     else:  # one job per run, all at once, each on its own GPU (round robin) when several are visible
-        executor, gpus = submitit.LocalExecutor(folder=folder), visible_gpus()
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=args.slurm_max_requeues)
+        gpus = visible_gpus()
         jobs = []
         for k, command in enumerate(commands):
             executor.update_parameters(timeout_min=args.slurm_time, gpus_per_node=1 if gpus else 0,
@@ -618,16 +657,16 @@ def launch_points(runs, args, argv, script=None):
     print(f"submitted {len(jobs)} {args.launch} jobs; when they are done, assemble the figure with:\n  {assemble}")
     if not args.wait:
         raise SystemExit(0)
-    failed = []
-    for i, job in zip(todo, jobs):
-        try:
-            job.result()
-        except Exception as e:  # the job's own error is in its log; the other jobs' points still count
-            failed.append(i)
-            print(f"run {i}: job {job.job_id} failed ({type(e).__name__}); see {job.paths.stderr}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} jobs failed; launching again resumes their runs from the last checkpoint",
-              file=sys.stderr)
+    failed = launcher.wait_for_jobs(jobs, args.launch == "slurm")
+    for k, (i, job) in enumerate(zip(todo, jobs)):
+        if k not in failed and finished_record(args.models_dir, runs[i]) is None:
+            failed[k] = "it ended without finishing its run"
+        if k in failed:
+            print(f"run {i} ({describe_point(runs[i])}): job {job.job_id} failed for good: {failed[k]}; "
+                  f"log {job.paths.stderr}", file=sys.stderr)
+    if failed and not getattr(args, "partial", False):  # --partial: the figure of the finished runs
+        launcher.fail(f"{len(failed)} of {len(jobs)} jobs failed (named above), so no figure is written; "
+                      f"launching again resumes their runs from their checkpoints")
 
 
 # ======================================================================================

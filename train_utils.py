@@ -493,6 +493,13 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
             save_checkpoint(ckpt_path, model, gen, history, epoch, converged, None if ufm_lbfgs else opt.state_dict())
         if converged:
             break
+        if utils.stop_requested() and epoch < cfg["epochs"]:  # a job's time limit or preemption ahead
+            if epoch not in cfg["eval_epochs"]:  # else checkpointed just above
+                save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
+                                None if ufm_lbfgs else opt.state_dict())
+            print(f"stopped: {utils.stop_requested()} at epoch {epoch} of {cfg['epochs']}, checkpointed in {run_dir}; "
+                  "the same command resumes it", file=sys.stderr, flush=True)
+            raise utils.Stopped(utils.STOPPED_STATUS)
     bar.close()
 
     if finished:

@@ -151,7 +151,8 @@ def test_job_command_drops_only_the_launcher_options():
     (["--wait"], "--wait"), (["--launch", "pbs"], "--launch"), (["--slurm_extra", "account"], "--slurm_extra"),
     (["--slurm_time", "0"], "--slurm_time"), (["--seeds", "1", "1"], "--seeds"),
     (["--list_points", "--point", "1"], "--point"), (["--launch", "slurm"], "--launch slurm")])
-def test_bad_launch_input_is_one_clear_line(bad, word, tmp_path):
+def test_bad_launch_input_is_one_clear_line(bad, word, tmp_path, monkeypatch):
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: -1))  # no srun, even where SLURM is
     with pytest.raises(utils.UserError, match=word):
         minority_l_main.main(["--network", "UFM", "--reg_z_l", "0.01"] + dirs(tmp_path) + bad)
     assert not os.path.exists(tmp_path / "models" / "points")
