@@ -49,6 +49,8 @@ STUDY_METRICS = ("test_acc", "test_ece", "same_angle_deg_mean", "diff_logit_gap_
                  "diff_convex_residual_mean", "diff_convex_residual_binned", "same_spread")
 # the residual's parts in the classifier's row space and orthogonal to it (residual_split), after the above
 SPLIT_METRICS = ("diff_residual_row_space", "diff_residual_orthogonal")
+# the metrics the snapshots' geometry JSONs hold (mixup_geometry.mixup_geometry_summary)
+GEOMETRY_METRICS = STUDY_METRICS[2:]
 STUDY_METRICS += SPLIT_METRICS
 
 
@@ -381,7 +383,7 @@ def study_cell(point, device, args):
                               "the study's table")
     snaps = utils.mixup_snapshots(run_dir)
     geometry = [read_back.read_json(utils.mixup_snapshot_path(run_dir, e, "json"),
-                                    dict.fromkeys(STUDY_METRICS[2:], read_back.NUM_OR_NULL), "the study's table")
+                                    dict.fromkeys(GEOMETRY_METRICS, read_back.NUM_OR_NULL), "the study's table")
                 for e, _ in snaps]
     curves = {k: [r.get(k) for r in rows] for k in ("nc1", "nc1_trace", "nc3") if k in rows[0]}
     failed = fit_checks.failure(rows, point["K"])
@@ -391,7 +393,7 @@ def study_cell(point, device, args):
                 last_snapshot=snaps[-1][1], K=point["K"], classes=point["train"]["classes"],
                 train_acc=rows[-1]["train_acc"], nc1=rows[-1].get("nc1"),
                 test_acc=rows[-1]["test_acc"], test_ece=rows[-1]["test_ece"],
-                **{k: geometry[-1][k] for k in STUDY_METRICS[2:-len(SPLIT_METRICS)]},
+                **{k: geometry[-1][k] for k in GEOMETRY_METRICS},
                 **dict(zip(SPLIT_METRICS, residual_split.residual_split(utils.load_snapshot(snaps[-1][1])))),
                 epochs=[r["epoch"] for r in rows], curves=curves, snapshot_epochs=[e for e, _ in snaps],
                 residual=[g["diff_convex_residual_mean"] for g in geometry])

@@ -192,7 +192,8 @@ def test_study_csv_intervals_stay_within_each_quantitys_range(study):
     tmp, _ = study
     ranges = {"test_acc": (0, 1), "test_ece": (0, 1), "same_angle_deg_mean": (0, 180),
               "diff_logit_gap_vs_log_odds_spearman": (-1, 1), "diff_convex_residual_mean": (0, np.inf),
-              "diff_convex_residual_binned": (0, np.inf), "same_spread": (0, np.inf)}
+              "diff_convex_residual_binned": (0, np.inf), "same_spread": (0, np.inf),
+              "diff_residual_row_space": (0, np.inf), "diff_residual_orthogonal": (0, np.inf)}
     rows = utils.read_csv(tmp / "p" / "mixup_study_quick.csv")
     assert set(utils.read_json(tmp / "p" / "mixup_study_quick.json")["metrics"]) == set(ranges)
     for row in rows:
