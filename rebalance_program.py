@@ -248,3 +248,53 @@ def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_ite
     acc, X, b, F = best
     return dict(Z=X / q, b=b, objective=float(F), accuracy=float(acc), status="optimal" if acc <= tol else "inaccurate",
                 solver="fast", solve_time=time.perf_counter() - t0, bm_iterations=its, **counts)
+
+
+def _group_of(n, vec, k):
+    """Index of class k's group in ufm_program._class_coordinates(n, ..., loss=vec), and the group count."""
+    gi = np.unique(np.column_stack([n, *vec]), axis=0, return_inverse=True)[1].ravel()
+    return int(gi[k]), int(gi.max()) + 1
+
+
+def _collapsed_p_true(n, vec, L, lam_b, k, x0=None):
+    """Softmax probability of the true class in column k at the optimum with k's group collapsed
+    (its within-group coordinate s fixed at 0), and the factored point (a warm start for the next call)."""
+    fg, _, start, point = ufm_program._class_coordinates(n, L, lam_b, loss=vec)
+    ga, g = _group_of(n, vec, k)
+    q, a = np.sqrt(n / n.sum()), vec[0] * n / n.sum()
+
+    def fg_fixed(x):
+        f, gr = fg(x)
+        gr[[ga, g + ga]] = 0.0
+        return f, gr
+    if x0 is None:
+        b = np.log(a) - vec[2] - np.mean(np.log(a) - vec[2])
+        x0 = start(-_smooth(np.zeros((n.size, n.size)), b, a, q, lam_b, vec)[1], b, L, 1e-3)
+    x0 = x0.copy()
+    x0[[ga, g + ga]] = 0.0
+    x = ufm_program._lbfgs(fg_fixed, x0, 3000, gtol=1e-13)[0]
+    X, b = point(x)
+    return 1.0 - _ce_columns(_logits(X, b, q, vec))[2][k], x
+
+
+def collapse_threshold(n, loss, cluster, lam_b):
+    """lambda* of a cluster (>= 2 classes of one size and one set of loss entries) under the loss
+    (theory.md section 6): it collapses iff lam sqrt(N) >= s_c w_c sqrt(rho_c) (1 + p_c (e^{mu_c} - 1)),
+    p_c the true class's softmax probability of its collapsed column. Without a margin p_c drops out:
+    lambda* = s_c w_c sqrt(n_c) / N (cross-entropy: sqrt(n_c) / N); with one, lambda* is the root of that
+    equation, p_c from the optimum with the cluster held collapsed (brentq, relative 1e-12)."""
+    n, vec = _unpack(n, loss, 1.0, lam_b)
+    k = int(cluster[0])
+    if len(cluster) < 2 or any(np.ptp(np.r_[n[cluster]][None, :] * 0 + v[cluster]) for v in (n, *vec)):
+        raise UserError("collapse_threshold: the cluster needs >= 2 classes with equal sizes and loss entries")
+    N = n.sum()
+    base = vec[1][k] * vec[0][k] * np.sqrt(n[k]) / N
+    mu = vec[3][k]
+    if mu == 0:
+        return float(base)
+    state = [None]
+
+    def phi(lam):
+        p, state[0] = _collapsed_p_true(n, vec, lam * np.sqrt(N), lam_b, k, state[0])
+        return lam - base * (1.0 + p * np.expm1(mu))
+    return float(scipy.optimize.brentq(phi, base, base * np.exp(mu), xtol=1e-14 * base, rtol=1e-12))
