@@ -298,3 +298,35 @@ def collapse_threshold(n, loss, cluster, lam_b):
         p, state[0] = _collapsed_p_true(n, vec, lam * np.sqrt(N), lam_b, k, state[0])
         return lam - base * (1.0 + p * np.expm1(mu))
     return float(scipy.optimize.brentq(phi, base, base * np.exp(mu), xtol=1e-14 * base, rtol=1e-12))
+
+
+def add_loss_args(parser):
+    """--loss and its parameters (shared by opt_main and the figure scripts)."""
+    parser.add_argument("--loss", default="cross_entropy", help=" | ".join(LOSS_NAMES) + " (theory.md section 6)")
+    for k, text in (("cb_beta", "class_balanced: beta of the effective number"), ("la_tau", "logit_adjusted: tau "
+                    "(1: balanced softmax)"), ("ldam_c", "ldam: margin C n_k^(-1/4)"), ("vs_gamma", "vector_scaling: "
+                    "scale (n_k/n_max)^gamma"), ("vs_tau", "vector_scaling: offset tau log pi")):
+        parser.add_argument("--" + k, type=float, default=LOSS_DEFAULTS[k], help=f"{text} (default {LOSS_DEFAULTS[k]})")
+    return parser
+
+
+def loss_from_args(args, n, oversample=None):
+    """loss_vectors of the parsed --loss arguments for class sizes n (before oversampling)."""
+    return loss_vectors(args.loss, n, oversample=oversample, **{k: getattr(args, k) for k in LOSS_DEFAULTS})
+
+
+def solve_rebalance(n, loss, lam, lam_b, solver="auto", tol=1e-9, Z0=None, b0=None):
+    """By `solver`: 'fast', 'cvxpy', or 'auto' (fast; Clarabel too when uncertified and K <= 20, the better
+    certified answer kept). Every answer carries its certified accuracy."""
+    if solver not in ("auto", "cvxpy", "fast"):
+        raise UserError(f"solver {solver}: allowed are auto, cvxpy, fast")
+    fast = solve_rebalance_fast(n, loss, lam, lam_b, tol=tol, Z0=Z0, b0=b0) if solver != "cvxpy" else None
+    if solver == "fast" or (fast is not None and (fast["status"] == "optimal" or len(n) > ufm_program.AUTO_CVXPY_MAX_K)):
+        return fast
+    try:
+        ref = solve_rebalance_cvxpy(n, loss, lam, lam_b, tol=tol)
+    except RuntimeError as e:
+        if fast is None:
+            raise UserError(f"solver cvxpy failed ({e}); use the fast solver") from None
+        return fast
+    return fast if fast is not None and fast["accuracy"] < ref["accuracy"] else ref

@@ -3,6 +3,7 @@ theory.md section 6): the hard-margin program min ||Z D^{1/2}||_* s.t. z_kk - z_
 I - 11^T/K with an exact dual certificate for any sizes, an independent Clarabel solve, SELI's Grams and the
 distances of any answer to SELI and to the simplex ETF. numpy only (cvxpy imported where used)."""
 import time
+import warnings
 
 import numpy as np
 
@@ -61,7 +62,9 @@ def solve_seli_cvxpy(n):
     cons = [cp.diag(Z)[None, :] - Z >= 1 - 1e9 * np.eye(K)]      # the diagonal's own constraint is void
     prob = cp.Problem(cp.Minimize(cp.normNuc(Z @ np.diag(np.sqrt(n)))), cons)
     t0 = time.perf_counter()
-    prob.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-10)
+    with warnings.catch_warnings():      # 'optimal_inaccurate' at these tolerances; the answer is checked below
+        warnings.simplefilter("ignore")
+        prob.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-10)
     if Z.value is None:
         raise RuntimeError(f"cvxpy solver CLARABEL returned no solution (status {prob.status})")
     Zc = Z.value - Z.value.mean(axis=0)
