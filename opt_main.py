@@ -79,8 +79,8 @@ def check_args(args):
     utils.check_nonneg("--reg_b", args.reg_b)
     for flag, value in [("--reg_z", v) for v in lams] + [("--reg_b", args.reg_b)]:
         if value > LAM_MAX:
-            raise UserError(f"{flag} {value:g}: at most {LAM_MAX:g} (every collapse threshold sqrt(n_c)/N is at most 1; "
-                            "far beyond it the solvers fail)")
+            raise UserError(f"{flag} {value:g}: at most {LAM_MAX:g} (every collapse threshold sqrt(n_c)/N is "
+                            "at most 1; far beyond it the solvers fail)")
     over = None
     if args.oversample is not None:
         if len(args.oversample) != len(args.cluster_s):
@@ -91,7 +91,8 @@ def check_args(args):
     args.loss_obj = rebalance_program.loss_from_args(args, n, over)
     if lams == [0] and args.loss in ("ldam", "vector_scaling"):
         raise UserError(f"--reg_z 0 with --loss {args.loss}: the hard-margin program is solved for cross_entropy, "
-                        "class_balanced and logit_adjusted (weights and offsets drop out); margins and scales change it")
+                        "class_balanced and logit_adjusted (weights and offsets drop out); margins and scales "
+                        "change it")
     if args.name is not None:
         check_file_name("--name", args.name)
     utils.ensure_writable_dir(args.out_dir, "--out_dir")
@@ -193,7 +194,8 @@ def thresholds_of(args, sizes, clusters):
 def solve(args, sizes, lam, Z0=None, b0=None):
     """One certified answer at lam (warm-started from Z0, b0 when given)."""
     if not plain(args):
-        return rebalance_program.solve_rebalance(sizes, args.loss_obj, lam, args.reg_b, solver=args.solver, Z0=Z0, b0=b0)
+        return rebalance_program.solve_rebalance(sizes, args.loss_obj, lam, args.reg_b, solver=args.solver,
+                                                 Z0=Z0, b0=b0)
     if Z0 is None:
         return ufm_program.solve_ufm(sizes, lam, args.reg_b, solver=args.solver)
     return ufm_program.solve_ufm_fast(sizes, lam, args.reg_b, Z0=Z0, b0=b0)
@@ -220,8 +222,9 @@ def main(argv=None):
     utils.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
     if args.dry_run:
         done = os.path.exists(os.path.join(args.out_dir, name + ".json"))
+        state = f"finished ({os.path.join(args.out_dir, name + '.json')})" if done else "not solved yet"
         print(f"{name}: K = {len(n)}, N = {sum(sizes)}, lambda = {' '.join(f'{v:g}' for v in args.reg_z)}; solver "
-              f"{args.solver}; {'finished (' + os.path.join(args.out_dir, name + '.json') + ')' if done else 'not solved yet'}; "
+              f"{args.solver}; {state}; "
               "nothing to train (the solve is the whole run)")
         return
     if args.reg_z == [0]:
@@ -261,7 +264,8 @@ def main(argv=None):
     summary = os.path.join(args.out_dir, name + ".json")
     png = os.path.join(args.plot_dir, name + ".png")
     utils.atomic_savez(npz, Z=Z, b=b, n=np.asarray(n), lam=lam, lam_b=args.reg_b, objective=sol["objective"],
-                       cluster_s=np.asarray(args.cluster_s), sample_s=np.asarray(args.sample_s), sizes=np.asarray(sizes))
+                       cluster_s=np.asarray(args.cluster_s), sample_s=np.asarray(args.sample_s),
+                       sizes=np.asarray(sizes))
     utils.atomic_write_json(summary, dict(common_record(args, n, sizes), lam=lam, Z=Z, b=b, objective=sol["objective"],
                                           solver=sol["solver"], status=sol["status"], accuracy=sol["accuracy"],
                                           solve_time=sol["solve_time"], clusters=report, distances=dist))

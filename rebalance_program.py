@@ -152,7 +152,8 @@ def _dual_point(X, b, a, q, L, lam_b, vec):
 def rebalance_objective(Z, b, n, loss, lam, lam_b):
     """Objective of the re-balanced program at (Z, b); n the sizes as solved."""
     n, vec, q, a, L, X = _scaled(n, loss, lam, lam_b, Z)
-    return _smooth(X, np.asarray(b, float).ravel(), a, q, lam_b, vec)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
+    nuc = float(np.linalg.svd(X, compute_uv=False).sum())
+    return _smooth(X, np.asarray(b, float).ravel(), a, q, lam_b, vec)[0] + L * nuc
 
 
 def rebalance_certificate(Z, b, n, loss, lam, lam_b):
@@ -321,7 +322,8 @@ def solve_rebalance(n, loss, lam, lam_b, solver="auto", tol=1e-9, Z0=None, b0=No
     if solver not in ("auto", "cvxpy", "fast"):
         raise UserError(f"solver {solver}: allowed are auto, cvxpy, fast")
     fast = solve_rebalance_fast(n, loss, lam, lam_b, tol=tol, Z0=Z0, b0=b0) if solver != "cvxpy" else None
-    if solver == "fast" or (fast is not None and (fast["status"] == "optimal" or len(n) > ufm_program.AUTO_CVXPY_MAX_K)):
+    if solver == "fast" or (fast is not None and (fast["status"] == "optimal"
+                                                  or len(n) > ufm_program.AUTO_CVXPY_MAX_K)):
         return fast
     try:
         ref = solve_rebalance_cvxpy(n, loss, lam, lam_b, tol=tol)

@@ -23,7 +23,8 @@ def run(tmp_path, *args):
 
 
 def test_profiles_follow_cao_et_al():
-    assert utils.profile_sizes("exp", 100, 10, 5000) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # CIFAR-10-LT
+    cifar10_lt = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert utils.profile_sizes("exp", 100, 10, 5000) == cifar10_lt
     assert utils.profile_sizes("step", 10, 4, 500) == [500, 500, 50, 50]
     lt = utils.profile_sizes("exp", 256, 1000, 1280)
     assert len(lt) == 1000 and lt[0] == 1280 and lt[-1] == 5
