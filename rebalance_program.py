@@ -332,3 +332,18 @@ def solve_rebalance(n, loss, lam, lam_b, solver="auto", tol=1e-9, Z0=None, b0=No
             raise UserError(f"solver cvxpy failed ({e}); use the fast solver") from None
         return fast
     return fast if fast is not None and fast["accuracy"] < ref["accuracy"] else ref
+
+
+def training_loss(loss, n):
+    """A train configuration's 'loss' entry for the data's class sizes n (before oversampling): the loss's
+    vectors, with oversampling by f_k as weights that give the replicated data's objective exactly (over an
+    epoch's uniform batches): CE weight w_k f_k N / N' and feature-penalty weight f_k (N' = sum f_k n_k)."""
+    n, f = np.asarray(n, dtype=float), np.asarray(loss["oversample"], dtype=float)
+    w = np.asarray(loss["weight"]) * f * n.sum() / (f * n).sum()
+    return dict(name=loss["name"], weight=w.tolist(), scale=list(loss["scale"]), offset=list(loss["offset"]),
+                margin=list(loss["margin"]), feature_weight=f.tolist())
+
+
+def is_plain(loss):
+    """Cross-entropy without oversampling: the original program and training objective."""
+    return loss is None or (loss["name"] == "cross_entropy" and max(loss["oversample"]) == 1)
