@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 import plot_utils
 
@@ -38,21 +39,23 @@ def save_path_figure(record, path):
 
 
 def save_rebalance_figure(result, path):
-    """One panel per loss: the minority spread against lambda from the convex program (line), the UFM and
-    the trained network (markers) when present, with the loss's threshold lambda* (dashed)."""
+    """One panel per loss: the minority spread against lambda from the convex program (line) and the trained
+    points of each network (markers), with the loss's threshold lambda* (dashed)."""
     losses = result["losses"]
-    fig, axes = plt.subplots(1, len(losses), figsize=(3.0 * len(losses), 3.2), layout="constrained", sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(losses), figsize=(2.9 * len(losses) + 0.4, 3.3), layout="constrained",
+                             sharey=True, squeeze=False)
     for ax, entry in zip(axes[0], losses):
-        lams = entry["lam"]
-        ax.plot(lams, entry["program_spread"], "-", color="k", lw=1.2, label="convex program")
-        for key, style, label in (("ufm_spread", "o", "UFM"), ("trained_spread", "s", "trained")):
-            if entry.get(key) is not None:
-                ax.plot(lams, [np.nan if v is None else v for v in entry[key]], style, ms=4, mfc="none", label=label)
+        ax.plot(entry["curve"]["lam"], [np.nan if v is None else v for v in entry["curve"]["spread"]], "-", color="k",
+                lw=1.2, label="convex program")
+        for (net, spreads), marker in zip(entry["spread"].items(), "so^"):
+            ax.plot(entry["lam"], [np.nan if v is None else v for v in spreads], marker, ms=5, mfc="none",
+                    label="UFM" if net == "ufm" else f"trained ({net})")
         ax.axvline(entry["threshold"], color="C3", ls="--", lw=1, label="λ*")
         ax.set(xscale="log", xlabel="λ", title=f"{entry['name']}\nλ* = {entry['threshold']:.4g}")
+        ax.title.set_fontsize(8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("minority spread (max ‖z_j − z_k‖)")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].set_ylabel("minority spread  max ‖z_j − z_k‖")
+    axes[0][0].legend(fontsize=6)
     fig.suptitle(result.get("title", "minority collapse under re-balancing losses"), fontsize=9)
     return plot_utils.save_figure(fig, path)
