@@ -248,7 +248,8 @@ def point_loss(args, sizes, clusters):
     over = None
     if getattr(args, "oversample", None) is not None:
         if len(args.oversample) != len(clusters):
-            raise UserError(f"--oversample: {len(args.oversample)} values; give one factor per cluster ({len(clusters)})")
+            raise UserError(f"--oversample: {len(args.oversample)} values; give one factor per cluster "
+                            f"({len(clusters)})")
         utils.check_positive_ints("--oversample", args.oversample)
         over = [0] * len(sizes)
         for f, c in zip(args.oversample, clusters):
@@ -624,8 +625,9 @@ def assemble_figure(figure, settings, points, records, missing, lam_b):
     out = []
     for i, rec in enumerate(records):
         if rec is not None:
-            out.append(dict(rec, index=i, theory=ana_utils.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"],
-                                                                      lam_b, points[i].get("loss"))))
+            theory = ana_utils.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b,
+                                          points[i].get("loss"))
+            out.append(dict(rec, index=i, theory=theory))
     return {"figure": figure, "argv": sys.argv[1:], "settings": settings, "points": out,
             "missing": [dict(index=i, seed=seed, params=points[i]["params"]) for i, seed in missing]}
 

@@ -47,8 +47,8 @@ def test_oversampling_weights_give_the_replicated_objective():
 
 
 def test_rebalance_main_quick_collapses_on_the_programs_side(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "rebalance_main.py"), "--quick", "--losses", "class_balanced",
-                        "vector_scaling", "--oversample", "1", "3", "--factors", "0.5", "2", "--batched"],
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "rebalance_main.py"), "--quick", "--losses",
+                        "class_balanced", "vector_scaling", "--oversample", "1", "3", "--factors", "0.5", "2", "--batched"],
                        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp_path / "plots" / "rebalance_synthetic_mlp_linear_os1-3_ka5_quick.json").read_text())
