@@ -58,3 +58,18 @@ def test_rebalance_main_quick_collapses_on_the_programs_side(tmp_path):
         assert all(all(a) for a in e["agree"].values()), e
     assert out["losses"][2]["threshold"] == pytest.approx(np.sqrt(60) / (500 + 300), rel=1e-12)
     assert all(p["distances"]["seli"]["Z"] >= 0 for p in out["points"])
+
+
+@pytest.mark.parametrize("args,match", [(["--losses", "focal"], "--losses"), (["--loss", "ldam"], "--losses"),
+                                        (["--factors", "0"], "--factors"), (["--oversample", "1"], "--oversample"),
+                                        (["--cb_beta", "1.5"], "--cb_beta"), (["--ka", "9"], "--ka")])
+def test_rebalance_main_bad_input(tmp_path, args, match):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "rebalance_main.py"), "--quick", *args], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and match in r.stderr, r.stderr
+
+
+def test_rebalance_main_help():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "rebalance_main.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--losses" in r.stdout and "--ldam_c" in r.stdout
