@@ -192,13 +192,12 @@ def thresholds_of(args, sizes, clusters):
 
 
 def solve(args, sizes, lam, Z0=None, b0=None):
-    """One certified answer at lam (warm-started from Z0, b0 when given)."""
-    if not plain(args):
+    """One certified answer at lam (warm-started from Z0, b0 when given: rebalance_program's solver, whose
+    warm start is a proximal step from Z0)."""
+    if not plain(args) or Z0 is not None:
         return rebalance_program.solve_rebalance(sizes, args.loss_obj, lam, args.reg_b, solver=args.solver,
                                                  Z0=Z0, b0=b0)
-    if Z0 is None:
-        return ufm_program.solve_ufm(sizes, lam, args.reg_b, solver=args.solver)
-    return ufm_program.solve_ufm_fast(sizes, lam, args.reg_b, Z0=Z0, b0=b0)
+    return ufm_program.solve_ufm(sizes, lam, args.reg_b, solver=args.solver)
 
 
 def report_of(args, sol, sizes, clusters, thresholds, lam):
