@@ -57,5 +57,5 @@ def bench_rebalance(K=1000, ratio=100, n_max=1280, loss_name="cross_entropy", la
           f"{cold[0]['status']} {cold[0]['accuracy']:.0e}; 20-lambda path (0.5-2x, warm-started) {c_path:.1f} CPU s "
           f"({w_path:.1f} s wall) = {c_path / c_cold:.2f} x the cold solve, {d_path} decompositions, "
           f"{ok} of 20 certified (worst accuracy {max(s['accuracy'] for s in path):.0e})", flush=True)
-    return {"cold_cpu_s": c_cold, "cold_decompositions": d_cold, "path_cpu_s": c_path, "path_over_cold": c_path / c_cold,
-            "path_decompositions": d_path, "path_certified": ok}
+    return {"cold_cpu_s": c_cold, "cold_decompositions": d_cold, "path_cpu_s": c_path,
+            "path_over_cold": c_path / c_cold, "path_decompositions": d_path, "path_certified": ok}
