@@ -201,7 +201,7 @@ WARM_STEP, WARM_FLOOR = 1.0, 1e-3
 def _prox_steps(X, b, a, q, L, lam_b, vec, certify, steps):
     """Proximal-gradient steps on X (soft-thresholding: collapsed columns coincide exactly) and b,
     with backtracking, each certified (certify keeps the best)."""
-    c = 0.5 * vec[0].max() * vec[1].max() ** 2 / q.min() ** 2 * q.max() ** 2
+    c = 0.5 * vec[0].max() * vec[1].max() ** 2          # the CE's curvature in X is <= w_k s_max^2 / 2
     f, gX, gb = _smooth(X, b, a, q, lam_b, vec)
     for _ in range(steps):
         while True:
