@@ -69,3 +69,11 @@ def test_a_path_is_certified_and_matches_cold_solves(tmp_path):
         assert np.linalg.norm(np.asarray(p["Z"]) - cold["Z"]) <= 1e-5 * max(np.linalg.norm(cold["Z"]), 1.0)
         assert p["clusters"][1]["collapsed"] == (p["lam"] >= out["thresholds"][1])
     assert (tmp_path / "plots" / "t.png").stat().st_size > 1000 and "path of 5 lambdas" in r.stdout
+
+
+def test_prepare_takes_a_profile(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "utils.py"), "prepare", "--dataset", "digits", "--profile",
+                        "exp", "--ratio", "10", "--num_classes", "10", "--n_max", "100"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "train per class: [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]" in r.stdout
