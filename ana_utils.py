@@ -2,12 +2,15 @@
 lambda split, geometry from Z), and the theory side of a figure point (the convex program's answer
 for its sizes and lambda, and along a curve). No plotting."""
 import functools
+import json
 import math
 import re
 import sys
 
 import numpy as np
 
+import rebalance_program
+import seli
 import ufm_program
 from utils import UserError
 
@@ -287,15 +290,35 @@ def _solve_ufm_cached(sizes, lam, lam_b):
     return ufm_program.solve_ufm_fast(list(sizes), lam, lam_b)
 
 
-def ufm_theory(sizes, clusters, lam, lam_b):
-    """The convex program's answer for these class sizes and lambda (theory.md section 2)."""
+@functools.lru_cache(maxsize=512)
+def _solve_rebalance_cached(loss_json, lam, lam_b):
+    loss = json.loads(loss_json)
+    return rebalance_program.solve_rebalance_fast(loss["sizes"], loss, lam, lam_b)
+
+
+@functools.lru_cache(maxsize=512)
+def _rebalance_thresholds(loss_json, clusters_json, lam_b):
+    loss = json.loads(loss_json)
+    return [rebalance_program.collapse_threshold(loss["sizes"], loss, c, lam_b) if len(c) > 1 else None
+            for c in json.loads(clusters_json)]
+
+
+def ufm_theory(sizes, clusters, lam, lam_b, loss=None):
+    """The convex program's answer for these class sizes and lambda (theory.md section 2), under a
+    re-balancing loss (rebalance_program's vectors; section 9) when given, with the distances of its Z
+    to SELI and to the simplex ETF."""
     N = int(sum(sizes))
     minority = min(clusters, key=lambda c: sizes[c[0]])
-    thresholds = [collapse_threshold(int(sizes[c[0]]), N) if len(c) > 1 else None for c in clusters]
+    plain = rebalance_program.is_plain(loss)
+    key = None if plain else json.dumps(loss, sort_keys=True)
+    thresholds = ([collapse_threshold(int(sizes[c[0]]), N) if len(c) > 1 else None for c in clusters] if plain
+                  else _rebalance_thresholds(key, json.dumps(clusters), float(lam_b)))
     collapse = [bool(lam >= t) if t is not None else None for t in thresholds]
     try:
-        sol = _solve_ufm_cached(tuple(int(n) for n in sizes), float(lam), float(lam_b))
-        summary = z_summary(sol["Z"], clusters, minority)
+        sol = (_solve_ufm_cached(tuple(int(n) for n in sizes), float(lam), float(lam_b)) if plain
+               else _solve_rebalance_cached(key, float(lam), float(lam_b)))
+        summary = dict(z_summary(sol["Z"], clusters, minority),
+                       distances=seli.geometry_distances(sol["Z"], sizes if plain else loss["sizes"]))
     except UserError:
         raise
     except Exception as e:  # a solver failure must not lose the trained points: record it, plot without it
@@ -311,14 +334,13 @@ def ufm_theory(sizes, clusters, lam, lam_b):
 
 
 def theory_curve(xs, make):
-    """The convex program along a curve: make(x) -> (sizes, clusters, lam, lam_b); returns
+    """The convex program along a curve: make(x) -> (sizes, clusters, lam, lam_b[, loss]); returns
     {'x': xs, 'minority_spread', 'minority_spread_rel', 'z_norm', 'within_A', 'within_B', 'across', 'status',
     'accuracy'} (cosines of columns of Z, clusters ordered A, B; accuracy: the solver's certificate)."""
     out = {"x": [], "minority_spread": [], "minority_spread_rel": [], "z_norm": [], "within_A": [], "within_B": [],
            "across": [], "status": [], "accuracy": []}
     for x in xs:
-        sizes, clusters, lam, lam_b = make(x)
-        th = ufm_theory(sizes, clusters, lam, lam_b)
+        th = ufm_theory(*make(x))     # (sizes, clusters, lam, lam_b[, loss])
         out["x"].append(x)
         for k in ("minority_spread", "minority_spread_rel", "z_norm", "status", "accuracy"):
             out[k].append(th[k])

@@ -128,8 +128,8 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
 
     def member_terms(p, b, xb, yb, lam, warm_weight):  # one model's objective; vmapped over the runs
         logits, h = functional_call(skeleton, (p, b), (xb,))
-        return train_utils.regularized_terms(logits, h, p["classifier.weight"], p.get("classifier.bias"), yb, lam, N,
-                                             warm_weight)[1]
+        return train_utils.regularized_terms(logits, h, p["classifier.weight"], p.get("classifier.bias"), yb,
+                                             dict(lam, loss=cfg.get("loss")), N, warm_weight)[1]
 
     results = [None] * M
     train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch

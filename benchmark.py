@@ -26,6 +26,7 @@ import ana_utils
 import datasets
 import gpu_benchmark
 import networks
+import rebalance_benchmark
 import train_utils
 import ufm_program
 import utils
@@ -274,7 +275,8 @@ def bench_ufm_training_vs_theory():
     return out
 
 
-THEORY_BENCHMARKS = [bench_solver_agreement, bench_solver_speed, bench_ufm_training_vs_theory]
+THEORY_BENCHMARKS = [bench_solver_agreement, bench_solver_speed, bench_ufm_training_vs_theory,
+                     rebalance_benchmark.bench_rebalance]
 
 # ======================================================================================
 # Speed benchmarks: whole scripts against an older checkout, batched sweeps  (speed)

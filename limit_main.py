@@ -76,12 +76,12 @@ def main(argv=None):
 
     def setting(n_A):  # (sizes, clusters, lambda, lam_b) of a point
         sizes = [n_A] * args.ka + [n_B_of(n_A)] * k_B
-        return sizes, clusters, args.lam_n / sum(sizes), args.reg_b
+        return sizes, clusters, args.lam_n / sum(sizes), args.reg_b, sweep.point_loss(args, sizes, clusters)
 
     # Points: one run per n_A, keyed by its whole configuration.
     points = []
     for n0, n_A in zip(chosen, nas):
-        sizes, _, lam, _ = setting(n_A)
+        sizes, _, lam, _, _ = setting(n_A)
         points.append(sweep.figure_point(FIGURE, args, sizes, clusters,
                                          dict(n_A=n_A, n_B=n_B_of(n_A), N=sum(sizes), lam=lam, k_A=args.ka),
                                          epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4,

@@ -89,6 +89,7 @@ def main(argv=None):
     records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: every point against the convex program; the threshold and the theory curve.
+    lam_star = sweep.loss_threshold(args, sizes, clusters, args.reg_b)   # theory.md sections 2 and 9
     used = [pt["params"]["lam"] for pt in points]
     lo, hi = min(used + [lam_star]) * 0.9, max(used + [lam_star]) * 1.05
     grid = sorted(set([lo + (hi - lo) * i / 19 for i in range(20)] + [lam_star * 0.999, lam_star] + used))
@@ -98,7 +99,8 @@ def main(argv=None):
                           f"n_A={args.na}, n_B={args.nb}")
     result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["threshold"] = lam_star
-    result["theory_curve"] = ana_utils.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b))
+    loss = sweep.point_loss(args, sizes, clusters)
+    result["theory_curve"] = ana_utils.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b, loss))
 
     # Plot: the grid of Z heat-maps and minority_spread against lambda, with the JSON beside it.
     sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")

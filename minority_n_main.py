@@ -97,8 +97,10 @@ def main(argv=None):
                     title=f"Minority collapse vs n_A: {sweep.figure_tag(args)}, k_A={args.ka}, n_B={args.nb}, "
                           f"λ={lam:.4g}")
     result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
-    result["threshold"] = na_star
-    result["theory_curve"] = ana_utils.theory_curve(grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b))
+    plain = args.loss == "cross_entropy" and not args.oversample    # n_A* under another loss: not derived here
+    result["threshold"] = na_star if plain else None
+    result["theory_curve"] = ana_utils.theory_curve(grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b,
+                                                                       sweep.point_loss(args, sizes_of(n_A), clusters)))
 
     # Plot: the grid of Z heat-maps and minority_spread against n_A, with the JSON beside it.
     sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")

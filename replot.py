@@ -215,6 +215,11 @@ def add_mixup_commands(subparsers):
 def cmd_prepare(args):
     """Build (downloading if needed) and cache a training subset; print its path and per-class counts."""
     dataset = datasets.check_dataset(args.dataset)
+    if (args.sizes is None) == (args.profile is None):
+        raise UserError("--sizes or --profile: give one of them (--profile exp|step with --ratio --num_classes "
+                        "--n_max)")
+    if args.profile is not None:
+        args.sizes = utils.profile_sizes(args.profile, args.ratio, args.num_classes, args.n_max)
     data = datasets.get_data(dataset, args.sizes, args.seed, args.data_dir, args.allow_test_fill)
     path, _ = datasets.subset_cache_path(dataset, data.sizes, args.seed, args.data_dir, args.allow_test_fill)
     counts = np.bincount(data.y_train.numpy(), minlength=data.num_classes).tolist()
@@ -239,7 +244,11 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     p = sub.add_parser("prepare", help="build and cache an imbalanced training subset (run where there is internet)")
     p.add_argument("--dataset", required=True, help=" | ".join(datasets.DATASETS))
-    p.add_argument("--sizes", type=int, nargs="+", required=True, help="training images per class")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="training images per class")
+    p.add_argument("--profile", default=None, help="exp | step: long-tailed sizes (Cao et al.) instead of --sizes")
+    p.add_argument("--ratio", type=float, default=100.0, help="--profile: n_max / n_min (default 100)")
+    p.add_argument("--num_classes", type=int, default=10, help="--profile: classes (default 10)")
+    p.add_argument("--n_max", type=int, default=5000, help="--profile: the largest class (default 5000)")
     p.add_argument("--seed", type=utils.seed_type, default=0)
     p.add_argument("--data_dir", default="data")
     p.add_argument("--allow_test_fill", action="store_true", help="top up short classes from the test split")

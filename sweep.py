@@ -24,7 +24,9 @@ import figure_store
 import launcher
 import networks
 import read_back
+import rebalance_program
 import run_estimate
+import seli
 import train_utils
 import utils
 from utils import UserError
@@ -46,6 +48,9 @@ def add_figure_args(parser, epochs_help, ka=True):
     if ka:
         parser.add_argument("--ka", type=int, default=5, help="number of majority classes k_A (default 5)")
     parser.add_argument("--reg_b", type=float, default=0.01, help="lam_b, bias regularisation (default 0.01)")
+    rebalance_program.add_loss_args(parser)
+    parser.add_argument("--oversample", type=int, nargs="+", default=None, help="a factor >= 1 per cluster (majority "
+                        "first); the program's sizes become f n, the training weights them (theory.md section 9)")
     parser.add_argument("--epochs", "--epoch", dest="epoch", type=int, default=None,
                         help=epochs_help + " (--epoch: the original's name)")
     parser.add_argument("--width", type=int, default=None, help="network width (default: the network's own; "
@@ -157,6 +162,7 @@ def check_figure_args(args):
     if args.width is not None:
         utils.check_positive_ints("--width", [args.width])
     check_launch_args(args)
+    rebalance_program.loss_from_args(args, [2, 1])  # the loss's name and parameters
     K = datasets.num_classes_of(args.dataset_t)
     if getattr(args, "ka", None) is not None and not 1 <= args.ka < K:
         raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
@@ -204,7 +210,20 @@ def check_slurm_resources(args):
 
 def figure_tag(args):
     """The dataset-and-network part of a figure's file stem ('ufm' for the UFM, which uses no images)."""
-    return "ufm" if args.network == "ufm" else f"{args.dataset_t}_{args.network}"
+    tag = "ufm" if args.network == "ufm" else f"{args.dataset_t}_{args.network}"
+    loss = getattr(args, "loss", "cross_entropy")
+    if loss != "cross_entropy":
+        tag += f"_{loss}" + "".join(f"_{getattr(args, k):g}" for k in rebalance_program.LOSS_PARAMS[loss])
+    return tag + ("_os" + "-".join(map(str, args.oversample)) if getattr(args, "oversample", None) else "")
+
+
+def loss_threshold(args, sizes, clusters, lam_b):
+    """The minority cluster's collapse threshold lambda* under --loss / --oversample (theory.md section 9)."""
+    minority = min(clusters, key=lambda c: sizes[c[0]])
+    loss = point_loss(args, sizes, clusters)
+    if rebalance_program.is_plain(loss):
+        return ana_utils.collapse_threshold(sizes[minority[0]], sum(sizes))
+    return rebalance_program.collapse_threshold(loss["sizes"], loss, minority, lam_b)
 
 
 def figure_device(args):
@@ -272,10 +291,29 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     # The UFM's features are free parameters: only the labels are used, so no images are loaded.
     dataset = "synthetic" if network == "ufm" else args.dataset_t
     synthetic = QUICK_SYNTHETIC if (network == "ufm" or (args.quick and dataset == "synthetic")) else None
+    loss = point_loss(args, sizes, clusters)
+    if not rebalance_program.is_plain(loss):   # cross-entropy keeps the points (and their hashes) it had
+        train["loss"] = rebalance_program.training_loss(loss, sizes)
     point = dict(figure=figure, dataset=dataset, sizes=sizes, clusters=[list(c) for c in clusters],
                  seed=int(args.seed), allow_test_fill=bool(args.allow_test_fill), synthetic=synthetic,
-                 params=params, train=train, history=bool(history))
+                 params=params, train=train, history=bool(history),
+                 **({} if rebalance_program.is_plain(loss) else {"loss": loss}))
     return dict(point, scaled=scaled) if scaled else point
+
+
+def point_loss(args, sizes, clusters):
+    """The loss of --loss and --oversample (a factor per cluster) for these class sizes (theory.md section 9)."""
+    over = None
+    if getattr(args, "oversample", None) is not None:
+        if len(args.oversample) != len(clusters):
+            raise UserError(f"--oversample: {len(args.oversample)} values; give one factor per cluster "
+                            f"({len(clusters)})")
+        utils.check_positive_ints("--oversample", args.oversample)
+        over = [0] * len(sizes)
+        for f, c in zip(args.oversample, clusters):
+            for k in c:
+                over[k] = f
+    return rebalance_program.loss_from_args(args, sizes, over)
 
 
 def quick_scaled(args, **values):
@@ -403,7 +441,8 @@ def train_point(point, device, models_dir, data_dir):
     minority = min(point["clusters"], key=lambda c: point["sizes"][c[0]])
     record = dict(params=point["params"], sizes=point["sizes"], clusters=point["clusters"], Z=res["Z"], b=res["b"],
                   nc=res["final"], **ana_utils.z_summary(res["Z"], point["clusters"], minority),
-                  run_dir=res["run_dir"], train=point["train"])
+                  run_dir=res["run_dir"], train=point["train"],
+                  distances=seli.geometry_distances(res["Z"], point.get("loss", point)["sizes"]))
     record.update(per_class_test_accuracy(res["final"], point["sizes"], point["clusters"]))
     if point.get("history"):
         record["history"] = utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))
@@ -713,8 +752,10 @@ def assemble_figure(figure, settings, points, records, missing, lam_b):
     out = []
     for i, rec in enumerate(records):
         if rec is not None:
+            theory = ana_utils.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b,
+                                          points[i].get("loss"))
             out.append(dict(rec, index=i, **({"scaled": points[i]["scaled"]} if points[i].get("scaled") else {}),
-                            theory=ana_utils.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b)))
+                            theory=theory))
     note = scaled_note(points)
     if note:  # what --quick scaled is named on the figure and in its settings
         settings = dict(settings, scaled=note, title=f"{settings['title']} ({note})")

@@ -20,6 +20,7 @@ import nc_stream
 import recipes
 import utils
 from networks import build_model, is_ufm
+from rebalance_losses import feature_weights, rebalanced_cross_entropy
 from utils import UserError
 
 # ======================================================================================
@@ -126,9 +127,11 @@ def regularized_objective(model, xb, yb, cfg, num_train, warm_weight):
 def regularized_terms(logits, h, W, b, yb, cfg, num_train, warm_weight):
     """regularized_objective from a forward pass's logits and features and the classifier (W, b);
     the lam_* of cfg may be tensors (one per model of a vmapped batch)."""
-    ce = F.cross_entropy(logits.float(), yb)
+    spec = cfg.get("loss")  # a re-balanced loss (rebalance_losses); None: cross-entropy
+    ce = F.cross_entropy(logits.float(), yb) if spec is None else rebalanced_cross_entropy(logits.float(), yb, spec, b)
     reg_w = cfg["lam_w"] * W.pow(2).sum()
-    reg_h = cfg["lam_h"] * num_train * h.float().pow(2).sum(1).mean()
+    hh = h.float().pow(2).sum(1)
+    reg_h = cfg["lam_h"] * num_train * (hh if spec is None else hh * feature_weights(yb, spec, hh)).mean()
     reg_b = cfg["lam_b"] * b.pow(2).sum() if b is not None else ce.new_zeros(())
     loss = ce + warm_weight * (reg_w + reg_h + reg_b)
     acc = (logits.argmax(1) == yb).float().mean()
@@ -178,9 +181,10 @@ def ufm_full_batch_objective(model, y, cfg, warm_weight):
     4x faster than N rows of width K. lam_H * N * mean ||h||^2 is lam_H ||H||_F^2."""
     H, W, b = model.H, model.classifier.weight, model.classifier.bias
     logits_t = W @ H.T if b is None else torch.addmm(b[:, None], W, H.T)
-    ce = F.cross_entropy(logits_t[None], y[None])
+    spec = cfg.get("loss")
+    ce = F.cross_entropy(logits_t[None], y[None]) if spec is None else rebalanced_cross_entropy(logits_t.T, y, spec, b)
     reg_w = cfg["lam_w"] * W.pow(2).sum()
-    reg_h = cfg["lam_h"] * H.pow(2).sum()
+    reg_h = cfg["lam_h"] * (H.pow(2).sum() if spec is None else (feature_weights(y, spec, H) * H.pow(2).sum(1)).sum())
     reg_b = cfg["lam_b"] * b.pow(2).sum() if b is not None else ce.new_zeros(())
     return ce + warm_weight * (reg_w + reg_h + reg_b), dict(ce=ce, reg_w=reg_w, reg_h=reg_h, reg_b=reg_b,
                                                            logits_t=logits_t)

@@ -312,7 +312,7 @@ def _lbfgs(fg, x, max_iter, gtol, m=30, stop=None):
     return x, f, it
 
 
-def _class_coordinates(n, L, lam_b):
+def _class_coordinates(n, L, lam_b, loss=None):
     """The program in the coordinates of the matrices that commute with every permutation of classes
     of one size. The program is invariant under those permutations, so by convexity an optimum lies
     among them: A = sum_a s_a Pi_a + E M E^T (Pi_a: projector on the zero-sum vectors of size group
@@ -322,13 +322,16 @@ def _class_coordinates(n, L, lam_b):
     costs O(g^3) per evaluation with g distinct sizes (cluster layouts: g = 2 at any K), O(K^3)
     without repeated sizes. Returns (fg, hess, start, point): the factored objective and gradient,
     hess(x): v -> its Hessian times v, start(X, b, tau, floor) the coordinates of balanced factors of X (projected)
-    soft-thresholded by tau (singular values floored at floor * (largest - tau)), point(x) -> (X, b)."""
+    soft-thresholded by tau (singular values floored at floor * (largest - tau)), point(x) -> (X, b).
+    loss: per-class (weight, scale, offset, margin) of rebalance_program (None: all 1, 1, 0, 0)."""
     N = n.sum()
-    _, gi = np.unique(n, return_inverse=True)
+    keys = n if loss is None else np.column_stack([n, *loss])
+    gi = np.unique(keys, axis=None if loss is None else 0, return_inverse=True)[1].ravel()
     m = np.bincount(gi).astype(float)
     g, rho = m.size, np.bincount(gi, weights=n) / m / N
+    w, sig, o, mu = [np.bincount(gi, weights=v) / m for v in (loss or (n ** 0, n ** 0, 0 * n, 0 * n))]
     wp, sm = np.maximum(m - 1.0, 1.0), np.sqrt(m)      # x holds orthonormal coordinates: s wp, b sqrt(m)
-    q, rr, wgt = np.sqrt(rho), 1.0 / np.sqrt(np.outer(m, m)), m * rho
+    q, rr, wgt, C = np.sqrt(rho), 1.0 / np.sqrt(np.outer(m, m)), m * rho * w, o[:, None] - o[None, :] + mu[None, :]
     with np.errstate(divide="ignore"):                  # log of the count of entries j != k in group c, k in a
         logcnt = np.log(m[:, None] - np.eye(g))
     order = np.argsort(gi, kind="stable")
@@ -343,14 +346,15 @@ def _class_coordinates(n, L, lam_b):
         s, M, b = (sW * sH / wp, MW @ MH, bx / sm) if dsW is None else \
             ((dsW * sH + sW * dsH) / wp, dMW @ MH + MW @ dMH, db / sm)
         B = M * rr - np.diag(s / m)
-        return (B - np.diag(B) - s) / q + b[:, None] - b[None, :]
+        T = (sig[:, None] * B - sig * np.diag(B) - sig * s) / q + b[:, None] - b[None, :]
+        return T + C if dsW is None else T
 
     def adjoint(G, sW, sH, MW, MH, with_b=True):
         """Gradient in the factors of a function with gradient G in T (G[c, a] = d/dT[c, a])."""
         off = G - np.diag(np.diag(G))
-        gs = -(np.diag(G) + off.sum(axis=0) * (1.0 - 1.0 / m)) / q / wp
-        gM = off / q * rr
-        gM[np.diag_indices(g)] = -off.sum(axis=0) / q / m
+        gs = -sig * (np.diag(G) + off.sum(axis=0) * (1.0 - 1.0 / m)) / q / wp
+        gM = sig[:, None] * off / q * rr
+        gM[np.diag_indices(g)] = -sig * off.sum(axis=0) / q / m
         gb = (off.sum(axis=1) - off.sum(axis=0)) / sm if with_b else np.zeros(g)
         return np.concatenate([gs * sH, gs * sW, (gM @ MH.T).ravel(), (MW.T @ gM).ravel(), gb])
 

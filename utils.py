@@ -333,6 +333,25 @@ def check_positive(name, values):
             raise UserError(f"{name}: {v} is not allowed; it must be a number > 0")
 
 
+def profile_sizes(profile, ratio, num_classes, n_max):
+    """Long-tailed class sizes (Cao et al. 2019): 'exp': n_k = floor(n_max ratio^(-k/(K-1))), k = 0..K-1;
+    'step': the first K // 2 classes n_max, the rest floor(n_max / ratio). CIFAR-10-LT: exp 100 10 5000;
+    ImageNet-LT-like: exp 256 1000 1280 (sizes 1280 down to 5)."""
+    check_choice("--profile", profile, ("exp", "step"))
+    if not (np.isfinite(ratio) and ratio >= 1):
+        raise UserError(f"--ratio: {ratio} is not allowed; the imbalance ratio n_max / n_min must be >= 1")
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise UserError(f"--num_classes: {num_classes} is not allowed; at least 2 classes")
+    if int(n_max) != n_max or n_max < 1 or n_max / ratio < 1:
+        raise UserError(f"--n_max: {n_max} is not allowed; an integer with n_max / ratio >= 1")
+    k = np.arange(num_classes)
+    if profile == "exp":
+        n = np.floor(n_max * ratio ** (-k / (num_classes - 1)) * (1 + 1e-12))
+    else:
+        n = np.where(k < num_classes // 2, n_max, np.floor(n_max / ratio * (1 + 1e-12)))
+    return [int(v) for v in n]
+
+
 # ======================================================================================
 # Result files: atomic writes, run folders, sweeps  (foundation)
 # ======================================================================================

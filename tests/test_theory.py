@@ -190,7 +190,7 @@ def test_opt_main_reports_minority_collapse(tmp_path):
     (["--cluster_s", "1", "--sample_s", "500", "--reg_z", "0.003"], "at least two classes"),
     (["--cluster_s", "5", "5", "--sample_s", "500", "0", "--reg_z", "0.003"], "--sample_s: 0 is not allowed"),
     (["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "-1"], "--reg_z: -1.0 is not allowed"),
-    (["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0"], "--reg_z: 0.0 is not allowed"),
+    (["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0", "1"], "--reg_z: 0.0 is not allowed"),
     (["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.1", "--out_dir", "/proc/x"], "--out_dir"),
 ])
 @pytest.mark.slow

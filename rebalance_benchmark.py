@@ -1,0 +1,61 @@
+"""The speed of the theory engine at long-tailed class counts (benchmark.py --only rebalance): one cold
+certified solve and a warm-started 20-value lambda path at an exponential profile (K = 1000, ratio 100),
+in CPU seconds of this process (one BLAS thread; robust to a busy machine) and in K x K decompositions."""
+import contextlib
+import time
+
+import numpy as np
+import scipy.linalg
+
+import rebalance_program
+import utils
+
+
+@contextlib.contextmanager
+def counted_decompositions(min_size):
+    """Counts the eigh and SVD calls on matrices of at least min_size rows while active (dict)."""
+    counts, saved = {"eigh": 0, "svd": 0}, []
+    for mod, name, key in ((scipy.linalg, "eigh", "eigh"), (np.linalg, "eigh", "eigh"), (np.linalg, "svd", "svd")):
+        f = getattr(mod, name)
+        saved.append((mod, name, f))
+
+        def counted(A, *a, _f=f, _key=key, **k):
+            counts[_key] += np.shape(A)[0] >= min_size
+            return _f(A, *a, **k)
+        setattr(mod, name, counted)
+    try:
+        yield counts
+    finally:
+        for mod, name, f in saved:
+            setattr(mod, name, f)
+
+
+def _measure(solve, lams, K):
+    """(CPU seconds, wall seconds, decompositions, answers) of solve(lam, Z0, b0) along lams, warm-started."""
+    with counted_decompositions(K) as counts:
+        c0, w0, Z0, b0, sols = time.process_time(), time.perf_counter(), None, None, []
+        for lam in lams:
+            sols.append(solve(lam, Z0, b0))
+            Z0, b0 = (sols[-1]["Z"], sols[-1]["b"]) if len(lams) > 1 else (None, None)
+        return time.process_time() - c0, time.perf_counter() - w0, counts["eigh"] + counts["svd"], sols
+
+
+def bench_rebalance(K=1000, ratio=100, n_max=1280, loss_name="cross_entropy", lam_b=0.01):
+    """Cold solve at the path's middle lambda (sqrt(n_min) / N) against the 20-value path 0.5 .. 2 times it."""
+    n = utils.profile_sizes("exp", ratio, K, n_max)
+    loss = rebalance_program.loss_vectors(loss_name, n)
+    lam_mid = np.sqrt(min(n)) / sum(n)
+    lams = list(np.geomspace(2.0, 0.5, 20) * lam_mid)
+
+    def solve(lam, Z0, b0):   # the solver of opt_main's paths (cross-entropy: the same program, its vectors trivial)
+        return rebalance_program.solve_rebalance_fast(n, loss, lam, lam_b, Z0=Z0, b0=b0)
+    c_cold, w_cold, d_cold, cold = _measure(solve, [lam_mid], K)
+    c_path, w_path, d_path, path = _measure(solve, lams, K)
+    ok = sum(s["status"] == "optimal" for s in path)
+    print(f"{loss_name}, exp profile K = {K}, ratio {ratio}, n_max {n_max} ({len(set(n))} distinct sizes): cold solve "
+          f"at lambda = sqrt(n_min)/N {c_cold:.1f} CPU s ({w_cold:.1f} s wall), {d_cold} decompositions, "
+          f"{cold[0]['status']} {cold[0]['accuracy']:.0e}; 20-lambda path (0.5-2x, warm-started) {c_path:.1f} CPU s "
+          f"({w_path:.1f} s wall) = {c_path / c_cold:.2f} x the cold solve, {d_path} decompositions, "
+          f"{ok} of 20 certified (worst accuracy {max(s['accuracy'] for s in path):.0e})", flush=True)
+    return {"cold_cpu_s": c_cold, "cold_decompositions": d_cold, "path_cpu_s": c_path,
+            "path_over_cold": c_path / c_cold, "path_decompositions": d_path, "path_certified": ok}

@@ -1,0 +1,359 @@
+"""The re-balanced convex program of the UFM (theory.md section 9): each re-balancing loss as per-class
+weight, scale, offset and margin vectors, its objective, accuracy certificate, fast and cvxpy solvers,
+and the collapse threshold each loss moves to. numpy and scipy only; ufm_program's internals reused.
+
+    min_{Z, b} (1/N) sum_k w_k n_k CE(s * z_k + b + o - mu_k e_k, k) + lam ||Z D^{1/2}||_* + lam_b ||b||^2
+
+with n the sizes as solved (oversampling multiplies them). In the scaled variable X = Z diag(q),
+q = sqrt(n / N), a = w n / N, the CE term is sum_k a_k CE(s * x_k / q_k + b + c_k, k), c_k = o - mu_k e_k."""
+import time
+
+import numpy as np
+import scipy.optimize
+
+import ufm_program
+from ufm_program import _ce_columns, _entropy_columns, _spectral_norm, _svt, _ufm_accuracy
+from utils import UserError
+
+LOSS_NAMES = ("cross_entropy", "class_balanced", "logit_adjusted", "ldam", "vector_scaling")
+LOSS_DEFAULTS = dict(cb_beta=0.999, la_tau=1.0, ldam_c=0.5, vs_gamma=0.2, vs_tau=1.0)
+LOSS_PARAMS = {"cross_entropy": (), "class_balanced": ("cb_beta",), "logit_adjusted": ("la_tau",),
+               "ldam": ("ldam_c",), "vector_scaling": ("vs_gamma", "vs_tau")}
+
+
+def _check_params(name, p):
+    if name not in LOSS_NAMES:
+        raise UserError(f"--loss {name}: unknown; allowed are {', '.join(LOSS_NAMES)}")
+    if not 0 <= p["cb_beta"] < 1:
+        raise UserError(f"--cb_beta {p['cb_beta']}: must be in [0, 1)")
+    if not np.isfinite(p["la_tau"]) or not np.isfinite(p["vs_tau"]):
+        raise UserError("--la_tau, --vs_tau: must be finite numbers")
+    if not (np.isfinite(p["ldam_c"]) and p["ldam_c"] >= 0):
+        raise UserError(f"--ldam_c {p['ldam_c']}: must be a number >= 0")
+    if not (np.isfinite(p["vs_gamma"]) and p["vs_gamma"] >= 0):
+        raise UserError(f"--vs_gamma {p['vs_gamma']}: must be a number >= 0")
+
+
+def loss_vectors(name, n, oversample=None, **params):
+    """The loss `name` as the program's per-class vectors, from the data's class sizes n (before
+    oversampling): dict(name, params, sizes (as solved: n times the oversampling factors), weight, offset,
+    margin, scale). class_balanced: w_k = (1 - beta) / (1 - beta^n_k), normalised to sum K (Cui et al.);
+    logit_adjusted: o_j = tau log pi_j (tau = 1: balanced softmax; Menon et al.); ldam: mu_k = C n_k^(-1/4)
+    (Cao et al., without feature normalisation); vector_scaling: s_j = (n_j / n_max)^gamma,
+    o_j = tau log pi_j (Kini et al.); pi = n / N."""
+    p = dict(LOSS_DEFAULTS, **{k: float(v) for k, v in params.items() if v is not None})
+    _check_params(name, p)
+    n = np.asarray(n, dtype=float).ravel()
+    K = n.size
+    over = np.ones(K) if oversample is None else np.asarray(oversample, dtype=float).ravel()
+    if over.size != K or not np.all(np.isfinite(over)) or np.any(over < 1):
+        raise UserError(f"--oversample: {over.tolist()} not allowed; one factor >= 1 per class")
+    log_pi = np.log(n / n.sum())
+    w, s, o, mu = np.ones(K), np.ones(K), np.zeros(K), np.zeros(K)
+    if name == "class_balanced":
+        w = (1 - p["cb_beta"]) / -np.expm1(n * np.log(p["cb_beta"])) if p["cb_beta"] > 0 else w
+        w = w * K / w.sum()
+    elif name == "logit_adjusted":
+        o = p["la_tau"] * log_pi
+    elif name == "ldam":
+        mu = p["ldam_c"] * n ** -0.25
+    elif name == "vector_scaling":
+        s, o = (n / n.max()) ** p["vs_gamma"], p["vs_tau"] * log_pi
+    return dict(name=name, params={k: p[k] for k in LOSS_PARAMS[name]}, oversample=over.tolist(),
+                sizes=(n * over).tolist(), weight=w.tolist(), offset=o.tolist(), margin=mu.tolist(), scale=s.tolist())
+
+
+def _unpack(n, loss, lam, lam_b):
+    """Checked sizes (as solved) and the vectors (w, s, o, mu) as arrays."""
+    n = ufm_program._check_ufm_args(n, lam, lam_b)
+    vec = tuple(np.asarray(loss[k], dtype=float).ravel() for k in ("weight", "scale", "offset", "margin"))
+    if any(v.size != n.size or not np.all(np.isfinite(v)) for v in vec):
+        raise UserError(f"loss vectors: need {n.size} finite entries each (one per class)")
+    if np.any(vec[0] <= 0) or np.any(vec[1] <= 0):
+        raise UserError("loss vectors: weights and scales must be > 0 (a weight < 0 makes the program non-convex)")
+    return n, vec
+
+
+def _logits(X, b, q, vec):
+    """V[j, k] = s_j x_jk / q_k + b_j + o_j - mu_k [j = k]."""
+    _, s, o, mu = vec
+    V = s[:, None] * (X / q) + (b + o)[:, None]
+    V[np.diag_indices_from(V)] -= mu
+    return V
+
+
+def _smooth(X, b, a, q, lam_b, vec):
+    """sum_k a_k CE(v_k, k) + lam_b |b|^2 with its gradients in X and b (CE without cancellation)."""
+    ce, E, r = _ce_columns(_logits(X, b, q, vec))
+    E[np.diag_indices_from(E)] = -r                       # softmax - onehot, per column
+    E *= a
+    return float(a @ ce + lam_b * (b @ b)), vec[1][:, None] * E / q, E.sum(axis=1) + 2.0 * lam_b * b
+
+
+def _scaled(n, loss, lam, lam_b, Z=None):
+    n, vec = _unpack(n, loss, lam, lam_b)
+    N = n.sum()
+    q = np.sqrt(n / N)
+    return n, vec, q, vec[0] * n / N, float(lam) * np.sqrt(N), None if Z is None else np.asarray(Z, float) * q
+
+
+def _dual_value(Poff, r, a, vec, lam_b):
+    """sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b) (lam_b = 0: the constraint)."""
+    _, _, o, mu = vec
+    lin = (Poff * (o[:, None] - o[None, :] + mu[None, :])).sum(axis=0)      # (p_k - e_k) . (o - mu_k e_k)
+    dual = float(a @ (_entropy_columns(Poff, r) + lin))
+    if lam_b > 0:
+        c = Poff @ a - r * a
+        dual -= float(c @ c) / (4.0 * lam_b)
+    return dual
+
+
+def _dual_point(X, b, a, q, L, lam_b, vec):
+    """A feasible dual point from (X, b) and its value: as ufm_program._ufm_dual_point with the dual
+    max_P sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b)
+    s.t. ||diag(s) (P - I) diag(a / q)||_2 <= L (theory.md section 9). Returns (value, Poff, r)."""
+    s = vec[1]
+    _, Poff, r = _ce_columns(_logits(X, b, q, vec))
+    aq = a / q
+
+    def gmat(Pc, rc):
+        G = Pc * s[:, None] * aq
+        G[np.diag_indices_from(G)] = -rc * s * aq
+        return G
+    cands = [(Poff, r)]
+    G = gmat(Poff, r)
+    ev, Vv = np.linalg.eigh(G.T @ G)
+    above = ev > L * L
+    if above.any():
+        sv, Vv = np.sqrt(ev[above]), Vv[:, above]
+        P2 = np.maximum((G - ((G @ Vv) * (1.0 - L / sv)) @ Vv.T) / s[:, None] / aq, 0.0)
+        np.fill_diagonal(P2, 0.0)
+        if np.all(P2.sum(axis=0) <= 1.0):
+            cands.append((P2, P2.sum(axis=0)))
+    best = (-np.inf, Poff, r)
+    for Pc, rc in cands:
+        if lam_b == 0:              # restore (P - I) a = 0: column k moves by d_k (a / sum(a) - e_k), d >= 0
+            d = (Pc @ a - rc * a) / a
+            d = d - min(d.min(), 0.0)
+            u = a / a.sum()
+            if np.any(rc + d * (1.0 - u) > 1.0):
+                continue
+            Pc = Pc + u[:, None] * d[None, :]
+            np.fill_diagonal(Pc, 0.0)
+            rc = rc + d * (1.0 - u)
+        sn = _spectral_norm(gmat(Pc, rc))
+        t = 1.0 if sn <= L else L / sn
+        val = _dual_value(t * Pc, t * rc, a, vec, lam_b)
+        if val > best[0]:
+            best = (val, t * Pc, t * rc)
+    return best
+
+
+def rebalance_objective(Z, b, n, loss, lam, lam_b):
+    """Objective of the re-balanced program at (Z, b); n the sizes as solved."""
+    n, vec, q, a, L, X = _scaled(n, loss, lam, lam_b, Z)
+    nuc = float(np.linalg.svd(X, compute_uv=False).sum())
+    return _smooth(X, np.asarray(b, float).ravel(), a, q, lam_b, vec)[0] + L * nuc
+
+
+def rebalance_certificate(Z, b, n, loss, lam, lam_b):
+    """dict(objective, dual, gap, accuracy) of any answer (Z, b): dual <= optimum <= objective."""
+    n, vec, q, a, L, X = _scaled(n, loss, lam, lam_b, Z)
+    b = np.asarray(b, float).ravel()
+    primal = _smooth(X, b, a, q, lam_b, vec)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
+    dual = _dual_point(X, b, a, q, L, lam_b, vec)[0]
+    return dict(objective=primal, dual=dual, gap=primal - dual, accuracy=_ufm_accuracy(primal, dual))
+
+
+def solve_rebalance_cvxpy(n, loss, lam, lam_b, tol=1e-9):
+    """The program by cvxpy/Clarabel at tight tolerances (the independent reference, K <= ~20);
+    status 'optimal' only when the certificate's accuracy <= tol."""
+    import cvxpy as cp  # ~1 s to import; only this function needs it
+    n, vec, q, a, L, _ = _scaled(n, loss, lam, lam_b)
+    K = n.size
+    w, s, o, mu = vec
+    X, b = cp.Variable((K, K)), cp.Variable(K)
+    V = np.diag(s) @ X @ np.diag(1.0 / q) + cp.reshape(b, (K, 1), order="F") @ np.ones((1, K)) \
+        + (o[:, None] - np.diag(mu))
+    ce = a @ cp.log_sum_exp(V, axis=0) - a @ cp.diag(V)
+    prob = cp.Problem(cp.Minimize(ce + L * cp.normNuc(X) + lam_b * cp.sum_squares(b)))
+    t0 = time.perf_counter()
+    try:
+        prob.solve(solver="CLARABEL", **ufm_program.CLARABEL_TIGHT)
+    except cp.error.SolverError as e:
+        raise RuntimeError(f"cvxpy solver CLARABEL failed: {e}") from e
+    if X.value is None:
+        raise RuntimeError(f"cvxpy solver CLARABEL returned no solution (status {prob.status})")
+    Z, bv = X.value / q, np.asarray(b.value, float)
+    cert = rebalance_certificate(Z, bv, n, loss, lam, lam_b)
+    return dict(Z=Z, b=bv, objective=cert["objective"], accuracy=cert["accuracy"], solver="cvxpy/CLARABEL",
+                status="optimal" if cert["accuracy"] <= tol else "inaccurate", solver_status=prob.status,
+                solve_time=time.perf_counter() - t0)
+
+
+# A warm start (Z0: a neighbouring lambda's answer) is one proximal step of size 1 / (WARM_STEP w_max s_max^2)
+# from it, its singular values floored at WARM_FLOOR (largest - threshold), as the cold start's: measured on a
+# 20-lambda path (K = 100, exp profile), 3500 L-BFGS steps in all against 8000 from the answer itself floored
+# at 1e-6 (directions that must grow start near a saddle of the factored form); Newton from it did not help.
+WARM_STEP, WARM_FLOOR = 1.0, 1e-3
+
+
+def _prox_steps(X, b, a, q, L, lam_b, vec, certify, steps):
+    """Proximal-gradient steps on X (soft-thresholding: collapsed columns coincide exactly) and b,
+    with backtracking, each certified (certify keeps the best)."""
+    c = 0.5 * vec[0].max() * vec[1].max() ** 2          # the CE's curvature in X is <= w_k s_max^2 / 2
+    f, gX, gb = _smooth(X, b, a, q, lam_b, vec)
+    for _ in range(steps):
+        while True:
+            Xn, nuc = _svt(X - gX / c, L / c)
+            bn = b - gb / (c + 2.0 * lam_b)
+            fn, gXn, gbn = _smooth(Xn, bn, a, q, lam_b, vec)
+            dX, db = Xn - X, bn - b
+            if fn <= f + np.sum(gX * dX) + gb @ db + 0.5 * (c * np.sum(dX * dX) + (c + 2 * lam_b) * (db @ db)) \
+                    + 1e-14 * abs(f):
+                break
+            c *= 2.0
+        X, b, f, gX, gb = Xn, bn, fn, gXn, gbn
+        if certify(X, b, f + L * nuc):
+            return
+        c *= 0.9
+
+
+def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_iter=3000, blas_threads=1):
+    """The program by L-BFGS on the factored form in class coordinates (ufm_program._class_coordinates with
+    the loss vectors), a Newton-CG polish when not certified, then proximal steps; every answer certified.
+    Z0, b0: a warm start (a neighbouring lambda of a path). Returns as ufm_program.solve_ufm_fast."""
+    n, vec, q, a, L, _ = _scaled(n, loss, lam, lam_b)
+    t0 = time.perf_counter()
+    K = n.size
+    best = [np.inf, None, None, np.inf]
+    counts = dict(certificates=0)
+
+    def certify(X, b, F=None):
+        """True when (X, b) is certified to tol; keeps the best answer."""
+        F = rebalance_objective(X / q, b, n, loss, lam, lam_b) if F is None else F
+        acc = _ufm_accuracy(F, _dual_point(X, b, a, q, L, lam_b, vec)[0])
+        counts["certificates"] += 1
+        if acc < best[0]:
+            best[:] = [acc, X, b, F]
+        return acc <= tol
+
+    with ufm_program._blas_threads(blas_threads):
+        fg, hess, start, point = ufm_program._class_coordinates(n, L, lam_b, loss=vec)
+        if Z0 is not None:       # one proximal step from the warm point, floored as the cold start's
+            X0, b = np.asarray(Z0, float) * q, np.zeros(K) if b0 is None else np.ravel(b0).astype(float)
+            c = WARM_STEP * vec[0].max() * vec[1].max() ** 2
+            _, gX, gb = _smooth(X0, b, a, q, lam_b, vec)
+            x = start(X0 - gX / c, b - gb / (c + 2 * lam_b), L / c, WARM_FLOOR)
+        else:
+            b = np.log(a) - vec[2] - np.mean(np.log(a) - vec[2])      # best b for Z = 0 as lam_b -> 0
+            x = start(-_smooth(np.zeros((K, K)), b, a, q, lam_b, vec)[1], b, L, 1e-3)
+
+        def stop(it, x, f, g):
+            return it % 50 == 0 and np.max(np.abs(g)) <= tol * f and certify(*point(x))
+        x, _, its = ufm_program._lbfgs(fg, x, bm_iter, gtol=1e-11, stop=stop)
+        if not certify(*point(x)):
+            x = ufm_program._newton_polish(fg, hess, x)
+            certify(*point(x))
+        _prox_steps(best[1], best[2], a, q, L, lam_b, vec, certify, 1 if best[0] <= tol else 50)
+    acc, X, b, F = best
+    return dict(Z=X / q, b=b, objective=float(F), accuracy=float(acc), status="optimal" if acc <= tol else "inaccurate",
+                solver="fast", solve_time=time.perf_counter() - t0, bm_iterations=its, **counts)
+
+
+def _group_of(n, vec, k):
+    """Index of class k's group in ufm_program._class_coordinates(n, ..., loss=vec), and the group count."""
+    gi = np.unique(np.column_stack([n, *vec]), axis=0, return_inverse=True)[1].ravel()
+    return int(gi[k]), int(gi.max()) + 1
+
+
+def _collapsed_p_true(n, vec, L, lam_b, k, x0=None):
+    """Softmax probability of the true class in column k at the optimum with k's group collapsed
+    (its within-group coordinate s fixed at 0), and the factored point (a warm start for the next call)."""
+    fg, _, start, point = ufm_program._class_coordinates(n, L, lam_b, loss=vec)
+    ga, g = _group_of(n, vec, k)
+    q, a = np.sqrt(n / n.sum()), vec[0] * n / n.sum()
+
+    def fg_fixed(x):
+        f, gr = fg(x)
+        gr[[ga, g + ga]] = 0.0
+        return f, gr
+    if x0 is None:
+        b = np.log(a) - vec[2] - np.mean(np.log(a) - vec[2])
+        x0 = start(-_smooth(np.zeros((n.size, n.size)), b, a, q, lam_b, vec)[1], b, L, 1e-3)
+    x0 = x0.copy()
+    x0[[ga, g + ga]] = 0.0
+    x = ufm_program._lbfgs(fg_fixed, x0, 3000, gtol=1e-13)[0]
+    X, b = point(x)
+    return 1.0 - _ce_columns(_logits(X, b, q, vec))[2][k], x
+
+
+def collapse_threshold(n, loss, cluster, lam_b):
+    """lambda* of a cluster (>= 2 classes of one size and one set of loss entries) under the loss
+    (theory.md section 9): it collapses iff lam sqrt(N) >= s_c w_c sqrt(rho_c) (1 + p_c (e^{mu_c} - 1)),
+    p_c the true class's softmax probability of its collapsed column. Without a margin p_c drops out:
+    lambda* = s_c w_c sqrt(n_c) / N (cross-entropy: sqrt(n_c) / N); with one, lambda* is the root of that
+    equation, p_c from the optimum with the cluster held collapsed (brentq, relative 1e-12)."""
+    n, vec = _unpack(n, loss, 1.0, lam_b)
+    k = int(cluster[0])
+    if len(cluster) < 2 or any(np.ptp(np.r_[n[cluster]][None, :] * 0 + v[cluster]) for v in (n, *vec)):
+        raise UserError("collapse_threshold: the cluster needs >= 2 classes with equal sizes and loss entries")
+    N = n.sum()
+    base = vec[1][k] * vec[0][k] * np.sqrt(n[k]) / N
+    mu = vec[3][k]
+    if mu == 0:
+        return float(base)
+    state = [None]
+
+    def phi(lam):
+        p, state[0] = _collapsed_p_true(n, vec, lam * np.sqrt(N), lam_b, k, state[0])
+        return lam - base * (1.0 + p * np.expm1(mu))
+    return float(scipy.optimize.brentq(phi, base, base * np.exp(mu), xtol=1e-14 * base, rtol=1e-12))
+
+
+def add_loss_args(parser):
+    """--loss and its parameters (shared by opt_main and the figure scripts)."""
+    parser.add_argument("--loss", default="cross_entropy", help=" | ".join(LOSS_NAMES) + " (theory.md section 9)")
+    for k, text in (("cb_beta", "class_balanced: beta of the effective number"), ("la_tau", "logit_adjusted: tau "
+                    "(1: balanced softmax)"), ("ldam_c", "ldam: margin C n_k^(-1/4)"), ("vs_gamma", "vector_scaling: "
+                    "scale (n_k/n_max)^gamma"), ("vs_tau", "vector_scaling: offset tau log pi")):
+        parser.add_argument("--" + k, type=float, default=LOSS_DEFAULTS[k], help=f"{text} (default {LOSS_DEFAULTS[k]})")
+    return parser
+
+
+def loss_from_args(args, n, oversample=None):
+    """loss_vectors of the parsed --loss arguments for class sizes n (before oversampling)."""
+    return loss_vectors(args.loss, n, oversample=oversample, **{k: getattr(args, k) for k in LOSS_DEFAULTS})
+
+
+def solve_rebalance(n, loss, lam, lam_b, solver="auto", tol=1e-9, Z0=None, b0=None):
+    """By `solver`: 'fast', 'cvxpy', or 'auto' (fast; Clarabel too when uncertified and K <= 20, the better
+    certified answer kept). Every answer carries its certified accuracy."""
+    if solver not in ("auto", "cvxpy", "fast"):
+        raise UserError(f"solver {solver}: allowed are auto, cvxpy, fast")
+    fast = solve_rebalance_fast(n, loss, lam, lam_b, tol=tol, Z0=Z0, b0=b0) if solver != "cvxpy" else None
+    if solver == "fast" or (fast is not None and (fast["status"] == "optimal"
+                                                  or len(n) > ufm_program.AUTO_CVXPY_MAX_K)):
+        return fast
+    try:
+        ref = solve_rebalance_cvxpy(n, loss, lam, lam_b, tol=tol)
+    except RuntimeError as e:
+        if fast is None:
+            raise UserError(f"solver cvxpy failed ({e}); use the fast solver") from None
+        return fast
+    return fast if fast is not None and fast["accuracy"] < ref["accuracy"] else ref
+
+
+def training_loss(loss, n):
+    """A train configuration's 'loss' entry for the data's class sizes n (before oversampling): the loss's
+    vectors, with oversampling by f_k as weights that give the replicated data's objective exactly (over an
+    epoch's uniform batches): CE weight w_k f_k N / N' and feature-penalty weight f_k (N' = sum f_k n_k)."""
+    n, f = np.asarray(n, dtype=float), np.asarray(loss["oversample"], dtype=float)
+    w = np.asarray(loss["weight"]) * f * n.sum() / (f * n).sum()
+    return dict(name=loss["name"], weight=w.tolist(), scale=list(loss["scale"]), offset=list(loss["offset"]),
+                margin=list(loss["margin"]), feature_weight=f.tolist())
+
+
+def is_plain(loss):
+    """Cross-entropy without oversampling: the original program and training objective."""
+    return loss is None or (loss["name"] == "cross_entropy" and max(loss["oversample"]) == 1)
