@@ -226,7 +226,7 @@ NOT_APPLYING = [
     ("minority_l_main", ["--quick", "--batched", "--network", "UFM"], ["--batched", "--network ufm"]),
     ("minority_l_main", ["--network", "UFM", "--lr", "0.1"], ["--lr", "--network UFM"]),
     ("minority_l_main", ["--network", "UFM", "--width", "64"], ["--width", "--network UFM"]),
-    ("minority_n_main", ["--network", "UFM", "--ln_pro", "0.5"], ["--ln_pro", "--network UFM"]),
+    ("minority_n_main", ["--network", "UFM", "--warm_frac", "0.5"], ["--warm_frac", "--network UFM"]),
     ("block_main", ["--quick", "--slurm_partition", "gpu"], ["--slurm_partition", "--launch slurm"]),
     ("mixup_main", ["--study", "--quick", "--launch", "local", "--slurm_extra", "mem=4G"], ["--slurm_extra", "slurm"]),
     ("minority_l_main", ["--quick", "--slurm_time", "10"], ["--slurm_time", "--launch"]),

@@ -1,4 +1,4 @@
-"""One vocabulary of flags: each concept the six scripts share has the same canonical flag in all of
+"""One vocabulary of flags: each concept the scripts share has the same canonical flag in all of
 them, the original names stay aliases with their original meaning, and every command of the
 original README still parses and lists its points."""
 import json
@@ -11,9 +11,10 @@ import minority_l_main
 import minority_n_main
 import mixup_main
 import opt_main
+import rebalance_main
 import utils
 
-FIGURES = (block_main, minority_l_main, minority_n_main, limit_main)
+FIGURES = (block_main, minority_l_main, minority_n_main, limit_main, rebalance_main)
 TRAINING = FIGURES + (mixup_main,)
 SWEEPS = (minority_l_main, minority_n_main, limit_main)
 BASE = {opt_main: ["--cluster_s", "3", "3", "--sample_s", "50", "40", "--lam", "0.01"]}
