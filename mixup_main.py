@@ -15,9 +15,9 @@ import ana_utils
 import datasets
 import losses
 import mixup_geometry
+import mixup_plots
 import nc_layers
 import networks
-import plot_utils
 import sweep
 import train_utils
 import utils
@@ -261,22 +261,22 @@ def main(argv=None):
 
     written = [utils.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
     for e, snap in snaps:
-        written.append(plot_utils.save_mixup_projection(
-            snap, plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"projection_e{e:04d}.png"),
+        written.append(mixup_plots.save_mixup_projection(
+            snap, mixup_plots.mixup_plot_path(args.plot_dir, run_dir, f"projection_e{e:04d}.png"),
             f"{cfg['name']}, epoch {e}", theory))
-    written.append(plot_utils.save_mixup_grid(
+    written.append(mixup_plots.save_mixup_grid(
         [s for _, s in snaps], [f"epoch {e}" for e, _ in snaps],
-        plot_utils.mixup_plot_path(args.plot_dir, run_dir, "projection_grid.png"), theory,
+        mixup_plots.mixup_plot_path(args.plot_dir, run_dir, "projection_grid.png"), theory,
         suptitle=f"{cfg['name']}: mixed features of classes {args.classes} over training"))
     label = {cfg["name"]: os.path.join(run_dir, "summary.csv")}
     for kind in ("loss", "accuracy"):
-        written.append(plot_utils.save_mixup_curves(label,
-                                                    plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
+        written.append(mixup_plots.save_mixup_curves(label,
+                                                    mixup_plots.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
                                                     kind))
     if cfg.get("nc_layers"):
-        written.append(plot_utils.save_nc_depth(label[cfg["name"]], plot_utils.mixup_plot_path(
+        written.append(mixup_plots.save_nc_depth(label[cfg["name"]], mixup_plots.mixup_plot_path(
             args.plot_dir, run_dir, "nc_depth.png"), f"{cfg['name']}: NC against depth"))
-    geometry_path = plot_utils.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
+    geometry_path = mixup_plots.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
     utils.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
                                             "ufm_optimum": mixup_geometry.mixup_geometry_summary(theory)})
     written.append(geometry_path)
@@ -422,13 +422,13 @@ def study(args, argv=None):
     utils.atomic_write_csv(written[1], table)
     all_losses = list(dict.fromkeys(args.losses + args.panel_losses))
     written += [
-        plot_utils.save_projection_table(
+        mixup_plots.save_projection_table(
             [[projection_panel(done, args, d, m, args.losses[0]) for m in models] for d in args.datasets],
             args.datasets, models, stem + "_projections.png", f"{args.losses[0]}, with mixup, last epoch"),
-        plot_utils.save_projection_table([[projection_panel(done, args, d0, m0, loss) for loss in all_losses]],
+        mixup_plots.save_projection_table([[projection_panel(done, args, d0, m0, loss) for loss in all_losses]],
                                          [f"{d0}, {m0}"], all_losses, stem + "_losses.png", "with mixup, last epoch"),
-        plot_utils.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
-        plot_utils.save_study_calibration(table, stem + "_calibration.png")]
+        mixup_plots.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
+        mixup_plots.save_study_calibration(table, stem + "_calibration.png")]
     for row in table:
         print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" (n={row['n_seeds']}, diverged {row['n_diverged']}): "
               + "; ".join(f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} " + (

@@ -13,6 +13,7 @@ import ana_utils
 import datasets
 import losses
 import mixup_geometry
+import mixup_plots
 import plot_utils
 import utils
 from utils import UserError
@@ -41,9 +42,9 @@ def cmd_mixup_projection(args):
     epoch = int(snap["epoch"]) if "epoch" in snap else None
     name = (f"projection_e{epoch:04d}.png" if epoch is not None
             else os.path.splitext(os.path.basename(args.snapshot))[0] + ".png")
-    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, run_dir, name)
+    out = args.out or mixup_plots.mixup_plot_path(args.plot_dir, run_dir, name)
     title = f"{os.path.basename(run_dir)}, epoch {epoch}" if epoch is not None else os.path.basename(args.snapshot)
-    print(plot_utils.save_mixup_projection(snap, out, title, theory))
+    print(mixup_plots.save_mixup_projection(snap, out, title, theory))
 
 
 def cmd_mixup_grid(args):
@@ -53,9 +54,9 @@ def cmd_mixup_grid(args):
     loaded = [utils.load_snapshot(p) for _, p in snaps]
     theory = None if args.no_theory else mixup_geometry.ufm_overlay(
         _run_config(args.run_dir), len(loaded[0]["b"]), loaded[0]["classes"], args.beta)
-    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dir, "projection_grid.png")
+    out = args.out or mixup_plots.mixup_plot_path(args.plot_dir, args.run_dir, "projection_grid.png")
     cfg = _run_config(args.run_dir)
-    print(plot_utils.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory,
+    print(mixup_plots.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory,
                                      suptitle=f"{cfg.get('name', os.path.basename(args.run_dir))}: mixed features of "
                                               f"classes {[int(c) for c in loaded[0]['classes']]} over training",
                                      dpi=args.dpi))
@@ -63,8 +64,8 @@ def cmd_mixup_grid(args):
 
 def _cmd_curves(args, kind):
     runs = {_run_label(_run_config(d), args.label): os.path.join(d, "summary.csv") for d in args.run_dirs}
-    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dirs[0], f"{kind}.png")
-    print(plot_utils.save_mixup_curves(runs, out, kind))
+    out = args.out or mixup_plots.mixup_plot_path(args.plot_dir, args.run_dirs[0], f"{kind}.png")
+    print(mixup_plots.save_mixup_curves(runs, out, kind))
 
 
 def cmd_mixup_loss(args):
@@ -90,7 +91,7 @@ def cmd_mixup_compare(args):
         summary = utils.read_json(utils.mixup_snapshot_path(d, epoch, "json"))
         snaps.append(utils.load_snapshot(path))
         titles.append(f"{_run_label(cfg, args.label)} e{epoch}")
-        notes.append(plot_utils.summary_note(summary))
+        notes.append(mixup_plots.summary_note(summary))
         theories.append(None if args.no_theory else mixup_geometry.ufm_overlay(
             cfg, len(snaps[-1]["b"]), snaps[-1]["classes"], args.beta))
         group = str(cfg.get(args.label)) + (f" ({cfg.get('network')})" if several_networks else "")
@@ -103,7 +104,7 @@ def cmd_mixup_compare(args):
                         **{k: ana_utils.mean_std_interval([s.get(k) for s in summaries], ana_utils.quantity_range(k))
                            for k in names}}
     out = args.out or os.path.join(args.plot_dir, "mixup_compare.png")
-    print(plot_utils.save_mixup_grid(snaps, titles, out, theories, notes=notes,
+    print(mixup_plots.save_mixup_grid(snaps, titles, out, theories, notes=notes,
                                      suptitle=f"last snapshots of {len(snaps)} runs by {args.label}"))
     json_out = os.path.splitext(out)[0] + ".json"
     utils.atomic_write_json(json_out, stats)
@@ -170,7 +171,7 @@ def cmd_mixup_ufm(args):
         snap = mixup_geometry.ufm_mixup_snapshot(args.loss, args.num_classes, args.beta, classes)
     out = args.out or os.path.join(args.plot_dir, f"mixup_ufm_{args.loss}{'_learned' if args.learned else ''}.png")
     title = f"UFM optimum, {args.loss}, K={args.num_classes}, beta={args.beta}"
-    print(plot_utils.save_mixup_projection(snap, out, title))
+    print(mixup_plots.save_mixup_projection(snap, out, title))
     print(json.dumps(mixup_geometry.mixup_geometry_summary(snap)))
 
 

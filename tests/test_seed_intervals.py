@@ -8,6 +8,7 @@ import pytest
 import scipy.stats
 
 import ana_utils
+import plot_drawing
 import plot_utils
 import sweep
 
@@ -110,7 +111,7 @@ def test_rank_note_and_nc_panel_plot_the_trace_ratios():
 
 
 def test_block_colour_scale_is_centred_at_zero():
-    norm = plot_utils.centred_norm(np.array([-0.9, -0.55, -0.2]))   # all negative: white (0.5) stays at 0
+    norm = plot_drawing.centred_norm(np.array([-0.9, -0.55, -0.2]))   # all negative: white (0.5) stays at 0
     assert norm(0.0) == pytest.approx(0.5) and norm(-0.9) == pytest.approx(0.0) and norm(-0.2) < 0.5
 
 
