@@ -14,6 +14,7 @@ import numpy as np
 
 import ana_utils
 import plot_utils
+import ufm_certificate
 import ufm_program
 import utils
 from utils import UserError
@@ -83,7 +84,7 @@ def cluster_report(sol, n, clusters, thresholds, lam, lam_b):
     for c, t in zip(clusters, thresholds):
         if len(c) > 1:
             spread = ana_utils.minority_spread(Z, c)
-            lo, hi = ufm_program.ufm_spread_bounds(Z, b, n, lam, lam_b, c)
+            lo, hi = ufm_certificate.ufm_spread_bounds(Z, b, n, lam, lam_b, c)
             verdict = ("apart" if lo > 0 else "collapsed" if hi <= tol and lam >= t
                        else "within solver accuracy of the threshold")
         else:

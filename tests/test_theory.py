@@ -6,6 +6,7 @@ import pytest
 
 import ana_utils
 import datasets
+import ufm_certificate
 import ufm_program
 from conftest import ROOT
 from utils import UserError
@@ -86,7 +87,7 @@ def test_fast_and_cvxpy_agree(lam_factor):
     assert f["status"] == "optimal"
     assert abs(f["objective"] - a["objective"]) <= 1e-6 * abs(a["objective"])
     assert np.linalg.norm(f["Z"] - a["Z"]) <= 1e-3 * max(np.linalg.norm(a["Z"]), 1.0)
-    assert ufm_program.ufm_objective(f["Z"], f["b"], n, lam, 0.01) == pytest.approx(f["objective"])
+    assert ufm_certificate.ufm_objective(f["Z"], f["b"], n, lam, 0.01) == pytest.approx(f["objective"])
 
 
 def test_depends_on_lambda_and_N_only_through_lambda_sqrt_N():
