@@ -14,6 +14,7 @@ import numpy as np
 
 import ana_utils
 import plot_utils
+import theory_formulas
 import ufm_certificate
 import ufm_program
 import utils
@@ -98,9 +99,9 @@ def cluster_report(sol, n, clusters, thresholds, lam, lam_b):
 def main(argv=None):
     args = parse_args(argv)
     name = check_args(args)
-    n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
+    n, clusters = theory_formulas.expand_clusters(args.cluster_s, args.sample_s)
     utils.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
-    thresholds = ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
+    thresholds = theory_formulas.cluster_thresholds(args.cluster_s, args.sample_s)
     if args.dry_run:
         done = os.path.exists(os.path.join(args.out_dir, name + ".json"))
         print(f"{name}: K = {len(n)}, N = {sum(n)}, lambda = {args.lam:g}; solver {args.solver}; "

@@ -6,7 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-import ana_utils
+import figure_theory
+import seed_stats
 import utils
 from plot_drawing import centred_norm, label_clusters, plot_z_heatmap, save_figure, symlog_norm
 from utils import UserError
@@ -36,7 +37,7 @@ def _cluster_sizes(point):
 
 def _seed_spread(ax, x, point, stat, value, color):
     """With several seeds at a point ('stats' in its record, sweep.merge_seeds): each seed's value as a
-    faint dot and the mean with its interval (ana_utils.interval_of: the 95% t-interval, or the range
+    faint dot and the mean with its interval (seed_stats.interval_of: the 95% t-interval, or the range
     with two seeds, said so in the legend) as an error bar. Returns the value to mark: the mean over
     seeds, or `value` (the one seed's) without seeds."""
     s = (point.get("stats") or {}).get(stat)
@@ -44,7 +45,7 @@ def _seed_spread(ax, x, point, stat, value, color):
         return value
     vals = [utils.flatten(r).get(stat) for r in point["seeds"]]
     ax.plot([x] * len(vals), [np.nan if v is None else v for v in vals], ".", color=color, alpha=0.35, ms=4)
-    iv = ana_utils.interval_of(s)
+    iv = seed_stats.interval_of(s)
     if iv is not None and s["n"] >= 2:
         label = f"mean (dots: seeds), bar: {iv[2]}"
         ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - iv[0]], [iv[1] - s["mean"]]], color=color, capsize=4,
@@ -66,9 +67,9 @@ def _mean_of(point, stat, value):
 
 def _history_band(ax, point, key):
     """With several seeds: the mean of an NC metric at each epoch evaluated in every seed, and its
-    interval (ana_utils.interval_of) shaded; returns (the line, what the band is), or None without seeds."""
+    interval (seed_stats.interval_of) shaded; returns (the line, what the band is), or None without seeds."""
     rows = [(r["epoch"], r["stats"].get(key)) for r in point.get("history_stats") or []]
-    rows = [(e, st, ana_utils.interval_of(st)) for e, st in rows if st and st["n"]]
+    rows = [(e, st, seed_stats.interval_of(st)) for e, st in rows if st and st["n"]]
     if not rows:
         return None
     ep = [e for e, _, _ in rows]
@@ -79,19 +80,19 @@ def _history_band(ax, point, key):
 
 
 def z_norm_note(points):
-    """One line for a figure's face: whether the trained ||Z|| is within ana_utils.Z_NORM_TOL of
+    """One line for a figure's face: whether the trained ||Z|| is within figure_theory.Z_NORM_TOL of
     the convex program's at every point, and the worst deviation; plus the colour it is drawn in."""
     points = [dict(p, z_norm=_mean_of(p, "z_norm", p["z_norm"])) for p in points]  # the mean over seeds
-    devs = ana_utils.z_norm_deviations(points)
+    devs = figure_theory.z_norm_deviations(points)
     known = [(d, p) for d, p in zip(devs, points) if d is not None]
     if not known:
         return "||Z||: no convex-program answer to compare with", "0.3"
     worst = max(d for d, _ in known)
-    off = [p for d, p in known if d > ana_utils.Z_NORM_TOL]
+    off = [p for d, p in known if d > figure_theory.Z_NORM_TOL]
     if not off:
-        return (f"trained ||Z|| within {ana_utils.Z_NORM_TOL:.0%} of the convex program at every point "
+        return (f"trained ||Z|| within {figure_theory.Z_NORM_TOL:.0%} of the convex program at every point "
                 f"(worst {worst:.1%})", "tab:green")
-    return (f"NOT FOLLOWING THE UFM: trained ||Z|| off the convex program by more than {ana_utils.Z_NORM_TOL:.0%} "
+    return (f"NOT FOLLOWING THE UFM: trained ||Z|| off the convex program by more than {figure_theory.Z_NORM_TOL:.0%} "
             f"at {len(off)} of {len(known)} points (worst {worst:.0%})", "tab:red")
 
 
@@ -303,8 +304,8 @@ def plot_theory_distance_panel(ax, hist, point):
 
 
 def _with_interval(point, stat, value):
-    """'v' for one seed; 'mean [lo, hi] (what)' over seeds (ana_utils.interval_of)."""
-    iv = ana_utils.interval_of((point.get("stats") or {}).get(stat))
+    """'v' for one seed; 'mean [lo, hi] (what)' over seeds (seed_stats.interval_of)."""
+    iv = seed_stats.interval_of((point.get("stats") or {}).get(stat))
     if iv is None or point["stats"][stat]["n"] < 2:
         return f"{value:.3g}"
     return f"{point['stats'][stat]['mean']:.3g} [{iv[0]:.3g}, {iv[1]:.3g}] ({iv[2]})"

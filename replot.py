@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 
-import ana_utils
 import datasets
 import losses
 import mixup_geometry
 import mixup_plots
 import plot_utils
+import seed_stats
 import utils
 from utils import UserError
 
@@ -101,7 +101,7 @@ def cmd_mixup_compare(args):
         names = dict.fromkeys(k for s in summaries for k, v in s.items() if isinstance(v, (int, float, type(None)))
                               and not isinstance(v, bool))
         stats[label] = {"n_runs": len(summaries),
-                        **{k: ana_utils.mean_std_interval([s.get(k) for s in summaries], ana_utils.quantity_range(k))
+                        **{k: seed_stats.mean_std_interval([s.get(k) for s in summaries], seed_stats.quantity_range(k))
                            for k in names}}
     out = args.out or os.path.join(args.plot_dir, "mixup_compare.png")
     print(mixup_plots.save_mixup_grid(snaps, titles, out, theories, notes=notes,
@@ -118,13 +118,13 @@ def cmd_mixup_compare(args):
 
 
 def _format_stat(st):
-    """'mean ± std [lo, hi]' of ana_utils.mean_std_interval (the range with two values, said so);
+    """'mean ± std [lo, hi]' of seed_stats.mean_std_interval (the range with two values, said so);
     'undefined' without values."""
     if st["mean"] is None:
         return "undefined (no values)"
     if st["std"] is None:
         return f"{st['mean']:.4g} (one run: no std or interval)"
-    lo, hi, _ = ana_utils.interval_of(st)
+    lo, hi, _ = seed_stats.interval_of(st)
     return f"{st['mean']:.4g} ± {st['std']:.2g} {'' if st['ci95'] else 'range '}[{lo:.4g}, {hi:.4g}] (n={st['n']})"
 
 
