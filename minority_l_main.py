@@ -12,9 +12,10 @@ the lambda of the convex program, theory.md section 2). Theory: the minority cla
 import math
 import sys
 
-import ana_utils
 import datasets
+import figure_theory
 import sweep
+import theory_formulas
 import utils
 
 FIGURE = "minority_l"
@@ -61,7 +62,7 @@ def main(argv=None):
     elif args.ka in PAPER_LAMS:
         lams = PAPER_LAMS[args.ka]
     else:  # the k_A = 5 list as multiples of its lambda* = 1/300, moved to this k_A's lambda*
-        lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb) / lam_scale
+        lam_star = theory_formulas.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb) / lam_scale
         lams = [round(lam * 300 * lam_star, 6) for lam in PAPER_LAMS[5]]
     utils.check_positive("--lam/--reg_z_l", lams)
     utils.check_fraction("--warm_frac", args.warm_frac)
@@ -80,7 +81,7 @@ def main(argv=None):
     records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: every point against the convex program; the threshold and the theory curve.
-    lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
+    lam_star = theory_formulas.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
     used = [pt["params"]["lam"] for pt in points]
     lo, hi = min(used + [lam_star]) * 0.9, max(used + [lam_star]) * 1.05
     grid = sorted(set([lo + (hi - lo) * i / 19 for i in range(20)] + [lam_star * 0.999, lam_star] + used))
@@ -90,7 +91,7 @@ def main(argv=None):
                           f"n_A={args.na}, n_B={args.nb}")
     result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["threshold"] = lam_star
-    result["theory_curve"] = ana_utils.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b))
+    result["theory_curve"] = figure_theory.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b))
 
     # Plot: the grid of Z heat-maps and minority_spread against lambda, with the JSON beside it.
     sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")

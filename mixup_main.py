@@ -18,6 +18,7 @@ import mixup_geometry
 import mixup_plots
 import nc_layers
 import networks
+import seed_stats
 import sweep
 import train_utils
 import utils
@@ -349,8 +350,8 @@ def study_dynamics(records, dataset, model):
         rs = [r for r in records if (r["dataset"], r["model"], r["loss"], r["mixup"]) == (dataset, model, loss, True)]
         if rs:
             out[loss] = dict(epochs=rs[0]["epochs"], snapshot_epochs=rs[0]["snapshot_epochs"],
-                             residual=ana_utils.band_over_seeds([r["residual"] for r in rs]),
-                             **{k: ana_utils.band_over_seeds([r["curves"][k] for r in rs]) for k in rs[0]["curves"]})
+                             residual=seed_stats.band_over_seeds([r["residual"] for r in rs]),
+                             **{k: seed_stats.band_over_seeds([r["curves"][k] for r in rs]) for k in rs[0]["curves"]})
     return out
 
 
@@ -407,7 +408,7 @@ def study(args, argv=None):
         records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
                                            args.point, args.assemble)
     done = [r for r in records if r is not None and "diverged" not in r]
-    table = ana_utils.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
+    table = seed_stats.table_over_seeds([r for r in records if r is not None], STUDY_KEYS, STUDY_METRICS)
     for row in table:
         row["n_diverged"] = sum(1 for r in records if r is not None and "diverged" in r
                                 and all(r[k] == row[k] for k in STUDY_KEYS))

@@ -15,11 +15,13 @@ import sys
 
 import numpy as np
 
-import ana_utils
 import batched_training
 import datasets
+import figure_theory
 import networks
 import plot_utils
+import seed_stats
+import theory_formulas
 import train_utils
 import utils
 from utils import UserError
@@ -201,11 +203,11 @@ def ufm_train_config(cfg, num_classes, num_samples, epochs):
 
 
 def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, weight_decay,
-                 warm_frac=0.0, history=False, ufm_epochs=UFM_EPOCHS, lam_ratio=ana_utils.SCRIPT_LAM_RATIO):
+                 warm_frac=0.0, history=False, ufm_epochs=UFM_EPOCHS, lam_ratio=theory_formulas.SCRIPT_LAM_RATIO):
     """One point of a figure: data, clusters, the plotted `params` and the train_run configuration.
 
     params["lam"] is the lambda of the convex program; the training weights lam_H, lam_W follow
-    from it and lam_ratio = lam_W / lam_H (ana_utils.split_lambda), in this one place.
+    from it and lam_ratio = lam_W / lam_H (theory_formulas.split_lambda), in this one place.
     Networks: SGD (momentum 0.9, batch 128), lr --lr (0.01) -> --lr/10 at milestone_frac of `epochs`
     (--epochs overrides), weight decay --weight_decay or else the figure's `weight_decay`,
     regularisation at 1/10 for the first warm_frac of training (theory.md section 4), evaluated (NC
@@ -214,7 +216,7 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     (full-batch L-BFGS to the optimum, ufm_epochs epochs unless --epochs is given)."""
     network = args.network
     sizes = [int(n) for n in sizes]
-    lam_h, lam_w = ana_utils.split_lambda(params["lam"], lam_ratio)
+    lam_h, lam_w = theory_formulas.split_lambda(params["lam"], lam_ratio)
     base = dict(lam_h=lam_h, lam_w=lam_w, lam_b=float(args.reg_b), seed=int(args.seed))
     if network == "ufm":
         E = int(args.epoch or ufm_epochs)
@@ -328,7 +330,7 @@ def train_point(point, device, models_dir, data_dir):
     res = train_utils.train_run(point["train"], point_data(point, data_dir), device, models_dir)
     minority = min(point["clusters"], key=lambda c: point["sizes"][c[0]])
     record = dict(params=point["params"], sizes=point["sizes"], clusters=point["clusters"], Z=res["Z"], b=res["b"],
-                  nc=res["final"], **ana_utils.z_summary(res["Z"], point["clusters"], minority),
+                  nc=res["final"], **figure_theory.z_summary(res["Z"], point["clusters"], minority),
                   run_dir=res["run_dir"], train=point["train"])
     record.update(per_class_test_accuracy(res["final"], point["sizes"], point["clusters"]))
     if point.get("history"):
@@ -441,12 +443,12 @@ POINT_FIELDS = ("params", "sizes", "clusters", "train")  # shared by the seeds o
 
 
 def stats_over_seeds(dicts):
-    """{name: ana_utils.mean_std_interval} of every number of the dicts (one per seed), named as
-    utils.flatten names them, each interval clipped to its quantity's range (ana_utils.quantity_range);
+    """{name: seed_stats.mean_std_interval} of every number of the dicts (one per seed), named as
+    utils.flatten names them, each interval clipped to its quantity's range (seed_stats.quantity_range);
     the epoch and lr of an evaluated row are left out (the same for every seed)."""
     flat = [utils.flatten(d) for d in dicts]
     names = [k for k in dict.fromkeys(k for f in flat for k in f) if k.split(".")[-1] not in ("epoch", "lr")]
-    return {k: ana_utils.mean_std_interval([f.get(k) for f in flat], ana_utils.quantity_range(k)) for k in names}
+    return {k: seed_stats.mean_std_interval([f.get(k) for f in flat], seed_stats.quantity_range(k)) for k in names}
 
 
 def history_stats(histories):
@@ -622,8 +624,8 @@ def assemble_figure(figure, settings, points, records, missing, lam_b):
     out = []
     for i, rec in enumerate(records):
         if rec is not None:
-            out.append(dict(rec, index=i,
-                            theory=ana_utils.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b)))
+            theory = figure_theory.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b)
+            out.append(dict(rec, index=i, theory=theory))
     return {"figure": figure, "argv": sys.argv[1:], "settings": settings, "points": out,
             "missing": [dict(index=i, seed=seed, params=points[i]["params"]) for i, seed in missing]}
 
