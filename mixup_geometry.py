@@ -198,7 +198,8 @@ def mixup_geometry_summary(snap):
             "diff_convex_residual_binned": binned}
 
 
-# The free-feature (UFM) mixup optimum (theory.md section 5). A mixed example (classes c, c', coefficient mix) has a free feature h minimising
+# The free-feature (UFM) mixup optimum (theory.md section 5). A mixed example (classes c, c',
+# coefficient mix) has a free feature h minimising
 # mix l(Wh, c) + (1 - mix) l(Wh, c') + (gamma/2)||h||^2. With a fixed ETF classifier of row norm
 # omega, h* = s W^T z with s = (K-1)/(K omega^2), and the logits z solve a problem in beta = gamma s.
 
