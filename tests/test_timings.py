@@ -30,7 +30,8 @@ def test_measured_time_reads_the_json_and_says_when_there_is_none(tmp_path):
         "study --quick": {"wall_s": 161.0, "cpu_s": 40.2, "load_before": 7.5, "measured": "2026-12-07"}}}))
     assert utils.measured_time("minority_l --quick", str(path)) == \
         "took 12 s on 2 CPU cores (x) (2026-12-07, docs/timings.json)"
-    assert utils.measured_time("study --quick", str(path)).startswith("took 2.7 min (40 s CPU) on 2 CPU cores (x), busy: load")
+    assert utils.measured_time("study --quick", str(path)).startswith(
+        "took 2.7 min (40 s CPU) on 2 CPU cores (x), busy: load")
 
 
 def test_every_time_the_help_reads_is_one_the_script_measures():
