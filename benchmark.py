@@ -25,6 +25,7 @@ import torch
 import ana_utils
 import datasets
 import gpu_benchmark
+import nc_stream
 import networks
 import rebalance_benchmark
 import train_utils
@@ -155,7 +156,6 @@ def nc_stream_child(N, d, K, batch):
     accumulated over the same batches (the floor for Sigma_W); prints times and this process's peak RSS."""
     import resource
 
-    import nc_stream
     torch.set_num_threads(1)
     centres = torch.randn(K, d, generator=torch.Generator().manual_seed(0)) * 2
 

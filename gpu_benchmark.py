@@ -91,6 +91,79 @@ def _epoch_seconds(train, k, reps=1):
     return ((t_long - t_short) / k if t_long > t_short else float("nan")), res
 
 
+def _bare_loop_and_evaluation(data, vdata, vcfg, device, channels_last, compile_model, objective, k):
+    """(seconds per epoch of the bare loop, seconds of the NC evaluation): the bare loop has the same model,
+    optimizer, objective and batches as train_run, one warm-up epoch, then k timed; the evaluation of the
+    trained model is warmed up once (compile, cuDNN). The model is freed on return."""
+    N, bs, amp = len(data.y_train), min(vcfg["batch_size"], len(data.y_train)), vcfg["amp"]
+    utils.set_seed(0)
+    model = _prepare_model(networks.build_model(vcfg["network"], data.num_classes, data.in_channels,
+                                                width=vcfg["width"],
+                                                image_size=data.x_train.shape[-1],
+                                                depth=vcfg.get("depth")).to(device),
+                           channels_last, compile_model)
+    opt = train_utils.make_optimizer(model, vcfg)
+    x, y = vdata.x_train.to(device), data.y_train.to(device)
+    gen = torch.Generator().manual_seed(0)
+
+    def epoch_bare():
+        model.train()
+        perm = torch.randperm(N, generator=gen).to(device)
+        for i in range(0, N - (N % bs == 1), bs):
+            idx = perm[i:i + bs]
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                if objective is None:
+                    loss, _ = train_utils.regularized_objective(model, x[idx], y[idx], vcfg, N, 1.0)
+                else:
+                    loss, _ = objective(model, x[idx], y[idx], 1, gen)
+            loss.backward()
+            opt.step()
+
+    def k_epochs_bare():
+        for _ in range(k):
+            epoch_bare()
+        _sync(device)
+
+    def evaluation():
+        train_utils.evaluate(model, data, x, vcfg, device)
+        _sync(device)
+
+    epoch_bare()
+    bare = utils.timed(k_epochs_bare)[0] / k
+    evaluation()
+    t_eval, _ = utils.timed(evaluation, repeat=2)
+    return bare, t_eval
+
+
+def _train_run_epoch(label, vcfg, vdata, device, channels_last, compile_model, objective, k, tiny):
+    """train_run's seconds per epoch: (1 + k) epochs minus 1 epoch (_epoch_seconds), the best of two runs
+    (checkpoint writes and the like jitter); NaN, said on stdout, where the epochs drown in its set-up."""
+    def run(n_epochs):
+        with _train_run_builds(channels_last, compile_model):
+            train_utils.train_run(dict(vcfg, epochs=n_epochs, eval_epochs=[n_epochs]), vdata, device,
+                                  models_dir=tempfile.mkdtemp(), objective=objective)
+        _sync(device)
+
+    loop, _ = _epoch_seconds(run, k, reps=1 if tiny else 2)
+    if math.isnan(loop):  # the k epochs drowned in the noise of the fixed costs
+        print(f"{label}: train_run's epochs too short to time against its set-up; use more --epochs", flush=True)
+    return loop
+
+
+def _variant_figures(name, variant, spec, N, bs, bare, loop, t_eval):
+    """The figures of one variant (images/s, train_run's overhead, the evaluation's cost against an epoch
+    and its share of a run at the study's schedule), printed as one line."""
+    label, E, n_evals = spec["schedule"]
+    share = n_evals * t_eval / (E * loop + n_evals * t_eval)
+    print(f"{name} {variant:13s} N={N} batch {bs}: bare {N / bare:8.0f} img/s, train_run {N / loop:8.0f} img/s "
+          f"-> overhead {100 * (loop / bare - 1):+5.1f}%; evaluation {t_eval:.3f} s = {t_eval / loop:.2f} epochs, "
+          f"{100 * share:.1f}% of a run ({label})", flush=True)
+    return dict(bare_epoch_s=bare, loop_epoch_s=loop, eval_s=t_eval, images=N, batch_size=bs,
+                bare_img_s=N / bare, loop_img_s=N / loop, overhead=loop / bare - 1,
+                eval_per_epoch=t_eval / loop, eval_share=share, schedule=label)
+
+
 def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
     """One network: for each variant, images/s of the bare loop and of train_run, train_run's
     overhead, and the evaluation's cost against an epoch and its share of a run at the study's
@@ -99,7 +172,6 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
     data, cfg = _gpu_bench_setup(name, tiny)
     objective = train_utils.make_mixup_objective(losses.get_loss("cross_entropy"), 1.0) if spec["mixup"] else None
     N, bs = len(data.y_train), min(cfg["batch_size"], len(data.y_train))
-    label, E, n_evals = spec["schedule"]
     out = {}
     for variant in variants:
         amp, channels_last, compile_model = GPU_VARIANTS[variant]
@@ -107,66 +179,11 @@ def bench_gpu_network(name, device, variants, epochs=None, tiny=False):
         vdata = (dataclasses.replace(data, x_train=data.x_train.contiguous(memory_format=torch.channels_last))
                  if channels_last else data)
         vcfg = dict(cfg, amp=amp)
-
-        # bare loop: the same model, optimizer, objective and batches; one warm-up epoch, then k timed
-        utils.set_seed(0)
-        model = _prepare_model(networks.build_model(vcfg["network"], data.num_classes, data.in_channels,
-                                                    width=vcfg["width"],
-                                                    image_size=data.x_train.shape[-1],
-                                                    depth=vcfg.get("depth")).to(device),
-                               channels_last, compile_model)
-        opt = train_utils.make_optimizer(model, vcfg)
-        x, y = vdata.x_train.to(device), data.y_train.to(device)
-        gen = torch.Generator().manual_seed(0)
-
-        def epoch_bare():
-            model.train()
-            perm = torch.randperm(N, generator=gen).to(device)
-            for i in range(0, N - (N % bs == 1), bs):
-                idx = perm[i:i + bs]
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    if objective is None:
-                        loss, _ = train_utils.regularized_objective(model, x[idx], y[idx], vcfg, N, 1.0)
-                    else:
-                        loss, _ = objective(model, x[idx], y[idx], 1, gen)
-                loss.backward()
-                opt.step()
-
-        def k_epochs_bare():
-            for _ in range(k):
-                epoch_bare()
-            _sync(device)
-
-        epoch_bare()
-        bare = utils.timed(k_epochs_bare)[0] / k
-
-        # the NC evaluation of the trained model (warmed up once: compile, cuDNN)
-        def evaluation():
-            train_utils.evaluate(model, data, x, vcfg, device)
-            _sync(device)
-
-        evaluation()
-        t_eval, _ = utils.timed(evaluation, repeat=2)
-        model = opt = x = y = None  # free the device memory before the next variant
-
-        def run(n_epochs):  # train_run: (1 + k) epochs minus 1 epoch (_epoch_seconds)
-            with _train_run_builds(channels_last, compile_model):
-                train_utils.train_run(dict(vcfg, epochs=n_epochs, eval_epochs=[n_epochs]), vdata, device,
-                                      models_dir=tempfile.mkdtemp(), objective=objective)
-            _sync(device)
-
-        loop, _ = _epoch_seconds(run, k, reps=1 if tiny else 2)  # best of two: checkpoint writes and the like jitter
-        if math.isnan(loop):  # the k epochs drowned in the noise of the fixed costs
-            print(f"{name} {variant}: train_run's epochs too short to time against its set-up; use more --epochs",
-                  flush=True)
-        share = n_evals * t_eval / (E * loop + n_evals * t_eval)
-        out[variant] = dict(bare_epoch_s=bare, loop_epoch_s=loop, eval_s=t_eval, images=N, batch_size=bs,
-                            bare_img_s=N / bare, loop_img_s=N / loop, overhead=loop / bare - 1,
-                            eval_per_epoch=t_eval / loop, eval_share=share, schedule=label)
-        print(f"{name} {variant:13s} N={N} batch {bs}: bare {N / bare:8.0f} img/s, train_run {N / loop:8.0f} img/s "
-              f"-> overhead {100 * (loop / bare - 1):+5.1f}%; evaluation {t_eval:.3f} s = {t_eval / loop:.2f} epochs, "
-              f"{100 * share:.1f}% of a run ({label})", flush=True)
+        bare, t_eval = _bare_loop_and_evaluation(data, vdata, vcfg, device, channels_last, compile_model,
+                                                 objective, k)
+        loop = _train_run_epoch(f"{name} {variant}", vcfg, vdata, device, channels_last, compile_model,
+                                objective, k, tiny)
+        out[variant] = _variant_figures(name, variant, spec, N, bs, bare, loop, t_eval)
     base = out.get("fp32")
     if base:
         for variant, r in out.items():

@@ -12,9 +12,9 @@ B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex pr
 """
 import sys
 
-import ana_utils
 import arg_combinations
 import datasets
+import figure_theory
 import sweep
 import utils
 from utils import UserError
@@ -98,7 +98,7 @@ def main(argv=None):
                     title=f"Angles vs n_A: {sweep.figure_tag(args)}, k_A={args.ka}, n_B=n_A/{args.ratio:g}, "
                           f"λ={args.lam_n:g}/N")
     result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
-    result["theory_curve"] = ana_utils.theory_curve(grid, setting)
+    result["theory_curve"] = figure_theory.theory_curve(grid, setting)
 
     # Plot: cosines within A, within B and across against n_A, with the JSON beside it.
     sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")

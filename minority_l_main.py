@@ -11,10 +11,11 @@ the lambda of the convex program, theory.md section 2). Theory: the minority cla
 """
 import sys
 
-import ana_utils
 import arg_combinations
 import datasets
+import figure_theory
 import sweep
+import theory_formulas
 import utils
 from utils import UserError
 
@@ -60,14 +61,14 @@ def main(argv=None):
     if args.nb > args.na:
         raise UserError(f"--nb {args.nb} with --na {args.na}: the minority classes would be larger than the majority "
                         "(minority collapse needs n_B < n_A); give --nb below --na")
-    lam_star = ana_utils.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
+    lam_star = theory_formulas.two_cluster_lambda_star(args.ka, args.na, K - args.ka, args.nb)
     lam_scale = 1.0  # --quick scales only the paper's list (never a typed --lam) to the sizes trained
     if args.lams:
         lams = args.lams
     elif args.ka in PAPER_LAMS:
         lams = PAPER_LAMS[args.ka]
         if args.quick:
-            lam_scale = lam_star / ana_utils.two_cluster_lambda_star(args.ka, PAPER_SIZES[0], K - args.ka,
+            lam_scale = lam_star / theory_formulas.two_cluster_lambda_star(args.ka, PAPER_SIZES[0], K - args.ka,
                                                                      PAPER_SIZES[1])
     else:  # the k_A = 5 list as multiples of its lambda* = 1/300, moved to this k_A's lambda*
         lams = [round(lam * 300 * lam_star, 6) for lam in PAPER_LAMS[5]]
@@ -100,7 +101,7 @@ def main(argv=None):
     result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["threshold"] = lam_star
     loss = sweep.point_loss(args, sizes, clusters)
-    result["theory_curve"] = ana_utils.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b, loss))
+    result["theory_curve"] = figure_theory.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b, loss))
 
     # Plot: the grid of Z heat-maps and minority_spread against lambda, with the JSON beside it.
     sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")

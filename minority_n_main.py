@@ -12,10 +12,11 @@ n_B = 100, lambda = 0.005).
 import math
 import sys
 
-import ana_utils
 import arg_combinations
 import datasets
+import figure_theory
 import sweep
+import theory_formulas
 import utils
 
 FIGURE = "minority_n"
@@ -88,7 +89,7 @@ def main(argv=None):
     records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: every point against the convex program; the threshold n_A* and the theory curve.
-    na_star = ana_utils.two_cluster_nA_star(lam, args.ka, k_B, args.nb)
+    na_star = theory_formulas.two_cluster_nA_star(lam, args.ka, k_B, args.nb)
     lo, hi = min(nas + [max(na_star, 1)]), max(nas + [na_star])
     grid = sorted(set([max(1, round(lo + (hi - lo) * i / 19)) for i in range(20)] + nas
                       + [max(1, math.floor(na_star)), math.ceil(na_star)]))
@@ -99,7 +100,7 @@ def main(argv=None):
     result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     plain = args.loss == "cross_entropy" and not args.oversample    # n_A* under another loss: not derived here
     result["threshold"] = na_star if plain else None
-    result["theory_curve"] = ana_utils.theory_curve(grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b,
+    result["theory_curve"] = figure_theory.theory_curve(grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b,
                                                                        sweep.point_loss(args, sizes_of(n_A), clusters)))
 
     # Plot: the grid of Z heat-maps and minority_spread against n_A, with the JSON beside it.

@@ -114,6 +114,49 @@ def _stats(v):
     return (None, None) if len(v) == 0 else (float(np.mean(v)), float(np.median(v)))
 
 
+def _same_class_angles(H, W, Hp, Wp, ya, same, classes):
+    """Degrees between each same-class feature h and its class's w_c, in feature space (from
+    atan2(|h x w|, h.w): exact to rounding near 0, where arccos of a cosine reads a rounding error of 1e-16
+    as 1e-6 degrees, which made undefined correlations numbers) and in the 2-D projection (Hp, Wp)."""
+    wa = W[ya[same]]
+    hs = H[same]
+    dots = (hs * wa).sum(1)
+    wn2 = (wa * wa).sum(1)
+    perp = np.linalg.norm(hs - (dots / np.where(wn2 > 0, wn2, 1.0))[:, None] * wa, axis=1)
+    ang = np.degrees(np.arctan2(perp * np.sqrt(wn2), dots))
+    vert = Wp[[classes.index(c) for c in ya[same]]]
+    hp = Hp[same]
+    pang = np.degrees(np.abs(np.arctan2(vert[:, 0] * hp[:, 1] - vert[:, 1] * hp[:, 0], (vert * hp).sum(1))))
+    return ang, pang
+
+
+def _binned_residual(H_ok, target, ya_ok, yb_ok, mix_ok):
+    """The convex-combination residual of bin means (pair, tenth of mix), weighted by the bins' counts:
+    noise within a class averages out. None without a bin of two features."""
+    lo, hi = np.minimum(ya_ok, yb_ok), np.maximum(ya_ok, yb_ok)
+    mix_lo = np.where(ya_ok == lo, mix_ok, 1 - mix_ok)
+    cell = (lo * 1000 + hi) * 10 + np.minimum((mix_lo * 10).astype(int), 9)
+    binned, weights = [], []
+    for key in np.unique(cell):
+        m = cell == key
+        h_bar = H_ok[m].mean(0)
+        if m.sum() >= 2 and np.linalg.norm(h_bar) > 0:
+            binned.append(np.linalg.norm(h_bar - target[m].mean(0)) / (np.linalg.norm(h_bar) + 1e-30))
+            weights.append(m.sum())
+    return float(np.average(binned, weights=weights)) if binned else None
+
+
+def _convex_residuals(H, mix, ya, yb, diff, means):
+    """||h - (mix hbar_a + (1-mix) hbar_b)|| / ||h|| of the different-class pairs whose classes have a mean,
+    mix strictly inside (0, 1) and h != 0, and the same residual of bin means (_binned_residual)."""
+    ok = diff & np.array([a in means and b in means for a, b in zip(ya, yb)]) & (mix > 0) & (mix < 1) \
+        & (np.linalg.norm(H, axis=1) > 0)
+    target = mix[ok, None] * np.array([means[a] for a in ya[ok]]).reshape(-1, H.shape[1]) + \
+        (1 - mix[ok, None]) * np.array([means[b] for b in yb[ok]]).reshape(-1, H.shape[1])
+    resid = np.linalg.norm(H[ok] - target, axis=1) / np.linalg.norm(H[ok], axis=1)
+    return resid, _binned_residual(H[ok], target, ya[ok], yb[ok], mix[ok])
+
+
 def mixup_geometry_summary(snap):
     """Numbers for the mixup geometry of one snapshot (a dict as from collect_mixup_features):
     same-class angle between h and w_c (feature space and projected) and its rank correlation
@@ -134,37 +177,12 @@ def mixup_geometry_summary(snap):
     if snap.get("feature_mean") is not None:  # angles and residuals of centred features, as NC measures them
         H = H - np.asarray(snap["feature_mean"], dtype=np.float64)
     same, diff = ya == yb, ya != yb
-    wa = W[ya[same]]
-    # angle from atan2(|h x w|, h.w): exact to rounding near 0 (arccos of a cosine is not: a rounding
-    # error of 1e-16 in the cosine reads as 1e-6 degrees, which made undefined correlations numbers)
-    hs = H[same]
-    dots = (hs * wa).sum(1)
-    wn2 = (wa * wa).sum(1)
-    perp = np.linalg.norm(hs - (dots / np.where(wn2 > 0, wn2, 1.0))[:, None] * wa, axis=1)
-    ang = np.degrees(np.arctan2(perp * np.sqrt(wn2), dots))
-    vert = Wp[[classes.index(c) for c in ya[same]]]
-    hp = Hp[same]
-    pang = np.degrees(np.abs(np.arctan2(vert[:, 0] * hp[:, 1] - vert[:, 1] * hp[:, 0], (vert * hp).sum(1))))
+    ang, pang = _same_class_angles(H, W, Hp, Wp, ya, same, classes)
     means = {c: H[same & (ya == c)].mean(0) for c in classes if (same & (ya == c)).any()}
     # relative quantities are undefined (left out; None when nothing is left) where the norm is 0
     spread = [np.mean(np.linalg.norm(H[same & (ya == c)] - m, axis=1)) / np.linalg.norm(m)
               for c, m in means.items() if np.linalg.norm(m) > 0]
-    ok = diff & np.array([a in means and b in means for a, b in zip(ya, yb)]) & (mix > 0) & (mix < 1) \
-        & (np.linalg.norm(H, axis=1) > 0)
-    target = mix[ok, None] * np.array([means[a] for a in ya[ok]]).reshape(-1, H.shape[1]) + \
-        (1 - mix[ok, None]) * np.array([means[b] for b in yb[ok]]).reshape(-1, H.shape[1])
-    resid = np.linalg.norm(H[ok] - target, axis=1) / np.linalg.norm(H[ok], axis=1)
-    # the same residual for bin means (pair, tenth of mix): noise within a class averages out
-    lo, hi = np.minimum(ya[ok], yb[ok]), np.maximum(ya[ok], yb[ok])
-    mix_lo = np.where(ya[ok] == lo, mix[ok], 1 - mix[ok])
-    cell = (lo * 1000 + hi) * 10 + np.minimum((mix_lo * 10).astype(int), 9)
-    binned, weights = [], []
-    for key in np.unique(cell):
-        m = cell == key
-        h_bar = H[ok][m].mean(0)
-        if m.sum() >= 2 and np.linalg.norm(h_bar) > 0:
-            binned.append(np.linalg.norm(h_bar - target[m].mean(0)) / (np.linalg.norm(h_bar) + 1e-30))
-            weights.append(m.sum())
+    resid, binned = _convex_residuals(H, mix, ya, yb, diff, means)
     rows = np.flatnonzero(diff & (mix > 0) & (mix < 1))
     gap = Z[rows, ya[rows]] - Z[rows, yb[rows]]
     log_odds = np.log(mix[rows] / (1 - mix[rows]))
@@ -177,11 +195,11 @@ def mixup_geometry_summary(snap):
             "diff_logit_gap_vs_log_odds_spearman": _spearman(gap, log_odds),
             "same_spread": float(np.mean(spread)) if spread else None,
             "diff_convex_residual_mean": resid_mean, "diff_convex_residual_median": resid_median,
-            "diff_convex_residual_binned": float(np.average(binned, weights=weights)) if binned else None}
+            "diff_convex_residual_binned": binned}
 
 
-# --- Free-feature (UFM) mixup optimum, theory.md section 5 ---------------------------------
-# A mixed example (classes c, c', coefficient mix) has a free feature h minimising
+# The free-feature (UFM) mixup optimum (theory.md section 5). A mixed example (classes c, c',
+# coefficient mix) has a free feature h minimising
 # mix l(Wh, c) + (1 - mix) l(Wh, c') + (gamma/2)||h||^2. With a fixed ETF classifier of row norm
 # omega, h* = s W^T z with s = (K-1)/(K omega^2), and the logits z solve a problem in beta = gamma s.
 

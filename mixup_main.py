@@ -18,12 +18,13 @@ import figure_store
 import fit_checks
 import losses
 import mixup_geometry
+import mixup_plots
 import nc_layers
 import networks
-import plot_utils
 import read_back
 import recipes
 import residual_split
+import seed_stats
 import sweep
 import train_utils
 import utils
@@ -314,22 +315,22 @@ def main(argv=None):
 
     written = [utils.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
     for e, snap in snaps:
-        written.append(plot_utils.save_mixup_projection(
-            snap, plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"projection_e{e:04d}.png"),
+        written.append(mixup_plots.save_mixup_projection(
+            snap, mixup_plots.mixup_plot_path(args.plot_dir, run_dir, f"projection_e{e:04d}.png"),
             f"{cfg['name']}, epoch {e}", theory))
-    written.append(plot_utils.save_mixup_grid(
+    written.append(mixup_plots.save_mixup_grid(
         [s for _, s in snaps], [f"epoch {e}" for e, _ in snaps],
-        plot_utils.mixup_plot_path(args.plot_dir, run_dir, "projection_grid.png"), theory,
+        mixup_plots.mixup_plot_path(args.plot_dir, run_dir, "projection_grid.png"), theory,
         suptitle=f"{cfg['name']}: mixed features of classes {args.classes} over training"))
     label = {cfg["name"]: os.path.join(run_dir, "summary.csv")}
     for kind in ("loss", "accuracy"):
-        written.append(plot_utils.save_mixup_curves(label,
-                                                    plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
+        written.append(mixup_plots.save_mixup_curves(label,
+                                                    mixup_plots.mixup_plot_path(args.plot_dir, run_dir, f"{kind}.png"),
                                                     kind))
     if cfg.get("nc_layers"):
-        written.append(plot_utils.save_nc_depth(label[cfg["name"]], plot_utils.mixup_plot_path(
+        written.append(mixup_plots.save_nc_depth(label[cfg["name"]], mixup_plots.mixup_plot_path(
             args.plot_dir, run_dir, "nc_depth.png"), f"{cfg['name']}: NC against depth"))
-    geometry_path = plot_utils.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
+    geometry_path = mixup_plots.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
     utils.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
                                             "ufm_optimum": mixup_geometry.mixup_geometry_summary(theory)})
     written.append(geometry_path)
@@ -409,11 +410,11 @@ def learned(record):
 
 
 def study_table(records):
-    """The table over seeds (ana_utils.table_over_seeds) of the cells that learned; per row also
+    """The table over seeds (seed_stats.table_over_seeds) of the cells that learned; per row also
     the recipe, n_diverged, n_failed (fit_checks.failure), n_averaged and n_terminal
     (fit_checks.terminal_phase). A row of cells that all failed keeps NaN means."""
     cells = [r for r in records if r is not None]
-    table = ana_utils.table_over_seeds([r if learned(r) else dict(r, **{m: None for m in STUDY_METRICS})
+    table = seed_stats.table_over_seeds([r if learned(r) else dict(r, **{m: None for m in STUDY_METRICS})
                                         for r in cells], STUDY_KEYS, STUDY_METRICS)
     for row in table:
         rs = [r for r in cells if all(r[k] == row[k] for k in STUDY_KEYS)]
@@ -431,8 +432,8 @@ def study_dynamics(records, dataset, model):
         rs = [r for r in records if (r["dataset"], r["model"], r["loss"], r["mixup"]) == (dataset, model, loss, True)]
         if rs:
             out[loss] = dict(epochs=rs[0]["epochs"], snapshot_epochs=rs[0]["snapshot_epochs"],
-                             residual=ana_utils.band_over_seeds([r["residual"] for r in rs]),
-                             **{k: ana_utils.band_over_seeds([r["curves"][k] for r in rs]) for k in rs[0]["curves"]})
+                             residual=seed_stats.band_over_seeds([r["residual"] for r in rs]),
+                             **{k: seed_stats.band_over_seeds([r["curves"][k] for r in rs]) for k in rs[0]["curves"]})
     return out
 
 
@@ -546,13 +547,13 @@ def study(args, argv=None):
     utils.atomic_write_csv(written[1], table)
     all_losses = list(dict.fromkeys(args.losses + args.panel_losses))
     written += [
-        plot_utils.save_projection_table(
+        mixup_plots.save_projection_table(
             [[projection_panel(cells, args, d, m, args.losses[0]) for m in models] for d in args.datasets],
             args.datasets, models, stem + "_projections.png", f"{args.losses[0]}, with mixup, last epoch"),
-        plot_utils.save_projection_table([[projection_panel(cells, args, d0, m0, loss) for loss in all_losses]],
+        mixup_plots.save_projection_table([[projection_panel(cells, args, d0, m0, loss) for loss in all_losses]],
                                          [f"{d0}, {m0}"], all_losses, stem + "_losses.png", "with mixup, last epoch"),
-        plot_utils.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
-        plot_utils.save_study_calibration(table, stem + "_calibration.png")]
+        mixup_plots.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
+        mixup_plots.save_study_calibration(table, stem + "_calibration.png")]
     for row in table:
         print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" [{row['recipe']}] (n={row['n_seeds']}, diverged "
               f"{row['n_diverged']}, failed {row['n_failed']}, terminal phase {row['n_terminal']}): "

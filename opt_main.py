@@ -23,10 +23,13 @@ import numpy as np
 
 import ana_utils
 import arg_combinations
+import figure_theory
 import plot_utils
 import rebalance_plots
 import rebalance_program
 import seli
+import theory_formulas
+import ufm_certificate
 import ufm_program
 import utils
 from utils import UserError
@@ -97,7 +100,7 @@ def check_args(args):
             raise UserError(f"--oversample: {len(args.oversample)} values; give one factor per cluster "
                             f"({len(args.cluster_s)})")
         over = np.repeat(args.oversample, args.cluster_s)
-    n, _ = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
+    n, _ = theory_formulas.expand_clusters(args.cluster_s, args.sample_s)
     args.loss_obj = rebalance_program.loss_from_args(args, n, over)
     if lams == [0] and args.loss in ("ldam", "vector_scaling"):
         raise UserError(f"--lam 0 with --loss {args.loss}: the hard-margin program is solved for cross_entropy, "
@@ -176,7 +179,7 @@ def cluster_report(sol, n, clusters, thresholds, lam, lam_b):
     for c, t in zip(clusters, thresholds):
         if len(c) > 1:
             spread = ana_utils.minority_spread(Z, c)
-            lo, hi = ufm_program.ufm_spread_bounds(Z, b, n, lam, lam_b, c)
+            lo, hi = ufm_certificate.ufm_spread_bounds(Z, b, n, lam, lam_b, c)
             verdict = ("apart" if lo > 0 else "collapsed" if hi <= tol and lam >= t
                        else "within solver accuracy of the threshold")
         else:
@@ -210,7 +213,7 @@ def plain(args):
 def thresholds_of(args, sizes, clusters):
     """Each cluster's collapse threshold under the loss (None: one class; LDAM beyond K = 100: not computed)."""
     if plain(args):
-        return ana_utils.cluster_thresholds(args.cluster_s, args.sample_s)
+        return theory_formulas.cluster_thresholds(args.cluster_s, args.sample_s)
     if args.loss == "ldam" and len(sizes) > 100:
         return [None] * len(clusters)
     return [rebalance_program.collapse_threshold(sizes, args.loss_obj, c, args.reg_b) if len(c) > 1 else None
@@ -242,7 +245,7 @@ def common_record(args, n, sizes):
 def main(argv=None):
     args = parse_args(argv)
     name = check_args(args)
-    n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
+    n, clusters = theory_formulas.expand_clusters(args.cluster_s, args.sample_s)
     sizes = [int(v) if float(v).is_integer() else v for v in args.loss_obj["sizes"]]
     utils.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
     if args.dry_run:
@@ -338,7 +341,7 @@ def solve_path(args, name, n, sizes, clusters, thresholds):
     points = []
     for lam, sol in zip(args.lams, sols):
         Z = np.asarray(sol["Z"])
-        points.append(dict(ana_utils.z_summary(Z, clusters, minority), lam=lam, Z=Z, b=sol["b"],
+        points.append(dict(figure_theory.z_summary(Z, clusters, minority), lam=lam, Z=Z, b=sol["b"],
                            objective=sol["objective"], status=sol["status"], accuracy=sol["accuracy"],
                            solve_time=sol["solve_time"], distances=seli.geometry_distances(Z, sizes),
                            clusters=report_of(args, sol, sizes, clusters, thresholds, lam)))

@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 
-import ana_utils
 import datasets
+import figure_theory
 import rebalance_plots
 import rebalance_program
 import sweep
@@ -135,7 +135,7 @@ def loss_summary(args, name, over, lam_star, pts, sizes, clusters, networks):
     label = label_of(name, over)
     grid = sorted(set(np.geomspace(0.3, 2.5, 25).tolist() + list(args.factors)))
     loss = sweep.point_loss(entry_args(args, name, over), sizes, clusters)
-    curve = ana_utils.theory_curve([g * lam_star for g in grid], lambda lam: (sizes, clusters, lam,
+    curve = figure_theory.theory_curve([g * lam_star for g in grid], lambda lam: (sizes, clusters, lam,
                                                                                       args.reg_b, loss))
     out = dict(name=label, threshold=lam_star, curve={"lam": curve["x"], "spread": curve["minority_spread"]},
                lam=[f * lam_star for f in args.factors], agree={}, spread={}, collapsed={}, distances={})

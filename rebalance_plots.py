@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-import plot_utils
+import plot_drawing
 
 
 def _cos_series(points, key, idx=None):
@@ -35,7 +35,7 @@ def save_path_figure(record, path):
     a2.set(xscale="log", xlabel="λ", ylabel="mean cosine of columns of Z", title="cluster cosines")
     a2.legend(fontsize=7)
     a1.legend(fontsize=7)
-    return plot_utils.save_figure(fig, path)
+    return plot_drawing.save_figure(fig, path)
 
 
 def save_rebalance_figure(result, path):
@@ -58,4 +58,4 @@ def save_rebalance_figure(result, path):
     axes[0][0].set_ylabel("minority spread  max ‖z_j − z_k‖")
     axes[0][0].legend(fontsize=6)
     fig.suptitle(result.get("title", "minority collapse under re-balancing losses"), fontsize=9)
-    return plot_utils.save_figure(fig, path)
+    return plot_drawing.save_figure(fig, path)

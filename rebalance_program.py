@@ -11,8 +11,10 @@ import time
 import numpy as np
 import scipy.optimize
 
+import ufm_certificate
 import ufm_program
-from ufm_program import _ce_columns, _entropy_columns, _spectral_norm, _svt, _ufm_accuracy
+from ufm_certificate import _ce_columns, _entropy_columns, _spectral_norm, _ufm_accuracy
+from ufm_program import _svt
 from utils import UserError
 
 LOSS_NAMES = ("cross_entropy", "class_balanced", "logit_adjusted", "ldam", "vector_scaling")
@@ -65,7 +67,7 @@ def loss_vectors(name, n, oversample=None, **params):
 
 def _unpack(n, loss, lam, lam_b):
     """Checked sizes (as solved) and the vectors (w, s, o, mu) as arrays."""
-    n = ufm_program._check_ufm_args(n, lam, lam_b)
+    n = ufm_certificate._check_ufm_args(n, lam, lam_b)
     vec = tuple(np.asarray(loss[k], dtype=float).ravel() for k in ("weight", "scale", "offset", "margin"))
     if any(v.size != n.size or not np.all(np.isfinite(v)) for v in vec):
         raise UserError(f"loss vectors: need {n.size} finite entries each (one per class)")
@@ -109,7 +111,7 @@ def _dual_value(Poff, r, a, vec, lam_b):
 
 
 def _dual_point(X, b, a, q, L, lam_b, vec):
-    """A feasible dual point from (X, b) and its value: as ufm_program._ufm_dual_point with the dual
+    """A feasible dual point from (X, b) and its value: as ufm_certificate._ufm_dual_point with the dual
     max_P sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b)
     s.t. ||diag(s) (P - I) diag(a / q)||_2 <= L (theory.md section 9). Returns (value, Poff, r)."""
     s = vec[1]

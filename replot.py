@@ -9,12 +9,13 @@ import sys
 
 import numpy as np
 
-import ana_utils
 import datasets
 import losses
 import mixup_geometry
+import mixup_plots
 import plot_utils
 import read_back
+import seed_stats
 import utils
 from utils import UserError
 
@@ -38,9 +39,9 @@ def cmd_mixup_projection(args):
     epoch = int(snap["epoch"]) if "epoch" in snap else None
     name = (f"projection_e{epoch:04d}.png" if epoch is not None
             else os.path.splitext(os.path.basename(args.snapshot))[0] + ".png")
-    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, run_dir, name)
+    out = args.out or mixup_plots.mixup_plot_path(args.plot_dir, run_dir, name)
     title = f"{os.path.basename(run_dir)}, epoch {epoch}" if epoch is not None else os.path.basename(args.snapshot)
-    print(plot_utils.save_mixup_projection(snap, out, title, theory))
+    print(mixup_plots.save_mixup_projection(snap, out, title, theory))
 
 
 def cmd_mixup_grid(args):
@@ -50,9 +51,9 @@ def cmd_mixup_grid(args):
     loaded = [read_back.load_snapshot(p, "the grid of projections") for _, p in snaps]
     theory = None if args.no_theory else mixup_geometry.ufm_overlay(
         _run_config(args.run_dir), len(loaded[0]["b"]), loaded[0]["classes"], args.beta)
-    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dir, "projection_grid.png")
+    out = args.out or mixup_plots.mixup_plot_path(args.plot_dir, args.run_dir, "projection_grid.png")
     cfg = _run_config(args.run_dir)
-    print(plot_utils.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory,
+    print(mixup_plots.save_mixup_grid(loaded, [f"epoch {e}" for e, _ in snaps], out, theory,
                                      suptitle=f"{cfg.get('name', os.path.basename(args.run_dir))}: mixed features of "
                                               f"classes {[int(c) for c in loaded[0]['classes']]} over training",
                                      dpi=args.dpi))
@@ -63,8 +64,8 @@ def _cmd_curves(args, kind):
     columns = {"loss": ["epoch", "loss"], "accuracy": ["epoch", "train_acc", "test_acc"]}[kind]
     for path in runs.values():
         read_back.read_csv(path, columns, f"the {kind} curves")
-    out = args.out or plot_utils.mixup_plot_path(args.plot_dir, args.run_dirs[0], f"{kind}.png")
-    print(plot_utils.save_mixup_curves(runs, out, kind))
+    out = args.out or mixup_plots.mixup_plot_path(args.plot_dir, args.run_dirs[0], f"{kind}.png")
+    print(mixup_plots.save_mixup_curves(runs, out, kind))
 
 
 def cmd_mixup_loss(args):
@@ -90,7 +91,7 @@ def cmd_mixup_compare(args):
         summary = read_back.read_json(utils.mixup_snapshot_path(d, epoch, "json"), {}, "the compared summaries")
         snaps.append(read_back.load_snapshot(path, "the compared projections"))
         titles.append(f"{_run_label(cfg, args.label)} e{epoch}")
-        notes.append(plot_utils.summary_note(summary))
+        notes.append(mixup_plots.summary_note(summary))
         theories.append(None if args.no_theory else mixup_geometry.ufm_overlay(
             cfg, len(snaps[-1]["b"]), snaps[-1]["classes"], args.beta))
         group = str(cfg.get(args.label)) + (f" ({cfg.get('network')})" if several_networks else "")
@@ -100,10 +101,10 @@ def cmd_mixup_compare(args):
         names = dict.fromkeys(k for s in summaries for k, v in s.items() if isinstance(v, (int, float, type(None)))
                               and not isinstance(v, bool))
         stats[label] = {"n_runs": len(summaries),
-                        **{k: ana_utils.mean_std_interval([s.get(k) for s in summaries], ana_utils.quantity_range(k))
+                        **{k: seed_stats.mean_std_interval([s.get(k) for s in summaries], seed_stats.quantity_range(k))
                            for k in names}}
     out = args.out or os.path.join(args.plot_dir, "mixup_compare.png")
-    print(plot_utils.save_mixup_grid(snaps, titles, out, theories, notes=notes,
+    print(mixup_plots.save_mixup_grid(snaps, titles, out, theories, notes=notes,
                                      suptitle=f"last snapshots of {len(snaps)} runs by {args.label}"))
     json_out = os.path.splitext(out)[0] + ".json"
     utils.atomic_write_json(json_out, stats)
@@ -117,13 +118,13 @@ def cmd_mixup_compare(args):
 
 
 def _format_stat(st):
-    """'mean ± std [lo, hi]' of ana_utils.mean_std_interval (the range with two values, said so);
+    """'mean ± std [lo, hi]' of seed_stats.mean_std_interval (the range with two values, said so);
     'undefined' without values."""
     if st["mean"] is None:
         return "undefined (no values)"
     if st["std"] is None:
         return f"{st['mean']:.4g} (one run: no std or interval)"
-    lo, hi, _ = ana_utils.interval_of(st)
+    lo, hi, _ = seed_stats.interval_of(st)
     return f"{st['mean']:.4g} ± {st['std']:.2g} {'' if st['ci95'] else 'range '}[{lo:.4g}, {hi:.4g}] (n={st['n']})"
 
 
@@ -171,7 +172,7 @@ def cmd_mixup_ufm(args):
         snap = mixup_geometry.ufm_mixup_snapshot(args.loss, args.num_classes, args.beta, classes)
     out = args.out or os.path.join(args.plot_dir, f"mixup_ufm_{args.loss}{'_learned' if args.learned else ''}.png")
     title = f"UFM optimum, {args.loss}, K={args.num_classes}, beta={args.beta}"
-    print(plot_utils.save_mixup_projection(snap, out, title))
+    print(mixup_plots.save_mixup_projection(snap, out, title))
     print(json.dumps(mixup_geometry.mixup_geometry_summary(snap)))
 
 

@@ -19,8 +19,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-import ana_utils  # noqa: E402
 import batched_training  # noqa: E402
+import figure_theory  # noqa: E402
 import train_utils  # noqa: E402
 import utils  # noqa: E402
 
@@ -128,7 +128,7 @@ def estimate(todo, groups, finished, data_of, device, use_threads, n_points):
             epoch, fixed = probe_batched(group, data_of(group[0]), device)
             train += epoch * group[0]["train"]["epochs"] + fixed
     t0, p = time.perf_counter(), todo[0]
-    ana_utils.ufm_theory(p["sizes"], p["clusters"], p["params"]["lam"], p["train"]["lam_b"])
+    figure_theory.ufm_theory(p["sizes"], p["clusters"], p["params"]["lam"], p["train"]["lam_b"])
     analysis = (time.perf_counter() - t0) * (n_points + (CURVE_POINTS if n_points > 1 else 0))
     analysis += drawing_seconds(n_points + 4 if n_points > 1 else 3)
     return startup + train + analysis, (f"start-up {startup:.0f} s, training {train:.0f} s from {how}, "

@@ -16,17 +16,19 @@ import sys
 
 import numpy as np
 
-import ana_utils
 import arg_combinations
 import batched_training
 import datasets
 import figure_store
+import figure_theory
 import launcher
 import networks
 import read_back
 import rebalance_program
 import run_estimate
+import seed_stats
 import seli
+import theory_formulas
 import train_utils
 import utils
 from utils import UserError
@@ -222,7 +224,7 @@ def loss_threshold(args, sizes, clusters, lam_b):
     minority = min(clusters, key=lambda c: sizes[c[0]])
     loss = point_loss(args, sizes, clusters)
     if rebalance_program.is_plain(loss):
-        return ana_utils.collapse_threshold(sizes[minority[0]], sum(sizes))
+        return theory_formulas.collapse_threshold(sizes[minority[0]], sum(sizes))
     return rebalance_program.collapse_threshold(loss["sizes"], loss, minority, lam_b)
 
 
@@ -258,12 +260,12 @@ def ufm_train_config(cfg, num_classes, num_samples, epochs):
 
 
 def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, weight_decay,
-                 warm_frac=0.0, history=False, ufm_epochs=UFM_EPOCHS, lam_ratio=ana_utils.SCRIPT_LAM_RATIO,
+                 warm_frac=0.0, history=False, ufm_epochs=UFM_EPOCHS, lam_ratio=theory_formulas.SCRIPT_LAM_RATIO,
                  scaled=None):
     """One point of a figure: data, clusters, the plotted `params` and the train_run configuration.
 
     params["lam"] is the lambda of the convex program; the training weights lam_H, lam_W follow
-    from it and lam_ratio = lam_W / lam_H (ana_utils.split_lambda), in this one place.
+    from it and lam_ratio = lam_W / lam_H (theory_formulas.split_lambda), in this one place.
     Networks: SGD (momentum 0.9, batch 128), lr --lr (0.01) -> --lr/10 at milestone_frac of `epochs`
     (--epochs overrides), weight decay --weight_decay or else the figure's `weight_decay`,
     regularisation at 1/10 for the first warm_frac of training (theory.md section 4), evaluated (NC
@@ -274,7 +276,7 @@ def figure_point(figure, args, sizes, clusters, params, epochs, milestone_frac, 
     (only values the user did not type), shown wherever the point is (describe_point, the JSON)."""
     network = args.network
     sizes = [int(n) for n in sizes]
-    lam_h, lam_w = ana_utils.split_lambda(params["lam"], lam_ratio)
+    lam_h, lam_w = theory_formulas.split_lambda(params["lam"], lam_ratio)
     base = dict(lam_h=lam_h, lam_w=lam_w, lam_b=float(args.reg_b), seed=int(args.seed))
     if network == "ufm":
         E = int(args.epoch or ufm_epochs)
@@ -440,7 +442,7 @@ def train_point(point, device, models_dir, data_dir):
     res = train_utils.train_run(point["train"], point_data(point, data_dir), device, models_dir)
     minority = min(point["clusters"], key=lambda c: point["sizes"][c[0]])
     record = dict(params=point["params"], sizes=point["sizes"], clusters=point["clusters"], Z=res["Z"], b=res["b"],
-                  nc=res["final"], **ana_utils.z_summary(res["Z"], point["clusters"], minority),
+                  nc=res["final"], **figure_theory.z_summary(res["Z"], point["clusters"], minority),
                   run_dir=res["run_dir"], train=point["train"],
                   distances=seli.geometry_distances(res["Z"], point.get("loss", point)["sizes"]))
     record.update(per_class_test_accuracy(res["final"], point["sizes"], point["clusters"]))
@@ -581,12 +583,12 @@ POINT_FIELDS = ("params", "sizes", "clusters", "train")  # shared by the seeds o
 
 
 def stats_over_seeds(dicts):
-    """{name: ana_utils.mean_std_interval} of every number of the dicts (one per seed), named as
-    utils.flatten names them, each interval clipped to its quantity's range (ana_utils.quantity_range);
+    """{name: seed_stats.mean_std_interval} of every number of the dicts (one per seed), named as
+    utils.flatten names them, each interval clipped to its quantity's range (seed_stats.quantity_range);
     the epoch and lr of an evaluated row are left out (the same for every seed)."""
     flat = [utils.flatten(d) for d in dicts]
     names = [k for k in dict.fromkeys(k for f in flat for k in f) if k.split(".")[-1] not in ("epoch", "lr")]
-    return {k: ana_utils.mean_std_interval([f.get(k) for f in flat], ana_utils.quantity_range(k)) for k in names}
+    return {k: seed_stats.mean_std_interval([f.get(k) for f in flat], seed_stats.quantity_range(k)) for k in names}
 
 
 def history_stats(histories):
@@ -752,7 +754,7 @@ def assemble_figure(figure, settings, points, records, missing, lam_b):
     out = []
     for i, rec in enumerate(records):
         if rec is not None:
-            theory = ana_utils.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b,
+            theory = figure_theory.ufm_theory(rec["sizes"], rec["clusters"], rec["params"]["lam"], lam_b,
                                           points[i].get("loss"))
             out.append(dict(rec, index=i, **({"scaled": points[i]["scaled"]} if points[i].get("scaled") else {}),
                             theory=theory))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import ana_utils
+import figure_theory
 import mixup_geometry
 import nc_stream
 import recipes
@@ -294,7 +294,7 @@ def evaluate(model, data, x_train, cfg, device):
     """Train/test accuracy (test also per class), every NC metric of the current model on the training
     and the test set, per class-size group, and the modern set (nc_stream.evaluation_metrics: eval mode,
     no gradients, features streamed from the model into the class statistics); with lam_h, lam_w > 0,
-    `z_theory_distance` of Z to the convex program's optimum (ana_utils.z_theory_distance)."""
+    `z_theory_distance` of Z to the convex program's optimum (figure_theory.z_theory_distance)."""
     W = model.classifier.weight.detach()
     b = model.classifier.bias.detach() if model.classifier.bias is not None else None
     test = None if is_ufm(cfg["network"]) else (data.x_test.to(device), data.y_test.to(device))
@@ -303,7 +303,7 @@ def evaluate(model, data, x_train, cfg, device):
     Z = W.double().cpu().numpy() @ stats["means"].T       # column k is W times the mean feature of class k
     if cfg["lam_h"] > 0 and cfg["lam_w"] > 0:   # a run of the regularised UFM objective: the convex program's Z
         lam = 2 * math.sqrt(cfg["lam_h"] * cfg["lam_w"])
-        row["z_theory_distance"] = ana_utils.z_theory_distance(Z, data.sizes, lam, cfg["lam_b"])
+        row["z_theory_distance"] = figure_theory.z_theory_distance(Z, data.sizes, lam, cfg["lam_b"])
     return row, Z, (b.double().cpu().numpy() if b is not None else np.zeros(data.num_classes))
 
 

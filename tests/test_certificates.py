@@ -7,6 +7,7 @@ import pytest
 import scipy.special
 
 import ana_utils
+import ufm_certificate
 import ufm_program
 
 N5 = [500] * 5 + [100] * 5          # the paper's minority layout, lambda* = 1/300
@@ -68,7 +69,7 @@ def test_certificate_on_a_perturbed_answer_is_first_order():
     E = rng.normal(size=ref["Z"].shape)
     E -= E.mean(0)                                    # keep the columns summing to zero
     Z = ref["Z"] + 3e-4 * np.linalg.norm(ref["Z"]) * E / np.linalg.norm(E)
-    cert = ufm_program.ufm_certificate(Z, ref["b"], N5, lam, 0.01)
+    cert = ufm_certificate.ufm_certificate(Z, ref["b"], N5, lam, 0.01)
     assert cert["accuracy"] > 1e-7
     assert cert["objective"] == pytest.approx(objective(Z, ref["b"], N5, lam, 0.01), rel=1e-13)
 
@@ -89,7 +90,7 @@ def test_cross_entropy_has_no_cancellation():
         ce += mpmath.mpf(n[k]) / sum(n) * (mpmath.log(sum(mpmath.exp(x) for x in v)) - v[k])
     lam = 1e-12      # the nuclear-norm term is then far below the CE term
     exact = float(ce) + lam * np.linalg.svd(Z * np.sqrt(n), compute_uv=False).sum() + 0.0
-    got = ufm_program.ufm_objective(Z, b, n, lam, 0.0)
+    got = ufm_certificate.ufm_objective(Z, b, n, lam, 0.0)
     assert got == pytest.approx(exact, rel=1e-12)
 
 
@@ -98,7 +99,7 @@ def test_spread_bounds_contain_the_reference_spread():
         lam = factor / 300
         ref = ufm_program.solve_ufm_cvxpy(N5, lam, 0.01)
         fast = ufm_program.solve_ufm_fast(N5, lam, 0.01)
-        lo, hi = ufm_program.ufm_spread_bounds(fast["Z"], fast["b"], N5, lam, 0.01, range(5, 10))
+        lo, hi = ufm_certificate.ufm_spread_bounds(fast["Z"], fast["b"], N5, lam, 0.01, range(5, 10))
         s_ref = ana_utils.minority_spread(ref["Z"], range(5, 10))
         assert lo - 1e-6 <= s_ref <= hi + 1e-6
         tol = 1e-3 * np.linalg.norm(fast["Z"])

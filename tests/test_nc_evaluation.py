@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import ana_utils
+import figure_theory
 import nc_stream
+import theory_formulas
 import ufm_program
 
 
@@ -90,7 +92,7 @@ def test_ufm_run_reaches_the_convex_programs_z(tmp_path):
     import train_utils
     import utils
     sizes = [30, 30, 6, 6]
-    lam_h, lam_w = ana_utils.split_lambda(0.01)
+    lam_h, lam_w = theory_formulas.split_lambda(0.01)
     cfg = sweep.ufm_train_config(dict(name="u", lam_h=lam_h, lam_w=lam_w, lam_b=0.01, seed=0), 4, sum(sizes), 40)
     data = datasets.get_data("synthetic", sizes, seed=0, data_dir=str(tmp_path / "d"),
                              synthetic={"image_size": 4, "channels": 1, "noise": 1.0})
@@ -99,7 +101,7 @@ def test_ufm_run_reaches_the_convex_programs_z(tmp_path):
     assert all("z_theory_distance" in r for r in rows)
     assert rows[-1]["z_theory_distance"] < 1e-4
     collapsed = ufm_program.solve_ufm_fast(sizes, 0.05, 0.01)["Z"]
-    assert ana_utils.z_theory_distance(collapsed, sizes, 0.01, 0.01) > 0.1
-    assert rows[-1]["z_theory_distance"] == pytest.approx(ana_utils.z_theory_distance(
+    assert figure_theory.z_theory_distance(collapsed, sizes, 0.01, 0.01) > 0.1
+    assert rows[-1]["z_theory_distance"] == pytest.approx(figure_theory.z_theory_distance(
         np.array(res["Z"]), sizes, 0.01, 0.01), abs=1e-12)
-    assert np.isnan(ana_utils.z_theory_distance(np.zeros((4, 4)), sizes, 0.01, 0.01))
+    assert np.isnan(figure_theory.z_theory_distance(np.zeros((4, 4)), sizes, 0.01, 0.01))

@@ -8,7 +8,7 @@ import torch
 
 import fit_checks
 import mixup_main
-import plot_utils
+import mixup_plots
 import recipes
 import train_utils
 import utils
@@ -176,7 +176,7 @@ def test_study_table_leaves_failed_and_diverged_cells_out_and_marks_them(tmp_pat
     all_failed = mixup_main.study_table([dict(cells[2], seed=s) for s in (0, 1)])[0]
     assert all_failed["n_averaged"] == 0 and all_failed["test_acc_mean"] != all_failed["test_acc_mean"]   # NaN
     texts = []
-    monkeypatch.setattr(plot_utils, "save_figure", lambda fig, path: texts.extend(
+    monkeypatch.setattr(mixup_plots, "save_figure", lambda fig, path: texts.extend(
         t.get_text() for ax in fig.axes for t in ax.texts))
-    plot_utils.save_study_calibration([row, dict(all_failed, mixup=False)], str(tmp_path / "c.png"))
+    mixup_plots.save_study_calibration([row, dict(all_failed, mixup=False)], str(tmp_path / "c.png"))
     assert sorted(texts) == ["1 diverged\n1 failed", "2 failed"]

@@ -8,7 +8,10 @@ import pytest
 import scipy.stats
 
 import ana_utils
+import figure_theory
+import plot_drawing
 import plot_utils
+import seed_stats
 import sweep
 
 
@@ -20,23 +23,23 @@ def test_quantity_ranges_by_name():
                 "diff_convex_residual_mean": (0, math.inf), "Z.0.1": (-math.inf, math.inf),
                 "b.2": (-math.inf, math.inf)}
     for name, rng in expected.items():
-        assert ana_utils.quantity_range(name) == rng, name
+        assert seed_stats.quantity_range(name) == rng, name
 
 
 def test_t_interval_clipped_to_the_range_and_range_below_three_seeds():
     acc = [1.0, 0.99, 0.90]
-    st = ana_utils.mean_std_interval(acc, (0.0, 1.0))
+    st = seed_stats.mean_std_interval(acc, (0.0, 1.0))
     lo, hi = scipy.stats.t.interval(0.95, 2, loc=np.mean(acc), scale=scipy.stats.sem(acc))
     assert hi > 1.0                                   # unclipped it claims an accuracy above 1
     assert st["ci95"] == pytest.approx([lo, 1.0]) and (st["min"], st["max"]) == (0.90, 1.0)
-    two = ana_utils.mean_std_interval([0.95, 1.0], (0.0, 1.0))
+    two = seed_stats.mean_std_interval([0.95, 1.0], (0.0, 1.0))
     assert two["ci95"] is None and (two["min"], two["max"]) == (0.95, 1.0)
     assert two["std"] == pytest.approx(0.05 / 2**0.5)
-    lo2, hi2, what = ana_utils.interval_of(two)
+    lo2, hi2, what = seed_stats.interval_of(two)
     assert (lo2, hi2) == (0.95, 1.0) and "range" in what and "2 seeds" in what
-    ece = ana_utils.seed_interval([0.0, 0.01, 0.1], (0.0, 1.0))
+    ece = seed_stats.seed_interval([0.0, 0.01, 0.1], (0.0, 1.0))
     assert ece["ci_lo"] == 0.0 and ece["ci_hi"] < 1.0
-    one = ana_utils.seed_interval([0.3])
+    one = seed_stats.seed_interval([0.3])
     assert one["min"] == one["max"] == 0.3 and math.isnan(one["ci_lo"]) and math.isnan(one["std"])
 
 
@@ -45,7 +48,7 @@ def test_study_table_intervals_stay_in_range():
              for a, e, r in ((1.0, 0.0, 1.0), (0.99, 0.01, 0.99), (0.9, 0.1, 0.8))]
     cells = [dict(c, diff_logit_gap_vs_log_odds_spearman=c.pop("rho")) for c in cells]
     metrics = ("test_acc", "test_ece", "diff_logit_gap_vs_log_odds_spearman")
-    row, = ana_utils.table_over_seeds(cells, ("dataset", "model", "loss", "mixup"), metrics)
+    row, = seed_stats.table_over_seeds(cells, ("dataset", "model", "loss", "mixup"), metrics)
     assert row["test_acc_ci_hi"] == 1.0 and row["test_ece_ci_lo"] == 0.0
     assert row["diff_logit_gap_vs_log_odds_spearman_ci_hi"] == 1.0
     for m in metrics:
@@ -110,7 +113,7 @@ def test_rank_note_and_nc_panel_plot_the_trace_ratios():
 
 
 def test_block_colour_scale_is_centred_at_zero():
-    norm = plot_utils.centred_norm(np.array([-0.9, -0.55, -0.2]))   # all negative: white (0.5) stays at 0
+    norm = plot_drawing.centred_norm(np.array([-0.9, -0.55, -0.2]))   # all negative: white (0.5) stays at 0
     assert norm(0.0) == pytest.approx(0.5) and norm(-0.9) == pytest.approx(0.0) and norm(-0.2) < 0.5
 
 
@@ -126,9 +129,9 @@ def minority_result(seeds):
                              b=[0.0] * 4, nc={"test_acc": 0.9 + 0.05 * rng.random(), "nc1_trace": 0.1 + rng.random(),
                                               "nc1_rank_deficient": int(i == 1)},
                              test_acc_majority=0.99, test_acc_minority=0.5 + 0.1 * s, run_dir=f"r{i}{s}",
-                             **ana_utils.z_summary(Z, clusters, clusters[1])))
+                             **figure_theory.z_summary(Z, clusters, clusters[1])))
         rec, = sweep.merge_seeds(recs, len(seeds))
-        points.append(dict(rec, index=i, theory=ana_utils.ufm_theory(sizes, clusters, lam, 0.0)))
+        points.append(dict(rec, index=i, theory=figure_theory.ufm_theory(sizes, clusters, lam, 0.0)))
     return {"figure": "minority_l", "points": points, "threshold": 0.02, "missing": [],
             "settings": {"x_key": "lam", "x_label": "λ", "title": "test", "network": "mlp"}}
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import scipy.stats
 
-import ana_utils
 import block_main
 import limit_main
 import mixup_main
 import replot
+import seed_stats
 import sweep
 import utils
 from conftest import dirs
@@ -63,7 +63,7 @@ def test_seeds_give_per_point_mean_std_and_t_interval(seeded, capsys):
             st = p["stats"][name]
             assert st["n"] == 3
             assert st["mean"] == pytest.approx(m, rel=1e-12) and st["std"] == pytest.approx(s, rel=1e-12)
-            rlo, rhi = ana_utils.quantity_range(name)  # the interval is clipped to the quantity's range
+            rlo, rhi = seed_stats.quantity_range(name)  # the interval is clipped to the quantity's range
             assert st["ci95"] == pytest.approx([max(lo, rlo), min(hi, rhi)], rel=1e-12, abs=1e-15)
         assert p["Z"] == p["seeds"][0]["Z"]  # the first seed's record, and the mean Z beside it
         np.testing.assert_allclose(p["Z_mean"], np.mean([s["Z"] for s in p["seeds"]], axis=0), rtol=1e-12)
@@ -77,7 +77,7 @@ def test_seeds_give_statistics_for_every_per_point_number_within_its_range(seede
         assert names - {"nc.epoch", "nc.lr"} == set(p["stats"]) and {"Z.0.0", "nc.test_acc_c0", "b.0"} <= names
         for name, st in p["stats"].items():
             lo, hi = {"nc.test_acc": (0, 1), "cosines.across": (-1, 1), "z_norm": (0, math.inf)}.get(
-                name, ana_utils.quantity_range(name))
+                name, seed_stats.quantity_range(name))
             if st["ci95"] is not None:
                 assert lo <= st["ci95"][0] <= st["mean"] <= st["ci95"][1] <= hi, (name, st)
 

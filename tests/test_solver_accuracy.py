@@ -7,6 +7,7 @@ import pytest
 import scipy.optimize
 
 import ana_utils
+import ufm_certificate
 import ufm_program
 
 N = [1000] * 5 + [500] * 5
@@ -71,7 +72,7 @@ def test_an_answer_off_in_z_is_not_certified_at_small_lambda():
     E = np.random.default_rng(0).normal(size=Zr.shape)
     E -= E.mean(0)
     Z = Zr + 3e-4 * np.linalg.norm(Zr) * E / np.linalg.norm(E)
-    cert = ufm_program.ufm_certificate(Z, br, N, lam, 0.01)
+    cert = ufm_certificate.ufm_certificate(Z, br, N, lam, 0.01)
     f, f_ref = objective(Z, br, N, lam, 0.01), objective(Zr, br, N, lam, 0.01)
     assert cert["accuracy"] > 1e-7
     assert cert["accuracy"] >= (f - f_ref) / f - 1e-12

@@ -8,9 +8,9 @@ import pytest
 import scipy.stats
 import torch
 
-import ana_utils
 import mixup_main
 import networks
+import seed_stats
 import train_utils
 import utils
 
@@ -99,12 +99,12 @@ def test_small_vit_uses_heads_of_64_dimensions():
 
 
 def test_seed_interval_by_hand_and_undefined_cases():
-    s = ana_utils.seed_interval([1.0, 2.0, 4.0])
+    s = seed_stats.seed_interval([1.0, 2.0, 4.0])
     assert s["mean"] == pytest.approx(7 / 3) and s["std"] == pytest.approx(np.sqrt(7 / 3))
     assert s["ci_hi"] - s["mean"] == pytest.approx(4.302653 * np.sqrt(7 / 3) / np.sqrt(3), rel=1e-5)  # t_0.975,2
-    one = ana_utils.seed_interval([0.5, None])
+    one = seed_stats.seed_interval([0.5, None])
     assert one["n"] == 1 and one["mean"] == 0.5 and np.isnan(one["std"]) and np.isnan(one["ci_lo"])
-    assert np.isnan(ana_utils.seed_interval([])["mean"])
+    assert np.isnan(seed_stats.seed_interval([])["mean"])
 
 
 STUDY = ["--study", "--quick", "--datasets", "synthetic", "--models", "mlp", "--panel_losses", "--seeds", "0", "1", "2",
@@ -133,7 +133,7 @@ def test_study_table_recomputes_from_per_seed_rows_and_ce_is_above_mse(study):
             lo, hi = (scipy.stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=scipy.stats.sem(v))
                       if np.ptp(v) > 0 else (v[0], v[0]))   # scipy gives NaN for zero spread
             assert (row[f"{m}_mean"], row[f"{m}_std"]) == pytest.approx((v.mean(), v.std(ddof=1)))
-            rlo, rhi = ana_utils.quantity_range(m)  # clipped to the metric's range
+            rlo, rhi = seed_stats.quantity_range(m)  # clipped to the metric's range
             assert (row[f"{m}_ci_lo"], row[f"{m}_ci_hi"]) == pytest.approx((max(lo, rlo), min(hi, rhi)))
             assert csv_row[f"{m}_mean"] == pytest.approx(row[f"{m}_mean"])
     ce, mse = ({r["loss"]: r for r in result["table"]}[k] for k in ("cross_entropy", "mse"))

@@ -6,6 +6,8 @@ import pytest
 
 import ana_utils
 import datasets
+import theory_formulas
+import ufm_certificate
 import ufm_program
 from conftest import ROOT
 from utils import UserError
@@ -20,18 +22,18 @@ def spread(Z, idx):
 
 
 def test_worked_threshold_values():
-    assert ana_utils.two_cluster_lambda_star(5, 500, 5, 100) == pytest.approx(1 / 300)
-    assert ana_utils.two_cluster_lambda_star(3, 500, 7, 100) == pytest.approx(1 / 220)
-    assert ana_utils.two_cluster_nA_star(0.005, 5, 5, 100) == pytest.approx(300)
-    assert ana_utils.two_cluster_nA_star(0.005, 3, 7, 100) == pytest.approx(433.33, abs=0.01)
+    assert theory_formulas.two_cluster_lambda_star(5, 500, 5, 100) == pytest.approx(1 / 300)
+    assert theory_formulas.two_cluster_lambda_star(3, 500, 7, 100) == pytest.approx(1 / 220)
+    assert theory_formulas.two_cluster_nA_star(0.005, 5, 5, 100) == pytest.approx(300)
+    assert theory_formulas.two_cluster_nA_star(0.005, 3, 7, 100) == pytest.approx(433.33, abs=0.01)
     for lam, ratio in ((0.005, 100.0), (0.0039, 100.0), (2e-3 * 7, 1000.0)):
-        lam_h, lam_w = ana_utils.split_lambda(lam, ratio)
+        lam_h, lam_w = theory_formulas.split_lambda(lam, ratio)
         assert 2 * np.sqrt(lam_h * lam_w) == pytest.approx(lam, rel=1e-14)
         assert lam_w / lam_h == pytest.approx(ratio, rel=1e-14)
-    assert ana_utils.split_lambda(0.005) == (0.005 / 20, 5 * 0.005)    # the original scripts' split
-    n, clusters = ana_utils.expand_clusters([3, 3, 4], [5000, 4000, 3000])
+    assert theory_formulas.split_lambda(0.005) == (0.005 / 20, 5 * 0.005)    # the original scripts' split
+    n, clusters = theory_formulas.expand_clusters([3, 3, 4], [5000, 4000, 3000])
     assert n == [5000] * 3 + [4000] * 3 + [3000] * 4 and clusters[2] == [6, 7, 8, 9]
-    assert ana_utils.cluster_thresholds([3, 1], [50, 10]) == [pytest.approx(np.sqrt(50) / 160), None]
+    assert theory_formulas.cluster_thresholds([3, 1], [50, 10]) == [pytest.approx(np.sqrt(50) / 160), None]
 
 
 @pytest.mark.parametrize("cluster_s,sample_s", [
@@ -42,9 +44,9 @@ def test_worked_threshold_values():
 ])
 def test_sharp_collapse_threshold(cluster_s, sample_s):
     """Below sqrt(n_c)/N a cluster's columns stay apart, above it they coincide."""
-    n, clusters = ana_utils.expand_clusters(cluster_s, sample_s)
+    n, clusters = theory_formulas.expand_clusters(cluster_s, sample_s)
     minority = clusters[-1]
-    lam_c = ana_utils.cluster_thresholds(cluster_s, sample_s)[-1]
+    lam_c = theory_formulas.cluster_thresholds(cluster_s, sample_s)[-1]
     below = ufm_program.solve_ufm_fast(n, 0.9 * lam_c, 0.01)["Z"]
     above = ufm_program.solve_ufm_fast(n, 1.1 * lam_c, 0.01)["Z"]
     assert spread(below, minority) > 1e-2
@@ -55,7 +57,7 @@ def test_sharp_collapse_threshold(cluster_s, sample_s):
 
 def test_optimality_structure():
     """1^T Z = 0 and sum b = 0; equal-size clusters give the block pattern (theory.md section 2)."""
-    n, clusters = ana_utils.expand_clusters([3, 3, 4], [500, 300, 100])
+    n, clusters = theory_formulas.expand_clusters([3, 3, 4], [500, 300, 100])
     sol = ufm_program.solve_ufm_cvxpy(n, 0.002, 0.01)
     Z, b = sol["Z"], sol["b"]
     assert sol["status"] == "optimal"
@@ -70,7 +72,7 @@ def test_optimality_structure():
             if c2 is not c:
                 assert np.ptp(Z[np.ix_(c, c2)]) < 1e-5          # constant blocks between clusters
     # within a cluster the class means have equal norms and one common cosine, but not an ETF overall
-    _, G_means = ana_utils.gram_from_Z(Z, n)
+    _, G_means = theory_formulas.gram_from_Z(Z, n)
     cos = ana_utils.cosines_from_gram(G_means)
     assert np.ptp(np.diag(G_means)[clusters[0]]) < 1e-6 * G_means.max()
     assert np.ptp(cos[np.ix_(clusters[0], clusters[0])][~np.eye(3, dtype=bool)]) < 1e-5
@@ -86,7 +88,7 @@ def test_fast_and_cvxpy_agree(lam_factor):
     assert f["status"] == "optimal"
     assert abs(f["objective"] - a["objective"]) <= 1e-6 * abs(a["objective"])
     assert np.linalg.norm(f["Z"] - a["Z"]) <= 1e-3 * max(np.linalg.norm(a["Z"]), 1.0)
-    assert ufm_program.ufm_objective(f["Z"], f["b"], n, lam, 0.01) == pytest.approx(f["objective"])
+    assert ufm_certificate.ufm_objective(f["Z"], f["b"], n, lam, 0.01) == pytest.approx(f["objective"])
 
 
 def test_depends_on_lambda_and_N_only_through_lambda_sqrt_N():
@@ -97,7 +99,7 @@ def test_depends_on_lambda_and_N_only_through_lambda_sqrt_N():
 
 def test_cosines_move_toward_etf_as_lambda_sqrt_N_shrinks():
     """theory.md's table: K = 10, k_A = 5, n_B = n_A / 2, lambda_b = 0.01."""
-    n, clusters = ana_utils.expand_clusters([5, 5], [200, 100])
+    n, clusters = theory_formulas.expand_clusters([5, 5], [200, 100])
     N = sum(n)
     table = {1e-1: (-0.173, -0.025, -0.105), 1e-2: (-0.146, -0.068, -0.110), 1e-4: (-0.133, -0.084, -0.112)}
     gaps = []
@@ -129,7 +131,7 @@ def test_trained_ufm_reaches_the_convex_optimum(tmp_path, lam_factor):
 
     import train_utils
     sizes = [40, 40, 10, 10]
-    lam = lam_factor * ana_utils.two_cluster_lambda_star(2, 40, 2, 10)
+    lam = lam_factor * theory_formulas.two_cluster_lambda_star(2, 40, 2, 10)
     data = datasets.get_data("synthetic", sizes, seed=0,
                              synthetic={"image_size": 2, "channels": 1, "test_per_class": 1})
     cfg = dict(name="ufm", network="ufm", optimizer="lbfgs", lr=1.0, batch_size=sum(sizes), epochs=30,
@@ -206,8 +208,8 @@ def test_opt_main_verdict_follows_the_certificate_at_the_threshold(ratio, verdic
     # k = 2 + 2 classes of 2000 / 50: the minority threshold sqrt(50) / 4100 from the formula, not the solver
     import opt_main
     lam = ratio * np.sqrt(50) / 4100
-    n, clusters = ana_utils.expand_clusters([2, 2], [2000, 50])
+    n, clusters = theory_formulas.expand_clusters([2, 2], [2000, 50])
     sol = ufm_program.solve_ufm(n, lam, 0.01)
-    rows = opt_main.cluster_report(sol, n, clusters, ana_utils.cluster_thresholds([2, 2], [2000, 50]), lam, 0.01)
+    rows = opt_main.cluster_report(sol, n, clusters, theory_formulas.cluster_thresholds([2, 2], [2000, 50]), lam, 0.01)
     assert rows[1]["verdict"] == verdict
     assert rows[1]["spread_lower"] <= rows[1]["spread"] + 1e-9 and rows[1]["spread"] <= rows[1]["spread_upper"] + 1e-9

@@ -1,0 +1,240 @@
+"""The convex program of the unconstrained feature model (theory.md section 2) without a solver: its
+objective computed without cancellation, an accuracy certificate (relative duality gap) for any answer, and
+certified bounds on a cluster's spread. numpy and scipy only."""
+import numpy as np
+import scipy.linalg
+import scipy.special
+
+from utils import UserError
+
+# Z is K x K with classes as columns. Internally the program is written in the scaled variable
+# X = Z diag(sqrt(rho)), rho = n / N, in which the same objective reads
+#     sum_k rho_k CE(x_k / sqrt(rho_k) + b, k) + (lam sqrt(N)) ||X||_* + lam_b ||b||^2,
+# so everything is O(1) and (lam, N) enter only through lam * sqrt(N).
+
+
+def _check_ufm_args(n, lam, lam_b):
+    n = np.asarray(n, dtype=float).ravel()
+    if n.size < 2:
+        raise UserError(f"class sizes: {n.size} class given; the UFM needs at least two classes")
+    if not np.all(np.isfinite(n)) or np.any(n <= 0):
+        raise UserError(f"class sizes: {n.tolist()} not allowed; sizes must be positive numbers")
+    if not np.isfinite(lam) or lam <= 0:       # at lam = 0 the infimum is not attained (Z -> inf)
+        raise UserError(f"lambda {lam}: must be a number > 0")
+    if not np.isfinite(lam_b) or lam_b < 0:
+        raise UserError(f"lambda_b {lam_b}: must be a number >= 0")
+    return n
+
+
+def _ce_columns(V):
+    """Cross-entropy of every column of V (column k has label k), without cancellation:
+    CE_k = log(1 + sum_{j != k} exp(v_j - v_k)), computed as log1p where that sum is small.
+    Returns (CE (K,), off-diagonal softmax probabilities with a zero diagonal (K x K),
+    r = 1 - p_kk (K,), computed as a sum of the other probabilities, not as a difference)."""
+    D = V - np.diag(V)[None, :]                    # D[j, k] = v_j - v_k
+    np.fill_diagonal(D, -np.inf)
+    return _ce_differences(D)
+
+
+def _ce_differences(D):
+    """_ce_columns from D[j, k] = v_j - v_k (-inf where absent): log(1 + sum_j exp(D[j, k]))."""
+    a = np.maximum(D.max(axis=0), 0.0)
+    E = np.exp(D - a)                               # diagonal: exp(-inf) = 0
+    S = E.sum(axis=0)
+    tot = np.exp(-a) + S
+    ce = np.where(a > 0, a + np.log(tot), np.log1p(S))
+    E /= tot
+    return ce, E, S / tot
+
+
+def _ufm_smooth(X, b, rho, q, lam_b):
+    """Smooth part in scaled variables: sum_k rho_k CE(x_k/q_k + b, k) + lam_b |b|^2.
+    Returns (value, gradient in X, gradient in b). The CE and the gradient's diagonal
+    (p_kk - 1 = -(sum of the other probabilities)) are computed without cancellation, so the
+    objective keeps its relative accuracy when the CE is tiny (lam sqrt(N) -> 0)."""
+    ce, E, r = _ce_columns(X / q + b[:, None])
+    f = float(rho @ ce + lam_b * (b @ b))
+    E[np.diag_indices_from(E)] = -r                 # softmax - onehot, per column
+    return f, E * q, E @ rho + 2.0 * lam_b * b
+
+
+def _scaled_objective(X, b, rho, q, L, lam_b):
+    """The objective in the scaled variables: the smooth part plus L ||X||_* (L = lam sqrt(N))."""
+    return _ufm_smooth(X, b, rho, q, lam_b)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
+
+
+def _entropy_columns(Poff, r):
+    """Entropy of each column distribution given by its off-diagonal entries Poff (zero diagonal)
+    and r = 1 - (diagonal entry), accurately for r -> 0."""
+    return -scipy.special.xlogy(Poff, Poff).sum(axis=0) - (1.0 - r) * np.log1p(-np.minimum(r, 1.0))
+
+
+def _spectral_norm(A):
+    """Largest singular value of A from the top eigenvalue of A^T A (LAPACK, deterministic),
+    rounded up by a relative 1e-13 to cover its rounding error."""
+    if not np.any(A):
+        return 0.0
+    top = scipy.linalg.eigh(A.T @ A, eigvals_only=True, check_finite=False, driver="evd")[-1]
+    return float(np.sqrt(max(top, 0.0))) * (1.0 + 1e-13)
+
+
+def _ufm_dual_point(X, b, rho, q, L, lam_b):
+    """A feasible point of the dual of the convex program, built from the primal point (X, b).
+
+    Dual (theory.md section 2, "Accuracy certificate"): maximise over P (columns p_k in the simplex)
+        D(P) = sum_k rho_k H(p_k) - |(P - I) rho|^2 / (4 lam_b)   subject to ||(P - I) diag(q)||_2 <= L
+    (for lam_b = 0 the second term becomes the constraint (P - I) rho = 0). P starts as the softmax
+    of the logits, G = (P - I) diag(q) being the gradient of the CE term in X. Two feasible points
+    are made from it and the better one is kept: (a) P pulled towards I until the spectral
+    constraint holds; (b) the singular values of G above L clipped to L (negative entries this
+    leaves, of the size of the clipped part, set to 0 and each column's diagonal entry recomputed so
+    that it sums to 1), then pulled towards I as in (a). For lam_b = 0 the marginal (P - I) rho = 0
+    is restored exactly first (column k moves by d_k (rho - e_k), d >= 0).
+    Returns (D, Poff, r) of that point (off-diagonal entries, 1 - diagonal)."""
+    ce, Poff, r = _ce_columns(X / q + b[:, None])
+    G = Poff * q
+    G[np.diag_indices_from(G)] = -r * q
+    cands = [(Poff, r)]
+    ev, Vv = scipy.linalg.eigh(G.T @ G, check_finite=False, driver="evd")
+    above = ev > L * L
+    ev, Vv = ev[above], Vv[:, above]
+    if ev.size:
+        s = np.sqrt(ev)
+        G2 = G - ((G @ Vv) * (1.0 - L / s)) @ Vv.T
+        P2 = np.maximum(G2 / q, 0.0)
+        np.fill_diagonal(P2, 0.0)
+        r2 = P2.sum(axis=0)
+        if np.all(r2 <= 1.0):
+            cands.append((P2, r2))
+    best = (-np.inf, Poff, r)
+    for Pc, rc in cands:
+        if lam_b == 0:
+            c = Pc @ rho - rc * rho                         # (P - I) rho
+            d = c / rho
+            d = d + max(0.0, -d.min())
+            if np.any(rc + d * (1.0 - rho) > 1.0):         # cannot keep the simplex
+                continue
+            Pc = Pc + rho[:, None] * d[None, :]
+            np.fill_diagonal(Pc, 0.0)
+            rc = rc + d * (1.0 - rho)
+        Gc = Pc * q
+        Gc[np.diag_indices_from(Gc)] = -rc * q
+        sn = _spectral_norm(Gc)
+        t = 1.0 if sn <= L else L / sn
+        Pc, rc = t * Pc, t * rc
+        dual = float(rho @ _entropy_columns(Pc, rc))
+        if lam_b > 0:
+            c = Pc @ rho - rc * rho
+            dual -= float(c @ c) / (4.0 * lam_b)
+        if dual > best[0]:
+            best = (dual, Pc, rc)
+    return best
+
+
+def _ufm_accuracy(primal, dual):
+    """Relative objective suboptimality bound (primal - dual) / primal, floored at the rounding
+    level of the two values (the objective is > 0: the CE term is)."""
+    if not np.isfinite(dual):
+        return float("inf")
+    return max(primal - dual, 0.0) / primal + 4e-16 * np.sqrt(primal ** 2 + dual ** 2) / primal
+
+
+def _primal_and_dual(Z, b, n, lam, lam_b):
+    """(objective at (Z, b), value of the dual point built from it, its off-diagonal softmax
+    probabilities Poff and diagonal complements r), in the scaled variables; n already checked."""
+    N = n.sum()
+    rho, q = n / N, np.sqrt(n / N)
+    X = np.asarray(Z, dtype=float) * q
+    b = np.asarray(b, dtype=float).ravel()
+    L = float(lam) * np.sqrt(N)
+    primal = _scaled_objective(X, b, rho, q, L, lam_b)
+    dual, Poff, r = _ufm_dual_point(X, b, rho, q, L, lam_b)
+    return primal, dual, Poff, r
+
+
+def ufm_objective(Z, b, n, lam, lam_b):
+    """Objective of the convex program at any (Z, b) (numpy, float64)."""
+    n = np.asarray(n, dtype=float).ravel()
+    Z = np.asarray(Z, dtype=float)
+    b = np.asarray(b, dtype=float).ravel()
+    N = n.sum()
+    rho, q = n / N, np.sqrt(n / N)
+    f = _ufm_smooth(Z * q, b, rho, q, lam_b)[0]
+    return f + lam * float(np.linalg.svd(Z * np.sqrt(n), compute_uv=False).sum())
+
+
+def ufm_certificate(Z, b, n, lam, lam_b):
+    """Accuracy certificate of any answer (Z, b) of the convex program, whichever solver gave it.
+
+    Returns dict(objective, dual, gap, accuracy): the objective at (Z, b), the value of a feasible
+    point of the dual (so dual <= optimum <= objective), gap = objective - dual, and
+    accuracy = gap / objective, a bound on the relative suboptimality of the answer's objective."""
+    n = _check_ufm_args(n, lam, lam_b)
+    primal, dual = _primal_and_dual(Z, b, n, lam, lam_b)[:2]
+    return dict(objective=primal, dual=dual, gap=primal - dual, accuracy=_ufm_accuracy(primal, dual))
+
+
+def _kl_small_side_bounds(s, kappa, iters=80):
+    """For entries s in [0, 1/2] and budgets kappa >= 0: the interval [lo, hi] of x with the binary
+    KL divergence kl(s, x) = s log(s/x) + (1-s) log((1-s)/(1-x)) <= kappa (bisection; rounded outward)."""
+    s = np.asarray(s, dtype=float)
+    kappa = np.broadcast_to(np.asarray(kappa, dtype=float), s.shape)
+
+    def kl(x):
+        return scipy.special.xlogy(s, s) - scipy.special.xlogy(s, x) + (1 - s) * (np.log1p(-s) - np.log1p(-x))
+    # lower end, bisection on log x in (log s - 800, log s)
+    lo_l, hi_l = np.log(np.maximum(s, 1e-300)) - 800.0, np.log(np.maximum(s, 1e-300))
+    for _ in range(iters):
+        mid = 0.5 * (lo_l + hi_l)
+        inside = kl(np.exp(mid)) <= kappa
+        hi_l, lo_l = np.where(inside, mid, hi_l), np.where(inside, lo_l, mid)
+    lo = np.where(s > 0, np.exp(lo_l) * (1 - 1e-12), 0.0)
+    # upper end, bisection on x in (s, 1)
+    a, z = s.copy(), np.ones_like(s)
+    for _ in range(iters):
+        mid = 0.5 * (a + z)
+        inside = kl(mid) <= kappa
+        a, z = np.where(inside, mid, a), np.where(inside, z, mid)
+    return lo, np.minimum(z * (1 + 1e-12), 1.0)
+
+
+def ufm_spread_bounds(Z, b, n, lam, lam_b, classes):
+    """Certified interval [lower, upper] for the optimum's spread max_{j,k in classes} |z*_j - z*_k|
+    (classes of one size), from the dual point of the answer (Z, b) and its duality gap.
+
+    The dual is strongly concave: sum_k rho_k KL(p_k || p*_k) <= gap for the dual point P built from
+    (Z, b), so every entry of p*_k lies in a binary-KL ball around p_k; within a class size
+    z*_j - z*_k = (I - J/K)(log p*_j - log p*_k) (columns sum to 0 at the optimum), which turns
+    those balls into the interval."""
+    n = _check_ufm_args(n, lam, lam_b)
+    classes = list(classes)
+    if len(classes) < 2:
+        return 0.0, 0.0
+    if np.ptp(n[classes]) > 0:
+        raise ValueError("ufm_spread_bounds: the classes must have one size")
+    primal, dual, Poff, r = _primal_and_dual(Z, b, n, lam, lam_b)
+    rho = n / n.sum()
+    if not np.isfinite(dual):
+        return 0.0, float("inf")
+    gap = max(primal - dual, 0.0) + 4e-16 * (abs(primal) + abs(dual))
+    idx = np.array(classes)
+    P = Poff[:, idx].copy()
+    Pc = 1.0 - P                                           # complements (exact enough off the diagonal)
+    P[idx, np.arange(len(idx))] = 1.0 - r[idx]
+    Pc[idx, np.arange(len(idx))] = r[idx]
+    small = np.minimum(P, Pc)
+    lo, hi = _kl_small_side_bounds(np.minimum(small, 0.5), gap / rho[idx][None, :])
+    flip = P > Pc                                          # the entry is the large side: x = 1 - (small side)
+    with np.errstate(divide="ignore"):
+        log_lo = np.where(flip, np.log1p(-np.minimum(hi, 1.0)), np.log(lo))
+        log_hi = np.where(flip, np.log1p(-lo), np.log(hi))
+    lower = upper = 0.0
+    if not (np.all(np.isfinite(log_lo)) and np.all(np.isfinite(log_hi))):
+        return lower, float("inf")
+    for a in range(len(idx) - 1):      # z*_j - z*_k = v*_j - v*_k = (I - J/K)(log p*_j - log p*_k)
+        w_lo, w_hi = log_lo[:, a:a + 1] - log_hi[:, a + 1:], log_hi[:, a:a + 1] - log_lo[:, a + 1:]
+        mid, rad = 0.5 * (w_lo + w_hi), 0.5 * (w_hi - w_lo)
+        centre = np.linalg.norm(mid - mid.mean(axis=0), axis=0)
+        e = np.linalg.norm(rad, axis=0)
+        lower, upper = max(lower, float(np.max(centre - e))), max(upper, float(np.max(centre + e)))
+    return lower, upper
