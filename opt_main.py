@@ -51,7 +51,7 @@ def parse_args(argv):
     p.add_argument("--ratio", type=float, default=100.0, help="--profile: imbalance ratio n_max / n_min")
     p.add_argument("--num_classes", type=int, default=10, help="--profile: number of classes")
     p.add_argument("--n_max", type=int, default=5000, help="--profile: size of the largest class")
-    p.add_argument("--lam", "--lam", dest="lams", type=float, nargs="+", required=True,
+    p.add_argument("--lam", "--reg_z", dest="lams", type=float, nargs="+", required=True,
                    help="lambda = 2 sqrt(lam_W lam_H) of the convex program; several: a warm-started certified "
                         "path; 0 (alone): the hard-margin program, whose answer is SELI (--reg_z: the original's "
                         "name)")
@@ -87,10 +87,10 @@ def check_args(args):
     arg_combinations.check_distinct("--lam", lams)
     if any(not v >= 0 for v in lams) or (0 in lams and len(lams) > 1):  # 0 alone: the hard-margin program
         bad = next((v for v in lams if not v >= 0), 0.0)
-        raise UserError(f"--lam: {bad} is not allowed; lambda must be a number > 0 (or 0 alone: the hard-margin "
-                        "program)")
+        raise UserError(f"--lam/--reg_z: {bad} is not allowed; lambda must be a number > 0 (or 0 alone: the "
+                        "hard-margin program)")
     utils.check_nonneg("--reg_b", args.reg_b)
-    for flag, value in [("--lam", v) for v in lams] + [("--reg_b", args.reg_b)]:
+    for flag, value in [("--lam/--reg_z", v) for v in lams] + [("--reg_b", args.reg_b)]:
         if value > LAM_MAX:
             raise UserError(f"{flag} {value:g}: at most {LAM_MAX:g} (every collapse threshold sqrt(n_c)/N is "
                             "at most 1; far beyond it the solvers fail)")
@@ -103,8 +103,8 @@ def check_args(args):
     n, _ = theory_formulas.expand_clusters(args.cluster_s, args.sample_s)
     args.loss_obj = rebalance_program.loss_from_args(args, n, over)
     if lams == [0] and args.loss in ("ldam", "vector_scaling"):
-        raise UserError(f"--lam 0 with --loss {args.loss}: the hard-margin program is solved for cross_entropy, "
-                        "class_balanced and logit_adjusted (weights and offsets drop out); margins and scales "
+        raise UserError(f"--lam/--reg_z 0 with --loss {args.loss}: the hard-margin program is solved for "
+                        "cross_entropy, class_balanced and logit_adjusted (weights and offsets drop out); margins and scales "
                         "change it")
     if args.name is not None:
         check_file_name("--name", args.name)
