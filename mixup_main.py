@@ -32,11 +32,11 @@ from utils import UserError
 
 # Full balanced training sets by default (datasets.TRAIN_PER_CLASS; synthetic: 100 per class).
 SYNTHETIC_PER_CLASS = 100
-# --quick: bundled 8x8 digits and a small MLP, a CPU preview of under a minute with no download, trained with
+# --quick: bundled 8x8 digits and a small MLP, a CPU preview with no download, trained with
 # the network's CPU recipe (recipes.py: mlp_cpu, 200 epochs at weight decay 1e-2); eval-mode collection, since
 # batch statistics of mixed batches from three classes blur a small network's features.
 QUICK = dict(dataset="digits", model="mlp", snapshot_size=900, feature_mode="eval")
-# --study --quick: a CPU grid of a few minutes (2 datasets x 2 networks x 2 losses x with/without mixup x
+# --study --quick: a CPU grid (2 datasets x 2 networks x 2 losses x with/without mixup x
 # 2 seeds, and label smoothing and focal on the first dataset and network) on 60 images per class (10 synthetic
 # classes), each network with its CPU recipe shortened to 60 epochs at weight decay 5e-2, which collapses the
 # features that fast; every cell then fits its training data and its NC1 falls (docs/mixup_study.md).

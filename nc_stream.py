@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import ana_utils
 import nc_modern
 from utils import UserError
 
@@ -202,7 +203,8 @@ def nc_from_statistics(stats, W):
     if np.any(counts == 0):
         nan = float("nan")
         out = {k: nan for k in ("nc1_weighted", "nc1", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means",
-                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties")}
+                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties", "sigma_b_rank",
+                                "nc1_rank_deficient")}
         out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
         return out
     w_size = counts / N
@@ -214,6 +216,7 @@ def nc_from_statistics(stats, W):
     tr_w = float(np.trace(stats["scatter"])) / N
     out["nc1_trace"] = trace_ratio(tr_w, float(np.sum(M**2)) / K)
     out["nc1_trace_weighted"] = trace_ratio(tr_w, float(w_size @ np.sum((means - h_G) ** 2, axis=1)))
+    out.update(ana_utils.sigma_b_rank_of(M))     # where Sigma_B lost rank nc1 is not to be read (theory.md section 7)
     norms_m = np.linalg.norm(M, axis=1)
     out["nc2_equinorm_means"] = float(norms_m.std() / norms_m.mean())
     out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())

@@ -104,8 +104,8 @@ def check_args(args):
     args.loss_obj = rebalance_program.loss_from_args(args, n, over)
     if lams == [0] and args.loss in ("ldam", "vector_scaling"):
         raise UserError(f"--lam/--reg_z 0 with --loss {args.loss}: the hard-margin program is solved for "
-                        "cross_entropy, class_balanced and logit_adjusted (weights and offsets drop out); margins and scales "
-                        "change it")
+                        "cross_entropy, class_balanced and logit_adjusted (weights and offsets drop out); margins and "
+                        "scales change it")
     if args.name is not None:
         check_file_name("--name", args.name)
     utils.ensure_writable_dir(args.out_dir, "--out_dir")
