@@ -1,16 +1,17 @@
 """Measure the wall time of every command whose time the documentation states, and write docs/timings.json.
 
-docs/timings.json is the one source of those times: the scripts' --help reads it (utils.measured_time),
-and the README should quote it. Each command runs from scratch in its own temporary folders (models,
-plots, data: nothing reused), one after another, and its wall and CPU time (the child's, from
-os.wait4) are recorded with the machine it ran on and the load average before it started, so that a
-time measured on a busy machine says so. Run it on an idle machine:
+docs/timings.json is the one source of those times: the scripts' --help reads it (utils.measured_time), and
+the README's times (<!--t:NAME-->...<!--/t--> spans) are rewritten from it by this script. Each command runs
+from scratch in its own temporary folders (models, plots, data: nothing reused), one after another, and its
+wall and CPU time (the child's, from os.wait4) are recorded with the machine it ran on and the load average
+before it started, so that a time measured on a busy machine says so. Run it on an idle machine:
 
     python docs/measure_times.py                                  # every command, the test suite last
     python docs/measure_times.py --only "minority_l --quick" "opt_main"   # some; the others are kept
 """
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,11 +21,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import utils  # noqa: E402  (the repository's utils, found through the path above)
 
+README = os.path.join(REPO, "README.md")
+# a time the README states: <!--t:NAME-->text<!--/t-->, the text rewritten from docs/timings.json
+README_TIME = re.compile(r"<!--t:([^>]*)-->(.*?)<!--/t-->")
 # name (the key utils.measured_time reads) -> the command line, as the README states it; FIG takes the
 # temporary --models_dir/--plot_dir/--data_dir, OPT opt_main's --out_dir/--plot_dir, NONE no folders.
 FIG, OPT, NONE = "fig", "opt", "none"
 COMMANDS = {
-    "opt_main": (OPT, "opt_main.py --cluster_s 5 5 --sample_s 500 100 --reg_z 0.003"),
+    "opt_main": (OPT, "opt_main.py --cluster_s 5 5 --sample_s 500 100 --lam 0.003"),
     "block --quick": (FIG, "block_main.py --structure 1 --quick"),
     "minority_l --quick": (FIG, "minority_l_main.py --ka 5 --quick"),
     "minority_n --quick": (FIG, "minority_n_main.py --ka 3 --quick"),
@@ -36,6 +40,7 @@ COMMANDS = {
     "mixup --quick": (FIG, "mixup_main.py --quick"),
     "mixup --quick --loss mse": (FIG, "mixup_main.py --quick --loss mse"),
     "study --quick": (FIG, "mixup_main.py --study --quick"),
+    "rebalance --quick": (FIG, "rebalance_main.py --quick"),
     "test suite": (NONE, "-m pytest -q tests -p no:cacheprovider"),
 }
 
@@ -71,6 +76,29 @@ def run_one(kind, command, tmp):
     return wall, usage.ru_utime + usage.ru_stime, rc
 
 
+def short_time(entry):
+    """'≈ 12 s' / '≈ 2.5 min' of a timings entry (wall time), with the load when the machine was busy."""
+    wall = float(entry["wall_s"])
+    took = f"≈ {wall:.0f} s" if wall < 120 else f"≈ {wall / 60:.1f} min"
+    load = entry.get("load_before") or 0
+    return took + (f", busy machine: load {load:.0f}" if load >= 1 else "")
+
+
+def update_readme(timings, path=README):
+    """Rewrite every time the README states (README_TIME spans) from `timings`; returns the names not
+    measured (their spans say so)."""
+    text = open(path, encoding="utf-8").read()
+    missing = []
+
+    def replace(m):
+        entry = timings["commands"].get(m.group(1))
+        if entry is None:
+            missing.append(m.group(1))
+        return f"<!--t:{m.group(1)}-->{'not measured' if entry is None else short_time(entry)}<!--/t-->"
+    utils.atomic_write(path, lambda f: f.write(README_TIME.sub(replace, text).encode()))
+    return missing
+
+
 def main(argv=None):
     p = utils.ArgumentParser(description="Measure the documented commands and write docs/timings.json.")
     p.add_argument("--only", nargs="+", default=None, metavar="NAME",
@@ -97,7 +125,8 @@ def main(argv=None):
         print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load average before {load:.1f}, exit {rc})", flush=True)
     ordered = {n: commands[n] for n in COMMANDS if n in commands}
     utils.atomic_write_json(args.out, {"machine": here, "commands": ordered})
-    print(args.out)
+    missing = update_readme({"machine": here, "commands": ordered})
+    print(args.out + ", README.md" + (f" (not measured: {', '.join(missing)})" if missing else ""))
     return 0
 
 
