@@ -37,7 +37,7 @@ class PointJob:
     """The job of one run: `command` (the script with --point I) in `cwd`. submitit calls checkpoint() at the
     warning signal: the run is told to checkpoint at the end of its epoch and stop (utils.stop_on_signals),
     and the job is requeued as attempt requeues + 1, unless it was requeued max_requeues times already (then it
-    fails, its checkpoint kept). Stdlib only (pickled by value, see sweep.launch_points)."""
+    fails, its checkpoint kept). Stdlib only (pickled by value, see job_launch.launch_points)."""
 
     def __init__(self, command, cwd, max_requeues, grace_s, requeues=0):
         self.command, self.cwd, self.max_requeues, self.grace_s, self.requeues = (

@@ -14,13 +14,16 @@ import numpy as np
 import ana_utils
 import arg_combinations
 import datasets
+import figure_args
 import figure_store
 import fit_checks
+import job_launch
 import losses
 import mixup_geometry
 import nc_layers
 import networks
 import plot_utils
+import point_records
 import read_back
 import recipes
 import residual_split
@@ -104,8 +107,9 @@ def parse_args(argv):
     p.add_argument("--dry_run", action="store_true",
                    help="train nothing: print the run folder, whether it is finished, and an estimate of the time "
                         "left (from its recorded seconds per epoch, else a 3-epoch probe)")
-    sweep.retire_flag(p, "--lam", "not a flag of this script: mixup training has no lambda of the convex program; the "
-                      "mixup coefficient is drawn from Beta(--alpha, --alpha), per batch or sample (--mix_per)")
+    figure_args.retire_flag(p, "--lam", "not a flag of this script: mixup training has no lambda of the convex "
+                            "program; the mixup coefficient is drawn from Beta(--alpha, --alpha), per batch or "
+                            "sample (--mix_per)")
     s = p.add_argument_group("the study (--study): a grid of runs, summarised over seeds")
     s.add_argument("--study", action="store_true", help="run the study grid instead of one run")
     s.add_argument("--datasets", nargs="+", default=["fashion_mnist", "cifar10", "cifar100"])
@@ -120,7 +124,7 @@ def parse_args(argv):
                    "in grid order: dataset, network, loss, mixup then not, seed (--seeds: one run per seed); panel "
                    "losses last")
     s.add_argument("--assemble", action="store_true", help="train nothing: table and figures of the finished cells")
-    sweep.add_launch_args(p)
+    figure_args.add_launch_args(p)
     utils.add_common_args(p)
     study = p.parse_args(argv).study
     return utils.parse_with_presets(p, argv, STUDY_QUICK if study else QUICK)
@@ -288,7 +292,7 @@ def main(argv=None):
     if args.study:
         return study(args, argv)
     K, per_class = check_args(args)
-    device = sweep.figure_device(args)
+    device = figure_args.figure_device(args)
     cfg = train_config(args)
     if not args.dry_run:
         arg_combinations.check_output_dirs(args)
@@ -476,7 +480,7 @@ def study_dry_run(points, args, device):
     seeds cost the same); a cell whose data are missing is listed without an estimate."""
     seconds, total, todo, unknown = {}, 0.0, 0, 0
     for i, point in enumerate(points):
-        done = sweep.finished_record(args.models_dir, point) is not None
+        done = point_records.finished_record(args.models_dir, point) is not None
         p, cfg = point["params"], point["train"]
         state = "finished"
         if not done and args.point in (None, i):
@@ -508,16 +512,16 @@ def study(args, argv=None):
     args.datasets = [datasets.check_dataset(d, "--datasets") for d in args.datasets]
     for loss in args.losses + args.panel_losses:
         utils.check_choice("--losses/--panel_losses", loss, tuple(losses.LOSSES))
-    sweep.check_launch_args(args)
+    figure_args.check_launch_args(args)
     points = study_cells(args)
     arg_combinations.check_point_index(args.point, len(points), "cells")
-    device = sweep.figure_device(args)
+    device = figure_args.figure_device(args)
     if not (args.dry_run or args.assemble or args.launch):
         arg_combinations.check_output_dirs(args)
     if args.dry_run:
         return study_dry_run(points, args, device)
     if args.launch:
-        sweep.launch_points(points, args, sys.argv[1:] if argv is None else list(argv),
+        job_launch.launch_points(points, args, sys.argv[1:] if argv is None else list(argv),
                             script=os.path.abspath(__file__))
         records, missing = sweep.run_sweep(points, None, args.models_dir, assemble_only=True)
     else:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import datasets
+import point_records
 import sweep
 import train_utils
 import utils
@@ -266,7 +267,8 @@ def test_second_process_waits_and_reuses_the_point(tmp_path, capsys):
     other.join(60)
     assert other.exitcode == 0 and missing == [] and records[0]["Z"] == RECORD["Z"]
     assert f"waiting for pid {other.pid} on host {socket.gethostname()}" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path / "points")) == [os.path.basename(sweep.point_record_path(str(tmp_path), POINT))]
+    record_name = os.path.basename(point_records.point_record_path(str(tmp_path), POINT))
+    assert sorted(os.listdir(tmp_path / "points")) == [record_name]
 
 
 def _dead_pid():
@@ -369,9 +371,9 @@ def test_broken_point_record_counts_as_missing(tmp_path, capsys):
     points = [dict(POINT, params={"lam": lam}) for lam in (0.1, 0.2, 0.3)]
     good = dict(RECORD, params={"lam": 0.1})
     os.makedirs(tmp_path / "points")
-    utils.atomic_write_json(sweep.point_record_path(str(tmp_path), points[0]), good)
-    open(sweep.point_record_path(str(tmp_path), points[1]), "w").write('{"params": {"la')  # truncated
-    utils.atomic_write_json(sweep.point_record_path(str(tmp_path), points[2]), good)  # claims lam 0.1
+    utils.atomic_write_json(point_records.point_record_path(str(tmp_path), points[0]), good)
+    open(point_records.point_record_path(str(tmp_path), points[1]), "w").write('{"params": {"la')  # truncated
+    utils.atomic_write_json(point_records.point_record_path(str(tmp_path), points[2]), good)  # claims lam 0.1
     records, missing = sweep.run_sweep(points, lambda p: pytest.fail("trained"), str(tmp_path), assemble_only=True)
     assert missing == [1, 2] and records[0] == good
     err = capsys.readouterr().err

@@ -15,6 +15,7 @@ import torch
 import arg_combinations
 import mixup_geometry
 import opt_main
+import point_records
 import sweep
 import train_utils
 import utils
@@ -162,7 +163,7 @@ def test_point_record_without_a_part_counts_as_missing(tmp_path, capsys):
     point = {"figure": "t", "params": {"lam": 0.1}, "seed": 0, "sizes": [2, 2], "clusters": [[0], [1]]}
     record = {"params": {"lam": 0.1}, "sizes": [2, 2], "clusters": [[0], [1]], "Z": [[1.0, 0.0], [0.0, 1.0]],
               "minority_spread": 0.0, "cosines": {"within": [None, None], "across": -1.0}, "train": {"seed": 0}}
-    path = sweep.point_record_path(str(tmp_path), point)
+    path = point_records.point_record_path(str(tmp_path), point)
     utils.atomic_write_json(path, record)
     records, missing = sweep.run_sweep([point], None, str(tmp_path), assemble_only=True)
     assert missing == [0] and records == [None]

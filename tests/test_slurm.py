@@ -18,9 +18,9 @@ import pytest
 import submitit
 import torch
 
+import job_launch
 import launcher
 import minority_l_main
-import sweep
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,7 +212,7 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
                                        "--slurm_mem", "32G", "--slurm_gpus_per_task", "1",
                                        "--slurm_extra", "qos=high", "account=abc"])
     text = submitit.slurm.slurm._make_sbatch_string(command="python x.py", folder=str(tmp_path), map_count=3,
-                                                    **sweep.slurm_parameters(args))
+                                                    **job_launch.slurm_parameters(args))
     for line in ("--time=1", "--cpus-per-task=4", "--mem=32G", "--gpus-per-task=1", "--qos=high",
                  "--account=abc", "--signal=USR2@10"):  # a 1-minute limit: warned 10 s (+ up to 30 s) ahead
         assert f"#SBATCH {line}" in text, line
