@@ -10,6 +10,7 @@ import time
 import torch
 
 import networks
+import run_locks
 import train_utils
 import utils
 from utils import UserError
@@ -68,7 +69,7 @@ def train_batched(cfgs, data, device, models_dir="models"):
         utils.ensure_writable_dir(run_dirs[m], "--models_dir")
     with contextlib.ExitStack() as locks:
         for m in sorted(todo, key=lambda m: run_dirs[m]):
-            locks.enter_context(utils.run_lock(os.path.join(run_dirs[m], "lock"), f"the run {run_dirs[m]}"))
+            locks.enter_context(run_locks.run_lock(os.path.join(run_dirs[m], "lock"), f"the run {run_dirs[m]}"))
         todo = reuse_finished(todo)  # finished by the processes this one waited for
         ckpts = {}
         for m in todo:

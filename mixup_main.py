@@ -27,7 +27,9 @@ import point_records
 import read_back
 import recipes
 import residual_split
+import snapshot_files
 import sweep
+import threads
 import train_utils
 import utils
 from utils import UserError
@@ -235,8 +237,8 @@ def make_on_eval(cfg, data, loss_fn, device):
             snap = mixup_geometry.collect_mixup_features(model, data.x_train, data.y_train, cfg["classes"],
                                                     cfg["snapshot_size"], cfg["alpha"], rng,
                                                     train_mode=cfg["feature_mode"] == "train")
-            utils.atomic_savez(utils.mixup_snapshot_path(run_dir, epoch), epoch=epoch, **snap)
-            utils.atomic_write_json(utils.mixup_snapshot_path(run_dir, epoch, "json"),
+            utils.atomic_savez(snapshot_files.mixup_snapshot_path(run_dir, epoch), epoch=epoch, **snap)
+            utils.atomic_write_json(snapshot_files.mixup_snapshot_path(run_dir, epoch, "json"),
                                     mixup_geometry.mixup_geometry_summary(snap))
         return row
     return on_eval
@@ -248,7 +250,7 @@ def run_inputs(cfg, dataset, per_class, K, device, args):
     loss_fn = losses.get_loss(cfg["loss"], cfg["mse_scale"], cfg["smoothing"], cfg["focal_gamma"])
     data = datasets.get_data(dataset, [per_class] * K, cfg["seed"], args.data_dir, synthetic=cfg["synthetic"])
     if device.type == "cpu":
-        utils.set_threads(networks.step_work_size(cfg["network"], min(cfg["batch_size"], len(data.y_train)),
+        threads.set_threads(networks.step_work_size(cfg["network"], min(cfg["batch_size"], len(data.y_train)),
                                                   data.x_train[0].numel(), cfg["width"]), args.threads)
     return loss_fn, data, train_utils.make_mixup_objective(loss_fn, cfg["alpha"], mixup=cfg["mixup"],
                                                            mix_per=cfg["lam_per"])
@@ -312,11 +314,11 @@ def main(argv=None):
     if result["reused"]:
         print(f"reusing finished run {run_dir}")
 
-    snaps = [(e, utils.load_snapshot(p)) for e, p in utils.mixup_snapshots(run_dir)]
-    summaries = {e: utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps}
+    snaps = [(e, snapshot_files.load_snapshot(p)) for e, p in snapshot_files.mixup_snapshots(run_dir)]
+    summaries = {e: utils.read_json(snapshot_files.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps}
     theory = mixup_geometry.ufm_overlay(cfg, K, args.classes, args.theory_beta)
 
-    written = [utils.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
+    written = [snapshot_files.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
     for e, snap in snaps:
         written.append(plot_utils.save_mixup_projection(
             snap, plot_utils.mixup_plot_path(args.plot_dir, run_dir, f"projection_e{e:04d}.png"),
@@ -385,8 +387,8 @@ def study_cell(point, device, args):
         return dict(p, recipe=recipe, diverged=str(e), failed=None, terminal=False, **{m: None for m in STUDY_METRICS})
     rows = read_back.read_csv(os.path.join(run_dir, "summary.csv"), ["epoch", "test_acc", "test_ece"],
                               "the study's table")
-    snaps = utils.mixup_snapshots(run_dir)
-    geometry = [read_back.read_json(utils.mixup_snapshot_path(run_dir, e, "json"),
+    snaps = snapshot_files.mixup_snapshots(run_dir)
+    geometry = [read_back.read_json(snapshot_files.mixup_snapshot_path(run_dir, e, "json"),
                                     dict.fromkeys(GEOMETRY_METRICS, read_back.NUM_OR_NULL), "the study's table")
                 for e, _ in snaps]
     curves = {k: [r.get(k) for r in rows] for k in ("nc1", "nc1_trace", "nc3") if k in rows[0]}
@@ -398,7 +400,7 @@ def study_cell(point, device, args):
                 train_acc=rows[-1]["train_acc"], nc1=rows[-1].get("nc1"),
                 test_acc=rows[-1]["test_acc"], test_ece=rows[-1]["test_ece"],
                 **{k: geometry[-1][k] for k in GEOMETRY_METRICS},
-                **dict(zip(SPLIT_METRICS, residual_split.residual_split(utils.load_snapshot(snaps[-1][1])))),
+                **dict(zip(SPLIT_METRICS, residual_split.residual_split(snapshot_files.load_snapshot(snaps[-1][1])))),
                 epochs=[r["epoch"] for r in rows], curves=curves, snapshot_epochs=[e for e, _ in snaps],
                 residual=[g["diff_convex_residual_mean"] for g in geometry])
 

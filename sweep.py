@@ -20,8 +20,11 @@ import figure_store
 import job_launch
 import launcher
 import point_records
+import run_locks
 import seli
+import stop_signals
 import sweep_plan
+import threads
 import train_utils
 import utils
 from utils import UserError
@@ -38,7 +41,7 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False, say
     if only is not None and assemble_only:
         raise UserError("--point with --assemble: --assemble trains nothing; give one of them")
     if only is not None:  # a job's run: warned (SIGUSR2) of a time limit, it checkpoints at its epoch's end, stops
-        utils.stop_on_signals(launcher.RUN_STOP_SIGNALS)
+        stop_signals.stop_on_signals(launcher.RUN_STOP_SIGNALS)
     records, missing, reused = [], [], []
     for i, point in enumerate(points):
         path = point_records.point_record_path(models_dir, point)
@@ -47,7 +50,7 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False, say
             reused.append(i)
         elif not assemble_only and only in (None, i):
             utils.ensure_writable_dir(os.path.dirname(path), "--models_dir")
-            with utils.run_lock(path + ".lock", f"point {i}"):
+            with run_locks.run_lock(path + ".lock", f"point {i}"):
                 utils.remove_leftovers(os.path.dirname(path), os.path.basename(path))
                 record = point_records.read_point_record(path, point)  # finished by the process this one waited for
                 if record is None:
@@ -123,7 +126,7 @@ def train_points(points, args, argv=None):
 
         def use_threads(work_size):  # CPU threads for this work, then the device line once, before training
             if device.type == "cpu":
-                utils.set_threads(work_size, args.threads)
+                threads.set_threads(work_size, args.threads)
             if not said:
                 print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
                 said.append(True)

@@ -18,6 +18,8 @@ import ana_utils
 import mixup_geometry
 import nc_stream
 import recipes
+import run_locks
+import stop_signals
 import utils
 from networks import build_model, is_ufm
 from rebalance_losses import feature_weights, rebalanced_cross_entropy
@@ -402,7 +404,7 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     if os.path.exists(final_path):
         return reuse_finished_run(final_path, cfg, data)
     utils.ensure_writable_dir(run_dir, "--models_dir")
-    with utils.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}"):
+    with run_locks.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}"):
         if os.path.exists(final_path):  # finished by the process this one waited for
             return reuse_finished_run(final_path, cfg, data)
         utils.remove_leftovers(run_dir)  # temporary files of writes killed midway
@@ -497,13 +499,13 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
             save_checkpoint(ckpt_path, model, gen, history, epoch, converged, None if ufm_lbfgs else opt.state_dict())
         if converged:
             break
-        if utils.stop_requested() and epoch < cfg["epochs"]:  # a job's time limit or preemption ahead
+        if stop_signals.stop_requested() and epoch < cfg["epochs"]:  # a job's time limit or preemption ahead
             if epoch not in cfg["eval_epochs"]:  # else checkpointed just above
                 save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
                                 None if ufm_lbfgs else opt.state_dict())
-            print(f"stopped: {utils.stop_requested()} at epoch {epoch} of {cfg['epochs']}, checkpointed in {run_dir}; "
-                  "the same command resumes it", file=sys.stderr, flush=True)
-            raise utils.Stopped(utils.STOPPED_STATUS)
+            print(f"stopped: {stop_signals.stop_requested()} at epoch {epoch} of {cfg['epochs']}, "
+                  f"checkpointed in {run_dir}; the same command resumes it", file=sys.stderr, flush=True)
+            raise stop_signals.Stopped(stop_signals.STOPPED_STATUS)
     bar.close()
 
     if finished:

@@ -16,6 +16,8 @@ import torch
 
 import datasets
 import point_records
+import run_locks
+import snapshot_files
 import sweep
 import train_utils
 import utils
@@ -281,14 +283,14 @@ def test_stale_lock_is_taken_over_and_live_lock_named(tmp_path, capsys):
     lock = str(tmp_path / "lock")
     with open(lock, "w") as f:
         json.dump({"host": socket.gethostname(), "pid": _dead_pid()}, f)
-    with utils.run_lock(lock, "the run", wait_s=5, poll_s=0.05):
+    with run_locks.run_lock(lock, "the run", wait_s=5, poll_s=0.05):
         assert utils.read_json(lock) == {"host": socket.gethostname(), "pid": os.getpid()}
         assert "taking over the stale lock" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []  # released, and no helper file left
     with open(lock, "w") as f:
         json.dump({"host": socket.gethostname(), "pid": os.getppid()}, f)  # alive
     with pytest.raises(UserError, match=f"the run is held by pid {os.getppid()} on host .*lock {lock}"):
-        with utils.run_lock(lock, "the run", wait_s=0.2, poll_s=0.05):
+        with run_locks.run_lock(lock, "the run", wait_s=0.2, poll_s=0.05):
             pass
     assert os.listdir(tmp_path) == ["lock"]
 
@@ -398,7 +400,7 @@ def test_tampered_cached_subset_and_truncated_snapshot(tmp_path):
     utils.atomic_savez(str(snap), h=np.zeros((50, 3)))
     snap.write_bytes(snap.read_bytes()[:100])
     with pytest.raises(UserError, match="snapshot .*mixup_e0001.npz is unreadable"):
-        utils.load_snapshot(str(snap))
+        snapshot_files.load_snapshot(str(snap))
 
 
 def test_ufm_result_does_not_depend_on_the_thread_count(tmp_path):

@@ -16,6 +16,7 @@ import arg_combinations
 import mixup_geometry
 import opt_main
 import point_records
+import snapshot_files
 import sweep
 import train_utils
 import utils
@@ -87,9 +88,9 @@ def write_run(folder, snap, summary=True, csv="epoch,loss,train_acc,test_acc,tes
     os.makedirs(folder, exist_ok=True)
     utils.atomic_write_json(os.path.join(folder, "config.json"), {"loss": "cross_entropy", "seed": 0})
     utils.atomic_write(os.path.join(folder, "summary.csv"), lambda f: f.write(csv.encode()))
-    utils.atomic_savez(utils.mixup_snapshot_path(folder, 1), **snap)
+    utils.atomic_savez(snapshot_files.mixup_snapshot_path(folder, 1), **snap)
     if summary:
-        utils.atomic_write_json(utils.mixup_snapshot_path(folder, 1, "json"), {"same_angle_deg_mean": 1.0})
+        utils.atomic_write_json(snapshot_files.mixup_snapshot_path(folder, 1, "json"), {"same_angle_deg_mean": 1.0})
 
 
 READ_BACK = [  # (what the file is, how to write it, command after the file, the part the error line names)

@@ -13,6 +13,7 @@ import mixup_geometry  # noqa: E402
 import mixup_main  # noqa: E402
 import networks  # noqa: E402
 import replot  # noqa: E402
+import snapshot_files
 import train_utils  # noqa: E402
 import utils  # noqa: E402
 from conftest import ROOT
@@ -169,16 +170,17 @@ def test_end_to_end_writes_every_file(runs):
         assert [r["epoch"] for r in rows] == [1, 2, 3]
         assert {"loss", "train_acc", "test_loss", "test_acc", "test_ece"} <= set(rows[0])
         for e in (1, 3):
-            snap = utils.load_snapshot(utils.mixup_snapshot_path(run_dir, e))
+            snap = snapshot_files.load_snapshot(snapshot_files.mixup_snapshot_path(run_dir, e))
             assert {"features", "mix", "y_a", "y_b", "logits", "W", "b", "classes", "feature_mean"} <= set(snap)
             assert snap["feature_mean"].shape == (16,)
             assert snap["features"].shape == (60, 16) and len(set(snap["classes"])) == 3
-            assert "diff_convex_residual_mean" in utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json"))
+            summary_path = snapshot_files.mixup_snapshot_path(run_dir, e, "json")
+            assert "diff_convex_residual_mean" in utils.read_json(summary_path)
         plots = os.path.join(tmp, "plots", os.path.basename(run_dir))
         for name in ("projection_e0001.png", "projection_e0003.png", "projection_grid.png", "loss.png",
                      "accuracy.png", "geometry.json"):
             assert os.path.getsize(os.path.join(plots, name)) > 0
-    etf = utils.load_snapshot(utils.mixup_snapshot_path(run_dirs[1], 3))  # the focal, fixed-ETF run
+    etf = snapshot_files.load_snapshot(snapshot_files.mixup_snapshot_path(run_dirs[1], 3))  # the focal, fixed-ETF run
     assert np.allclose(etf["W"] @ etf["W"].T, np.eye(3) * 1.5 - 0.5, atol=1e-5)
 
 
@@ -194,7 +196,7 @@ def test_finished_run_is_reused(runs, capsys):
 def test_replot_commands(runs, capsys):
     tmp, run_dirs = runs
     out = tmp / "replots"
-    npz = utils.mixup_snapshot_path(run_dirs[0], 3)
+    npz = snapshot_files.mixup_snapshot_path(run_dirs[0], 3)
     commands = [["mixup-projection", npz], ["mixup-grid", run_dirs[0]], ["mixup-loss"] + run_dirs,
                 ["mixup-accuracy", run_dirs[0]], ["mixup-compare"] + run_dirs,
                 ["mixup-ufm", "--loss", "mse", "--num_classes", "5"]]

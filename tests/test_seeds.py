@@ -16,6 +16,7 @@ import limit_main
 import mixup_main
 import point_records
 import replot
+import snapshot_files
 import utils
 from conftest import dirs
 
@@ -136,7 +137,7 @@ def test_mixup_compare_intervals_and_collect(tmp_path, capsys):
     printed = capsys.readouterr().out
     stats = utils.read_json(str(tmp_path / "compare.json"))
     assert list(stats) == ["cross_entropy"] and stats["cross_entropy"]["n_runs"] == 3
-    summaries = [utils.read_json(utils.mixup_snapshot_path(d, 2, "json")) for d in runs]
+    summaries = [utils.read_json(snapshot_files.mixup_snapshot_path(d, 2, "json")) for d in runs]
     for key in ("same_spread", "diff_convex_residual_mean"):
         m, s, (lo, hi) = t_interval([x[key] for x in summaries])
         st = stats["cross_entropy"][key]

@@ -11,6 +11,7 @@ import torch
 import batched_training
 import datasets
 import networks
+import run_locks
 import train_utils
 import utils
 from conftest import ROOT, kill_at
@@ -256,7 +257,7 @@ def test_batched_training_waits_for_a_held_run_and_reuses_it(tmp_path):
     out = {}
     batch = threading.Thread(
         target=lambda: out.update(res=batched_training.train_batched(cfgs, data, CPU, str(tmp_path))))
-    with utils.run_lock(os.path.join(run_dir, "lock"), "the run (held by the test)"):
+    with run_locks.run_lock(os.path.join(run_dir, "lock"), "the run (held by the test)"):
         batch.start()
         # as another process's train_run would
         other = train_utils.train_locked_run(held, data, CPU, run_dir, None, None)
