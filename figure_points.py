@@ -20,7 +20,7 @@ def loss_threshold(args, sizes, clusters, lam_b):
 
 
 def point_work_size(point):
-    """networks.step_work_size of a point's training step, for threads.set_threads."""
+    """networks.step_work_size of a point's training step, for cpu_threads.set_threads."""
     train, N = point["train"], sum(point["sizes"])
     synthetic = point.get("synthetic") or {}
     input_numel = synthetic.get("image_size", 32) ** 2 * synthetic.get("channels", 3)

@@ -23,11 +23,11 @@ import numpy as np
 
 import ana_utils
 import arg_combinations
+import cpu_threads
 import plot_utils
 import rebalance_plots
 import rebalance_program
 import seli
-import threads
 import ufm_program
 import utils
 from utils import UserError
@@ -245,7 +245,7 @@ def main(argv=None):
     name = check_args(args)
     n, clusters = ana_utils.expand_clusters(args.cluster_s, args.sample_s)
     sizes = [int(v) if float(v).is_integer() else v for v in args.loss_obj["sizes"]]
-    threads.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
+    cpu_threads.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
     if args.dry_run:
         done = os.path.exists(os.path.join(args.out_dir, name + ".json"))
         state = f"finished ({os.path.join(args.out_dir, name + '.json')})" if done else "not solved yet"

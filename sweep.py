@@ -14,6 +14,7 @@ import sys
 import ana_utils
 import arg_combinations
 import batched_training
+import cpu_threads
 import figure_args
 import figure_points
 import figure_store
@@ -24,7 +25,6 @@ import run_locks
 import seli
 import stop_signals
 import sweep_plan
-import threads
 import train_utils
 import utils
 from utils import UserError
@@ -126,7 +126,7 @@ def train_points(points, args, argv=None):
 
         def use_threads(work_size):  # CPU threads for this work, then the device line once, before training
             if device.type == "cpu":
-                threads.set_threads(work_size, args.threads)
+                cpu_threads.set_threads(work_size, args.threads)
             if not said:
                 print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
                 said.append(True)

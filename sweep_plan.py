@@ -1,9 +1,9 @@
 """What a sweep would train: its points grouped for --batched, and the --dry_run report with its time estimate."""
 import batched_training
+import cpu_threads
 import figure_points
 import point_records
 import run_estimate
-import threads
 import utils
 
 
@@ -51,7 +51,7 @@ def dry_run_report(points, args, device):
 
     def use_threads(group):  # the threads the run sets for these points trained together
         if device.type == "cpu":
-            threads.set_threads(figure_points.point_work_size(group[0]) * len(group), args.threads)
+            cpu_threads.set_threads(figure_points.point_work_size(group[0]) * len(group), args.threads)
 
     groups = batch_groups(todo, args.models_dir, batched_networks(args)) if args.point is None else []
     total, how = run_estimate.estimate(todo, groups, finished, lambda p: figure_points.point_data(p, args.data_dir),

@@ -11,6 +11,7 @@ import torch
 import losses  # noqa: E402
 import mixup_geometry  # noqa: E402
 import mixup_main  # noqa: E402
+import mixup_run
 import networks  # noqa: E402
 import replot  # noqa: E402
 import snapshot_files
@@ -154,10 +155,10 @@ def test_summary_centres_features_by_their_global_mean():
 
 def test_quick_defaults_yield_to_explicit_arguments():
     quick = mixup_main.parse_args(["--quick"])
-    mixup_main.apply_recipe(quick)   # the training settings come from the network's CPU recipe (recipes.py)
+    mixup_run.apply_recipe(quick)   # the training settings come from the network's CPU recipe (recipes.py)
     assert (quick.dataset, quick.epochs, quick.feature_mode, quick.weight_decay) == ("digits", 200, "eval", 1e-2)
     mine = mixup_main.parse_args(["--quick", "--epochs", "7", "--feature_mode", "train", "--dataset", "synthetic"])
-    mixup_main.apply_recipe(mine)
+    mixup_run.apply_recipe(mine)
     assert (mine.dataset, mine.epochs, mine.feature_mode) == ("synthetic", 7, "train")
 
 
