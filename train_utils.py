@@ -440,29 +440,9 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
     utils.atomic_write_json(os.path.join(run_dir, "config.json"),
                             dict(cfg, data=data.key, sizes=data.sizes, record=utils.run_record(device)))
 
-    utils.set_seed(cfg["seed"])
     N = len(data.y_train)
-    model = build_model(cfg["network"], data.num_classes, data.in_channels, num_samples=N, width=cfg["width"],
-                        feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1], depth=cfg.get("depth")).to(device)
-    if cfg.get("fixed_etf"):  # (mixup) a frozen simplex-ETF classifier, set before the optimizer sees it
-        fixed_etf_classifier_(model.classifier, seed=cfg["seed"])
-    ufm = is_ufm(cfg["network"])
-    x_train = torch.arange(N, device=device) if ufm else data.x_train.to(device)
-    y_train = data.y_train.to(device)
-    ufm_lbfgs = is_ufm_lbfgs(cfg, N, objective)
-    if ufm_lbfgs:  # float64 from the same random start: see UFM_REL_GRAD_TOL
-        model.double()
-    opt = None if ufm_lbfgs else make_optimizer(model, cfg)
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    history, start, converged = [], 0, False
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if "optimizer" in ckpt:  # the UFM's checkpoint has none: L-BFGS restarts its history on resume
-            opt.load_state_dict(ckpt["optimizer"])
-        converged = ckpt.get("converged", False)
-        torch.set_rng_state(ckpt["torch_rng"])
-        history, start = restore_history(run_dir, ckpt, gen)
-        print(f"resuming {run_dir} from epoch {start}", file=sys.stderr)
+    model, x_train, y_train, ufm_lbfgs, opt, gen = _new_run_model(cfg, data, device, objective, N)
+    history, start, converged = _resume_run(ckpt, model, opt, gen, run_dir)
     if ufm_lbfgs:  # L-BFGS on balanced variables, tested every UFM_CHUNK iterations, a short history
         balanced = BalancedUFM(model, cfg)
         opt = make_optimizer(balanced, cfg)
@@ -483,11 +463,7 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
         else:
             means = _minibatch_epoch(model, opt, x_train, y_train, cfg, epoch, gen, objective, warm_weight, amp, N,
                                      device)
-        bad = [k for k, v in means.items() if not math.isfinite(v)]
-        if bad:
-            raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "
-                            f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the "
-                            "regularisation")
+        _check_finite(epoch, means)
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})  # every loss term and the accuracy
         train_seconds, timed_epochs = train_seconds + time.perf_counter() - t_epoch, timed_epochs + 1
         if epoch in cfg["eval_epochs"] or converged:
@@ -499,18 +475,67 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
             save_checkpoint(ckpt_path, model, gen, history, epoch, converged, None if ufm_lbfgs else opt.state_dict())
         if converged:
             break
-        if stop_signals.stop_requested() and epoch < cfg["epochs"]:  # a job's time limit or preemption ahead
-            if epoch not in cfg["eval_epochs"]:  # else checkpointed just above
-                save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
-                                None if ufm_lbfgs else opt.state_dict())
-            print(f"stopped: {stop_signals.stop_requested()} at epoch {epoch} of {cfg['epochs']}, "
-                  f"checkpointed in {run_dir}; the same command resumes it", file=sys.stderr, flush=True)
-            raise stop_signals.Stopped(stop_signals.STOPPED_STATUS)
+        _stop_if_signalled(ckpt_path, model, gen, history, epoch, converged, None if ufm_lbfgs else opt, cfg, run_dir)
     bar.close()
 
     if finished:
         _, Z, b = evaluate(model, data, x_train, cfg, device)
     return finish_run(run_dir, cfg, data, model, history, Z, b)
+
+
+def _new_run_model(cfg, data, device, objective, N):
+    """A run's seeded model on `device`, its training inputs and labels (the UFM's inputs are sample indices),
+    whether it trains by the UFM's L-BFGS (then in float64), its optimizer and its batch-order generator."""
+    utils.set_seed(cfg["seed"])
+    model = build_model(cfg["network"], data.num_classes, data.in_channels, num_samples=N, width=cfg["width"],
+                        feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1], depth=cfg.get("depth")).to(device)
+    if cfg.get("fixed_etf"):  # (mixup) a frozen simplex-ETF classifier, set before the optimizer sees it
+        fixed_etf_classifier_(model.classifier, seed=cfg["seed"])
+    ufm = is_ufm(cfg["network"])
+    x_train = torch.arange(N, device=device) if ufm else data.x_train.to(device)
+    y_train = data.y_train.to(device)
+    ufm_lbfgs = is_ufm_lbfgs(cfg, N, objective)
+    if ufm_lbfgs:  # float64 from the same random start: see UFM_REL_GRAD_TOL
+        model.double()
+    opt = None if ufm_lbfgs else make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    return model, x_train, y_train, ufm_lbfgs, opt, gen
+
+
+def _resume_run(ckpt, model, opt, gen, run_dir):
+    """(history, start epoch, converged) of a run: restored with its model, optimizer and random state from the
+    checkpoint `ckpt`, or a fresh start when there is none."""
+    history, start, converged = [], 0, False
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        if "optimizer" in ckpt:  # the UFM's checkpoint has none: L-BFGS restarts its history on resume
+            opt.load_state_dict(ckpt["optimizer"])
+        converged = ckpt.get("converged", False)
+        torch.set_rng_state(ckpt["torch_rng"])
+        history, start = restore_history(run_dir, ckpt, gen)
+        print(f"resuming {run_dir} from epoch {start}", file=sys.stderr)
+    return history, start, converged
+
+
+def _check_finite(epoch, means):
+    """Stop a diverged run with one error line naming the non-finite terms of the epoch's means."""
+    bad = [k for k, v in means.items() if not math.isfinite(v)]
+    if bad:
+        raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "
+                        f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the "
+                        "regularisation")
+
+
+def _stop_if_signalled(ckpt_path, model, gen, history, epoch, converged, opt, cfg, run_dir):
+    """On a stop signal (a job's time limit or preemption ahead) before the last epoch: checkpoint the epoch (unless
+    evaluated, so checkpointed already; `opt` None keeps no optimizer state), say so, and raise Stopped."""
+    if stop_signals.stop_requested() and epoch < cfg["epochs"]:
+        if epoch not in cfg["eval_epochs"]:  # else checkpointed just above
+            save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
+                            None if opt is None else opt.state_dict())
+        print(f"stopped: {stop_signals.stop_requested()} at epoch {epoch} of {cfg['epochs']}, "
+              f"checkpointed in {run_dir}; the same command resumes it", file=sys.stderr, flush=True)
+        raise stop_signals.Stopped(stop_signals.STOPPED_STATUS)
 
 
 def finish_run(run_dir, cfg, data, model, history, Z, b):
