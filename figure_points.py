@@ -34,7 +34,7 @@ def ufm_train_config(cfg, num_classes, num_samples, epochs):
     The UFM minimises exactly the regularised loss of theory.md section 2, so lam_h, lam_w, lam_b keep
     their meaning (lambda = 2 sqrt(lam_h lam_w)); SGD schedules, the warm phase and weight decay (which
     L-BFGS does not apply) are dropped. At most `epochs` epochs of up to 50 L-BFGS steps each, in
-    float64, ending earlier at the relative-gradient test (train_utils.UFM_REL_GRAD_TOL: 3-8 epochs
+    float64, ending earlier at the relative-gradient test (ufm_training.UFM_REL_GRAD_TOL: 3-8 epochs
     at the paper's scale); evaluated and checkpointed at epochs 1, 2, 3, 5, 10, 20, 40, ... and the
     last."""
     evals = [e for e in (1, 2, 3, 5, 10, 20, 40, 80, 160, 320, 640) if e <= epochs] + [epochs]

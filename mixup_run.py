@@ -7,6 +7,7 @@ import ana_utils
 import cpu_threads
 import datasets
 import losses
+import mixup_batches
 import mixup_geometry
 import nc_layers
 import networks
@@ -62,7 +63,7 @@ def check_args(args):
     apply_recipe(args)
     utils.check_choice("--optimizer", args.optimizer.lower(), ("sgd", "adam", "adamw"))
     utils.check_choice("--lr_schedule", args.lr_schedule, recipes.SCHEDULES)
-    utils.check_choice("--mix_per", args.mix_per, train_utils.MIX_PER)
+    utils.check_choice("--mix_per", args.mix_per, mixup_batches.MIX_PER)
     if args.feature_mode not in ("train", "eval"):
         raise UserError(f"--feature_mode {args.feature_mode}: allowed are train, eval")
     utils.check_positive_ints("--epochs", [args.epochs])

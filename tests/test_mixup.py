@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import losses  # noqa: E402
+import mixup_batches
 import mixup_geometry  # noqa: E402
 import mixup_main  # noqa: E402
 import mixup_run
@@ -75,10 +76,10 @@ def test_network_is_fed_the_mixed_inputs():
     x, y = torch.randn(8, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     model = Recorder()
     gen = torch.Generator().manual_seed(5)
-    x_mix, y_a, y_b, lam = train_utils.mix_batch(x, y, 1.0, torch.Generator().manual_seed(5))
+    x_mix, y_a, y_b, lam = mixup_batches.mix_batch(x, y, 1.0, torch.Generator().manual_seed(5))
     loss, _ = train_utils.make_mixup_objective(losses.cross_entropy_loss, 1.0)(model, x, y, 1, gen)
     assert torch.allclose(seen[0], x_mix) and not torch.allclose(seen[0], x)
-    expected = train_utils.mixup_loss(losses.cross_entropy_loss, model(x_mix)[0], y_a, y_b, lam)
+    expected = mixup_batches.mixup_loss(losses.cross_entropy_loss, model(x_mix)[0], y_a, y_b, lam)
     assert loss.item() == pytest.approx(expected.item())
 
 
@@ -106,7 +107,7 @@ def test_losses_value_and_gradient_by_hand():
     assert np.allclose(g, dl_dp * p[0] * (np.array([1, 0, 0]) - p))
     # the mixed loss: lam l(y_a) + (1 - lam) l(y_b), per-sample lam
     logits = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
-    mixed = train_utils.mixup_loss(losses.cross_entropy_loss, logits, torch.tensor([0, 1]),
+    mixed = mixup_batches.mixup_loss(losses.cross_entropy_loss, logits, torch.tensor([0, 1]),
                                    torch.tensor([2, 0]), torch.tensor([0.25, 1.0]))
     ce = losses.cross_entropy_loss
     by_hand = (0.25 * ce(logits[:1], torch.tensor([0])) + 0.75 * ce(logits[:1], torch.tensor([2]))
