@@ -207,7 +207,7 @@ def study(args, argv=None):
         return study_dry_run(points, args, device)
     if args.launch:
         job_launch.launch_points(points, args, sys.argv[1:] if argv is None else list(argv),
-                            script=os.path.abspath(__file__))
+                                 script=os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixup_main.py"))
         records, missing = sweep.run_sweep(points, None, args.models_dir, assemble_only=True)
     else:
         records, missing = sweep.run_sweep(points, lambda pt: study_cell(pt, device, args), args.models_dir,
