@@ -14,6 +14,9 @@ import math
 import sys
 
 import datasets
+import figure_args
+import figure_assembly
+import figure_points
 import sweep
 import utils
 from utils import UserError
@@ -27,13 +30,15 @@ QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, 
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="NC1 against epoch and the block structure of Z (Figures 1-2 of Hong & Ling).",
-        epilog=sweep.quick_epilog(QUICK, "class sizes x 0.02 (100/80/60 or 100/60/20) and lam_H, lam_W multiplied "
-                                  "by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is unchanged); a --reg_h, "
-                                  "--reg_w or --lam you give is trained as given; "
-                                  + utils.measured_time("block --quick") + ".") +
+        epilog=figure_args.quick_epilog(QUICK, "class sizes x 0.02 (100/80/60 or 100/60/20) and lam_H, lam_W "
+                                        "multiplied by sqrt(50) (so lambda sqrt(N), hence the UFM optimum, is "
+                                        "unchanged); a --reg_h, "
+                                        "--reg_w or --lam you give is trained as given; "
+                                        + utils.measured_time("block --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale (full-batch L-BFGS; NC metrics "
                "per L-BFGS epoch; " + utils.measured_time("block UFM") + ").")
-    sweep.add_figure_args(p, f"epochs (default 1000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)", ka=False)
+    figure_args.add_figure_args(p, f"epochs (default 1000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)",
+                                ka=False)
     p.add_argument("--structure", type=int, default=1, help="class-size structure 1 or 2 (default 1)")
     p.add_argument("--reg_h", type=float, default=1e-6, help="lam_H, feature regularisation (default 1e-6)")
     p.add_argument("--reg_w", type=float, default=1e-3, help="lam_W, classifier regularisation (default 1e-3)")
@@ -47,7 +52,7 @@ def parse_args(argv):
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
-    sweep.check_figure_args(args)
+    figure_args.check_figure_args(args)
     utils.check_choice("--structure", args.structure, sorted(STRUCTURES))
     for name in ("--reg_h", "--reg_w"):
         utils.check_positive(name, getattr(args, name[2:]))
@@ -67,11 +72,11 @@ def main(argv=None):
     factors = {k: 1.0 if k in args.given else 1 / math.sqrt(scale) for k in ("reg_h", "reg_w")}
     lam_h, lam_w = args.reg_h * factors["reg_h"], args.reg_w * factors["reg_w"]
     lam = 2 * math.sqrt(lam_h * lam_w) if args.lam is None else args.lam
-    scaled = sweep.quick_scaled(args, sizes=([n for _, n in STRUCTURES[args.structure]], scale),
+    scaled = figure_points.quick_scaled(args, sizes=([n for _, n in STRUCTURES[args.structure]], scale),
                                 lam_h=(args.reg_h, factors["reg_h"]), lam_w=(args.reg_w, factors["reg_w"]))
 
     # One run (reused when finished), keeping its per-epoch NC metrics.
-    point = sweep.figure_point(FIGURE, args, sizes, clusters, dict(lam=lam, structure=args.structure),
+    point = figure_points.figure_point(FIGURE, args, sizes, clusters, dict(lam=lam, structure=args.structure),
                                epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4, history=True,
                                lam_ratio=lam_w / lam_h, scaled=scaled)
     records, missing = sweep.train_points([point], args, argv)
@@ -79,13 +84,13 @@ def main(argv=None):
     # Analyse against the convex program with the same sizes and lambda.
     settings = dict(dataset=args.dataset_t, network=args.network, structure=args.structure, sizes=sizes,
                     lam_b=args.reg_b, quick=args.quick,
-                    title=f"NC and block structure: {sweep.figure_tag(args)}, structure {args.structure} "
+                    title=f"NC and block structure: {figure_args.figure_tag(args)}, structure {args.structure} "
                           f"(sizes {'/'.join(str(n) for _, n in groups)})")
-    result = sweep.assemble_figure(FIGURE, settings, [point], records, missing, args.reg_b)
+    result = figure_assembly.assemble_figure(FIGURE, settings, [point], records, missing, args.reg_b)
     result["history"] = result["points"][0].pop("history")
 
     # Plot: NC metrics against epoch, trained Z beside the convex program's Z.
-    sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_s{args.structure}")
+    figure_assembly.save_figure_result(result, args, f"{FIGURE}_{figure_args.figure_tag(args)}_s{args.structure}")
     return 0
 
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import time
 
-import utils
+import stop_signals
 
-STOPPED_STATUS = utils.STOPPED_STATUS  # copied here: PointJob travels by value to jobs that may not import utils
+STOPPED_STATUS = stop_signals.STOPPED_STATUS  # copied here: PointJob travels by value to jobs that may not import utils
 STOP_SIGNAL = signal.SIGUSR2  # submitit's warning signal (sbatch --signal=USR2@<delay>)
 RUN_STOP_SIGNALS = (signal.SIGUSR2,)  # what a --point run checkpoints at its epoch's end and stops on
 DEFAULT_MAX_REQUEUES = 10
@@ -35,9 +35,9 @@ def stop_grace_s(delay_s):
 
 class PointJob:
     """The job of one run: `command` (the script with --point I) in `cwd`. submitit calls checkpoint() at the
-    warning signal: the run is told to checkpoint at the end of its epoch and stop (utils.stop_on_signals),
+    warning signal: the run is told to checkpoint at the end of its epoch and stop (stop_signals.stop_on_signals),
     and the job is requeued as attempt requeues + 1, unless it was requeued max_requeues times already (then it
-    fails, its checkpoint kept). Stdlib only (pickled by value, see sweep.launch_points)."""
+    fails, its checkpoint kept). Stdlib only (pickled by value, see job_launch.launch_points)."""
 
     def __init__(self, command, cwd, max_requeues, grace_s, requeues=0):
         self.command, self.cwd, self.max_requeues, self.grace_s, self.requeues = (

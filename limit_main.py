@@ -14,6 +14,9 @@ import sys
 
 import arg_combinations
 import datasets
+import figure_args
+import figure_assembly
+import figure_points
 import figure_theory
 import sweep
 import utils
@@ -29,23 +32,23 @@ QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=128, lr=0.05
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="Angles between classes against n_A (Figure 9 of Hong & Ling).",
-        epilog=sweep.quick_epilog(QUICK, "n_A x 0.05 (25 ... 275); lambda is --lam_n / N as always; "
+        epilog=figure_args.quick_epilog(QUICK, "n_A x 0.05 (25 ... 275); lambda is --lam_n / N as always; "
                                   + utils.measured_time("limit --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale ("
                + utils.measured_time("limit UFM") + "). n_A = 5500 "
                "exceeds CIFAR-10's 5000 training images per class: it is an error unless --allow_test_fill (as the "
                "original did, silently).")
-    sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 15 L-BFGS epochs: far from "
-                          "any threshold the loss settles within 10)")
+    figure_args.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 15 L-BFGS epochs: "
+                                "far from any threshold the loss settles within 10)")
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default 500 1000 ... 5500)")
     p.add_argument("--ratio", type=float, default=2.0, help="n_B = n_A / ratio, rounded down (default 2)")
     p.add_argument("--lam_n", "--ln_pro", dest="lam_n", type=float, default=0.1,
                    help="lambda times N: each point trains at lambda = lam_n / N, N its sample count (default 0.1; "
                         "--ln_pro: the original's name)")
-    sweep.retire_flag(p, "--reg_l", "not a flag of this script: lambda times N is --lam_n (or the original's "
+    figure_args.retire_flag(p, "--reg_l", "not a flag of this script: lambda times N is --lam_n (or the original's "
                       "--ln_pro); --reg_l is lambda itself in minority_n_main.py")
-    sweep.retire_flag(p, "--lam", "not a flag of this script: lambda changes with N here; give lambda times N as "
+    figure_args.retire_flag(p, "--lam", "not a flag of this script: lambda changes with N here; give lambda times N as "
                       "--lam_n (lambda = lam_n / N at each point)")
     p.set_defaults(train_epochs=2000)
     return utils.parse_with_presets(p, argv, QUICK)
@@ -54,7 +57,7 @@ def parse_args(argv):
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
-    K = sweep.check_figure_args(args)
+    K = figure_args.check_figure_args(args)
     chosen = args.nalist or PAPER_NA  # --quick scales only the paper's list, never a typed --nalist
     na_scale = QUICK_SCALE if args.quick and not args.nalist else 1.0
     nas = [max(1, round(n * na_scale)) for n in chosen] if na_scale != 1 else list(chosen)
@@ -76,16 +79,16 @@ def main(argv=None):
 
     def setting(n_A):  # (sizes, clusters, lambda, lam_b) of a point
         sizes = [n_A] * args.ka + [n_B_of(n_A)] * k_B
-        return sizes, clusters, args.lam_n / sum(sizes), args.reg_b, sweep.point_loss(args, sizes, clusters)
+        return sizes, clusters, args.lam_n / sum(sizes), args.reg_b, figure_points.point_loss(args, sizes, clusters)
 
     # Points: one run per n_A, keyed by its whole configuration.
     points = []
     for n0, n_A in zip(chosen, nas):
         sizes, _, lam, _, _ = setting(n_A)
-        points.append(sweep.figure_point(FIGURE, args, sizes, clusters,
+        points.append(figure_points.figure_point(FIGURE, args, sizes, clusters,
                                          dict(n_A=n_A, n_B=n_B_of(n_A), N=sum(sizes), lam=lam, k_A=args.ka),
                                          epochs=args.train_epochs, milestone_frac=1 / 3, weight_decay=5e-4,
-                                         ufm_epochs=15, scaled=sweep.quick_scaled(args, n_A=(n0, na_scale))))
+                                         ufm_epochs=15, scaled=figure_points.quick_scaled(args, n_A=(n0, na_scale))))
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
     records, missing = sweep.train_points(points, args, argv)
@@ -95,13 +98,13 @@ def main(argv=None):
     grid = sorted(set([max(1, round(lo + (hi - lo) * i / 10)) for i in range(11)] + nas))
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, ratio=args.ratio, lam_n=args.lam_n,
                     lam_b=args.reg_b, quick=args.quick, num_classes=K, etf_cosine=-1 / (K - 1),
-                    title=f"Angles vs n_A: {sweep.figure_tag(args)}, k_A={args.ka}, n_B=n_A/{args.ratio:g}, "
+                    title=f"Angles vs n_A: {figure_args.figure_tag(args)}, k_A={args.ka}, n_B=n_A/{args.ratio:g}, "
                           f"λ={args.lam_n:g}/N")
-    result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
+    result = figure_assembly.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["theory_curve"] = figure_theory.theory_curve(grid, setting)
 
     # Plot: cosines within A, within B and across against n_A, with the JSON beside it.
-    sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")
+    figure_assembly.save_figure_result(result, args, f"{FIGURE}_{figure_args.figure_tag(args)}_ka{args.ka}")
     return 0
 
 

@@ -13,6 +13,9 @@ import sys
 
 import arg_combinations
 import datasets
+import figure_args
+import figure_assembly
+import figure_points
 import figure_theory
 import sweep
 import theory_formulas
@@ -31,14 +34,14 @@ QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, 
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="Minority collapse against lambda (Figures 5-6 of Hong & Ling).",
-        epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_A = 100, n_B = 20) and, without --lam, the "
+        epilog=figure_args.quick_epilog(QUICK, "class sizes x 0.2 (n_A = 100, n_B = 20) and, without --lam, the "
                                   "paper's lambdas multiplied by lambda*(sizes trained) / lambda*(500, 100) (sqrt(5) "
                                   "at n_A = 100, n_B = 20), which leaves the UFM optimum (it depends on lambda "
                                   "sqrt(N) only) and so the expected picture unchanged; a --lam you give is "
                                   "trained as given; " + utils.measured_time("minority_l --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale ("
                + utils.measured_time("minority_l UFM") + ").")
-    sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
+    figure_args.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
     p.add_argument("--na", type=int, default=500, help="samples per majority class (default 500)")
     p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")
     p.add_argument("--lam", "--reg_z_l", dest="lams", type=float, nargs="+", default=None,
@@ -47,7 +50,7 @@ def parse_args(argv):
     p.add_argument("--warm_frac", type=float, default=1 / 6,
                    help="fraction of training with the regularisation at lambda/10 (the warm phase), in [0, 1] "
                         "(default 1/6, as the original)")
-    sweep.retire_flag(p, "--ln_pro", "not a flag of this script: the warm phase's fraction is --warm_frac "
+    figure_args.retire_flag(p, "--ln_pro", "not a flag of this script: the warm phase's fraction is --warm_frac "
                       "(--ln_pro is lambda times N in limit_main.py, as in the original code)")
     p.set_defaults(train_epochs=2000)
     return utils.parse_with_presets(p, argv, QUICK)
@@ -56,7 +59,7 @@ def parse_args(argv):
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
-    K = sweep.check_figure_args(args)
+    K = figure_args.check_figure_args(args)
     utils.check_positive_ints("--na/--nb", [args.na, args.nb])
     if args.nb > args.na:
         raise UserError(f"--nb {args.nb} with --na {args.na}: the minority classes would be larger than the majority "
@@ -80,31 +83,32 @@ def main(argv=None):
     datasets.check_class_sizes(args.dataset_t, sizes, args.allow_test_fill, "--na/--nb", args.network)
 
     # Points: one run per lambda (the paper's list scaled by --quick), keyed by its whole configuration.
-    points = [sweep.figure_point(FIGURE, args, sizes, clusters,
-                                 dict(lam=lam * lam_scale, k_A=args.ka, n_A=args.na, n_B=args.nb),
-                                 epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
-                                 warm_frac=args.warm_frac, scaled=sweep.quick_scaled(args, lam=(lam, lam_scale)))
+    points = [figure_points.figure_point(FIGURE, args, sizes, clusters,
+                                         dict(lam=lam * lam_scale, k_A=args.ka, n_A=args.na, n_B=args.nb),
+                                         epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
+                                         warm_frac=args.warm_frac,
+                                         scaled=figure_points.quick_scaled(args, lam=(lam, lam_scale)))
               for lam in lams]
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
     records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: every point against the convex program; the threshold and the theory curve.
-    lam_star = sweep.loss_threshold(args, sizes, clusters, args.reg_b)   # theory.md sections 2 and 9
+    lam_star = figure_points.loss_threshold(args, sizes, clusters, args.reg_b)   # theory.md sections 2 and 9
     used = [pt["params"]["lam"] for pt in points]
     lo, hi = min(used + [lam_star]) * 0.9, max(used + [lam_star]) * 1.05
     grid = sorted(set([lo + (hi - lo) * i / 19 for i in range(20)] + [lam_star * 0.999, lam_star] + used))
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_A=args.na, n_B=args.nb,
                     lam_b=args.reg_b, quick=args.quick, x_key="lam", x_label="λ",
-                    title=f"Minority collapse vs λ: {sweep.figure_tag(args)}, k_A={args.ka}, "
+                    title=f"Minority collapse vs λ: {figure_args.figure_tag(args)}, k_A={args.ka}, "
                           f"n_A={args.na}, n_B={args.nb}")
-    result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
+    result = figure_assembly.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     result["threshold"] = lam_star
-    loss = sweep.point_loss(args, sizes, clusters)
+    loss = figure_points.point_loss(args, sizes, clusters)
     result["theory_curve"] = figure_theory.theory_curve(grid, lambda lam: (sizes, clusters, lam, args.reg_b, loss))
 
     # Plot: the grid of Z heat-maps and minority_spread against lambda, with the JSON beside it.
-    sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")
+    figure_assembly.save_figure_result(result, args, f"{FIGURE}_{figure_args.figure_tag(args)}_ka{args.ka}")
     return 0
 
 

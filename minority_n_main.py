@@ -14,6 +14,9 @@ import sys
 
 import arg_combinations
 import datasets
+import figure_args
+import figure_assembly
+import figure_points
 import figure_theory
 import sweep
 import theory_formulas
@@ -30,13 +33,13 @@ QUICK = dict(dataset_t="synthetic", network="mlp_linear", mlp_width=64, lr=0.1, 
 def parse_args(argv):
     p = utils.ArgumentParser(
         description="Minority collapse against n_A (Figures 7-8 of Hong & Ling).",
-        epilog=sweep.quick_epilog(QUICK, "class sizes x 0.2 (n_B = 20, each n_A x 0.2, rounded) and lambda "
+        epilog=figure_args.quick_epilog(QUICK, "class sizes x 0.2 (n_B = 20, each n_A x 0.2, rounded) and lambda "
                                   "multiplied by sqrt(5), which leaves the UFM optimum (it depends on lambda sqrt(N) "
                                   "only) and so the expected picture unchanged; a --nalist or --lam you give is "
                                   "trained as given; " + utils.measured_time("minority_n --quick") + ".") +
                " --network UFM trains the unconstrained feature model at full scale ("
                + utils.measured_time("minority_n UFM") + ").")
-    sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
+    figure_args.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
     p.add_argument("--nalist", type=int, nargs="+", default=None,
                    help="the n_A values, one run each (default: the paper's list for --ka 5 or 3)")
     p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")
@@ -45,7 +48,7 @@ def parse_args(argv):
     p.add_argument("--warm_frac", type=float, default=1 / 6,
                    help="fraction of training with the regularisation at lambda/10 (the warm phase), in [0, 1] "
                         "(default 1/6, as the original)")
-    sweep.retire_flag(p, "--ln_pro", "not a flag of this script: the warm phase's fraction is --warm_frac "
+    figure_args.retire_flag(p, "--ln_pro", "not a flag of this script: the warm phase's fraction is --warm_frac "
                       "(--ln_pro is lambda times N in limit_main.py, as in the original code)")
     p.set_defaults(train_epochs=2000)
     return utils.parse_with_presets(p, argv, QUICK)
@@ -54,7 +57,7 @@ def parse_args(argv):
 def main(argv=None):
     # Arguments: paper settings by default, the CPU preview with --quick; all checked before training.
     args = parse_args(argv)
-    K = sweep.check_figure_args(args)
+    K = figure_args.check_figure_args(args)
     # --quick scales only what it chose itself: the paper's n_A list and the default lambda, never a typed one
     chosen = args.nalist or PAPER_NA.get(args.ka, PAPER_NA[5])
     na_scale = QUICK_SCALE if args.quick and not args.nalist else 1.0
@@ -78,11 +81,11 @@ def main(argv=None):
         return [n_A] * args.ka + [args.nb] * k_B
 
     # Points: one run per n_A, keyed by its whole configuration.
-    points = [sweep.figure_point(FIGURE, args, sizes_of(n_A), clusters,
+    points = [figure_points.figure_point(FIGURE, args, sizes_of(n_A), clusters,
                                  dict(n_A=n_A, lam=lam, k_A=args.ka, n_B=args.nb),
                                  epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0,
                                  warm_frac=args.warm_frac,
-                                 scaled=sweep.quick_scaled(args, n_A=(n0, na_scale), lam=(args.lam, lam_scale)))
+                                 scaled=figure_points.quick_scaled(args, n_A=(n0, na_scale), lam=(args.lam, lam_scale)))
               for n0, n_A in zip(chosen, nas)]
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
@@ -95,16 +98,17 @@ def main(argv=None):
                       + [max(1, math.floor(na_star)), math.ceil(na_star)]))
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_B=args.nb, lam=lam,
                     lam_b=args.reg_b, quick=args.quick, x_key="n_A", x_label="n_A",
-                    title=f"Minority collapse vs n_A: {sweep.figure_tag(args)}, k_A={args.ka}, n_B={args.nb}, "
+                    title=f"Minority collapse vs n_A: {figure_args.figure_tag(args)}, k_A={args.ka}, n_B={args.nb}, "
                           f"λ={lam:.4g}")
-    result = sweep.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
+    result = figure_assembly.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
     plain = args.loss == "cross_entropy" and not args.oversample    # n_A* under another loss: not derived here
     result["threshold"] = na_star if plain else None
-    result["theory_curve"] = figure_theory.theory_curve(grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b,
-                                                                       sweep.point_loss(args, sizes_of(n_A), clusters)))
+    result["theory_curve"] = figure_theory.theory_curve(
+        grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b,
+                           figure_points.point_loss(args, sizes_of(n_A), clusters)))
 
     # Plot: the grid of Z heat-maps and minority_spread against n_A, with the JSON beside it.
-    sweep.save_figure_result(result, args, f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}")
+    figure_assembly.save_figure_result(result, args, f"{FIGURE}_{figure_args.figure_tag(args)}_ka{args.ka}")
     return 0
 
 

@@ -132,7 +132,7 @@ def build_model(name, num_classes, in_channels=3, num_samples=None, width=None, 
 
 
 def step_work_size(name, batch, input_numel, width=None, feat_dim=None):
-    """Elements of the largest tensor of one training step (for utils.set_threads): the UFM's
+    """Elements of the largest tensor of one training step (for cpu_threads.set_threads): the UFM's
     batch x d features; an MLP's flattened input or hidden batch; otherwise the first feature maps
     (batch x width x pixels, input_numel / 3 pixels taken as the worst case; width 64 by default)."""
     key = str(name).lower()

@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 import ana_utils
+import cpu_threads
 import figure_theory
 import plot_utils
 import rebalance_plots
@@ -247,7 +248,7 @@ def main(argv=None):
     name = check_args(args)
     n, clusters = theory_formulas.expand_clusters(args.cluster_s, args.sample_s)
     sizes = [int(v) if float(v).is_integer() else v for v in args.loss_obj["sizes"]]
-    utils.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
+    cpu_threads.set_threads(len(n) ** 2)  # K x K matrices: one thread until K is in the hundreds
     if args.dry_run:
         done = os.path.exists(os.path.join(args.out_dir, name + ".json"))
         state = f"finished ({os.path.join(args.out_dir, name + '.json')})" if done else "not solved yet"

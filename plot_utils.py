@@ -36,7 +36,7 @@ def _cluster_sizes(point):
 
 
 def _seed_spread(ax, x, point, stat, value, color):
-    """With several seeds at a point ('stats' in its record, sweep.merge_seeds): each seed's value as a
+    """With several seeds at a point ('stats' in its record, point_records.merge_seeds): each seed's value as a
     faint dot and the mean with its interval (seed_stats.interval_of: the 95% t-interval, or the range
     with two seeds, said so in the legend) as an error bar. Returns the value to mark: the mean over
     seeds, or `value` (the one seed's) without seeds."""

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+import snapshot_files
 import utils
 from utils import UserError
 
@@ -144,9 +145,9 @@ SNAPSHOT_ARRAYS = ("features", "mix", "y_a", "y_b", "W", "b", "classes")
 
 
 def load_snapshot(path, what="a mixup projection"):
-    """utils.load_snapshot, checked for the arrays a projection draws and their shapes: features (n, d),
+    """snapshot_files.load_snapshot, checked for the arrays a projection draws and their shapes: features (n, d),
     mix, y_a, y_b (n), W (K, d), b (K), classes (three distinct indices below K)."""
-    snap = utils.load_snapshot(path)
+    snap = snapshot_files.load_snapshot(path)
     missing = [k for k in SNAPSHOT_ARRAYS if k not in snap]
     if missing:
         raise UserError(f"{path}: lacks the array{'s' * (len(missing) > 1)} {', '.join(missing)} (needed by {what}; "

@@ -15,6 +15,9 @@ import sys
 import numpy as np
 
 import datasets
+import figure_args
+import figure_assembly
+import figure_points
 import figure_theory
 import rebalance_plots
 import rebalance_program
@@ -30,9 +33,9 @@ COLLAPSED_REL = 0.05  # a trained point counts as collapsed below this relative 
 
 def parse_args(argv):
     p = utils.ArgumentParser(description="Minority collapse against lambda under re-balancing losses.",
-                             epilog=sweep.quick_epilog(QUICK, "a UFM and a network per loss and lambda; the "
+                             epilog=figure_args.quick_epilog(QUICK, "a UFM and a network per loss and lambda; the "
                                                        "lambdas are multiples of each loss's threshold."))
-    sweep.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
+    figure_args.add_figure_args(p, f"epochs (default 2000; --quick {QUICK['train_epochs']}; UFM 40 L-BFGS epochs)")
     p.add_argument("--na", type=int, default=500, help="samples per majority class (default 500)")
     p.add_argument("--nb", type=int, default=100, help="samples per minority class (default 100)")
     p.add_argument("--losses", nargs="+", default=list(rebalance_program.LOSS_NAMES),
@@ -46,7 +49,7 @@ def parse_args(argv):
 
 def check_args(args):
     """Every argument checked before any training; returns (sizes, clusters, the loss entries)."""
-    K = sweep.check_figure_args(args)
+    K = figure_args.check_figure_args(args)
     utils.check_positive_ints("--na/--nb", [args.na, args.nb])
     utils.check_positive("--factors", args.factors)
     if args.loss != "cross_entropy":
@@ -62,7 +65,7 @@ def check_args(args):
     if args.oversample is not None:
         entries.append(("cross_entropy", args.oversample))
     for name, over in entries:
-        sweep.point_loss(entry_args(args, name, over), sizes, clusters)   # parameters and --oversample checked
+        figure_points.point_loss(entry_args(args, name, over), sizes, clusters)   # parameters and --oversample checked
     return sizes, clusters, entries
 
 
@@ -95,25 +98,26 @@ def main(argv=None):
     # Points: per loss entry and network, one run per factor x that loss's lambda*.
     thresholds, points = [], []
     for name, over in entries:
-        lam_star = sweep.loss_threshold(entry_args(args, name, over), sizes, clusters, args.reg_b)
+        lam_star = figure_points.loss_threshold(entry_args(args, name, over), sizes, clusters, args.reg_b)
         thresholds.append(lam_star)
         for net in networks:
             a = entry_args(args, name, over, net)
-            points += [sweep.figure_point(FIGURE, a, sizes, clusters, dict(lam=f * lam_star, loss=label_of(name, over),
-                                                                            factor=f, network=net),
-                                          epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0)
+            points += [figure_points.figure_point(FIGURE, a, sizes, clusters,
+                                                  dict(lam=f * lam_star, loss=label_of(name, over), factor=f,
+                                                       network=net),
+                                                  epochs=args.train_epochs, milestone_frac=2 / 3, weight_decay=0.0)
                        for f in args.factors]
 
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
     records, missing = sweep.train_points(points, args, argv)
 
     # Analyse: each point against the program (same side of lambda*?); the program's curve per loss.
-    result = sweep.assemble_figure(FIGURE, dict(dataset=args.dataset_t, network=args.network, k_A=args.ka,
+    result = figure_assembly.assemble_figure(FIGURE, dict(dataset=args.dataset_t, network=args.network, k_A=args.ka,
                                                 n_A=args.na, n_B=args.nb, lam_b=args.reg_b, quick=args.quick),
                                    points, records, missing, args.reg_b)
     result["losses"] = [loss_summary(args, name, over, lam_star, result["points"], sizes, clusters, networks)
                         for (name, over), lam_star in zip(entries, thresholds)]
-    result["title"] = (f"Minority collapse under re-balancing losses: {sweep.figure_tag(args)}, k_A={args.ka}, "
+    result["title"] = (f"Minority collapse under re-balancing losses: {figure_args.figure_tag(args)}, k_A={args.ka}, "
                        f"n_A={args.na}, n_B={args.nb}, λ_b={args.reg_b:g}")
     for e in result["losses"]:
         for net, agree in e["agree"].items():
@@ -121,7 +125,7 @@ def main(argv=None):
                   f"{sum(a for a in agree if a is not None)} of {sum(a is not None for a in agree)} lambdas")
 
     # Plot: one panel per loss, with the JSON beside it.
-    stem = f"{FIGURE}_{sweep.figure_tag(args)}_ka{args.ka}" + ("_quick" if args.quick else "")
+    stem = f"{FIGURE}_{figure_args.figure_tag(args)}_ka{args.ka}" + ("_quick" if args.quick else "")
     png, js = os.path.join(args.plot_dir, stem + ".png"), os.path.join(args.plot_dir, stem + ".json")
     utils.atomic_write_json(js, result)
     rebalance_plots.save_rebalance_figure(result, png)
@@ -134,7 +138,7 @@ def loss_summary(args, name, over, lam_star, pts, sizes, clusters, networks):
     collapse flags and agreement with the program's side of lambda*."""
     label = label_of(name, over)
     grid = sorted(set(np.geomspace(0.3, 2.5, 25).tolist() + list(args.factors)))
-    loss = sweep.point_loss(entry_args(args, name, over), sizes, clusters)
+    loss = figure_points.point_loss(entry_args(args, name, over), sizes, clusters)
     curve = figure_theory.theory_curve([g * lam_star for g in grid], lambda lam: (sizes, clusters, lam,
                                                                                       args.reg_b, loss))
     out = dict(name=label, threshold=lam_star, curve={"lam": curve["x"], "spread": curve["minority_spread"]},

@@ -16,6 +16,7 @@ import mixup_plots
 import plot_utils
 import read_back
 import seed_stats
+import snapshot_files
 import utils
 from utils import UserError
 
@@ -47,7 +48,7 @@ def cmd_mixup_projection(args):
 def cmd_mixup_grid(args):
     """Redraw the grid of a run's snapshots over epochs."""
     utils.check_positive_ints("--dpi", [args.dpi])
-    snaps = utils.mixup_snapshots(args.run_dir)
+    snaps = snapshot_files.mixup_snapshots(args.run_dir)
     loaded = [read_back.load_snapshot(p, "the grid of projections") for _, p in snaps]
     theory = None if args.no_theory else mixup_geometry.ufm_overlay(
         _run_config(args.run_dir), len(loaded[0]["b"]), loaded[0]["classes"], args.beta)
@@ -87,8 +88,9 @@ def cmd_mixup_compare(args):
     configs = [_run_config(d) for d in args.run_dirs]
     several_networks = len({cfg.get("network") for cfg in configs}) > 1
     for d, cfg in zip(args.run_dirs, configs):
-        epoch, path = utils.mixup_snapshots(d)[-1]
-        summary = read_back.read_json(utils.mixup_snapshot_path(d, epoch, "json"), {}, "the compared summaries")
+        epoch, path = snapshot_files.mixup_snapshots(d)[-1]
+        summary = read_back.read_json(snapshot_files.mixup_snapshot_path(d, epoch, "json"), {},
+                                      "the compared summaries")
         snaps.append(read_back.load_snapshot(path, "the compared projections"))
         titles.append(f"{_run_label(cfg, args.label)} e{epoch}")
         notes.append(mixup_plots.summary_note(summary))

@@ -1,7 +1,7 @@
-"""Training: the loop of one run with checkpoints and resume, and what it trains with: mixup batches
-and the mixed loss (the per-sample losses are in losses.py), a fixed simplex-ETF classifier, the
-regularised objective of theory.md section 2, optimizers, the UFM's full-batch L-BFGS, and the epoch
-steps the batched loop shares (schedule, data order, history restore, CSV row and log line)."""
+"""Training: the loop of one run with checkpoints and resume, and what it trains with: the mixup objective
+(batches in mixup_batches.py, the per-sample losses in losses.py), a fixed simplex-ETF classifier, the
+regularised objective of theory.md section 2, optimizers, and the epoch steps the batched loop shares
+(schedule, data order, history restore, CSV row and log line). The UFM's full-batch L-BFGS is in ufm_training.py."""
 import math
 import os
 import sys
@@ -9,47 +9,22 @@ import tempfile
 import time
 
 import numpy as np
-import scipy.special
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import figure_theory
+import mixup_batches
 import mixup_geometry
 import nc_stream
 import recipes
+import run_locks
+import stop_signals
+import ufm_training
 import utils
 from networks import build_model, is_ufm
 from rebalance_losses import feature_weights, rebalanced_cross_entropy
 from utils import UserError
-
-# ======================================================================================
-# Losses and mixup  (mixup)
-# ======================================================================================
-
-
-def mixup_loss(loss_fn, logits, y_a, y_b, mix):
-    """Mean of mix * loss(y_a) + (1 - mix) * loss(y_b); mix is a scalar or one value per sample."""
-    mix = torch.as_tensor(mix, dtype=logits.dtype, device=logits.device)
-    return (mix * loss_fn(logits, y_a) + (1 - mix) * loss_fn(logits, y_b)).mean()
-
-
-MIX_PER = ("batch", "sample")
-
-
-def mix_batch(x, y, alpha, gen, mix_per="batch"):
-    """Mixup of a batch with a random partner permutation: returns (x_mixed, y_a, y_b, mix),
-    mix ~ Beta(alpha, alpha), one value for the whole batch (mix_per "batch": the original mixup
-    code and timm, a 0-dim tensor) or one per sample ("sample"); float32 on x's device. Draws come
-    from the CPU torch.Generator `gen` (the training loop's, checkpointed with the run), so they
-    are reproducible on any device."""
-    n = len(x)
-    perm = torch.randperm(n, generator=gen).to(x.device)
-    u = torch.rand(1 if mix_per == "batch" else n, generator=gen, dtype=torch.float64).numpy()
-    mix = torch.as_tensor(scipy.special.betaincinv(alpha, alpha, u), dtype=torch.float32, device=x.device)
-    mix = mix[0] if mix_per == "batch" else mix
-    mix_x = mix.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-    return mix_x * x + (1 - mix_x) * x[perm], y, y[perm], mix
 
 
 def make_mixup_objective(loss_fn, alpha, mixup=True, mix_per="batch"):
@@ -58,11 +33,11 @@ def make_mixup_objective(loss_fn, alpha, mixup=True, mix_per="batch"):
     mixed loss (the plain loss when mixup is False)."""
     def objective(model, xb, yb, epoch, gen):
         if mixup:
-            x_in, y_a, y_b, mix = mix_batch(xb, yb, alpha, gen, mix_per)
+            x_in, y_a, y_b, mix = mixup_batches.mix_batch(xb, yb, alpha, gen, mix_per)
         else:
             x_in, y_a, y_b, mix = xb, yb, yb, 1.0
         logits, _ = model(x_in)
-        loss = mixup_loss(loss_fn, logits.float(), y_a, y_b, mix)
+        loss = mixup_batches.mixup_loss(loss_fn, logits.float(), y_a, y_b, mix)
         return loss, {"loss": loss}
     return objective
 
@@ -80,10 +55,6 @@ def fixed_etf_classifier_(linear, omega=1.0, seed=0):
             linear.bias.requires_grad_(False)
     return linear
 
-
-# ======================================================================================
-# Training loop, checkpoints, resume  (foundation)
-# ======================================================================================
 
 TRAIN_DEFAULTS = dict(
     name="run", network="resnet18", epochs=100, optimizer="sgd", lr=0.01, momentum=0.9, batch_size=128,
@@ -115,7 +86,7 @@ def check_train_config(cfg, prefix=""):
     if cfg.get("mixup"):
         utils.check_positive(prefix + "alpha", cfg["alpha"])
         # lam_per: the key stored in run configurations (their hashes), the mixup coefficient's per batch or sample
-        utils.check_choice(prefix + "lam_per", cfg.get("lam_per", "batch"), MIX_PER)
+        utils.check_choice(prefix + "lam_per", cfg.get("lam_per", "batch"), mixup_batches.MIX_PER)
 
 
 def regularized_objective(model, xb, yb, cfg, num_train, warm_weight):
@@ -138,96 +109,6 @@ def regularized_terms(logits, h, W, b, yb, cfg, num_train, warm_weight):
     return loss, {"loss": loss, "ce": ce, "reg_w": reg_w, "reg_h": reg_h, "reg_b": reg_b, "acc": acc}
 
 
-# The UFM's L-BFGS (in float64) stops when ||grad f|| * ||theta|| <= UFM_REL_GRAD_TOL * |f| (theta:
-# all trained parameters): a relative change delta of the parameters then moves f by at most
-# delta * 1e-5 of itself, whatever N, K or lambda; or when UFM_CHUNK iterations lower f by less
-# than UFM_REL_DECREASE_TOL * |f| (at N = 41,000 and small lambda the within-class spread of the
-# features decays so slowly that the gradient test would take minutes more; Z is settled by then).
-# Z is then within about 1e-4 of the convex program's. (In float32, rounding stalls L-BFGS near 1e-3
-# on the gradient measure.)
-UFM_REL_GRAD_TOL = 1e-5
-UFM_REL_DECREASE_TOL = 1e-9
-UFM_CHUNK = 10  # L-BFGS iterations between two stop tests (an epoch is UFM_CHUNKS_PER_EPOCH chunks)
-UFM_CHUNKS_PER_EPOCH = 5
-UFM_HISTORY = 10  # L-BFGS pairs kept (50 for the other L-BFGS runs)
-
-
-class BalancedUFM(torch.nn.Module):
-    """The variables L-BFGS moves for a UFM: U = H / s with s = sqrt(lam_W / lam_H), and the UFM's
-    own classifier. At the optimum lam_W ||W||^2 = lam_H ||H||^2, so in (U, W) the curvature of
-    the features and of the classifier are alike; in (H, W) they differ by lam_W / lam_H (100 in
-    the scripts), and L-BFGS needed about 7x more iterations at small lambda. Same objective,
-    same random start."""
-
-    def __init__(self, model, cfg):
-        super().__init__()
-        self.scale = math.sqrt(cfg["lam_w"] / cfg["lam_h"]) if cfg["lam_w"] > 0 and cfg["lam_h"] > 0 else 1.0
-        self.U = torch.nn.Parameter(model.H.detach() / self.scale)
-        self.classifier = model.classifier
-
-    @property
-    def H(self):
-        return self.scale * self.U
-
-    def write_back(self, model):
-        """Put the features into the UFM itself (before it is evaluated or saved)."""
-        with torch.no_grad():
-            model.H.copy_(self.H)
-
-
-def ufm_full_batch_objective(model, y, cfg, warm_weight):
-    """regularized_objective of a UFM (or its BalancedUFM) on all its samples at once, with the
-    logits laid out K x N (classes along cross_entropy's middle dimension): the same value, about
-    4x faster than N rows of width K. lam_H * N * mean ||h||^2 is lam_H ||H||_F^2."""
-    H, W, b = model.H, model.classifier.weight, model.classifier.bias
-    logits_t = W @ H.T if b is None else torch.addmm(b[:, None], W, H.T)
-    spec = cfg.get("loss")
-    ce = F.cross_entropy(logits_t[None], y[None]) if spec is None else rebalanced_cross_entropy(logits_t.T, y, spec, b)
-    reg_w = cfg["lam_w"] * W.pow(2).sum()
-    reg_h = cfg["lam_h"] * (H.pow(2).sum() if spec is None else (feature_weights(y, spec, H) * H.pow(2).sum(1)).sum())
-    reg_b = cfg["lam_b"] * b.pow(2).sum() if b is not None else ce.new_zeros(())
-    return ce + warm_weight * (reg_w + reg_h + reg_b), dict(ce=ce, reg_w=reg_w, reg_h=reg_h, reg_b=reg_b,
-                                                           logits_t=logits_t)
-
-
-def ufm_lbfgs_epoch(model, opt, y, cfg, warm_weight):
-    """One epoch of the UFM's full-batch L-BFGS on `model`, its BalancedUFM: up to
-    UFM_CHUNKS_PER_EPOCH * UFM_CHUNK iterations, stopping early at the relative-gradient or
-    relative-decrease test (UFM_REL_GRAD_TOL; theta = the balanced variables U, W, b). Returns (the
-    epoch's terms as floats, converged). The test's own evaluation is handed to L-BFGS as its first
-    one, so testing costs no extra gradient."""
-    trained = [p for p in model.parameters() if p.requires_grad]
-    cached = {}
-
-    def evaluate_point():
-        opt.zero_grad(set_to_none=True)
-        loss, _ = ufm_full_batch_objective(model, y, cfg, warm_weight)
-        loss.backward()
-        return loss.detach()
-
-    def closure():  # L-BFGS's first call of a step is the point just tested: reuse it
-        return cached.pop("loss") if "loss" in cached else evaluate_point()
-
-    converged, previous = False, None
-    for _ in range(UFM_CHUNKS_PER_EPOCH):
-        loss = evaluate_point()
-        with torch.no_grad():
-            grad = torch.sqrt(sum(p.grad.pow(2).sum() for p in trained))
-            size = torch.sqrt(sum(p.pow(2).sum() for p in trained))
-        stalled = previous is not None and previous - loss <= UFM_REL_DECREASE_TOL * loss.abs()
-        if not torch.isfinite(loss) or grad * size <= UFM_REL_GRAD_TOL * loss.abs() or stalled:
-            converged = bool(torch.isfinite(loss))
-            break
-        previous = loss
-        cached["loss"] = loss
-        opt.step(closure)
-        cached.clear()
-    with torch.no_grad():
-        loss, terms = ufm_full_batch_objective(model, y, cfg, warm_weight)
-        acc = (terms.pop("logits_t").argmax(0) == y).float().mean()
-    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}, "acc": acc.item()}, converged
-
-
 def make_optimizer(model, cfg):
     """The optimizer of cfg over the model's trained parameters: recipes.build_optimizer, or L-BFGS."""
     name = cfg["optimizer"].lower()
@@ -237,12 +118,6 @@ def make_optimizer(model, cfg):
     # lbfgs: full-batch quasi-Newton, for the UFM, whose optimum plain SGD approaches very slowly
     return torch.optim.LBFGS(trained, lr=cfg["lr"], max_iter=50, history_size=50, tolerance_grad=1e-12,
                              tolerance_change=1e-15, line_search_fn="strong_wolfe")
-
-
-def is_ufm_lbfgs(cfg, num_train, objective):
-    """Whether train_run takes the UFM's own full-batch L-BFGS loop (ufm_lbfgs_epoch)."""
-    return (is_ufm(cfg["network"]) and cfg["optimizer"].lower() == "lbfgs" and objective is None
-            and cfg["batch_size"] >= num_train)
 
 
 def lr_at(cfg, epoch):
@@ -402,7 +277,7 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     if os.path.exists(final_path):
         return reuse_finished_run(final_path, cfg, data)
     utils.ensure_writable_dir(run_dir, "--models_dir")
-    with utils.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}"):
+    with run_locks.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}"):
         if os.path.exists(final_path):  # finished by the process this one waited for
             return reuse_finished_run(final_path, cfg, data)
         utils.remove_leftovers(run_dir)  # temporary files of writes killed midway
@@ -438,33 +313,13 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
     utils.atomic_write_json(os.path.join(run_dir, "config.json"),
                             dict(cfg, data=data.key, sizes=data.sizes, record=utils.run_record(device)))
 
-    utils.set_seed(cfg["seed"])
     N = len(data.y_train)
-    model = build_model(cfg["network"], data.num_classes, data.in_channels, num_samples=N, width=cfg["width"],
-                        feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1], depth=cfg.get("depth")).to(device)
-    if cfg.get("fixed_etf"):  # (mixup) a frozen simplex-ETF classifier, set before the optimizer sees it
-        fixed_etf_classifier_(model.classifier, seed=cfg["seed"])
-    ufm = is_ufm(cfg["network"])
-    x_train = torch.arange(N, device=device) if ufm else data.x_train.to(device)
-    y_train = data.y_train.to(device)
-    ufm_lbfgs = is_ufm_lbfgs(cfg, N, objective)
-    if ufm_lbfgs:  # float64 from the same random start: see UFM_REL_GRAD_TOL
-        model.double()
-    opt = None if ufm_lbfgs else make_optimizer(model, cfg)
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    history, start, converged = [], 0, False
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if "optimizer" in ckpt:  # the UFM's checkpoint has none: L-BFGS restarts its history on resume
-            opt.load_state_dict(ckpt["optimizer"])
-        converged = ckpt.get("converged", False)
-        torch.set_rng_state(ckpt["torch_rng"])
-        history, start = restore_history(run_dir, ckpt, gen)
-        print(f"resuming {run_dir} from epoch {start}", file=sys.stderr)
+    model, x_train, y_train, ufm_lbfgs, opt, gen = _new_run_model(cfg, data, device, objective, N)
+    history, start, converged = _resume_run(ckpt, model, opt, gen, run_dir)
     if ufm_lbfgs:  # L-BFGS on balanced variables, tested every UFM_CHUNK iterations, a short history
-        balanced = BalancedUFM(model, cfg)
+        balanced = ufm_training.BalancedUFM(model, cfg)
         opt = make_optimizer(balanced, cfg)
-        opt.param_groups[0].update(max_iter=UFM_CHUNK, history_size=UFM_HISTORY)
+        opt.param_groups[0].update(max_iter=ufm_training.UFM_CHUNK, history_size=ufm_training.UFM_HISTORY)
 
     finished = start == cfg["epochs"] or converged  # killed after the last checkpoint, before final.json
     amp = cfg["amp"] and device.type == "cuda"
@@ -476,16 +331,12 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
         warm_weight = start_epoch(opt, cfg, epoch)
         model.train()
         if ufm_lbfgs:
-            means, converged = ufm_lbfgs_epoch(balanced, opt, y_train, cfg, warm_weight)
+            means, converged = ufm_training.ufm_lbfgs_epoch(balanced, opt, y_train, cfg, warm_weight)
             balanced.write_back(model)
         else:
             means = _minibatch_epoch(model, opt, x_train, y_train, cfg, epoch, gen, objective, warm_weight, amp, N,
                                      device)
-        bad = [k for k, v in means.items() if not math.isfinite(v)]
-        if bad:
-            raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "
-                            f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the "
-                            "regularisation")
+        _check_finite(epoch, means)
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})  # every loss term and the accuracy
         train_seconds, timed_epochs = train_seconds + time.perf_counter() - t_epoch, timed_epochs + 1
         if epoch in cfg["eval_epochs"] or converged:
@@ -497,18 +348,67 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
             save_checkpoint(ckpt_path, model, gen, history, epoch, converged, None if ufm_lbfgs else opt.state_dict())
         if converged:
             break
-        if utils.stop_requested() and epoch < cfg["epochs"]:  # a job's time limit or preemption ahead
-            if epoch not in cfg["eval_epochs"]:  # else checkpointed just above
-                save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
-                                None if ufm_lbfgs else opt.state_dict())
-            print(f"stopped: {utils.stop_requested()} at epoch {epoch} of {cfg['epochs']}, checkpointed in {run_dir}; "
-                  "the same command resumes it", file=sys.stderr, flush=True)
-            raise utils.Stopped(utils.STOPPED_STATUS)
+        _stop_if_signalled(ckpt_path, model, gen, history, epoch, converged, None if ufm_lbfgs else opt, cfg, run_dir)
     bar.close()
 
     if finished:
         _, Z, b = evaluate(model, data, x_train, cfg, device)
     return finish_run(run_dir, cfg, data, model, history, Z, b)
+
+
+def _new_run_model(cfg, data, device, objective, N):
+    """A run's seeded model on `device`, its training inputs and labels (the UFM's inputs are sample indices),
+    whether it trains by the UFM's L-BFGS (then in float64), its optimizer and its batch-order generator."""
+    utils.set_seed(cfg["seed"])
+    model = build_model(cfg["network"], data.num_classes, data.in_channels, num_samples=N, width=cfg["width"],
+                        feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1], depth=cfg.get("depth")).to(device)
+    if cfg.get("fixed_etf"):  # (mixup) a frozen simplex-ETF classifier, set before the optimizer sees it
+        fixed_etf_classifier_(model.classifier, seed=cfg["seed"])
+    ufm = is_ufm(cfg["network"])
+    x_train = torch.arange(N, device=device) if ufm else data.x_train.to(device)
+    y_train = data.y_train.to(device)
+    ufm_lbfgs = ufm_training.is_ufm_lbfgs(cfg, N, objective)
+    if ufm_lbfgs:  # float64 from the same random start: see UFM_REL_GRAD_TOL
+        model.double()
+    opt = None if ufm_lbfgs else make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    return model, x_train, y_train, ufm_lbfgs, opt, gen
+
+
+def _resume_run(ckpt, model, opt, gen, run_dir):
+    """(history, start epoch, converged) of a run: restored with its model, optimizer and random state from the
+    checkpoint `ckpt`, or a fresh start when there is none."""
+    history, start, converged = [], 0, False
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        if "optimizer" in ckpt:  # the UFM's checkpoint has none: L-BFGS restarts its history on resume
+            opt.load_state_dict(ckpt["optimizer"])
+        converged = ckpt.get("converged", False)
+        torch.set_rng_state(ckpt["torch_rng"])
+        history, start = restore_history(run_dir, ckpt, gen)
+        print(f"resuming {run_dir} from epoch {start}", file=sys.stderr)
+    return history, start, converged
+
+
+def _check_finite(epoch, means):
+    """Stop a diverged run with one error line naming the non-finite terms of the epoch's means."""
+    bad = [k for k, v in means.items() if not math.isfinite(v)]
+    if bad:
+        raise UserError(f"training diverged at epoch {epoch}: non-finite {', '.join(bad)} "
+                        f"({', '.join(f'{k}={v:.4g}' for k, v in means.items())}); lower --lr or the "
+                        "regularisation")
+
+
+def _stop_if_signalled(ckpt_path, model, gen, history, epoch, converged, opt, cfg, run_dir):
+    """On a stop signal (a job's time limit or preemption ahead) before the last epoch: checkpoint the epoch (unless
+    evaluated, so checkpointed already; `opt` None keeps no optimizer state), say so, and raise Stopped."""
+    if stop_signals.stop_requested() and epoch < cfg["epochs"]:
+        if epoch not in cfg["eval_epochs"]:  # else checkpointed just above
+            save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
+                            None if opt is None else opt.state_dict())
+        print(f"stopped: {stop_signals.stop_requested()} at epoch {epoch} of {cfg['epochs']}, "
+              f"checkpointed in {run_dir}; the same command resumes it", file=sys.stderr, flush=True)
+        raise stop_signals.Stopped(stop_signals.STOPPED_STATUS)
 
 
 def finish_run(run_dir, cfg, data, model, history, Z, b):

@@ -1,5 +1,5 @@
-"""The bottom layer: errors, seeds, devices and threads, the benchmarks' clock, validators and
-argument helpers, run records, atomic result files and run locks, mixup snapshot files. Imports no other project module
+"""The bottom layer: errors and the scripts' entry (cli), seeds, devices, the benchmarks' clock, validators and
+argument helpers, run records, atomic result files. Imports no other project module
 and no matplotlib (datasets.py, beside it, holds the data). `python utils.py <command>` runs the
 commands of replot.py."""
 import argparse
@@ -22,9 +22,6 @@ import numpy as np
 # torch is imported inside the functions that need it: opt_main.py and `python utils.py --help`
 # never pay for it (about 1.3 s).
 
-# ======================================================================================
-# Errors, seeds, devices  (foundation)
-# ======================================================================================
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -76,21 +73,6 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-# set_threads: at least this many elements in a step's largest tensor per extra thread. Smaller
-# work (the --quick MLPs, a UFM of a few thousand samples) runs fastest on one thread, and on a
-# shared machine extra threads of small work only wait for each other (3.5-9x slower measured).
-THREAD_WORK_PER_THREAD = 200_000
-_USER_THREADS = os.environ.get("OMP_NUM_THREADS")  # read once: set_threads itself sets it below
-
-
-def free_cores():
-    """Cores this process may use (its CPU affinity) less those busy with other processes
-    (the 1-minute load average, rounded), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, cores - int(load + 0.5)))
-
-
 def timed(fn, repeat=1):
     """Best wall time of `repeat` calls of fn, and the last result (the benchmarks' clock)."""
     best = float("inf")
@@ -99,26 +81,6 @@ def timed(fn, repeat=1):
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
-
-
-def set_threads(work_size=0, threads=None):
-    """Set torch's and the BLAS libraries' thread count for work whose largest tensor has
-    `work_size` elements, and return it. `threads` (--threads) wins, then an OMP_NUM_THREADS set
-    by the user; otherwise one thread per THREAD_WORK_PER_THREAD elements, capped by free_cores()."""
-    if threads is not None:
-        check_positive_ints("--threads", [threads])
-        n = int(threads)
-    elif _USER_THREADS and _USER_THREADS.isdigit() and int(_USER_THREADS) > 0:
-        n = int(_USER_THREADS)
-    else:
-        n = max(1, min(free_cores(), int(work_size) // THREAD_WORK_PER_THREAD))
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # libraries not loaded yet
-        os.environ[var] = str(n)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
-    from threadpoolctl import threadpool_limits  # BLAS already loaded (numpy's OpenBLAS)
-    threadpool_limits(limits=n, user_api="blas")
-    return n
 
 
 def _nvidia_gpu_present():
@@ -293,7 +255,6 @@ def add_common_args(parser):
     return parser
 
 
-
 def parse_with_presets(parser, argv, quick):
     """Parse argv; with --quick, the preview's values `quick` replace the defaults (explicit
     arguments still win), as timm applies its config file through set_defaults. args.given: the
@@ -352,11 +313,6 @@ def profile_sizes(profile, ratio, num_classes, n_max):
     return [int(v) for v in n]
 
 
-# ======================================================================================
-# Result files: atomic writes, run folders, sweeps  (foundation)
-# ======================================================================================
-
-
 def config_key(cfg):
     """Short stable hash of a JSON-able configuration."""
     return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -407,71 +363,6 @@ def remove_leftovers(folder, name="", also=()):
     for p in tmps + list(also):
         with contextlib.suppress(FileNotFoundError):
             os.remove(p)
-
-
-# Exit status of a run stopped by a signal after checkpointing (EX_TEMPFAIL: run it again to go on).
-STOPPED_STATUS = 75
-_stop_signals = []  # the signals received since stop_on_signals
-
-
-class Stopped(SystemExit):
-    """Raised by a run that checkpointed and stopped on a signal (a cluster's time limit or preemption ahead),
-    having said so: the process ends with exit status STOPPED_STATUS once every cleanup has run (locks released);
-    the same command resumes the run."""
-
-
-def stop_on_signals(signums):
-    """Make each signal in `signums` ask the training loop to checkpoint at the end of its epoch and raise
-    Stopped, instead of killing the process (a job's warning before its time limit, or a preemption)."""
-    for signum in signums:
-        signal.signal(signum, lambda got, frame: _stop_signals.append(signal.Signals(got).name))
-
-
-def stop_requested():
-    """The name of the first signal asking this process to stop (stop_on_signals), or None."""
-    return _stop_signals[0] if _stop_signals else None
-
-
-@contextlib.contextmanager
-def run_lock(path, what, wait_s=None, poll_s=2.0):
-    """Hold the lock file `path` for `what`: JSON with the owner's host and pid, made with os.link (atomic on NFS).
-    A dead process's lock on this host is taken over; a live one's is waited for (saying once who holds it)."""
-    mine, t0, told = f"{path}.{socket.gethostname()}.{os.getpid()}", time.time(), False
-    atomic_write_json(mine, {"host": socket.gethostname(), "pid": os.getpid()})
-    try:
-        while True:
-            try:
-                os.link(mine, path)
-                break
-            except FileExistsError:
-                owner, gone = None, False
-            try:  # owner None while unreadable; PermissionError: alive (another user's)
-                raw = read_json(path)
-                owner = {"host": str(raw["host"]), "pid": int(raw["pid"])}
-                if owner["host"] == socket.gethostname():  # a pid can be checked on its own host only
-                    os.kill(owner["pid"], 0)
-            except ProcessLookupError:
-                gone = True
-            except (UserError, KeyError, TypeError, ValueError, PermissionError):
-                pass
-            if gone:
-                print(f"note: taking over the stale lock {path} of pid {owner['pid']} (gone)", file=sys.stderr)
-                remove_leftovers(None, None, [path])
-                continue
-            holder = f"pid {owner['pid']} on host {owner['host']}" if owner else "another process"
-            if wait_s is not None and time.time() - t0 >= wait_s:
-                raise UserError(f"{what} is held by {holder} (lock {path}); wait for it, or delete the lock if "
-                                "that process is gone")
-            if not told:
-                print(f"waiting for {holder}, which holds {what} (delete {path} if it is gone)", file=sys.stderr)
-            told = True
-            time.sleep(poll_s)
-    finally:
-        os.remove(mine)
-    try:
-        yield
-    finally:
-        remove_leftovers(None, None, [path])
 
 
 def to_jsonable(obj):
@@ -552,40 +443,6 @@ def read_csv(path):
         except ValueError:
             return v
     return [dict(zip(cols, map(parse, ln.split(",")))) for ln in lines[1:] if ln]
-
-
-
-# ======================================================================================
-# Mixup snapshot files
-# ======================================================================================
-
-
-def load_snapshot(path):
-    """A mixup snapshot .npz as a dict of arrays (no pickle)."""
-    if not os.path.isfile(path):
-        raise UserError(f"snapshot: no such file {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except Exception as e:
-        raise UserError(f"snapshot {path} is unreadable ({type(e).__name__}); move it away (rerun to rewrite "
-                        "it)") from None
-
-
-
-def mixup_snapshot_path(run_dir, epoch, ext="npz"):
-    """Where a run keeps the snapshot of an epoch (ext 'npz') and its geometry summary ('json')."""
-    return os.path.join(run_dir, f"mixup_e{epoch:04d}.{ext}")
-
-
-def mixup_snapshots(run_dir):
-    """Sorted [(epoch, npz path)] of a run's snapshots."""
-    if not os.path.isdir(run_dir):
-        raise UserError(f"run_dir: no such folder {run_dir}")
-    names = sorted(n for n in os.listdir(run_dir) if n.startswith("mixup_e") and n.endswith(".npz"))
-    if not names:
-        raise UserError(f"run_dir: {run_dir} holds no mixup_e*.npz snapshots")
-    return [(int(n[7:-4]), os.path.join(run_dir, n)) for n in names]
 
 
 if __name__ == "__main__":  # the commands live in replot.py; runpy adds no import edge

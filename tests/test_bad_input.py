@@ -15,6 +15,9 @@ import pytest
 import torch
 
 import datasets
+import point_records
+import run_locks
+import snapshot_files
 import sweep
 import train_utils
 import utils
@@ -266,7 +269,8 @@ def test_second_process_waits_and_reuses_the_point(tmp_path, capsys):
     other.join(60)
     assert other.exitcode == 0 and missing == [] and records[0]["Z"] == RECORD["Z"]
     assert f"waiting for pid {other.pid} on host {socket.gethostname()}" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path / "points")) == [os.path.basename(sweep.point_record_path(str(tmp_path), POINT))]
+    record_name = os.path.basename(point_records.point_record_path(str(tmp_path), POINT))
+    assert sorted(os.listdir(tmp_path / "points")) == [record_name]
 
 
 def _dead_pid():
@@ -279,14 +283,14 @@ def test_stale_lock_is_taken_over_and_live_lock_named(tmp_path, capsys):
     lock = str(tmp_path / "lock")
     with open(lock, "w") as f:
         json.dump({"host": socket.gethostname(), "pid": _dead_pid()}, f)
-    with utils.run_lock(lock, "the run", wait_s=5, poll_s=0.05):
+    with run_locks.run_lock(lock, "the run", wait_s=5, poll_s=0.05):
         assert utils.read_json(lock) == {"host": socket.gethostname(), "pid": os.getpid()}
         assert "taking over the stale lock" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []  # released, and no helper file left
     with open(lock, "w") as f:
         json.dump({"host": socket.gethostname(), "pid": os.getppid()}, f)  # alive
     with pytest.raises(UserError, match=f"the run is held by pid {os.getppid()} on host .*lock {lock}"):
-        with utils.run_lock(lock, "the run", wait_s=0.2, poll_s=0.05):
+        with run_locks.run_lock(lock, "the run", wait_s=0.2, poll_s=0.05):
             pass
     assert os.listdir(tmp_path) == ["lock"]
 
@@ -369,9 +373,9 @@ def test_broken_point_record_counts_as_missing(tmp_path, capsys):
     points = [dict(POINT, params={"lam": lam}) for lam in (0.1, 0.2, 0.3)]
     good = dict(RECORD, params={"lam": 0.1})
     os.makedirs(tmp_path / "points")
-    utils.atomic_write_json(sweep.point_record_path(str(tmp_path), points[0]), good)
-    open(sweep.point_record_path(str(tmp_path), points[1]), "w").write('{"params": {"la')  # truncated
-    utils.atomic_write_json(sweep.point_record_path(str(tmp_path), points[2]), good)  # claims lam 0.1
+    utils.atomic_write_json(point_records.point_record_path(str(tmp_path), points[0]), good)
+    open(point_records.point_record_path(str(tmp_path), points[1]), "w").write('{"params": {"la')  # truncated
+    utils.atomic_write_json(point_records.point_record_path(str(tmp_path), points[2]), good)  # claims lam 0.1
     records, missing = sweep.run_sweep(points, lambda p: pytest.fail("trained"), str(tmp_path), assemble_only=True)
     assert missing == [1, 2] and records[0] == good
     err = capsys.readouterr().err
@@ -396,7 +400,7 @@ def test_tampered_cached_subset_and_truncated_snapshot(tmp_path):
     utils.atomic_savez(str(snap), h=np.zeros((50, 3)))
     snap.write_bytes(snap.read_bytes()[:100])
     with pytest.raises(UserError, match="snapshot .*mixup_e0001.npz is unreadable"):
-        utils.load_snapshot(str(snap))
+        snapshot_files.load_snapshot(str(snap))
 
 
 def test_ufm_result_does_not_depend_on_the_thread_count(tmp_path):

@@ -15,6 +15,8 @@ import torch
 import arg_combinations
 import mixup_geometry
 import opt_main
+import point_records
+import snapshot_files
 import sweep
 import train_utils
 import utils
@@ -86,9 +88,9 @@ def write_run(folder, snap, summary=True, csv="epoch,loss,train_acc,test_acc,tes
     os.makedirs(folder, exist_ok=True)
     utils.atomic_write_json(os.path.join(folder, "config.json"), {"loss": "cross_entropy", "seed": 0})
     utils.atomic_write(os.path.join(folder, "summary.csv"), lambda f: f.write(csv.encode()))
-    utils.atomic_savez(utils.mixup_snapshot_path(folder, 1), **snap)
+    utils.atomic_savez(snapshot_files.mixup_snapshot_path(folder, 1), **snap)
     if summary:
-        utils.atomic_write_json(utils.mixup_snapshot_path(folder, 1, "json"), {"same_angle_deg_mean": 1.0})
+        utils.atomic_write_json(snapshot_files.mixup_snapshot_path(folder, 1, "json"), {"same_angle_deg_mean": 1.0})
 
 
 READ_BACK = [  # (what the file is, how to write it, command after the file, the part the error line names)
@@ -162,7 +164,7 @@ def test_point_record_without_a_part_counts_as_missing(tmp_path, capsys):
     point = {"figure": "t", "params": {"lam": 0.1}, "seed": 0, "sizes": [2, 2], "clusters": [[0], [1]]}
     record = {"params": {"lam": 0.1}, "sizes": [2, 2], "clusters": [[0], [1]], "Z": [[1.0, 0.0], [0.0, 1.0]],
               "minority_spread": 0.0, "cosines": {"within": [None, None], "across": -1.0}, "train": {"seed": 0}}
-    path = sweep.point_record_path(str(tmp_path), point)
+    path = point_records.point_record_path(str(tmp_path), point)
     utils.atomic_write_json(path, record)
     records, missing = sweep.run_sweep([point], None, str(tmp_path), assemble_only=True)
     assert missing == [0] and records == [None]

@@ -16,7 +16,7 @@ import limit_main  # noqa: E402
 import minority_l_main  # noqa: E402
 import minority_n_main  # noqa: E402
 import plot_utils  # noqa: E402
-import sweep  # noqa: E402
+import sweep_plan
 import utils  # noqa: E402
 from conftest import ROOT, dirs
 
@@ -151,7 +151,7 @@ def test_minority_l_quick_batched_matches_one_by_one(tmp_path, capsys):
 def test_batched_by_default_only_the_quick_small_networks(flags, expected):
     """--quick batches the MLPs and the small CNN (ResNet18 and VGG gain nothing on a CPU); --batched
     every network train_batched can train; --no-batched none."""
-    assert tuple(sweep.batched_networks(minority_l_main.parse_args(flags))) == expected
+    assert tuple(sweep_plan.batched_networks(minority_l_main.parse_args(flags))) == expected
 
 
 @pytest.mark.slow

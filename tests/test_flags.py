@@ -10,6 +10,7 @@ import limit_main
 import minority_l_main
 import minority_n_main
 import mixup_main
+import mixup_run
 import opt_main
 import rebalance_main
 import utils
@@ -175,6 +176,6 @@ def test_original_opt_and_mixup_commands_parse(tmp_path, capsys):
     assert "lambda = 0.005" in capsys.readouterr().out
     args = mixup_main.parse_args(["--dataset", "cifar10", "--model", "resnet18", "--loss", "cross_entropy",
                                   "--epochs", "500"])
-    mixup_main.check_args(args)
+    mixup_run.check_args(args)
     assert (args.dataset, args.model, args.loss, args.epochs, args.mix_per) == ("cifar10", "resnet18",
                                                                                "cross_entropy", 500, "batch")

@@ -14,9 +14,9 @@ import pytest
 import submitit
 import torch
 
+import job_launch
 import limit_main
 import minority_l_main
-import sweep
 import utils
 from conftest import ROOT, dirs
 
@@ -133,7 +133,7 @@ def test_slurm_parameters_reach_the_sbatch_script(tmp_path):
     args = limit_main.parse_args(["--launch", "slurm", "--slurm_partition", "gpu", "--slurm_time", "90",
                                   "--slurm_gpus_per_task", "1", "--slurm_array_parallelism", "2",
                                   "--slurm_extra", "account=abc", "mem=32G"])
-    params = sweep.slurm_parameters(args)
+    params = job_launch.slurm_parameters(args)
     text = submitit.slurm.slurm._make_sbatch_string(command="python x.py", folder=str(tmp_path), map_count=4,
                                                     **params)
     for line in ("--partition=gpu", "--time=90", "--gpus-per-task=1", "--array=0-3%2", "--account=abc", "--mem=32G"):
@@ -143,7 +143,7 @@ def test_slurm_parameters_reach_the_sbatch_script(tmp_path):
 def test_job_command_drops_only_the_launcher_options():
     argv = ["--quick", "--launch", "slurm", "--nalist", "20", "40", "--wait", "--slurm_extra", "a=1", "b=2",
             "--slurm_time=5", "--epoch", "3"]
-    assert sweep.job_argv(argv) == ["--quick", "--nalist", "20", "40", "--epoch", "3"]
+    assert job_launch.job_argv(argv) == ["--quick", "--nalist", "20", "40", "--epoch", "3"]
 
 
 @pytest.mark.parametrize("bad, word", [

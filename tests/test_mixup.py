@@ -9,10 +9,13 @@ import pytest
 import torch
 
 import losses  # noqa: E402
+import mixup_batches
 import mixup_geometry  # noqa: E402
 import mixup_main  # noqa: E402
+import mixup_run
 import networks  # noqa: E402
 import replot  # noqa: E402
+import snapshot_files
 import train_utils  # noqa: E402
 import utils  # noqa: E402
 from conftest import ROOT
@@ -73,10 +76,10 @@ def test_network_is_fed_the_mixed_inputs():
     x, y = torch.randn(8, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     model = Recorder()
     gen = torch.Generator().manual_seed(5)
-    x_mix, y_a, y_b, lam = train_utils.mix_batch(x, y, 1.0, torch.Generator().manual_seed(5))
+    x_mix, y_a, y_b, lam = mixup_batches.mix_batch(x, y, 1.0, torch.Generator().manual_seed(5))
     loss, _ = train_utils.make_mixup_objective(losses.cross_entropy_loss, 1.0)(model, x, y, 1, gen)
     assert torch.allclose(seen[0], x_mix) and not torch.allclose(seen[0], x)
-    expected = train_utils.mixup_loss(losses.cross_entropy_loss, model(x_mix)[0], y_a, y_b, lam)
+    expected = mixup_batches.mixup_loss(losses.cross_entropy_loss, model(x_mix)[0], y_a, y_b, lam)
     assert loss.item() == pytest.approx(expected.item())
 
 
@@ -104,7 +107,7 @@ def test_losses_value_and_gradient_by_hand():
     assert np.allclose(g, dl_dp * p[0] * (np.array([1, 0, 0]) - p))
     # the mixed loss: lam l(y_a) + (1 - lam) l(y_b), per-sample lam
     logits = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
-    mixed = train_utils.mixup_loss(losses.cross_entropy_loss, logits, torch.tensor([0, 1]),
+    mixed = mixup_batches.mixup_loss(losses.cross_entropy_loss, logits, torch.tensor([0, 1]),
                                    torch.tensor([2, 0]), torch.tensor([0.25, 1.0]))
     ce = losses.cross_entropy_loss
     by_hand = (0.25 * ce(logits[:1], torch.tensor([0])) + 0.75 * ce(logits[:1], torch.tensor([2]))
@@ -153,10 +156,10 @@ def test_summary_centres_features_by_their_global_mean():
 
 def test_quick_defaults_yield_to_explicit_arguments():
     quick = mixup_main.parse_args(["--quick"])
-    mixup_main.apply_recipe(quick)   # the training settings come from the network's CPU recipe (recipes.py)
+    mixup_run.apply_recipe(quick)   # the training settings come from the network's CPU recipe (recipes.py)
     assert (quick.dataset, quick.epochs, quick.feature_mode, quick.weight_decay) == ("digits", 200, "eval", 1e-2)
     mine = mixup_main.parse_args(["--quick", "--epochs", "7", "--feature_mode", "train", "--dataset", "synthetic"])
-    mixup_main.apply_recipe(mine)
+    mixup_run.apply_recipe(mine)
     assert (mine.dataset, mine.epochs, mine.feature_mode) == ("synthetic", 7, "train")
 
 
@@ -169,16 +172,17 @@ def test_end_to_end_writes_every_file(runs):
         assert [r["epoch"] for r in rows] == [1, 2, 3]
         assert {"loss", "train_acc", "test_loss", "test_acc", "test_ece"} <= set(rows[0])
         for e in (1, 3):
-            snap = utils.load_snapshot(utils.mixup_snapshot_path(run_dir, e))
+            snap = snapshot_files.load_snapshot(snapshot_files.mixup_snapshot_path(run_dir, e))
             assert {"features", "mix", "y_a", "y_b", "logits", "W", "b", "classes", "feature_mean"} <= set(snap)
             assert snap["feature_mean"].shape == (16,)
             assert snap["features"].shape == (60, 16) and len(set(snap["classes"])) == 3
-            assert "diff_convex_residual_mean" in utils.read_json(utils.mixup_snapshot_path(run_dir, e, "json"))
+            summary_path = snapshot_files.mixup_snapshot_path(run_dir, e, "json")
+            assert "diff_convex_residual_mean" in utils.read_json(summary_path)
         plots = os.path.join(tmp, "plots", os.path.basename(run_dir))
         for name in ("projection_e0001.png", "projection_e0003.png", "projection_grid.png", "loss.png",
                      "accuracy.png", "geometry.json"):
             assert os.path.getsize(os.path.join(plots, name)) > 0
-    etf = utils.load_snapshot(utils.mixup_snapshot_path(run_dirs[1], 3))  # the focal, fixed-ETF run
+    etf = snapshot_files.load_snapshot(snapshot_files.mixup_snapshot_path(run_dirs[1], 3))  # the focal, fixed-ETF run
     assert np.allclose(etf["W"] @ etf["W"].T, np.eye(3) * 1.5 - 0.5, atol=1e-5)
 
 
@@ -194,7 +198,7 @@ def test_finished_run_is_reused(runs, capsys):
 def test_replot_commands(runs, capsys):
     tmp, run_dirs = runs
     out = tmp / "replots"
-    npz = utils.mixup_snapshot_path(run_dirs[0], 3)
+    npz = snapshot_files.mixup_snapshot_path(run_dirs[0], 3)
     commands = [["mixup-projection", npz], ["mixup-grid", run_dirs[0]], ["mixup-loss"] + run_dirs,
                 ["mixup-accuracy", run_dirs[0]], ["mixup-compare"] + run_dirs,
                 ["mixup-ufm", "--loss", "mse", "--num_classes", "5"]]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import ana_utils
+import figure_points
 import figure_theory
 import nc_stream
 import theory_formulas
@@ -88,12 +89,12 @@ def test_ufm_run_reaches_the_convex_programs_z(tmp_path):
     evaluated row, 1.1e-6 at the end (measured); the optimum above the minority's threshold (lambda 0.05 >
     sqrt(6)/72 = 0.034: collapsed minority) is far from the one below it."""
     import datasets
-    import sweep
     import train_utils
     import utils
     sizes = [30, 30, 6, 6]
     lam_h, lam_w = theory_formulas.split_lambda(0.01)
-    cfg = sweep.ufm_train_config(dict(name="u", lam_h=lam_h, lam_w=lam_w, lam_b=0.01, seed=0), 4, sum(sizes), 40)
+    cfg = figure_points.ufm_train_config(dict(name="u", lam_h=lam_h, lam_w=lam_w, lam_b=0.01, seed=0), 4, sum(sizes),
+                                         40)
     data = datasets.get_data("synthetic", sizes, seed=0, data_dir=str(tmp_path / "d"),
                              synthetic={"image_size": 4, "channels": 1, "noise": 1.0})
     res = train_utils.train_run(cfg, data, torch.device("cpu"), str(tmp_path / "m"))

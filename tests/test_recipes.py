@@ -9,6 +9,8 @@ import torch
 import fit_checks
 import mixup_main
 import mixup_plots
+import mixup_run
+import mixup_study
 import recipes
 import train_utils
 import utils
@@ -81,7 +83,7 @@ def test_each_network_gets_its_recipe():
 
 def _checked(argv):
     args = mixup_main.parse_args(argv + ["--device", "cpu"])
-    mixup_main.check_args(args)
+    mixup_run.check_args(args)
     return args
 
 
@@ -94,7 +96,7 @@ def test_a_given_flag_wins_over_the_recipe(tmp_path):
                      "--epochs", "100"] + plot)
     assert (args.optimizer, args.lr, args.weight_decay, args.epochs) == ("sgd", 0.01, 0.05, 100)
     assert args.recipe["overrides"] == {"optimizer": "sgd", "lr": 0.01, "epochs": 100}
-    cfg = mixup_main.train_config(args)
+    cfg = mixup_run.train_config(args)
     assert cfg["recipe"]["name"] == "vit_adamw" and cfg["lr"] == 0.01 and cfg["lr_schedule"] == "cosine"
     # the step recipe's milestones are its fractions of the epochs trained, and a given value equal to the recipe's
     # is no override
@@ -163,17 +165,17 @@ def test_fit_checks_chance_stalled_and_terminal_phase():
 
 def test_study_table_leaves_failed_and_diverged_cells_out_and_marks_them(tmp_path, monkeypatch):
     keys = dict(dataset="digits", model="cnn", loss="mse", mixup=True)
-    metrics = {m: 0.0 for m in mixup_main.STUDY_METRICS}
+    metrics = {m: 0.0 for m in mixup_study.STUDY_METRICS}
     cells = [dict(keys, seed=0, recipe="cnn_cpu", failed=None, terminal=True, **dict(metrics, test_acc=0.9)),
              dict(keys, seed=1, recipe="cnn_cpu", failed=None, terminal=True, **dict(metrics, test_acc=0.8)),
              dict(keys, seed=2, recipe="cnn_cpu", failed="stalled (...)", terminal=False,
                   **dict(metrics, test_acc=0.3)),
              dict(keys, seed=3, recipe="cnn_cpu", diverged="training diverged", failed=None, terminal=False,
-                  **{m: None for m in mixup_main.STUDY_METRICS}), None]
-    (row,) = mixup_main.study_table(cells)
+                  **{m: None for m in mixup_study.STUDY_METRICS}), None]
+    (row,) = mixup_study.study_table(cells)
     assert row["test_acc_mean"] == pytest.approx(0.85) and row["n_seeds"] == 4 and row["recipe"] == "cnn_cpu"
     assert (row["n_failed"], row["n_diverged"], row["n_averaged"], row["n_terminal"]) == (1, 1, 2, 2)
-    all_failed = mixup_main.study_table([dict(cells[2], seed=s) for s in (0, 1)])[0]
+    all_failed = mixup_study.study_table([dict(cells[2], seed=s) for s in (0, 1)])[0]
     assert all_failed["n_averaged"] == 0 and all_failed["test_acc_mean"] != all_failed["test_acc_mean"]   # NaN
     texts = []
     monkeypatch.setattr(mixup_plots, "save_figure", lambda fig, path: texts.extend(

@@ -1,5 +1,5 @@
 """Statistics over seeds: intervals clipped to their quantity's range, the range instead of a t-interval
-below three seeds, every per-point number of a figure with its statistics (sweep.merge_seeds), the
+below three seeds, every per-point number of a figure with its statistics (point_records.merge_seeds), the
 Sigma_B rank flag beside Papyan's nc1, and the block heat map's colour scale centred at 0."""
 import math
 
@@ -11,8 +11,8 @@ import ana_utils
 import figure_theory
 import plot_drawing
 import plot_utils
+import point_records
 import seed_stats
-import sweep
 
 
 def test_quantity_ranges_by_name():
@@ -66,7 +66,7 @@ def fake_record(seed, acc, Z):
 def test_merge_seeds_gives_every_per_point_number_its_statistics():
     Zs = [[[1.0, -1.0], [0.0, 2.0]], [[3.0, -1.0], [0.0, 0.0]], [[2.0, -4.0], [3.0, 1.0]]]
     recs = [fake_record(s, a, Z) for s, a, Z in zip((0, 1, 2), (1.0, 0.98, 0.9), Zs)]
-    merged, = sweep.merge_seeds(recs, 3)
+    merged, = point_records.merge_seeds(recs, 3)
     stats = merged["stats"]
     for name in ("nc.test_acc", "nc.nc1", "z_norm", "cosines.across", "test_acc_per_class.0", "test_acc_majority",
                  "test_acc_minority", "minority_spread", "Z.0.1", "b.1"):
@@ -77,7 +77,7 @@ def test_merge_seeds_gives_every_per_point_number_its_statistics():
     np.testing.assert_allclose(merged["Z_mean"], np.mean(np.array(Zs), axis=0), rtol=1e-15)
     assert [h["epoch"] for h in merged["history_stats"]] == [1, 2]
     assert merged["history_stats"][1]["stats"]["nc3"]["mean"] == pytest.approx(0.2)
-    two, = sweep.merge_seeds(recs[:2], 2)
+    two, = point_records.merge_seeds(recs[:2], 2)
     assert two["stats"]["nc.test_acc"]["ci95"] is None and two["stats"]["nc.test_acc"]["min"] == 0.98
 
 
@@ -130,7 +130,7 @@ def minority_result(seeds):
                                               "nc1_rank_deficient": int(i == 1)},
                              test_acc_majority=0.99, test_acc_minority=0.5 + 0.1 * s, run_dir=f"r{i}{s}",
                              **figure_theory.z_summary(Z, clusters, clusters[1])))
-        rec, = sweep.merge_seeds(recs, len(seeds))
+        rec, = point_records.merge_seeds(recs, len(seeds))
         points.append(dict(rec, index=i, theory=figure_theory.ufm_theory(sizes, clusters, lam, 0.0)))
     return {"figure": "minority_l", "points": points, "threshold": 0.02, "missing": [],
             "settings": {"x_key": "lam", "x_label": "λ", "title": "test", "network": "mlp"}}

@@ -13,9 +13,10 @@ import scipy.stats
 import block_main
 import limit_main
 import mixup_main
+import point_records
 import replot
 import seed_stats
-import sweep
+import snapshot_files
 import utils
 from conftest import dirs
 
@@ -73,7 +74,7 @@ def test_seeds_give_statistics_for_every_per_point_number_within_its_range(seede
     tmp, argv = seeded
     assert limit_main.main(argv + ["--seeds"] + [str(s) for s in SEEDS] + ["--assemble"]) == 0
     for p in figure_json(capsys)["points"]:
-        names = {k for s in p["seeds"] for k in utils.flatten({f: s[f] for f in sweep.STAT_FIELDS if f in s})}
+        names = {k for s in p["seeds"] for k in utils.flatten({f: s[f] for f in point_records.STAT_FIELDS if f in s})}
         assert names - {"nc.epoch", "nc.lr"} == set(p["stats"]) and {"Z.0.0", "nc.test_acc_c0", "b.0"} <= names
         for name, st in p["stats"].items():
             lo, hi = {"nc.test_acc": (0, 1), "cosines.across": (-1, 1), "z_norm": (0, math.inf)}.get(
@@ -136,7 +137,7 @@ def test_mixup_compare_intervals_and_collect(tmp_path, capsys):
     printed = capsys.readouterr().out
     stats = utils.read_json(str(tmp_path / "compare.json"))
     assert list(stats) == ["cross_entropy"] and stats["cross_entropy"]["n_runs"] == 3
-    summaries = [utils.read_json(utils.mixup_snapshot_path(d, 2, "json")) for d in runs]
+    summaries = [utils.read_json(snapshot_files.mixup_snapshot_path(d, 2, "json")) for d in runs]
     for key in ("same_spread", "diff_convex_residual_mean"):
         m, s, (lo, hi) = t_interval([x[key] for x in summaries])
         st = stats["cross_entropy"][key]

@@ -18,9 +18,10 @@ import pytest
 import submitit
 import torch
 
+import job_launch
 import launcher
 import minority_l_main
-import sweep
+import stop_signals
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,7 +191,7 @@ def wait_for(condition, timeout=300):
 
 def test_point_run_stops_at_the_epoch_end_on_sigusr2(tmp_path):
     """A --point run signalled SIGUSR2 (SLURM's warning, sent to every process of the job) checkpoints the
-    epoch it is in and exits with utils.STOPPED_STATUS, one line; the same command resumes it from that epoch."""
+    epoch it is in and exits with stop_signals.STOPPED_STATUS, one line; the same command resumes it from that epoch."""
     argv = [sys.executable, SCRIPT, "--quick", "--reg_z_l", "0.0033", "--epoch", "1500", "--point", "0"]
     proc = subprocess.Popen(argv + dirs(tmp_path), cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -198,7 +199,7 @@ def test_point_run_stops_at_the_epoch_end_on_sigusr2(tmp_path):
     time.sleep(1)
     proc.send_signal(signal.SIGUSR2)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == utils.STOPPED_STATUS, err
+    assert proc.returncode == stop_signals.STOPPED_STATUS, err
     last = err.rstrip().splitlines()[-1]
     assert last.startswith("stopped: SIGUSR2 at epoch ") and "Traceback" not in err
     epoch = int(last.split("at epoch ")[1].split()[0])
@@ -212,7 +213,7 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
                                        "--slurm_mem", "32G", "--slurm_gpus_per_task", "1",
                                        "--slurm_extra", "qos=high", "account=abc"])
     text = submitit.slurm.slurm._make_sbatch_string(command="python x.py", folder=str(tmp_path), map_count=3,
-                                                    **sweep.slurm_parameters(args))
+                                                    **job_launch.slurm_parameters(args))
     for line in ("--time=1", "--cpus-per-task=4", "--mem=32G", "--gpus-per-task=1", "--qos=high",
                  "--account=abc", "--signal=USR2@10"):  # a 1-minute limit: warned 10 s (+ up to 30 s) ahead
         assert f"#SBATCH {line}" in text, line

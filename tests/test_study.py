@@ -8,10 +8,10 @@ import pytest
 import scipy.stats
 import torch
 
+import mixup_batches
 import mixup_main
 import networks
 import seed_stats
-import train_utils
 import utils
 
 
@@ -25,7 +25,7 @@ def _coefficients(x_mixed, perm_free_rows):
 def test_mix_batch_one_coefficient_per_batch_or_per_sample(lam_per):
     n = 64
     x, y = torch.eye(n), torch.arange(n)
-    x_mixed, y_a, y_b, mix = train_utils.mix_batch(x, y, 1.0, torch.Generator().manual_seed(1), lam_per)
+    x_mixed, y_a, y_b, mix = mixup_batches.mix_batch(x, y, 1.0, torch.Generator().manual_seed(1), lam_per)
     moved = (y_a != y_b).numpy()                    # rows mixed with another row
     own = _coefficients(x_mixed, moved)
     partner = x_mixed.numpy()[np.flatnonzero(moved), y_b.numpy()[moved]]
@@ -38,20 +38,20 @@ def test_mix_batch_one_coefficient_per_batch_or_per_sample(lam_per):
 
 def test_batch_coefficients_follow_beta_alpha_alpha():
     gen = torch.Generator().manual_seed(0)
-    draws = [train_utils.mix_batch(torch.zeros(4, 1), torch.arange(4), 0.4, gen)[3].item() for _ in range(2000)]
+    draws = [mixup_batches.mix_batch(torch.zeros(4, 1), torch.arange(4), 0.4, gen)[3].item() for _ in range(2000)]
     assert scipy.stats.kstest(draws, scipy.stats.beta(0.4, 0.4).cdf).pvalue > 1e-3
 
 
 def test_batch_is_the_default_and_training_draws_one_coefficient_per_batch(tmp_path, monkeypatch):
     assert mixup_main.parse_args([]).mix_per == "batch"
     calls = []
-    real = train_utils.mix_batch
+    real = mixup_batches.mix_batch
 
     def recording(x, y, alpha, gen, lam_per="batch"):
         out = real(x, y, alpha, gen, lam_per)
         calls.append((len(x), tuple(out[3].shape)))
         return out
-    monkeypatch.setattr(train_utils, "mix_batch", recording)
+    monkeypatch.setattr(mixup_batches, "mix_batch", recording)
     common = ["--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "20", "--model", "mlp",
               "--width", "8", "--epochs", "1", "--batch_size", "16", "--snapshot_size", "12", "--device", "cpu",
               "--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p")]

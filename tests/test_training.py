@@ -11,7 +11,9 @@ import torch
 import batched_training
 import datasets
 import networks
+import run_locks
 import train_utils
+import ufm_training
 import utils
 from conftest import ROOT, kill_at
 from utils import UserError
@@ -122,7 +124,7 @@ def test_ufm_stops_at_relative_gradient_test(tmp_path):
     grads = torch.autograd.grad(f, (U, W, b))
     g = torch.sqrt(sum((x ** 2).sum() for x in grads))
     theta = torch.sqrt(sum((x ** 2).sum() for x in (U, W, b)))
-    assert g * theta <= train_utils.UFM_REL_GRAD_TOL * f
+    assert g * theta <= ufm_training.UFM_REL_GRAD_TOL * f
     assert out["final"]["loss"] == pytest.approx(f.item(), rel=1e-9)
 
 
@@ -152,7 +154,7 @@ def test_ufm_full_batch_objective_matches_the_regularised_objective():
     cfg = {**train_utils.TRAIN_DEFAULTS, **UFM_CFG}
     model = networks.build_model("ufm", 4, num_samples=84, feat_dim=8)
     y = small_data().y_train
-    fast, terms = train_utils.ufm_full_batch_objective(model, y, cfg, 0.5)
+    fast, terms = ufm_training.ufm_full_batch_objective(model, y, cfg, 0.5)
     ref, ref_terms = train_utils.regularized_objective(model, torch.arange(84), y, cfg, 84, 0.5)
     assert fast.item() == pytest.approx(ref.item(), rel=1e-6)
     for k in ("ce", "reg_w", "reg_h", "reg_b"):
@@ -256,7 +258,7 @@ def test_batched_training_waits_for_a_held_run_and_reuses_it(tmp_path):
     out = {}
     batch = threading.Thread(
         target=lambda: out.update(res=batched_training.train_batched(cfgs, data, CPU, str(tmp_path))))
-    with utils.run_lock(os.path.join(run_dir, "lock"), "the run (held by the test)"):
+    with run_locks.run_lock(os.path.join(run_dir, "lock"), "the run (held by the test)"):
         batch.start()
         # as another process's train_run would
         other = train_utils.train_locked_run(held, data, CPU, run_dir, None, None)
