@@ -158,7 +158,7 @@ def warn_slow_figure_preview(points, args, device, small):
     return warn_slow_preview(args.network, step, steps, len(points))
 
 
-MIXUP_STUDY_ONLY = ("datasets", "models", "losses", "panel_losses", "seeds", "no_baselines")
+MIXUP_STUDY_ONLY = ("datasets", "models", "losses", "panel_losses", "seeds", "no_baselines", "partial")
 MIXUP_STUDY_REPLACES = {"dataset": "datasets", "model": "models", "loss": "losses", "seed": "seeds",
                         "no_mixup": "no_baselines"}
 MIXUP_LOSS_OPTIONS = {"mse_scale": "mse", "smoothing": "label_smoothing", "focal_gamma": "focal"}

@@ -116,7 +116,12 @@ def add_study_args(p):
                    metavar="I", help="train only run I, then assemble what is finished. I is a run index (0-based) "
                    "in grid order: dataset, network, loss, mixup then not, seed (--seeds: one run per seed); panel "
                    "losses last")
-    s.add_argument("--assemble", action="store_true", help="train nothing: table and figures of the finished cells")
+    s.add_argument("--assemble", action="store_true",
+                   help="train nothing: table and figures of the finished cells; fails naming the missing cells "
+                        "unless --partial")
+    s.add_argument("--partial", action="store_true",
+                   help="with --assemble or --launch ... --wait: write the table and figures even when cells are "
+                        "missing (listed in the JSON)")
 
 
 def main(argv=None):

@@ -216,6 +216,10 @@ def study(args, argv=None):
         print(f"cell {args.point} finished; {len(missing)} of {len(points)} cells still missing; no table written",
               file=sys.stderr)
         return 0
+    if missing and not args.partial:   # a table without them would read as the whole grid
+        raise UserError(f"{'--assemble' if args.assemble else '--launch'}: {len(missing)} of {len(points)} cells are "
+                        "not finished: " + "; ".join(f"{i} ({describe(points[i]['params'])})" for i in missing)
+                        + "; train them (--point I), or add --partial for a table without them")
     cells = [r for r in records if r is not None]
     table = study_table(records)
     d0, m0 = args.datasets[0], args.models[0].lower()

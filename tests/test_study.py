@@ -2,6 +2,8 @@
 presets at their published sizes, and a small study grid whose table recomputes from its
 per-seed rows and separates CE from MSE on the convex-combination residual."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import mixup_main
 import networks
 import seed_stats
 import utils
+from conftest import ROOT, dirs
 
 
 def _coefficients(x_mixed, perm_free_rows):
@@ -200,3 +203,17 @@ def test_study_csv_intervals_stay_within_each_quantitys_range(study):
         for m, (lo, hi) in ranges.items():
             assert lo <= row[f"{m}_ci_lo"] <= row[f"{m}_mean"] <= row[f"{m}_ci_hi"] <= hi, (m, row)
             assert row[f"{m}_min"] <= row[f"{m}_mean"] <= row[f"{m}_max"]
+
+
+def test_study_assemble_with_missing_cells_fails_naming_them_unless_partial(tmp_path):
+    """--assemble on an empty models folder: exit 2, one line naming the missing cells, nothing written;
+    with --partial the table is written, its missing cells listed."""
+    argv = ["mixup_main.py", "--study", "--quick", "--datasets", "synthetic", "--models", "mlp", "--panel_losses",
+            "--seeds", "0", "--no_baselines", "--assemble"] + dirs(tmp_path)
+    got = subprocess.run([sys.executable] + argv, cwd=ROOT, capture_output=True, text=True)
+    assert got.returncode == 2 and got.stderr.count("error:") == 1 and "Traceback" not in got.stderr
+    assert "2 of 2 cells are not finished" in got.stderr and "--partial" in got.stderr
+    assert not (tmp_path / "plots").exists() or os.listdir(tmp_path / "plots") == []
+    got = subprocess.run([sys.executable] + argv + ["--partial"], cwd=ROOT, capture_output=True, text=True)
+    assert got.returncode == 0, got.stderr
+    assert len(utils.read_json(tmp_path / "plots" / "mixup_study_quick.json")["missing"]) == 2
