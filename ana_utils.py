@@ -94,12 +94,7 @@ def nc_metrics(H, y, W, b=None, tie_rtol=NC4_TIE_RTOL):
     counts = np.bincount(y, minlength=K).astype(np.float64)
     norms_w = np.linalg.norm(W, axis=1)
     if np.any(counts == 0):
-        nan = float("nan")
-        out = {k: nan for k in ("nc1_weighted", "nc1", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means",
-                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties", "sigma_b_rank",
-                                "nc1_rank_deficient")}
-        out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
-        return out
+        return metrics_without_a_class(norms_w)
     R = H - means[y]
     mu = means.mean(0)
     w_size = counts / counts.sum()
@@ -135,6 +130,16 @@ def nc_metrics(H, y, W, b=None, tie_rtol=NC4_TIE_RTOL):
     dist = np.sqrt(np.maximum(sq_dist, 0.0))
     slack = tie_rtol * float(norms_m.max())
     out["nc4_ties"] = float(np.mean(dist[np.arange(len(y)), pred] <= dist.min(axis=1) + slack))
+    return out
+
+
+def metrics_without_a_class(norms_w):
+    """nc_metrics where a class has no samples: NaN for every metric that needs the class means, the
+    classifier's equinorm from the row norms `norms_w` of W."""
+    out = dict.fromkeys(("nc1_weighted", "nc1", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means",
+                         "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties", "sigma_b_rank",
+                         "nc1_rank_deficient"), float("nan"))
+    out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
     return out
 
 

@@ -201,12 +201,7 @@ def nc_from_statistics(stats, W):
     norms_w = np.linalg.norm(W, axis=1)
     counts, means, N = stats["counts"], stats["means"], stats["N"]
     if np.any(counts == 0):
-        nan = float("nan")
-        out = {k: nan for k in ("nc1_weighted", "nc1", "nc1_trace", "nc1_trace_weighted", "nc2_equinorm_means",
-                                "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4", "nc4_ties", "sigma_b_rank",
-                                "nc1_rank_deficient")}
-        out["nc2_equinorm_classifier"] = float(norms_w.std() / norms_w.mean())
-        return out
+        return ana_utils.metrics_without_a_class(norms_w)
     w_size = counts / N
     h_G = w_size @ means
     mu = means.mean(0)
