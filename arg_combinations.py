@@ -8,6 +8,7 @@ import sys
 
 import datasets
 import networks
+import result_files
 import utils
 from utils import UserError
 
@@ -89,11 +90,11 @@ def check_launch_combinations(args):
 def check_output_dirs(args, points=()):
     """--models_dir, and --data_dir where a point's subset is still to be cached, are writable: checked
     before training starts rather than at their first write (a read-only --data_dir of prepared subsets is fine)."""
-    utils.ensure_writable_dir(args.models_dir, "--models_dir")
+    result_files.ensure_writable_dir(args.models_dir, "--models_dir")
     for p in points:
         path, _ = datasets.subset_cache_path(p["dataset"], p["sizes"], p["seed"], args.data_dir, p["allow_test_fill"])
         if p["dataset"] != "synthetic" and not os.path.exists(path):
-            utils.ensure_writable_dir(os.path.dirname(path), "--data_dir")
+            result_files.ensure_writable_dir(os.path.dirname(path), "--data_dir")
             return
 
 

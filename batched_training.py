@@ -10,6 +10,7 @@ import time
 import torch
 
 import networks
+import result_files
 import run_locks
 import train_utils
 import utils
@@ -59,14 +60,14 @@ def train_batched(cfgs, data, device, models_dir="models"):
     results = [None] * len(cfgs)
     todo = reuse_finished(sorted(first.values()))
     for m in todo:
-        utils.ensure_writable_dir(run_dirs[m], "--models_dir")
+        result_files.ensure_writable_dir(run_dirs[m], "--models_dir")
     with contextlib.ExitStack() as locks:
         for m in sorted(todo, key=lambda m: run_dirs[m]):
             locks.enter_context(run_locks.run_lock(os.path.join(run_dirs[m], "lock"), f"the run {run_dirs[m]}"))
         todo = reuse_finished(todo)  # finished by the processes this one waited for
         ckpts = {}
         for m in todo:
-            utils.remove_leftovers(run_dirs[m])  # temporary files of writes killed midway
+            result_files.remove_leftovers(run_dirs[m])  # temporary files of writes killed midway
             path = os.path.join(run_dirs[m], "checkpoint.pt")
             ckpts[m] = train_utils.load_checkpoint(path) if os.path.exists(path) else None
         # together when all start fresh or all stopped at one epoch before the last; otherwise the runs
@@ -107,7 +108,7 @@ def _train_together(cfgs, run_dirs, data, device, ckpts):
     cfg, M, N = cfgs[0], len(cfgs), len(data.y_train)
     record = utils.run_record(device)
     for c, run_dir in zip(cfgs, run_dirs):
-        utils.atomic_write_json(os.path.join(run_dir, "config.json"), dict(c, data=data.key, sizes=data.sizes,
+        result_files.atomic_write_json(os.path.join(run_dir, "config.json"), dict(c, data=data.key, sizes=data.sizes,
                                                                             record=record))
     models = _member_models(cfgs, ckpts, data, device)
     weights, buffers = stack_module_state(models)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+import result_files
 import utils
 from utils import UserError
 
@@ -264,10 +265,10 @@ def get_data(dataset, sizes, seed=0, data_dir="data", allow_test_fill=False, syn
             raise UserError(f"cached subset {path} is unreadable or does not match its name (key, class counts, "
                             f"shapes) ({type(e).__name__}); delete it to rebuild") from None
     else:
-        utils.ensure_writable_dir(os.path.dirname(path), "--data_dir")
+        result_files.ensure_writable_dir(os.path.dirname(path), "--data_dir")
         x, y, xt, yt, borrowed = build_subset(dataset, sizes, seed, data_dir, allow_test_fill)
         info = dict(desc, borrowed_from_test={str(k): v for k, v in borrowed.items()})
-        utils.atomic_savez(path, x_train=x.numpy(), y_train=y.numpy(), x_test=xt.numpy(), y_test=yt.numpy(),
+        result_files.atomic_savez(path, x_train=x.numpy(), y_train=y.numpy(), x_test=xt.numpy(), y_test=yt.numpy(),
                      info=np.array(json.dumps(info)))
         arrays = {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}
     if info.get("borrowed_from_test"):

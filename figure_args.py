@@ -5,9 +5,11 @@ import re
 import arg_combinations
 import batched_training
 import datasets
+import devices
 import launcher
 import networks
 import rebalance_program
+import result_files
 import utils
 from utils import UserError
 
@@ -198,6 +200,6 @@ def figure_tag(args):
 
 def figure_device(args):
     """The torch device of a figure script (its CPU threads are set per point: point_work_size)."""
-    device = utils.get_device(args.device)
-    utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
+    device = devices.get_device(args.device)
+    result_files.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return device

@@ -9,6 +9,7 @@ import os
 import sys
 
 import plot_utils
+import result_files
 import utils
 from utils import UserError
 
@@ -23,7 +24,7 @@ def _held(json_path):
     if not os.path.exists(json_path):
         return None
     try:
-        held = utils.read_json(json_path)
+        held = result_files.read_json(json_path)
     except UserError:
         return {}
     return held if isinstance(held, dict) else {}
@@ -31,8 +32,8 @@ def _held(json_path):
 
 def _same_result(a, b):
     """Whether two figure results say the same, their command lines aside."""
-    return ({k: v for k, v in utils.to_jsonable(a).items() if k != "argv"}
-            == {k: v for k, v in utils.to_jsonable(b).items() if k != "argv"})
+    return ({k: v for k, v in result_files.to_jsonable(a).items() if k != "argv"}
+            == {k: v for k, v in result_files.to_jsonable(b).items() if k != "argv"})
 
 
 def choose_stem(plot_dir, stem, result):

@@ -12,8 +12,10 @@ import torch
 
 import batched_training
 import datasets
+import devices
 import losses
 import networks
+import result_files
 import train_utils
 import utils
 
@@ -223,7 +225,7 @@ def bench_gpu_batched_sweep(device, sweeps, epochs=None, tiny=False):
 
 def gpu_main(args):
     """The GPU-path benchmarks on args.device; figures as JSON in args.json if given."""
-    device = utils.get_device(args.device)
+    device = devices.get_device(args.device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         where = (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, "
@@ -238,10 +240,10 @@ def gpu_main(args):
     for name in args.networks:
         results["networks"][name] = bench_gpu_network(name, device, variants, epochs=args.epochs, tiny=args.tiny)
         if args.json:  # after each network, so a run cut short keeps what it measured
-            utils.atomic_write_json(args.json, results)
+            result_files.atomic_write_json(args.json, results)
     if args.batched_sweep:  # the batched ResNet18 sweeps last
         results["batched_sweep"] = bench_gpu_batched_sweep(device, args.batched_sweep, epochs=args.epochs,
                                                            tiny=args.tiny)
         if args.json:
-            utils.atomic_write_json(args.json, results)
+            result_files.atomic_write_json(args.json, results)
     return results

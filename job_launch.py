@@ -8,7 +8,7 @@ import figure_args
 import figure_points
 import launcher
 import point_records
-import utils
+import result_files
 from utils import UserError
 
 
@@ -50,8 +50,8 @@ def launch_points(runs, args, argv, script=None):
     script: the script the jobs run (default <figure>_main.py beside this file)."""
     import cloudpickle  # lazily, as submitit (which brings it): only launching needs them
     import submitit
-    utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
-    folder = os.path.join(utils.ensure_writable_dir(args.models_dir, "--models_dir"), "launcher", "%j")
+    result_files.ensure_writable_dir(args.plot_dir, "--plot_dir")
+    folder = os.path.join(result_files.ensure_writable_dir(args.models_dir, "--models_dir"), "launcher", "%j")
     script = script or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{runs[0]['figure']}_main.py")
     base = [sys.executable, script] + job_argv(argv)
     todo = [i for i, run in enumerate(runs) if point_records.finished_record(args.models_dir, run) is None]

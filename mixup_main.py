@@ -9,6 +9,7 @@ import sys
 
 import arg_combinations
 import datasets
+import devices
 import figure_args
 import losses
 import mixup_geometry
@@ -18,6 +19,7 @@ import mixup_study
 import nc_layers
 import networks
 import recipes
+import result_files
 import snapshot_files
 import utils
 from utils import UserError
@@ -143,7 +145,7 @@ def main(argv=None):
         net = networks.build_model(cfg["network"], K, inputs[1].in_channels, width=cfg["width"], depth=cfg["depth"],
                                    image_size=inputs[1].x_train.shape[-1])
         cfg["nc_layers"] = nc_layers.resolve_layers(net, args.nc_layers)
-    print(utils.describe_device(device, args.amp), file=sys.stderr)
+    print(devices.describe_device(device, args.amp), file=sys.stderr)
     if args.quick and device.type == "cpu" and cfg["network"] not in QUICK_NETWORKS and not args.dry_run:
         arg_combinations.warn_slow_run_preview(cfg, inputs[1])
     print(mixup_run.training_summary(cfg), file=sys.stderr)
@@ -160,7 +162,7 @@ def save_run_figures(args, cfg, K, run_dir):
     """A finished run's figures (projections per snapshot and their grid, loss and accuracy curves, NC against
     depth) and its geometry.json, each path printed, with its summary.csv, after the last epoch's geometry."""
     snaps = [(e, snapshot_files.load_snapshot(p)) for e, p in snapshot_files.mixup_snapshots(run_dir)]
-    summaries = {e: utils.read_json(snapshot_files.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps}
+    summaries = {e: result_files.read_json(snapshot_files.mixup_snapshot_path(run_dir, e, "json")) for e, _ in snaps}
     theory = mixup_geometry.ufm_overlay(cfg, K, args.classes, args.theory_beta)
 
     written = [snapshot_files.mixup_snapshot_path(run_dir, e) for e, _ in snaps]
@@ -181,7 +183,7 @@ def save_run_figures(args, cfg, K, run_dir):
         written.append(mixup_plots.save_nc_depth(label[cfg["name"]], mixup_plots.mixup_plot_path(
             args.plot_dir, run_dir, "nc_depth.png"), f"{cfg['name']}: NC against depth"))
     geometry_path = mixup_plots.mixup_plot_path(args.plot_dir, run_dir, "geometry.json")
-    utils.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
+    result_files.atomic_write_json(geometry_path, {"run_dir": run_dir, "classes": args.classes, "by_epoch": summaries,
                                             "ufm_optimum": mixup_geometry.mixup_geometry_summary(theory)})
     written.append(geometry_path)
 

@@ -10,7 +10,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 import mixup_geometry
-import utils
+import result_files
 from plot_drawing import save_figure
 from utils import UserError
 
@@ -154,7 +154,7 @@ def save_mixup_curves(runs, path, kind):
     for i, (label, csv_path) in enumerate(runs.items()):
         if not os.path.isfile(csv_path):
             raise UserError(f"run_dirs: no summary.csv at {csv_path}")
-        rows = utils.read_csv(csv_path)
+        rows = result_files.read_csv(csv_path)
         for col, ls, what in cols:
             if rows and col in rows[0]:
                 ax.plot([r["epoch"] for r in rows], [r[col] for r in rows], ls=ls, color=f"C{i}",
@@ -280,7 +280,7 @@ def save_nc_depth(csv_path, path, title=None, max_epochs=8):
     """NC against depth over training (nc_layers' columns of a run's summary.csv): the trace-ratio NC1
     (log scale) and the NCC accuracy (train solid, test dashed) of each measured layer, one line per
     evaluated epoch (at most `max_epochs`, spread over training; darker is later)."""
-    rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+    rows = result_files.read_csv(csv_path) if os.path.isfile(csv_path) else []
     layers = [k.split("@", 1)[1] for k in (rows[0] if rows else {}) if k.startswith("nc1_trace@")]
     if not layers:
         raise UserError(f"{csv_path}: no per-layer NC columns (train with --nc_layers)")

@@ -13,6 +13,7 @@ import nc_layers
 import networks
 import read_back
 import recipes
+import result_files
 import snapshot_files
 import train_utils
 import utils
@@ -90,7 +91,7 @@ def check_args(args):
     if bad:
         raise UserError(f"--snapshots {bad}: snapshot epochs must lie in 1..{args.epochs}")
     train_utils.check_train_config(dict(train_utils.TRAIN_DEFAULTS, **train_config(args)), prefix="--")
-    utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
+    result_files.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return K, per_class
 
 
@@ -127,8 +128,8 @@ def make_on_eval(cfg, data, loss_fn, device):
             snap = mixup_geometry.collect_mixup_features(model, data.x_train, data.y_train, cfg["classes"],
                                                     cfg["snapshot_size"], cfg["alpha"], rng,
                                                     train_mode=cfg["feature_mode"] == "train")
-            utils.atomic_savez(snapshot_files.mixup_snapshot_path(run_dir, epoch), epoch=epoch, **snap)
-            utils.atomic_write_json(snapshot_files.mixup_snapshot_path(run_dir, epoch, "json"),
+            result_files.atomic_savez(snapshot_files.mixup_snapshot_path(run_dir, epoch), epoch=epoch, **snap)
+            result_files.atomic_write_json(snapshot_files.mixup_snapshot_path(run_dir, epoch, "json"),
                                     mixup_geometry.mixup_geometry_summary(snap))
         return row
     return on_eval

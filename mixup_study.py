@@ -20,6 +20,7 @@ import mixup_run
 import point_records
 import read_back
 import residual_split
+import result_files
 import seed_stats
 import snapshot_files
 import sweep
@@ -235,8 +236,8 @@ def study(args, argv=None):
         return 0
     stem = os.path.join(args.plot_dir, name)
     written = [stem + ".json", stem + ".csv"]
-    utils.atomic_write_json(written[0], result)
-    utils.atomic_write_csv(written[1], table)
+    result_files.atomic_write_json(written[0], result)
+    result_files.atomic_write_csv(written[1], table)
     all_losses = list(dict.fromkeys(args.losses + args.panel_losses))
     written += [
         mixup_plots.save_projection_table(

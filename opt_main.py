@@ -27,6 +27,7 @@ import figure_theory
 import plot_utils
 import rebalance_plots
 import rebalance_program
+import result_files
 import seli
 import theory_formulas
 import ufm_certificate
@@ -109,8 +110,8 @@ def check_args(args):
                         "scales change it")
     if args.name is not None:
         check_file_name("--name", args.name)
-    utils.ensure_writable_dir(args.out_dir, "--out_dir")
-    utils.ensure_writable_dir(args.plot_dir, "--plot_dir")
+    result_files.ensure_writable_dir(args.out_dir, "--out_dir")
+    result_files.ensure_writable_dir(args.plot_dir, "--plot_dir")
     return args.name or default_name(args)
 
 
@@ -292,10 +293,11 @@ def main(argv=None):
     npz = os.path.join(args.out_dir, name + ".npz")
     summary = os.path.join(args.out_dir, name + ".json")
     png = os.path.join(args.plot_dir, name + ".png")
-    utils.atomic_savez(npz, Z=Z, b=b, n=np.asarray(n), lam=lam, lam_b=args.reg_b, objective=sol["objective"],
+    result_files.atomic_savez(npz, Z=Z, b=b, n=np.asarray(n), lam=lam, lam_b=args.reg_b, objective=sol["objective"],
                        cluster_s=np.asarray(args.cluster_s), sample_s=np.asarray(args.sample_s),
                        sizes=np.asarray(sizes))
-    utils.atomic_write_json(summary, dict(common_record(args, n, sizes), lam=lam, Z=Z, b=b, objective=sol["objective"],
+    result_files.atomic_write_json(summary, dict(common_record(args, n, sizes), lam=lam, Z=Z, b=b,
+                                                 objective=sol["objective"],
                                           solver=sol["solver"], status=sol["status"], accuracy=sol["accuracy"],
                                           solve_time=sol["solve_time"], clusters=report, distances=dist))
     plot_utils.save_z_heatmap(Z, args.cluster_s, f"Z of the convex program, λ = {lam:g}", png)
@@ -322,7 +324,7 @@ def solve_hard_margin(args, name, n, sizes):
     print(f"Z centred and normalised (classes as columns):\n{np.round(Zn, 4) + 0.0}")
     summary = os.path.join(args.out_dir, name + ".json")
     png = os.path.join(args.plot_dir, name + ".png")
-    utils.atomic_write_json(summary, dict(common_record(args, n, sizes), lam=0.0, program="hard-margin (SELI)",
+    result_files.atomic_write_json(summary, dict(common_record(args, n, sizes), lam=0.0, program="hard-margin (SELI)",
                                           Z=Z, Z_normalised=Zn, max_error_to_seli=err, certificate=cert,
                                           solver=solver, distances=dist))
     plot_utils.save_z_heatmap(Zn, args.cluster_s, "Z of the hard-margin program (SELI), centred, normalised", png)
@@ -353,7 +355,7 @@ def solve_path(args, name, n, sizes, clusters, thresholds):
     png = os.path.join(args.plot_dir, name + ".png")
     record = dict(common_record(args, n, sizes), lam=args.lams, path=points, minority=minority,
                   thresholds=thresholds, path_time=total)
-    utils.atomic_write_json(summary, record)
+    result_files.atomic_write_json(summary, record)
     rebalance_plots.save_path_figure(record, png)
     print("wrote:\n  " + "\n  ".join([summary, png]))
 

@@ -2,12 +2,12 @@
 figure as PNG atomically (matplotlib's Agg backend: files only)."""
 import matplotlib
 
+import result_files
+
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import Normalize, SymLogNorm
-
-import utils
 
 
 def symlog_norm(Zs, linthresh=None):
@@ -37,7 +37,7 @@ def save_figure(fig, path, dpi=110):
     """Write a matplotlib figure as PNG atomically and close it. A figure with a layout engine is
     drawn once; bbox_inches="tight" (for the others) draws it twice."""
     tight = None if fig.get_layout_engine() is not None else "tight"
-    utils.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches=tight))
+    result_files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches=tight))
     plt.close(fig)
     return path
 

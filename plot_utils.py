@@ -7,8 +7,8 @@ import numpy as np
 from matplotlib.patches import Patch
 
 import figure_theory
+import result_files
 import seed_stats
-import utils
 from plot_drawing import centred_norm, label_clusters, plot_z_heatmap, save_figure, symlog_norm
 from utils import UserError
 
@@ -43,7 +43,7 @@ def _seed_spread(ax, x, point, stat, value, color):
     s = (point.get("stats") or {}).get(stat)
     if s is None:
         return value
-    vals = [utils.flatten(r).get(stat) for r in point["seeds"]]
+    vals = [result_files.flatten(r).get(stat) for r in point["seeds"]]
     ax.plot([x] * len(vals), [np.nan if v is None else v for v in vals], ".", color=color, alpha=0.35, ms=4)
     iv = seed_stats.interval_of(s)
     if iv is not None and s["n"] >= 2:
@@ -358,7 +358,7 @@ FIGURE_PLOTTERS = {"block": plot_block_figure, "minority_l": plot_minority_figur
 def plot_figure_json(json_path, png_path=None):
     """Redraw a figure from its saved JSON (beside it, same stem, unless png_path is given); also
     opt_main's JSON (its Z heat-map)."""
-    result = utils.read_json(json_path)
+    result = result_files.read_json(json_path)
     if result.get("figure") is None and {"cluster_s", "Z", "lam"} <= set(result):  # opt_main's JSON
         return save_z_heatmap(result["Z"], result["cluster_s"], f"Z of the convex program, λ = {result['lam']:g}",
                               png_path or os.path.splitext(json_path)[0] + ".png")
@@ -372,6 +372,6 @@ def plot_figure_json(json_path, png_path=None):
 def write_figure(result, plot_dir, stem):
     """Save the figure's JSON, then its PNG from that JSON (so the plot is always reproducible from it)."""
     png, js = figure_paths(plot_dir, stem)
-    utils.atomic_write_json(js, result)
+    result_files.atomic_write_json(js, result)
     plot_figure_json(js, png)
     return png, js

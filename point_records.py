@@ -5,6 +5,7 @@ import sys
 import numpy as np
 
 import read_back
+import result_files
 import seed_stats
 import utils
 from utils import UserError
@@ -21,11 +22,11 @@ def read_point_record(path, point):
     if not os.path.exists(path):
         return None
     try:
-        rec = utils.read_json(path)
+        rec = result_files.read_json(path)
         ok = isinstance(rec, dict)
         if ok:  # a figure record keeps its params; a study cell's record holds them among its fields
             claimed = rec.get("params") if "params" in rec else {k: rec.get(k) for k in point["params"]}
-            ok = claimed == utils.to_jsonable(point["params"])
+            ok = claimed == result_files.to_jsonable(point["params"])
         if ok and "sizes" in point:
             K = len(point["sizes"])
             ok = (rec.get("sizes") == point["sizes"] and rec.get("clusters") == point["clusters"]
@@ -60,7 +61,7 @@ def stats_over_seeds(dicts):
     """{name: seed_stats.mean_std_interval} of every number of the dicts (one per seed), named as
     utils.flatten names them, each interval clipped to its quantity's range (seed_stats.quantity_range);
     the epoch and lr of an evaluated row are left out (the same for every seed)."""
-    flat = [utils.flatten(d) for d in dicts]
+    flat = [result_files.flatten(d) for d in dicts]
     names = [k for k in dict.fromkeys(k for f in flat for k in f) if k.split(".")[-1] not in ("epoch", "lr")]
     return {k: seed_stats.mean_std_interval([f.get(k) for f in flat], seed_stats.quantity_range(k)) for k in names}
 

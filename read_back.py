@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
+import result_files
 import snapshot_files
-import utils
 from utils import UserError
 
 NUM = "a number"
@@ -174,7 +174,7 @@ def run_config(run_dir, arg="run_dir"):
         raise UserError(f"{arg}: no such folder {run_dir}")
     if not os.path.isfile(path):
         raise UserError(f"{arg}: {run_dir} has no config.json (not a run folder)")
-    cfg = utils.read_json(path)
+    cfg = result_files.read_json(path)
     require(cfg, {}, path, "the run's label and overlay")
     return cfg
 
@@ -184,7 +184,7 @@ def read_csv(path, columns, what, empty_ok=False):
     line naming the file and the first missing column otherwise."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file (needed by {what})")
-    rows = utils.read_csv(path)
+    rows = result_files.read_csv(path)
     if not rows and empty_ok:
         return rows
     if not rows:
@@ -200,6 +200,6 @@ def read_json(path, spec, what):
     """A JSON file that must exist and hold spec's parts."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file (needed by {what})")
-    obj = utils.read_json(path)
+    obj = result_files.read_json(path)
     require(obj, spec, path, what)
     return obj

@@ -21,6 +21,7 @@ import figure_points
 import figure_theory
 import rebalance_plots
 import rebalance_program
+import result_files
 import sweep
 import utils
 from utils import UserError
@@ -127,7 +128,7 @@ def main(argv=None):
     # Plot: one panel per loss, with the JSON beside it.
     stem = f"{FIGURE}_{figure_args.figure_tag(args)}_ka{args.ka}" + ("_quick" if args.quick else "")
     png, js = os.path.join(args.plot_dir, stem + ".png"), os.path.join(args.plot_dir, stem + ".json")
-    utils.atomic_write_json(js, result)
+    result_files.atomic_write_json(js, result)
     rebalance_plots.save_rebalance_figure(result, png)
     print(png + "\n" + js)
     return 0

@@ -15,6 +15,7 @@ import mixup_geometry
 import mixup_plots
 import plot_utils
 import read_back
+import result_files
 import seed_stats
 import snapshot_files
 import utils
@@ -97,7 +98,7 @@ def cmd_mixup_compare(args):
         theories.append(None if args.no_theory else mixup_geometry.ufm_overlay(
             cfg, len(snaps[-1]["b"]), snaps[-1]["classes"], args.beta))
         group = str(cfg.get(args.label)) + (f" ({cfg.get('network')})" if several_networks else "")
-        groups.setdefault(group, []).append(utils.flatten(summary))
+        groups.setdefault(group, []).append(result_files.flatten(summary))
     stats = {}
     for label, summaries in groups.items():
         names = dict.fromkeys(k for s in summaries for k, v in s.items() if isinstance(v, (int, float, type(None)))
@@ -109,7 +110,7 @@ def cmd_mixup_compare(args):
     print(mixup_plots.save_mixup_grid(snaps, titles, out, theories, notes=notes,
                                      suptitle=f"last snapshots of {len(snaps)} runs by {args.label}"))
     json_out = os.path.splitext(out)[0] + ".json"
-    utils.atomic_write_json(json_out, stats)
+    result_files.atomic_write_json(json_out, stats)
     print(json_out)
     for label, group in stats.items():
         print(f"{args.label}={label} ({group['n_runs']} runs): mean ± std [95% t-interval, clipped to the "
@@ -155,7 +156,7 @@ def cmd_collect(args):
     writer.writeheader()
     writer.writerows(rows)
     out = args.out or os.path.join(args.dir, "runs.csv")
-    utils.atomic_write(out, lambda f: f.write(text.getvalue().encode()))
+    result_files.atomic_write(out, lambda f: f.write(text.getvalue().encode()))
     print(out)
     print(f"{len(rows)} finished runs, {len(columns)} columns", file=sys.stderr)
 
@@ -237,7 +238,7 @@ def cmd_replot_figure(args):
     without retraining or solving."""
     if not os.path.isfile(args.json):
         raise UserError(f"replot-figure: no such file {args.json}")
-    read_back.check_figure_json(args.json, utils.read_json(args.json))
+    read_back.check_figure_json(args.json, result_files.read_json(args.json))
     print(plot_utils.plot_figure_json(args.json, args.out))
 
 

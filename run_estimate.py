@@ -15,6 +15,8 @@ import time
 
 import matplotlib
 
+import result_files
+
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -22,7 +24,6 @@ import numpy as np  # noqa: E402
 import batched_training  # noqa: E402
 import figure_theory  # noqa: E402
 import train_utils  # noqa: E402
-import utils  # noqa: E402
 
 # Theory-curve points a sweep figure adds to its points (minority figures: 20 + the threshold's 2).
 CURVE_POINTS = 22
@@ -52,7 +53,7 @@ def recorded_seconds_per_batch(records):
     rates = []
     for rec in records:
         csv_path = os.path.join(rec.get("run_dir", ""), "summary.csv")
-        rows = utils.read_csv(csv_path) if os.path.isfile(csv_path) else []
+        rows = result_files.read_csv(csv_path) if os.path.isfile(csv_path) else []
         secs = [r["seconds_per_epoch"] for r in rows if isinstance(r.get("seconds_per_epoch"), float)]
         if secs:
             rates.append(sum(secs) / len(secs) / batches(rec))
@@ -67,7 +68,8 @@ def probe_batched(group, data, device):
         t0 = time.perf_counter()
         res = batched_training.train_batched(cfgs, data, device, tmp)
         wall = time.perf_counter() - t0
-        epoch = sum(utils.read_csv(os.path.join(r["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"] for r in res)
+        epoch = sum(result_files.read_csv(os.path.join(r["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
+                    for r in res)
     return epoch, max(0.0, wall - 3 * epoch)
 
 

@@ -5,7 +5,7 @@ import socket
 import sys
 import time
 
-import utils
+import result_files
 from utils import UserError
 
 
@@ -14,7 +14,7 @@ def run_lock(path, what, wait_s=None, poll_s=2.0):
     """Hold the lock file `path` for `what`: JSON with the owner's host and pid, made with os.link (atomic on NFS).
     A dead process's lock on this host is taken over; a live one's is waited for (saying once who holds it)."""
     mine, t0, told = f"{path}.{socket.gethostname()}.{os.getpid()}", time.time(), False
-    utils.atomic_write_json(mine, {"host": socket.gethostname(), "pid": os.getpid()})
+    result_files.atomic_write_json(mine, {"host": socket.gethostname(), "pid": os.getpid()})
     try:
         while True:
             try:
@@ -23,7 +23,7 @@ def run_lock(path, what, wait_s=None, poll_s=2.0):
             except FileExistsError:
                 owner, gone = None, False
             try:  # owner None while unreadable; PermissionError: alive (another user's)
-                raw = utils.read_json(path)
+                raw = result_files.read_json(path)
                 owner = {"host": str(raw["host"]), "pid": int(raw["pid"])}
                 if owner["host"] == socket.gethostname():  # a pid can be checked on its own host only
                     os.kill(owner["pid"], 0)
@@ -33,7 +33,7 @@ def run_lock(path, what, wait_s=None, poll_s=2.0):
                 pass
             if gone:
                 print(f"note: taking over the stale lock {path} of pid {owner['pid']} (gone)", file=sys.stderr)
-                utils.remove_leftovers(None, None, [path])
+                result_files.remove_leftovers(None, None, [path])
                 continue
             holder = f"pid {owner['pid']} on host {owner['host']}" if owner else "another process"
             if wait_s is not None and time.time() - t0 >= wait_s:
@@ -48,4 +48,4 @@ def run_lock(path, what, wait_s=None, poll_s=2.0):
     try:
         yield
     finally:
-        utils.remove_leftovers(None, None, [path])
+        result_files.remove_leftovers(None, None, [path])

@@ -14,6 +14,7 @@ import sys
 import arg_combinations
 import batched_training
 import cpu_threads
+import devices
 import figure_args
 import figure_points
 import figure_store
@@ -21,12 +22,12 @@ import figure_theory
 import job_launch
 import launcher
 import point_records
+import result_files
 import run_locks
 import seli
 import stop_signals
 import sweep_plan
 import train_utils
-import utils
 from utils import UserError
 
 
@@ -49,15 +50,15 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False, say
         if record is not None:
             reused.append(i)
         elif not assemble_only and only in (None, i):
-            utils.ensure_writable_dir(os.path.dirname(path), "--models_dir")
+            result_files.ensure_writable_dir(os.path.dirname(path), "--models_dir")
             with run_locks.run_lock(path + ".lock", f"point {i}"):
-                utils.remove_leftovers(os.path.dirname(path), os.path.basename(path))
+                result_files.remove_leftovers(os.path.dirname(path), os.path.basename(path))
                 record = point_records.read_point_record(path, point)  # finished by the process this one waited for
                 if record is None:
                     print(f"[point {i + 1} of {len(points)} (--point {i})] {figure_points.describe_point(point)}",
                           file=sys.stderr)
                     record = run_point(point)
-                    utils.atomic_write_json(path, record)
+                    result_files.atomic_write_json(path, record)
         if record is None:
             missing.append(i)
         records.append(record)
@@ -80,7 +81,7 @@ def train_point(point, device, models_dir, data_dir):
                   distances=seli.geometry_distances(res["Z"], point.get("loss", point)["sizes"]))
     record.update(per_class_test_accuracy(res["final"], point["sizes"], point["clusters"]))
     if point.get("history"):
-        record["history"] = utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))
+        record["history"] = result_files.read_csv(os.path.join(res["run_dir"], "summary.csv"))
     return record
 
 
@@ -128,7 +129,7 @@ def train_points(points, args, argv=None):
             if device.type == "cpu":
                 cpu_threads.set_threads(work_size, args.threads)
             if not said:
-                print(utils.describe_device(device, args.amp), file=sys.stderr, flush=True)
+                print(devices.describe_device(device, args.amp), file=sys.stderr, flush=True)
                 said.append(True)
 
         todo = [] if args.assemble else [r for i, r in enumerate(runs) if args.point in (None, i)

@@ -18,6 +18,7 @@ import mixup_batches
 import mixup_geometry
 import nc_stream
 import recipes
+import result_files
 import run_locks
 import stop_signals
 import ufm_training
@@ -147,7 +148,7 @@ def restore_history(run_dir, ckpt, gen):
     summary.csv is rewritten with the checkpoint's rows, no more, no less (a kill after a CSV row and
     before its checkpoint left one row too many). Returns (history, the checkpoint's epoch)."""
     gen.set_state(ckpt["gen"])
-    utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), ckpt["history"])
+    result_files.atomic_write_csv(os.path.join(run_dir, "summary.csv"), ckpt["history"])
     return ckpt["history"], ckpt["epoch"]
 
 
@@ -161,7 +162,7 @@ def record_evaluated_epoch(run_dir, cfg, history, epoch, means, metrics, seconds
     history.append(row)
     if not sys.stderr.isatty():
         print(epoch_log_line(cfg, row, list(means)), file=sys.stderr, flush=True)
-    utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
+    result_files.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
     return row
 
 
@@ -197,7 +198,7 @@ def probe_seconds_per_epoch(cfg, data, device, objective=None):
     with tempfile.TemporaryDirectory() as tmp:
         res = train_run(dict(cfg, epochs=3, eval_epochs=[1, 3], lr_milestones=[], warm_epochs=0), data, device, tmp,
                         objective=objective)
-        return utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
+        return result_files.read_csv(os.path.join(res["run_dir"], "summary.csv"))[-1]["seconds_per_epoch"]
 
 
 def save_checkpoint(path, model, gen, history, epoch, converged=False, optimizer=None):
@@ -207,7 +208,7 @@ def save_checkpoint(path, model, gen, history, epoch, converged=False, optimizer
              "history": history, "epoch": epoch, "converged": converged}
     if optimizer is not None:
         state["optimizer"] = optimizer
-    utils.atomic_torch_save(state, path)
+    result_files.atomic_torch_save(state, path)
 
 
 def load_checkpoint(path):
@@ -276,11 +277,11 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     final_path = os.path.join(run_dir, "final.json")
     if os.path.exists(final_path):
         return reuse_finished_run(final_path, cfg, data)
-    utils.ensure_writable_dir(run_dir, "--models_dir")
+    result_files.ensure_writable_dir(run_dir, "--models_dir")
     with run_locks.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}"):
         if os.path.exists(final_path):  # finished by the process this one waited for
             return reuse_finished_run(final_path, cfg, data)
-        utils.remove_leftovers(run_dir)  # temporary files of writes killed midway
+        result_files.remove_leftovers(run_dir)  # temporary files of writes killed midway
         threads = torch.get_num_threads()
         if is_ufm(cfg["network"]):  # one thread: the same Z whatever the machine's core count (2e-3 apart otherwise)
             torch.set_num_threads(1)
@@ -294,14 +295,15 @@ def reuse_finished_run(final_path, cfg, data):
     """A finished run's final.json, checked against the configuration it claims; a checkpoint or
     temporary file a kill left beside it is removed."""
     run_dir = os.path.dirname(final_path)
-    final = utils.read_json(final_path)
+    final = result_files.read_json(final_path)
     K = data.num_classes
-    if not (isinstance(final, dict) and final.get("config") == utils.to_jsonable(cfg) and final.get("data") == data.key
+    if not (isinstance(final, dict) and final.get("config") == result_files.to_jsonable(cfg)
+            and final.get("data") == data.key
             and final.get("sizes") == data.sizes and np.shape(final.get("Z")) == (K, K)
             and np.shape(final.get("b")) == (K,) and isinstance(final.get("final"), dict)):
         raise UserError(f"{final_path} does not match the configuration of its run (config, data, sizes, Z {K}x{K}); "
                         "move the run folder away to retrain it")
-    utils.remove_leftovers(run_dir, "", [os.path.join(run_dir, "checkpoint.pt")])
+    result_files.remove_leftovers(run_dir, "", [os.path.join(run_dir, "checkpoint.pt")])
     return dict(final, run_dir=run_dir, reused=True)
 
 
@@ -310,7 +312,7 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
     resume or start, train, finish."""
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
-    utils.atomic_write_json(os.path.join(run_dir, "config.json"),
+    result_files.atomic_write_json(os.path.join(run_dir, "config.json"),
                             dict(cfg, data=data.key, sizes=data.sizes, record=utils.run_record(device)))
 
     N = len(data.y_train)
@@ -414,8 +416,8 @@ def _stop_if_signalled(ckpt_path, model, gen, history, epoch, converged, opt, cf
 def finish_run(run_dir, cfg, data, model, history, Z, b):
     """Write a finished run's model.pt and final.json, drop its checkpoint; return its results."""
     final_path = os.path.join(run_dir, "final.json")
-    utils.atomic_torch_save(model.state_dict(), os.path.join(run_dir, "model.pt"))
+    result_files.atomic_torch_save(model.state_dict(), os.path.join(run_dir, "model.pt"))
     final = {"config": cfg, "data": data.key, "sizes": data.sizes, "final": history[-1], "Z": Z, "b": b}
-    utils.atomic_write_json(final_path, final)
-    utils.remove_leftovers(run_dir, "", [os.path.join(run_dir, "checkpoint.pt")])
-    return dict(utils.read_json(final_path), run_dir=run_dir, reused=False)
+    result_files.atomic_write_json(final_path, final)
+    result_files.remove_leftovers(run_dir, "", [os.path.join(run_dir, "checkpoint.pt")])
+    return dict(result_files.read_json(final_path), run_dir=run_dir, reused=False)

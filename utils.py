@@ -3,7 +3,6 @@ argument helpers, run records, atomic result files. Imports no other project mod
 and no matplotlib (datasets.py, beside it, holds the data). `python utils.py <command>` runs the
 commands of replot.py."""
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -81,83 +79,6 @@ def timed(fn, repeat=1):
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
-
-
-def _nvidia_gpu_present():
-    """Whether this machine shows an NVIDIA GPU (a loaded driver, or nvidia-smi listing one), whatever torch says."""
-    import shutil
-    import subprocess
-    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"):
-        return True
-    if not shutil.which("nvidia-smi"):
-        return False
-    try:
-        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "GPU" in r.stdout
-
-
-def _cuda_status():
-    """(usable, why_not): whether this torch can use CUDA, and, when a GPU is present but unusable,
-    one line saying why and what to do (None when there is no GPU to miss)."""
-    import warnings
-
-    import torch
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        usable = torch.cuda.is_available()
-    if usable or not _nvidia_gpu_present():
-        return usable, None
-    if torch.version.cuda is None:
-        return False, (f"an NVIDIA GPU is present but this torch {torch.__version__} is a CPU-only build; "
-                       f"install a CUDA build of torch (README, Installing)")
-    said = next((str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()), "")
-    said = f" (torch says: {said[:200]})" if said else ""
-    return False, (f"an NVIDIA GPU is present but this torch {torch.__version__} (built for CUDA {torch.version.cuda}) "
-                   f"cannot use it{said}; usually the NVIDIA driver is older than that CUDA build needs: install the "
-                   f"torch built for the CUDA version nvidia-smi shows, or update the driver (README, Installing)")
-
-
-def get_device(spec="auto"):
-    """'auto' (CUDA when this torch can use it, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
-
-    'auto' warns on stderr (one line) when a GPU is present that this torch cannot use (a CPU-only
-    build, or a CUDA build newer than the driver); the scripts' device line says what was picked."""
-    import torch
-    spec = str(spec).lower()
-    if spec == "auto":
-        usable, why_not = _cuda_status()
-        if why_not:
-            print(f"warning: --device auto: {why_not}; running on the CPU", file=sys.stderr)
-        return torch.device("cuda" if usable else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise UserError("--device mps: MPS is not available on this machine; use auto or cpu")
-        return torch.device("mps")
-    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        usable, why_not = _cuda_status()
-        if not usable:
-            raise UserError(f"--device {spec}: {why_not or 'CUDA is not available on this machine'}; use auto or cpu")
-        if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
-            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return torch.device(spec)
-    raise UserError(f"--device {spec}: allowed are auto, cpu, cuda, cuda:N, mps")
-
-
-def describe_device(device, amp=False):
-    """One line naming the device a script trains on, e.g. `device: cpu (2 threads)` or
-    `device: cuda:0 (NVIDIA H100, bf16 autocast)`; printed once at start so a job's log says where it ran."""
-    import torch
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        detail = torch.cuda.get_device_name(index) + (", bf16 autocast" if amp else "")
-        return f"device: cuda:{index} ({detail})"
-    n = torch.get_num_threads()
-    detail = f"{n} thread{'s' if n != 1 else ''}" if device.type == "cpu" else "Apple GPU"
-    return f"device: {device.type} ({detail}{'; --amp ignored: bf16 autocast is CUDA only' if amp else ''})"
 
 
 def git_state(repo_dir=REPO_DIR):
@@ -316,133 +237,6 @@ def profile_sizes(profile, ratio, num_classes, n_max):
 def config_key(cfg):
     """Short stable hash of a JSON-able configuration."""
     return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def ensure_writable_dir(path, arg_name):
-    """Create `path` if needed; fail with one line naming the argument if it cannot be written."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise UserError(f"{arg_name} {path}: not a writable folder ({e.strerror})") from None
-    return path
-
-
-def atomic_write(path, write):
-    """Write `.tmp_<name>.*` beside `path` (fsynced, mode as the umask gives), rename it over `path`, fsync
-    the folder: a crash leaves the old or the new file, never an empty one. OSError is a UserError."""
-    folder, tmp = os.path.dirname(os.path.abspath(path)), None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp_{os.path.basename(path)}.")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            mask = os.umask(0o22)
-            os.umask(mask)
-            os.fchmod(f.fileno(), 0o666 & ~mask)
-        os.replace(tmp, path)
-        dfd = os.open(folder, os.O_RDONLY)
-        with contextlib.suppress(OSError):  # a durable rename, where the file system can sync folders
-            os.fsync(dfd)
-        os.close(dfd)
-    except BaseException as e:
-        remove_leftovers(folder, None, [tmp] if tmp else [])
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write {path}: {e.strerror or e}; free space there or choose another "
-                            "folder") from None
-        raise
-
-
-def remove_leftovers(folder, name="", also=()):
-    """Delete the temporary files `.tmp_<name>*` a killed write left in `folder` (name None: none;
-    only while holding the lock of what they belong to) and the files `also`."""
-    tmps = [] if name is None else [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(".tmp_" + name)]
-    for p in tmps + list(also):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(p)
-
-
-def to_jsonable(obj):
-    """numpy/torch values -> plain python for json."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    torch = sys.modules.get("torch")  # no tensor can exist before torch is imported
-    if torch is not None and isinstance(obj, torch.Tensor):
-        obj = obj.detach().cpu().numpy()
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def atomic_write_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(to_jsonable(obj), indent=1).encode()))
-
-
-def read_json(path):
-    """A JSON file, or one line naming it: unreadable, truncated or empty files are UserErrors."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or broken ({type(e).__name__}); move it away to recompute it") from None
-
-
-def atomic_savez(path, **arrays):
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def atomic_torch_save(obj, path):
-    import torch
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_csv(path, rows):
-    """Rewrite a CSV (header = union of keys in first-seen order) from a list of dict rows."""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = [",".join(cols)] + [",".join("" if r.get(c) is None else f"{r[c]}" for c in cols) for r in rows]
-    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
-
-
-def flatten(obj, prefix=""):
-    """The scalar leaves of nested dicts and lists as {"a.b.0": value}: one name per number, for
-    statistics over seeds and for one-row-per-run tables."""
-    if isinstance(obj, dict):
-        items = obj.items()
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        return {prefix: obj}
-    out = {}
-    for k, v in items:
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def read_csv(path):
-    """Rows of a CSV written by atomic_write_csv, numbers parsed."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-        cols = lines[0].split(",")
-    except (OSError, IndexError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or empty ({type(e).__name__}); move its run folder away to "
-                        "retrain") from None
-
-    def parse(v):
-        try:
-            return float(v) if v != "" else None
-        except ValueError:
-            return v
-    return [dict(zip(cols, map(parse, ln.split(",")))) for ln in lines[1:] if ln]
 
 
 if __name__ == "__main__":  # the commands live in replot.py; runpy adds no import edge

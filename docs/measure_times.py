@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+import result_files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import utils  # noqa: E402  (the repository's utils, found through the path above)
@@ -95,7 +97,7 @@ def update_readme(timings, path=README):
         if entry is None:
             missing.append(m.group(1))
         return f"<!--t:{m.group(1)}-->{'not measured' if entry is None else short_time(entry)}<!--/t-->"
-    utils.atomic_write(path, lambda f: f.write(README_TIME.sub(replace, text).encode()))
+    result_files.atomic_write(path, lambda f: f.write(README_TIME.sub(replace, text).encode()))
     return missing
 
 
@@ -108,7 +110,7 @@ def main(argv=None):
     for name in args.only or []:
         if name not in COMMANDS:
             raise utils.UserError(f"--only: unknown command {name!r}; one of {', '.join(COMMANDS)}")
-    old = utils.read_json(args.out) if os.path.exists(args.out) else {}
+    old = result_files.read_json(args.out) if os.path.exists(args.out) else {}
     here = machine()
     # times measured on another machine are not kept beside new ones: one machine per file
     kept = old.get("commands", {}) if old.get("machine", {}).get("summary") == here["summary"] else {}
@@ -124,7 +126,7 @@ def main(argv=None):
                           "measured": time.strftime("%Y-%m-%d", time.gmtime())}
         print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load average before {load:.1f}, exit {rc})", flush=True)
     ordered = {n: commands[n] for n in COMMANDS if n in commands}
-    utils.atomic_write_json(args.out, {"machine": here, "commands": ordered})
+    result_files.atomic_write_json(args.out, {"machine": here, "commands": ordered})
     missing = update_readme({"machine": here, "commands": ordered})
     print(args.out + ", README.md" + (f" (not measured: {', '.join(missing)})" if missing else ""))
     return 0

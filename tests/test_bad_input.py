@@ -16,6 +16,7 @@ import torch
 
 import datasets
 import point_records
+import result_files
 import run_locks
 import snapshot_files
 import sweep
@@ -209,8 +210,8 @@ def test_ctrl_c_is_one_line_and_status_130(capsys):
 def test_written_files_honour_the_umask(tmp_path, mask, mode):
     old = os.umask(mask)
     try:
-        utils.atomic_write_json(str(tmp_path / "a.json"), {"x": 1})
-        utils.atomic_torch_save({"w": torch.zeros(2)}, str(tmp_path / "b.pt"))
+        result_files.atomic_write_json(str(tmp_path / "a.json"), {"x": 1})
+        result_files.atomic_torch_save({"w": torch.zeros(2)}, str(tmp_path / "b.pt"))
     finally:
         os.umask(old)
     for name in ("a.json", "b.pt"):
@@ -225,7 +226,7 @@ def test_atomic_write_fsyncs_file_and_folder(tmp_path, monkeypatch):
         synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
         return real(fd)
     monkeypatch.setattr(os, "fsync", spy)
-    utils.atomic_write_json(str(tmp_path / "a.json"), [1])
+    result_files.atomic_write_json(str(tmp_path / "a.json"), [1])
     assert len(synced) == 2 and os.path.basename(synced[0]).startswith(".tmp_a.json.")
     assert synced[1] == os.path.realpath(tmp_path)
 
@@ -235,7 +236,7 @@ def test_disk_full_is_one_line_naming_the_path_and_leaves_nothing(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
     target = str(tmp_path / "model.pt")
     with pytest.raises(UserError, match=f"cannot write {target}: No space left"):
-        utils.atomic_write(target, full)
+        result_files.atomic_write(target, full)
     assert os.listdir(tmp_path) == []
 
 
@@ -284,7 +285,7 @@ def test_stale_lock_is_taken_over_and_live_lock_named(tmp_path, capsys):
     with open(lock, "w") as f:
         json.dump({"host": socket.gethostname(), "pid": _dead_pid()}, f)
     with run_locks.run_lock(lock, "the run", wait_s=5, poll_s=0.05):
-        assert utils.read_json(lock) == {"host": socket.gethostname(), "pid": os.getpid()}
+        assert result_files.read_json(lock) == {"host": socket.gethostname(), "pid": os.getpid()}
         assert "taking over the stale lock" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []  # released, and no helper file left
     with open(lock, "w") as f:
@@ -299,7 +300,7 @@ def test_train_run_holds_its_lock(tmp_path):
     seen = []
 
     def on_eval(model, epoch, run_dir):
-        seen.append(utils.read_json(os.path.join(run_dir, "lock"))["pid"])
+        seen.append(result_files.read_json(os.path.join(run_dir, "lock"))["pid"])
         return {}
     res = train_utils.train_run(CFG, small_data(), CPU, str(tmp_path), on_eval=on_eval)
     assert seen == [os.getpid()] * 3 and not os.path.exists(os.path.join(res["run_dir"], "lock"))
@@ -318,18 +319,18 @@ def run_dir_of(tmp_path, cfg=CFG):
 
 def test_kill_at_the_last_checkpoint_keeps_the_last_csv_row(tmp_path, monkeypatch):
     whole = train_utils.train_run(CFG, small_data(), CPU, str(tmp_path / "a"))
-    real = utils.atomic_torch_save
+    real = result_files.atomic_torch_save
 
     def killed_at_3(obj, path):
         if isinstance(obj, dict) and obj.get("epoch") == 3:
             raise KeyboardInterrupt
         real(obj, path)
-    monkeypatch.setattr(utils, "atomic_torch_save", killed_at_3)
+    monkeypatch.setattr(result_files, "atomic_torch_save", killed_at_3)
     with pytest.raises(KeyboardInterrupt):
         train_utils.train_run(CFG, small_data(), CPU, str(tmp_path / "b"))
-    monkeypatch.setattr(utils, "atomic_torch_save", real)
+    monkeypatch.setattr(result_files, "atomic_torch_save", real)
     resumed = train_utils.train_run(CFG, small_data(), CPU, str(tmp_path / "b"))
-    a, b = (utils.read_csv(os.path.join(r["run_dir"], "summary.csv")) for r in (whole, resumed))
+    a, b = (result_files.read_csv(os.path.join(r["run_dir"], "summary.csv")) for r in (whole, resumed))
     assert [r["epoch"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):  # every number but the wall-clock seconds per epoch
         ra.pop("seconds_per_epoch"), rb.pop("seconds_per_epoch")
@@ -341,9 +342,9 @@ def test_resume_rewrites_a_csv_behind_its_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_utils.train_run(CFG, small_data(), CPU, str(tmp_path), on_eval=kill_at(3))
     run_dir = run_dir_of(tmp_path)
-    utils.atomic_write_csv(os.path.join(run_dir, "summary.csv"), [])  # the CSV lost every row
+    result_files.atomic_write_csv(os.path.join(run_dir, "summary.csv"), [])  # the CSV lost every row
     res = train_utils.train_run(CFG, small_data(), CPU, str(tmp_path))
-    assert [r["epoch"] for r in utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))] == [1, 2, 3]
+    assert [r["epoch"] for r in result_files.read_csv(os.path.join(res["run_dir"], "summary.csv"))] == [1, 2, 3]
 
 
 def test_leftovers_are_removed_when_a_run_starts_or_is_reused(tmp_path):
@@ -373,9 +374,9 @@ def test_broken_point_record_counts_as_missing(tmp_path, capsys):
     points = [dict(POINT, params={"lam": lam}) for lam in (0.1, 0.2, 0.3)]
     good = dict(RECORD, params={"lam": 0.1})
     os.makedirs(tmp_path / "points")
-    utils.atomic_write_json(point_records.point_record_path(str(tmp_path), points[0]), good)
+    result_files.atomic_write_json(point_records.point_record_path(str(tmp_path), points[0]), good)
     open(point_records.point_record_path(str(tmp_path), points[1]), "w").write('{"params": {"la')  # truncated
-    utils.atomic_write_json(point_records.point_record_path(str(tmp_path), points[2]), good)  # claims lam 0.1
+    result_files.atomic_write_json(point_records.point_record_path(str(tmp_path), points[2]), good)  # claims lam 0.1
     records, missing = sweep.run_sweep(points, lambda p: pytest.fail("trained"), str(tmp_path), assemble_only=True)
     assert missing == [1, 2] and records[0] == good
     err = capsys.readouterr().err
@@ -393,11 +394,11 @@ def test_tampered_cached_subset_and_truncated_snapshot(tmp_path):
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     arrays["y_train"][:3] = 9  # class counts no longer those the name claims
-    utils.atomic_savez(path, **arrays)
+    result_files.atomic_savez(path, **arrays)
     with pytest.raises(UserError, match="cached subset .* does not match its name"):
         datasets.get_data("mnist", sizes, seed=0, data_dir=str(tmp_path))
     snap = tmp_path / "mixup_e0001.npz"
-    utils.atomic_savez(str(snap), h=np.zeros((50, 3)))
+    result_files.atomic_savez(str(snap), h=np.zeros((50, 3)))
     snap.write_bytes(snap.read_bytes()[:100])
     with pytest.raises(UserError, match="snapshot .*mixup_e0001.npz is unreadable"):
         snapshot_files.load_snapshot(str(snap))

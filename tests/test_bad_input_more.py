@@ -16,6 +16,7 @@ import arg_combinations
 import mixup_geometry
 import opt_main
 import point_records
+import result_files
 import snapshot_files
 import sweep
 import train_utils
@@ -86,43 +87,45 @@ def snapshot(**drop):
 def write_run(folder, snap, summary=True, csv="epoch,loss,train_acc,test_acc,test_loss\n1,0.5,0.9,0.8,0.6\n"):
     """A mixup run folder: config.json, summary.csv, one snapshot (and its summary JSON unless not asked)."""
     os.makedirs(folder, exist_ok=True)
-    utils.atomic_write_json(os.path.join(folder, "config.json"), {"loss": "cross_entropy", "seed": 0})
-    utils.atomic_write(os.path.join(folder, "summary.csv"), lambda f: f.write(csv.encode()))
-    utils.atomic_savez(snapshot_files.mixup_snapshot_path(folder, 1), **snap)
+    result_files.atomic_write_json(os.path.join(folder, "config.json"), {"loss": "cross_entropy", "seed": 0})
+    result_files.atomic_write(os.path.join(folder, "summary.csv"), lambda f: f.write(csv.encode()))
+    result_files.atomic_savez(snapshot_files.mixup_snapshot_path(folder, 1), **snap)
     if summary:
-        utils.atomic_write_json(snapshot_files.mixup_snapshot_path(folder, 1, "json"), {"same_angle_deg_mean": 1.0})
+        result_files.atomic_write_json(snapshot_files.mixup_snapshot_path(folder, 1, "json"),
+                                       {"same_angle_deg_mean": 1.0})
 
 
 READ_BACK = [  # (what the file is, how to write it, command after the file, the part the error line names)
-    ("figure JSON without points", lambda d: utils.atomic_write_json(d / "F.json", without(MINORITY, "points")),
+    ("figure JSON without points", lambda d: result_files.atomic_write_json(d / "F.json", without(MINORITY, "points")),
      ["replot-figure", "F.json"], "points"),
-    ("figure point without its spread", lambda d: utils.atomic_write_json(
+    ("figure point without its spread", lambda d: result_files.atomic_write_json(
         d / "F.json", without(MINORITY, "points.0.minority_spread")), ["replot-figure", "F.json"],
      "points[0].minority_spread"),
-    ("figure point without the swept value", lambda d: utils.atomic_write_json(
+    ("figure point without the swept value", lambda d: result_files.atomic_write_json(
         d / "F.json", without(MINORITY, "points.0.params.lam")), ["replot-figure", "F.json"], "points[0].params.lam"),
-    ("figure Z of the wrong size", lambda d: utils.atomic_write_json(
+    ("figure Z of the wrong size", lambda d: result_files.atomic_write_json(
         d / "F.json", dict(MINORITY, points=[dict(MINORITY["points"][0], Z=[[1.0]])])),
      ["replot-figure", "F.json"], "Z"),
-    ("theory curve shorter than its x", lambda d: utils.atomic_write_json(
+    ("theory curve shorter than its x", lambda d: result_files.atomic_write_json(
         d / "F.json", dict(MINORITY, theory_curve={"x": [0.01, 0.02], "minority_spread": [0.0]})),
      ["replot-figure", "F.json"], "theory_curve.minority_spread"),
-    ("block figure without history", lambda d: utils.atomic_write_json(d / "F.json", dict(
+    ("block figure without history", lambda d: result_files.atomic_write_json(d / "F.json", dict(
         MINORITY, figure="block", points=[dict(MINORITY["points"][0], theory={"Z": None})])),
      ["replot-figure", "F.json"], "history"),
-    ("limit figure without cosines", lambda d: utils.atomic_write_json(d / "F.json", dict(
+    ("limit figure without cosines", lambda d: result_files.atomic_write_json(d / "F.json", dict(
         MINORITY, figure="limit", points=[dict(MINORITY["points"][0], params={"lam": 0.1, "n_A": 4})])),
      ["replot-figure", "F.json"], "points[0].cosines"),
-    ("opt_main JSON with a Z of the wrong size", lambda d: utils.atomic_write_json(
+    ("opt_main JSON with a Z of the wrong size", lambda d: result_files.atomic_write_json(
         d / "F.json", {"cluster_s": [2, 1], "Z": [[1.0, 0.0], [0.0, 1.0]], "lam": 0.1}),
      ["replot-figure", "F.json"], "Z"),
-    ("snapshot without b", lambda d: utils.atomic_savez(str(d / "S.npz"), **snapshot(b=1)),
+    ("snapshot without b", lambda d: result_files.atomic_savez(str(d / "S.npz"), **snapshot(b=1)),
      ["mixup-projection", "S.npz"], "b"),
-    ("snapshot whose classes exceed W", lambda d: utils.atomic_savez(
+    ("snapshot whose classes exceed W", lambda d: result_files.atomic_savez(
         str(d / "S.npz"), **dict(snapshot(), classes=np.array([0, 1, 9]))), ["mixup-projection", "S.npz"], "classes"),
     ("run folder whose snapshot lacks W", lambda d: write_run(str(d / "run"), snapshot(W=1)),
      ["mixup-grid", "run"], "W"),
-    ("run folder whose config is a list", lambda d: (write_run(str(d / "run"), snapshot()), utils.atomic_write_json(
+    ("run folder whose config is a list", lambda d: (write_run(str(d / "run"), snapshot()),
+                                                     result_files.atomic_write_json(
         str(d / "run" / "config.json"), [1])), ["mixup-loss", "run"], "config.json"),
     ("CSV without the epoch column", lambda d: write_run(str(d / "run"), snapshot(), csv="loss,test_loss\n0.5,0.6\n"),
      ["mixup-loss", "run"], "epoch"),
@@ -130,7 +133,8 @@ READ_BACK = [  # (what the file is, how to write it, command after the file, the
      ["mixup-accuracy", "run"], "no rows"),
     ("snapshot without its summary", lambda d: write_run(str(d / "run"), snapshot(), summary=False),
      ["mixup-compare", "run"], "mixup_e0001.json"),
-    ("finished run whose final.json is a list", lambda d: (os.makedirs(d / "runs" / "r"), utils.atomic_write_json(
+    ("finished run whose final.json is a list", lambda d: (os.makedirs(d / "runs" / "r"),
+                                                           result_files.atomic_write_json(
         str(d / "runs" / "r" / "final.json"), [1])), ["collect", "runs", "--out", "runs.csv"], "final.json"),
 ]
 
@@ -148,8 +152,8 @@ def test_file_read_back_without_a_required_part(no_training, capsys, make, argv,
 
 def test_the_intact_files_of_these_cases_are_drawn(no_training, capsys):
     """The checks refuse only what lacks a part: the complete versions of the files above are drawn."""
-    utils.atomic_write_json(no_training / "F.json", MINORITY)
-    utils.atomic_savez(str(no_training / "S.npz"), **snapshot())
+    result_files.atomic_write_json(no_training / "F.json", MINORITY)
+    result_files.atomic_savez(str(no_training / "S.npz"), **snapshot())
     write_run(str(no_training / "run"), snapshot())
     for argv in (["replot-figure", "F.json"], ["mixup-projection", "S.npz"], ["mixup-grid", "run"],
                  ["mixup-loss", "run"], ["mixup-compare", "run"]):
@@ -165,18 +169,18 @@ def test_point_record_without_a_part_counts_as_missing(tmp_path, capsys):
     record = {"params": {"lam": 0.1}, "sizes": [2, 2], "clusters": [[0], [1]], "Z": [[1.0, 0.0], [0.0, 1.0]],
               "minority_spread": 0.0, "cosines": {"within": [None, None], "across": -1.0}, "train": {"seed": 0}}
     path = point_records.point_record_path(str(tmp_path), point)
-    utils.atomic_write_json(path, record)
+    result_files.atomic_write_json(path, record)
     records, missing = sweep.run_sweep([point], None, str(tmp_path), assemble_only=True)
     assert missing == [0] and records == [None]
     assert f"point record {path}: lacks z_norm" in capsys.readouterr().err
-    utils.atomic_write_json(path, dict(record, z_norm=1.4))
+    result_files.atomic_write_json(path, dict(record, z_norm=1.4))
     assert sweep.run_sweep([point], None, str(tmp_path), assemble_only=True)[1] == []
 
 
 @pytest.mark.parametrize("argv,part", [(["replot-figure", "F.json"], "points"), (["mixup-projection", "S.npz"], "b")])
 def test_read_back_in_a_real_process(tmp_path, argv, part):
-    utils.atomic_write_json(tmp_path / "F.json", without(MINORITY, "points"))
-    utils.atomic_savez(str(tmp_path / "S.npz"), **snapshot(b=1))
+    result_files.atomic_write_json(tmp_path / "F.json", without(MINORITY, "points"))
+    result_files.atomic_savez(str(tmp_path / "S.npz"), **snapshot(b=1))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "utils.py")] + argv, cwd=tmp_path, capture_output=True,
                        text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert_one_error_line(r.returncode, r.stderr.strip().splitlines(), argv[1], part)

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import datasets
-import utils
+import devices
 from fake_datasets import write_cifar10, write_idx_dataset
 from utils import UserError
 
@@ -125,10 +125,10 @@ def test_unwritable_data_dir(tmp_path):
 
 
 def test_devices():
-    assert utils.get_device("cpu").type == "cpu"
-    assert utils.get_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert devices.get_device("cpu").type == "cpu"
+    assert devices.get_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(UserError, match="--device tpu"):
-        utils.get_device("tpu")
+        devices.get_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
-            utils.get_device("cuda:0")
+            devices.get_device("cuda:0")

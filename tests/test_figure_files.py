@@ -8,6 +8,7 @@ import os
 import pytest
 
 import minority_l_main
+import result_files
 import utils
 
 QUICK = ["--quick", "--epoch", "2"]
@@ -59,7 +60,7 @@ def test_a_figure_is_never_replaced_by_a_different_or_smaller_one(tmp_path, caps
     held = read(three)
     record = json.loads(held)["points"][0]
     os.remove(next(p for p in glob.glob(str(tmp_path / "models" / "points" / "*.json"))
-                   if utils.read_json(p)["run_dir"] == record["run_dir"]))
+                   if result_files.read_json(p)["run_dir"] == record["run_dir"]))
     run(QUICK + THREE + ["--assemble"] + d, capsys, code=2)
     again, err = run(QUICK + THREE + ["--assemble", "--partial"] + d, capsys)
     assert again == three and read(three) == held and "more runs finished (3 against 2 here)" in err

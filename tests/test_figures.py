@@ -16,6 +16,7 @@ import limit_main  # noqa: E402
 import minority_l_main  # noqa: E402
 import minority_n_main  # noqa: E402
 import plot_utils  # noqa: E402
+import result_files
 import sweep_plan
 import utils  # noqa: E402
 from conftest import ROOT, dirs
@@ -197,13 +198,13 @@ def test_replot_from_json_including_missing_theory(tmp_path, capsys):
     # a failed convex solve and an empty sweep must still plot
     res["points"][0]["theory"].update(Z=None, minority_spread=None)
     res["theory_curve"]["minority_spread"][0] = None
-    utils.atomic_write_json(str(tmp_path / "broken.json"), res)
+    result_files.atomic_write_json(str(tmp_path / "broken.json"), res)
     assert os.path.exists(plot_utils.plot_figure_json(str(tmp_path / "broken.json")))
     res["points"] = []
-    utils.atomic_write_json(str(tmp_path / "empty.json"), res)
+    result_files.atomic_write_json(str(tmp_path / "empty.json"), res)
     assert os.path.exists(plot_utils.plot_figure_json(str(tmp_path / "empty.json")))
     res["figure"] = "limit"
-    utils.atomic_write_json(str(tmp_path / "empty_limit.json"), res)
+    result_files.atomic_write_json(str(tmp_path / "empty_limit.json"), res)
     assert os.path.exists(plot_utils.plot_figure_json(str(tmp_path / "empty_limit.json")))
 
 

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import torch
 
+import devices
 import utils
 from conftest import ROOT
 
@@ -177,33 +178,33 @@ def test_without_torchvision_its_datasets_stop_with_one_line(tmp_path, mode, say
 
 def fake_cuda(monkeypatch, gpu_present, cuda_build):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(utils, "_nvidia_gpu_present", lambda: gpu_present)
+    monkeypatch.setattr(devices, "_nvidia_gpu_present", lambda: gpu_present)
     monkeypatch.setattr(torch.version, "cuda", cuda_build)
 
 
 def test_auto_without_a_gpu_is_quiet(monkeypatch, capsys):
     fake_cuda(monkeypatch, False, "12.1")
-    assert utils.get_device("auto").type == "cpu"
+    assert devices.get_device("auto").type == "cpu"
     assert capsys.readouterr().err == ""
     with pytest.raises(utils.UserError,
                        match=r"^--device cuda: CUDA is not available on this machine; use auto or cpu$"):
-        utils.get_device("cuda")
+        devices.get_device("cuda")
 
 
 @pytest.mark.parametrize("cuda_build,says", [("12.1", "built for CUDA 12.1) cannot use it"),
                                              (None, "is a CPU-only build")])
 def test_auto_warns_about_a_gpu_this_torch_cannot_use(monkeypatch, capsys, cuda_build, says):
     fake_cuda(monkeypatch, True, cuda_build)
-    assert utils.get_device("auto").type == "cpu"
+    assert devices.get_device("auto").type == "cpu"
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: --device auto: an NVIDIA GPU is present but this torch")
     assert says in lines[0] and lines[0].endswith("; running on the CPU"), lines
     with pytest.raises(utils.UserError) as e:
-        utils.get_device("cuda")
+        devices.get_device("cuda")
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_picks_cuda_quietly(capsys):
-    assert utils.get_device("auto").type == "cuda"
+    assert devices.get_device("auto").type == "cuda"
     assert capsys.readouterr().err == ""

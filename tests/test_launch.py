@@ -17,6 +17,7 @@ import torch
 import job_launch
 import limit_main
 import minority_l_main
+import result_files
 import utils
 from conftest import ROOT, dirs
 
@@ -35,7 +36,7 @@ def run_dir_of_n_A(models_dir, n_A):
     """The run folder whose config.json says n_A (None until it exists)."""
     for cfg_path in glob.glob(os.path.join(models_dir, "limit_*", "config.json")):
         try:
-            if utils.read_json(cfg_path)["sizes"][0] == n_A:
+            if result_files.read_json(cfg_path)["sizes"][0] == n_A:
                 return os.path.dirname(cfg_path)
         except (OSError, ValueError):  # being written
             pass
@@ -108,11 +109,11 @@ def test_launch_local_kill_resume_and_assemble(tmp_path, capsys):
     # the job's stderr is a file: one log line per evaluated epoch after the resume, one device line
     logged = [int(ln.split()[2].split("/")[0]) for ln in job_log.splitlines()
               if ln.startswith("limit_mlp_linear epoch ")]
-    summary = utils.read_csv(os.path.join(run_dir, "summary.csv"))
+    summary = result_files.read_csv(os.path.join(run_dir, "summary.csv"))
     assert logged == [int(r["epoch"]) for r in summary if r["epoch"] > stopped_at]
     assert job_log.count("device: cpu (1 thread)") == 1
     png, js = [ln for ln in out.splitlines() if ln.endswith((".png", ".json"))]
-    result = utils.read_json(js)
+    result = result_files.read_json(js)
     assert [p["params"]["n_A"] for p in result["points"]] == N_AS and result["missing"] == []
 
     # The resumed run ends with the numbers of an uninterrupted run of the same point.
@@ -121,7 +122,7 @@ def test_launch_local_kill_resume_and_assemble(tmp_path, capsys):
         limit_main.main(sweep_argv(ref_dir) + ["--point", str(KILLED)])
     assert limit_main.main(sweep_argv(ref_dir) + ["--assemble", "--partial"]) == 0
     capsys.readouterr()
-    ref = [p for p in utils.read_json(glob.glob(str(ref_dir / "plots" / "*.json"))[0])["points"]][0]
+    ref = [p for p in result_files.read_json(glob.glob(str(ref_dir / "plots" / "*.json"))[0])["points"]][0]
     got = result["points"][KILLED]
     assert ref["params"] == got["params"]
     np.testing.assert_array_equal(np.array(got["Z"]), np.array(ref["Z"]))
@@ -168,7 +169,7 @@ def test_stderr_to_a_file_logs_one_line_per_evaluated_epoch(tmp_path):
                        stdout=subprocess.DEVNULL, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     lines = log.read_text().splitlines()
     epochs = [ln for ln in lines if ln.startswith("minority_l_mlp epoch ")]
-    summary = utils.read_csv(glob.glob(str(tmp_path / "models" / "minority_l_mlp_*" / "summary.csv"))[0])
+    summary = result_files.read_csv(glob.glob(str(tmp_path / "models" / "minority_l_mlp_*" / "summary.csv"))[0])
     assert [int(ln.split()[2].split("/")[0]) for ln in epochs] == [int(r["epoch"]) for r in summary] == [1, 2, 3, 4, 5]
     assert all(f"nc1={r['nc1']:.4g}" in ln and "train_acc=" in ln and " ce=" in ln for ln, r in zip(epochs, summary))
     device = [i for i, ln in enumerate(lines) if ln.startswith("device: ")]  # once, before training

@@ -15,6 +15,7 @@ import mixup_main  # noqa: E402
 import mixup_run
 import networks  # noqa: E402
 import replot  # noqa: E402
+import result_files
 import snapshot_files
 import train_utils  # noqa: E402
 import utils  # noqa: E402
@@ -168,7 +169,7 @@ def test_end_to_end_writes_every_file(runs):
     tmp, run_dirs = runs
     assert len(run_dirs) == 3
     for run_dir in run_dirs:
-        rows = utils.read_csv(os.path.join(run_dir, "summary.csv"))
+        rows = result_files.read_csv(os.path.join(run_dir, "summary.csv"))
         assert [r["epoch"] for r in rows] == [1, 2, 3]
         assert {"loss", "train_acc", "test_loss", "test_acc", "test_ece"} <= set(rows[0])
         for e in (1, 3):
@@ -177,7 +178,7 @@ def test_end_to_end_writes_every_file(runs):
             assert snap["feature_mean"].shape == (16,)
             assert snap["features"].shape == (60, 16) and len(set(snap["classes"])) == 3
             summary_path = snapshot_files.mixup_snapshot_path(run_dir, e, "json")
-            assert "diff_convex_residual_mean" in utils.read_json(summary_path)
+            assert "diff_convex_residual_mean" in result_files.read_json(summary_path)
         plots = os.path.join(tmp, "plots", os.path.basename(run_dir))
         for name in ("projection_e0001.png", "projection_e0003.png", "projection_grid.png", "loss.png",
                      "accuracy.png", "geometry.json"):

@@ -8,6 +8,7 @@ import ana_utils
 import figure_points
 import figure_theory
 import nc_stream
+import result_files
 import theory_formulas
 import ufm_program
 
@@ -90,7 +91,6 @@ def test_ufm_run_reaches_the_convex_programs_z(tmp_path):
     sqrt(6)/72 = 0.034: collapsed minority) is far from the one below it."""
     import datasets
     import train_utils
-    import utils
     sizes = [30, 30, 6, 6]
     lam_h, lam_w = theory_formulas.split_lambda(0.01)
     cfg = figure_points.ufm_train_config(dict(name="u", lam_h=lam_h, lam_w=lam_w, lam_b=0.01, seed=0), 4, sum(sizes),
@@ -98,7 +98,7 @@ def test_ufm_run_reaches_the_convex_programs_z(tmp_path):
     data = datasets.get_data("synthetic", sizes, seed=0, data_dir=str(tmp_path / "d"),
                              synthetic={"image_size": 4, "channels": 1, "noise": 1.0})
     res = train_utils.train_run(cfg, data, torch.device("cpu"), str(tmp_path / "m"))
-    rows = utils.read_csv(f"{res['run_dir']}/summary.csv")
+    rows = result_files.read_csv(f"{res['run_dir']}/summary.csv")
     assert all("z_theory_distance" in r for r in rows)
     assert rows[-1]["z_theory_distance"] < 1e-4
     collapsed = ufm_program.solve_ufm_fast(sizes, 0.05, 0.01)["Z"]

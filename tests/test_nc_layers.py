@@ -7,6 +7,7 @@ import torch
 import ana_utils
 import nc_layers
 import networks
+import result_files
 from utils import UserError
 
 
@@ -80,11 +81,10 @@ def test_mixup_main_nc_layers_all(tmp_path):
     """--nc_layers all: per-layer columns at every evaluated epoch and the depth figure; a bad name is one
     line before training."""
     import mixup_main
-    import utils
     out = ["--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p")]
     mixup_main.main(TINY + out + ["--nc_layers", "all"])
     (csv_path,) = list((tmp_path / "m").glob("*/summary.csv"))
-    rows = utils.read_csv(str(csv_path))
+    rows = result_files.read_csv(str(csv_path))
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for r in rows:
         for layer in ("body.3", "body.7", "body.11", "features"):

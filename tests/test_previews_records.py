@@ -18,8 +18,8 @@ import minority_l_main  # noqa: E402
 import minority_n_main  # noqa: E402
 import mixup_geometry  # noqa: E402
 import opt_main  # noqa: E402
+import result_files
 import train_utils  # noqa: E402
-import utils  # noqa: E402
 from conftest import dirs
 
 
@@ -77,7 +77,7 @@ def test_run_records_how_it_was_made_and_keeps_its_key(tmp_path):
     cfg["eval_epochs"] = train_utils.default_eval_epochs(cfg["epochs"])
     assert res["run_dir"] == train_utils.run_dir_of(cfg, data, str(tmp_path / "models"))
     assert "record" not in res["config"]
-    rows = utils.read_csv(os.path.join(res["run_dir"], "summary.csv"))
+    rows = result_files.read_csv(os.path.join(res["run_dir"], "summary.csv"))
     assert all(r["seconds_per_epoch"] > 0 for r in rows)
     assert len(rows[0]) > 0 and {"test_acc_c0", "test_acc_c1", "test_acc_c2"} <= set(rows[0])
     # per-class accuracies average (equal test classes) to the overall one

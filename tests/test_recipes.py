@@ -12,6 +12,7 @@ import mixup_plots
 import mixup_run
 import mixup_study
 import recipes
+import result_files
 import train_utils
 import utils
 
@@ -114,9 +115,9 @@ def test_a_run_trains_with_its_recipe_and_records_it(tmp_path):
             "--plot_dir", str(tmp_path / "p"), "--data_dir", str(tmp_path / "d")]
     mixup_main.main(argv)
     run = os.path.join(tmp_path / "m", os.listdir(tmp_path / "m")[0])
-    config = utils.read_json(os.path.join(run, "config.json"))
+    config = result_files.read_json(os.path.join(run, "config.json"))
     assert config["recipe"] == {"name": "vit_adamw", "overrides": {"batch_size": 15, "epochs": 4, "warmup_epochs": 2}}
-    lrs = [r["lr"] for r in utils.read_csv(os.path.join(run, "summary.csv"))]
+    lrs = [r["lr"] for r in result_files.read_csv(os.path.join(run, "summary.csv"))]
     assert lrs == pytest.approx([1.25e-4 / 2, 1.25e-4, 1.25e-4, 1.25e-4 / 2])   # warm-up, then cosine
 
 

@@ -15,9 +15,9 @@ import limit_main
 import mixup_main
 import point_records
 import replot
+import result_files
 import seed_stats
 import snapshot_files
-import utils
 from conftest import dirs
 
 SEEDS = [0, 1, 2]
@@ -25,7 +25,7 @@ SEEDS = [0, 1, 2]
 
 def figure_json(capsys):
     out = capsys.readouterr().out
-    return utils.read_json([ln for ln in out.splitlines() if ln.endswith(".json")][0])
+    return result_files.read_json([ln for ln in out.splitlines() if ln.endswith(".json")][0])
 
 
 def t_interval(values):
@@ -74,7 +74,8 @@ def test_seeds_give_statistics_for_every_per_point_number_within_its_range(seede
     tmp, argv = seeded
     assert limit_main.main(argv + ["--seeds"] + [str(s) for s in SEEDS] + ["--assemble"]) == 0
     for p in figure_json(capsys)["points"]:
-        names = {k for s in p["seeds"] for k in utils.flatten({f: s[f] for f in point_records.STAT_FIELDS if f in s})}
+        names = {k for s in p["seeds"]
+                 for k in result_files.flatten({f: s[f] for f in point_records.STAT_FIELDS if f in s})}
         assert names - {"nc.epoch", "nc.lr"} == set(p["stats"]) and {"Z.0.0", "nc.test_acc_c0", "b.0"} <= names
         for name, st in p["stats"].items():
             lo, hi = {"nc.test_acc": (0, 1), "cosines.across": (-1, 1), "z_norm": (0, math.inf)}.get(
@@ -135,9 +136,9 @@ def test_mixup_compare_intervals_and_collect(tmp_path, capsys):
     out = str(tmp_path / "compare.png")
     replot.main(["mixup-compare"] + runs + ["--out", out])
     printed = capsys.readouterr().out
-    stats = utils.read_json(str(tmp_path / "compare.json"))
+    stats = result_files.read_json(str(tmp_path / "compare.json"))
     assert list(stats) == ["cross_entropy"] and stats["cross_entropy"]["n_runs"] == 3
-    summaries = [utils.read_json(snapshot_files.mixup_snapshot_path(d, 2, "json")) for d in runs]
+    summaries = [result_files.read_json(snapshot_files.mixup_snapshot_path(d, 2, "json")) for d in runs]
     for key in ("same_spread", "diff_convex_residual_mean"):
         m, s, (lo, hi) = t_interval([x[key] for x in summaries])
         st = stats["cross_entropy"][key]
@@ -151,6 +152,6 @@ def test_mixup_compare_intervals_and_collect(tmp_path, capsys):
     assert sorted(r["run_dir"] for r in rows) == runs
     assert sorted(int(r["config.seed"]) for r in rows) == SEEDS
     for r in rows:
-        final = utils.read_json(os.path.join(r["run_dir"], "final.json"))
+        final = result_files.read_json(os.path.join(r["run_dir"], "final.json"))
         assert float(r["final.test_acc"]) == pytest.approx(final["final"]["test_acc"])
         assert r["config.snapshots"] == "2" and r["config.classes"] == "0 1 2"

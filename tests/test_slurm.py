@@ -21,6 +21,7 @@ import torch
 import job_launch
 import launcher
 import minority_l_main
+import result_files
 import stop_signals
 import utils
 
@@ -63,7 +64,7 @@ def script(argv, cwd, **kw):
 
 def figure_json(tmp):
     found = glob.glob(str(tmp / "plots" / "*.json"))
-    return utils.read_json(found[0]) if found else None
+    return result_files.read_json(found[0]) if found else None
 
 
 def max_z_diff(a, b):
@@ -160,7 +161,7 @@ def test_warned_job_checkpoints_its_run_requeues_within_its_bound_and_resumes(tm
     assert requeued.function() == 0  # the requeued attempt resumes and finishes
     ref = script(argv + dirs(tmp_path / "ref"), tmp_path)
     assert ref.returncode == 0, ref.stderr
-    assert max_z_diff(figure_json(tmp_path / "ref"), utils.read_json(
+    assert max_z_diff(figure_json(tmp_path / "ref"), result_files.read_json(
         minority_l_json(tmp_path / "job", argv))) == 0.0  # the same epochs on one thread: bit for bit
 
 

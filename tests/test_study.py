@@ -13,6 +13,7 @@ import torch
 import mixup_batches
 import mixup_main
 import networks
+import result_files
 import seed_stats
 import utils
 from conftest import ROOT, dirs
@@ -60,7 +61,7 @@ def test_batch_is_the_default_and_training_draws_one_coefficient_per_batch(tmp_p
               "--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p")]
     mixup_main.main(common)
     assert calls == [(16, ()), (16, ()), (16, ()), (12, ())]   # 60 samples: 3 batches of 16 and one of 12
-    config = utils.read_json(os.path.join(tmp_path / "m", os.listdir(tmp_path / "m")[0], "config.json"))
+    config = result_files.read_json(os.path.join(tmp_path / "m", os.listdir(tmp_path / "m")[0], "config.json"))
     assert config["lam_per"] == "batch"
     calls.clear()
     mixup_main.main(common + ["--lam_per", "sample"])
@@ -125,8 +126,8 @@ def study(tmp_path_factory):
 @pytest.mark.slow
 def test_study_table_recomputes_from_per_seed_rows_and_ce_is_above_mse(study):
     tmp, _ = study
-    result = utils.read_json(tmp / "p" / "mixup_study_quick.json")
-    csv_rows = utils.read_csv(tmp / "p" / "mixup_study_quick.csv")
+    result = result_files.read_json(tmp / "p" / "mixup_study_quick.json")
+    csv_rows = result_files.read_csv(tmp / "p" / "mixup_study_quick.csv")
     assert len(result["table"]) == len(csv_rows) == 2 and len(result["cells"]) == 6
     for row, csv_row in zip(result["table"], csv_rows):
         cells = [c for c in result["cells"] if all(c[k] == row[k] for k in ("dataset", "model", "loss", "mixup"))]
@@ -172,7 +173,7 @@ def test_study_launch_local_runs_every_cell_as_a_job_and_assembles(tmp_path, cap
     mixup_main.main(argv)
     out = capsys.readouterr().out
     assert "submitted 2 local jobs" in out and "--assemble" in out
-    result = utils.read_json(tmp_path / "p" / "mixup_study_quick.json")
+    result = result_files.read_json(tmp_path / "p" / "mixup_study_quick.json")
     assert len(result["cells"]) == 2 and result["missing"] == []
     assert sorted(c["loss"] for c in result["cells"]) == ["cross_entropy", "mse"]
 
@@ -197,8 +198,8 @@ def test_study_csv_intervals_stay_within_each_quantitys_range(study):
               "diff_logit_gap_vs_log_odds_spearman": (-1, 1), "diff_convex_residual_mean": (0, np.inf),
               "diff_convex_residual_binned": (0, np.inf), "same_spread": (0, np.inf),
               "diff_residual_row_space": (0, np.inf), "diff_residual_orthogonal": (0, np.inf)}
-    rows = utils.read_csv(tmp / "p" / "mixup_study_quick.csv")
-    assert set(utils.read_json(tmp / "p" / "mixup_study_quick.json")["metrics"]) == set(ranges)
+    rows = result_files.read_csv(tmp / "p" / "mixup_study_quick.csv")
+    assert set(result_files.read_json(tmp / "p" / "mixup_study_quick.json")["metrics"]) == set(ranges)
     for row in rows:
         for m, (lo, hi) in ranges.items():
             assert lo <= row[f"{m}_ci_lo"] <= row[f"{m}_mean"] <= row[f"{m}_ci_hi"] <= hi, (m, row)
@@ -216,4 +217,4 @@ def test_study_assemble_with_missing_cells_fails_naming_them_unless_partial(tmp_
     assert not (tmp_path / "plots").exists() or os.listdir(tmp_path / "plots") == []
     got = subprocess.run([sys.executable] + argv + ["--partial"], cwd=ROOT, capture_output=True, text=True)
     assert got.returncode == 0, got.stderr
-    assert len(utils.read_json(tmp_path / "plots" / "mixup_study_quick.json")["missing"]) == 2
+    assert len(result_files.read_json(tmp_path / "plots" / "mixup_study_quick.json")["missing"]) == 2

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+import result_files
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def test_measure_times_runs_a_command_and_keeps_the_others(tmp_path, capsys):
     here = mt.machine()
     out.write_text(json.dumps({"machine": here, "commands": {"block --quick": {"wall_s": 9.0, "measured": "x"}}}))
     assert mt.main(["--only", "opt_main", "--out", str(out)]) == 0
-    data = utils.read_json(out)
+    data = result_files.read_json(out)
     entry = data["commands"]["opt_main"]
     assert entry["exit_status"] == 0 and 0 < entry["cpu_s"] and 0 < entry["wall_s"] < 120
     assert data["commands"]["block --quick"]["wall_s"] == 9.0        # kept: same machine

@@ -11,10 +11,10 @@ import torch
 import batched_training
 import datasets
 import networks
+import result_files
 import run_locks
 import train_utils
 import ufm_training
-import utils
 from conftest import ROOT, kill_at
 from utils import UserError
 
@@ -65,11 +65,11 @@ def test_objective_matches_theory_formula():
 
 def test_short_run_nc1_falls_and_files_are_written(tmp_path):
     out = train_utils.train_run(CFG, small_data(), CPU, models_dir=str(tmp_path))
-    rows = utils.read_csv(os.path.join(out["run_dir"], "summary.csv"))
+    rows = result_files.read_csv(os.path.join(out["run_dir"], "summary.csv"))
     assert [r["epoch"] for r in rows] == [1, 2, 4, 6, 8]
     assert rows[-1]["nc1"] < 0.5 * rows[0]["nc1"]
     assert {"loss", "ce", "reg_w", "reg_h", "reg_b", "train_acc", "test_acc", "nc1_weighted", "nc4"} <= set(rows[0])
-    cfg = utils.read_json(os.path.join(out["run_dir"], "config.json"))
+    cfg = result_files.read_json(os.path.join(out["run_dir"], "config.json"))
     assert cfg["seed"] == 0 and cfg["lam_h"] == 1e-5 and cfg["sizes"] == [30, 30, 12, 12]
     assert np.array(out["Z"]).shape == (4, 4) and len(out["b"]) == 4
     assert not os.path.exists(os.path.join(out["run_dir"], "checkpoint.pt"))
@@ -218,10 +218,10 @@ def test_batched_runs_match_one_by_one_runs(tmp_path, network, width):
         for k in ("loss", "ce", "reg_h", "nc1", "train_acc", "test_acc"):
             assert b["final"][k] == pytest.approx(a["final"][k], rel=1e-4, abs=1e-6), k
         np.testing.assert_allclose(b["Z"], a["Z"], rtol=1e-3, atol=1e-4)
-        rows = utils.read_csv(os.path.join(b["run_dir"], "summary.csv"))
+        rows = result_files.read_csv(os.path.join(b["run_dir"], "summary.csv"))
         assert [r["epoch"] for r in rows] == [1, 2, 4, 6, 8]
         assert all(r["seconds_per_epoch"] > 0 for r in rows)  # each run's share of the batch's time (--dry_run)
-        record = utils.read_json(os.path.join(b["run_dir"], "config.json"))["record"]
+        record = result_files.read_json(os.path.join(b["run_dir"], "config.json"))["record"]
         assert record["device"] == "cpu" and {"git_commit", "torch", "threads", "start_time"} <= set(record)
     assert all(train_utils.train_run(c, data, CPU, models_dir=str(tmp_path / "b"))["reused"] for c in cfgs)
 
@@ -299,7 +299,7 @@ def test_killed_batch_resumes_from_the_runs_checkpoints(tmp_path, monkeypatch, c
     for a, b in zip(whole, resumed):
         np.testing.assert_allclose(b["Z"], a["Z"], rtol=0, atol=1e-6)
         assert b["final"]["loss"] == pytest.approx(a["final"]["loss"], rel=1e-6)
-        assert [r["epoch"] for r in utils.read_csv(os.path.join(b["run_dir"], "summary.csv"))] == [1, 2, 4, 6, 8]
+        assert [r["epoch"] for r in result_files.read_csv(os.path.join(b["run_dir"], "summary.csv"))] == [1, 2, 4, 6, 8]
         assert not os.path.exists(os.path.join(b["run_dir"], "checkpoint.pt"))
     # runs stopped at different epochs (run 0 trained alone to its epoch-4 checkpoint): each resumes alone
     monkeypatch.setattr(train_utils, "evaluate", killed_at_epoch_6)
