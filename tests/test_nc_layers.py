@@ -40,8 +40,10 @@ def test_layers_match_in_memory_metrics():
                          ana_utils.extract_features(model, xt)[0].double().numpy())):
         # the trace ratios of nc_metrics (W matters only for other keys: any K x d matrix)
         want = ana_utils.nc_metrics(H, y, np.ones((3, H.shape[1])))
-        assert row[f"nc1_trace@{name}"] == pytest.approx(want["nc1_trace"], rel=1e-10)   # measured <= 1e-14
-        assert row[f"nc1_trace_weighted@{name}"] == pytest.approx(want["nc1_trace_weighted"], rel=1e-10)
+        # float32 features of batches of 8 against one batch: measured <= 1e-14 relative at 1 thread, 1.5e-7
+        # at 2 (other kernels' rounding); 1e-5 stays far below the gap between two layers' values (> 10%)
+        assert row[f"nc1_trace@{name}"] == pytest.approx(want["nc1_trace"], rel=1e-5)
+        assert row[f"nc1_trace_weighted@{name}"] == pytest.approx(want["nc1_trace_weighted"], rel=1e-5)
         means, _ = ana_utils.class_means(H, y, 3)
         assert row[f"ncc_acc@{name}"] == _ncc_acc(H, y.numpy(), means)
         assert row[f"test_ncc_acc@{name}"] == _ncc_acc(Ht, yt.numpy(), means)
