@@ -32,10 +32,6 @@ import train_utils
 import ufm_program
 import utils
 
-# ======================================================================================
-# Foundation benchmarks
-# ======================================================================================
-
 
 def write_random_fashion_mnist(root, train_per_class, test_per_class):
     """Random 28x28 images in Fashion-MNIST's idx files (root/FashionMNIST/raw): the timing needs
@@ -199,10 +195,6 @@ def bench_nc_stream(N=1_000_000, d=512, K=100, batch=4096):
 
 FOUNDATION_BENCHMARKS = [bench_subset, bench_training_loop, bench_nc_metrics, bench_nc_stream]
 
-# ======================================================================================
-# Theory-engine benchmarks
-# ======================================================================================
-
 
 def bench_solver_agreement():
     """Fast solver against cvxpy (Clarabel) at K = 10 on both sides of the minority threshold."""
@@ -278,9 +270,6 @@ def bench_ufm_training_vs_theory():
 THEORY_BENCHMARKS = [bench_solver_agreement, bench_solver_speed, bench_ufm_training_vs_theory,
                      rebalance_benchmark.bench_rebalance]
 
-# ======================================================================================
-# Speed benchmarks: whole scripts against an older checkout, batched sweeps  (speed)
-# ======================================================================================
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPT_ARGS = ["--cluster_s", "5", "5", "--sample_s", "500", "100", "--reg_z", "0.003"]  # K = 10
@@ -401,11 +390,6 @@ def bench_ufm_figures(before=None, busy=0):
 
 
 SPEED_BENCHMARKS = [bench_scripts, bench_batched, bench_ufm_figures]
-
-
-# ======================================================================================
-# Entry point
-# ======================================================================================
 
 
 def main(argv=None):

@@ -16,9 +16,6 @@ from utils import UserError
 if TYPE_CHECKING:
     import torch
 
-# ======================================================================================
-# Data: datasets, imbalanced subsets, cache  (foundation)
-# ======================================================================================
 
 DATASETS = ("synthetic", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 _NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -276,7 +273,6 @@ def get_data(dataset, sizes, seed=0, data_dir="data", allow_test_fill=False, syn
     return Data(_normalise(arrays["x_train"], dataset), arrays["y_train"].long(),
                 _normalise(arrays["x_test"], dataset), arrays["y_test"].long(),
                 num_classes=K, dataset=dataset, sizes=sizes, key=os.path.basename(path)[:-4], info=info)
-
 
 
 # Training images per class in the train / test split of each real dataset (mnist: the smallest class).

@@ -147,11 +147,6 @@ def is_ufm(name):
     return str(name).lower() == "ufm"
 
 
-# ======================================================================================
-# Networks: wide ResNet and small ViT  (mixup)
-# ======================================================================================
-
-
 class _WideBlock(nn.Module):
     """Pre-activation wide basic block (BN-ReLU-conv twice, shortcut conv when the shape changes)."""
 

@@ -57,10 +57,6 @@ def no_training(tmp_path, monkeypatch):
     return tmp_path
 
 
-# --------------------------------------------------------------------------------------
-# Files read back without a part they need
-# --------------------------------------------------------------------------------------
-
 MINORITY = {"figure": "minority_l", "settings": {"x_key": "lam", "x_label": "λ", "network": "mlp"},
             "points": [{"params": {"lam": 0.01}, "sizes": [4, 2], "clusters": [[0], [1]],
                         "Z": [[1.0, -1.0], [-1.0, 1.0]], "z_norm": 2.0, "minority_spread": 0.0,
@@ -187,10 +183,6 @@ def test_read_back_in_a_real_process(tmp_path, argv, part):
     assert_nothing_written(tmp_path)
 
 
-# --------------------------------------------------------------------------------------
-# Solver size limit
-# --------------------------------------------------------------------------------------
-
 def test_cvxpy_at_k_2000_is_refused_before_solving(tmp_path):
     """It used to abort the process (a 5.1e14-byte allocation) after 49 s; now one line, at once."""
     argv = ["--cluster_s", "1000", "1000", "--sample_s", "50", "10", "--reg_z", "0.001", "--solver", "cvxpy"]
@@ -212,10 +204,6 @@ def test_cvxpy_limit_follows_the_measured_memory():
     with pytest.raises(utils.UserError, match=r"K = 97: .* allow K <= 96; use --solver fast"):
         opt_main.check_cvxpy_size(97, 24e9)
 
-
-# --------------------------------------------------------------------------------------
-# Options that do not apply, contradictory pairs
-# --------------------------------------------------------------------------------------
 
 NOT_APPLYING = [
     ("mixup_main", ["--quick", "--image_size", "2"], ["--image_size", "digits"]),
@@ -257,10 +245,6 @@ def test_typed_options_are_told_from_defaults_and_presets():
     assert mixup_main.parse_args(["--study", "--quick"]).given == {"study", "quick"}  # presets are not typed
 
 
-# --------------------------------------------------------------------------------------
-# Repeated sweep values
-# --------------------------------------------------------------------------------------
-
 REPEATED = [
     ("minority_n_main", ["--quick", "--nalist", "100", "100"], ["--nalist", "100 is given twice"]),
     ("minority_l_main", ["--quick", "--reg_z_l", "0.003", "3e-3"], ["--reg_z_l", "0.003 is given twice"]),
@@ -277,10 +261,6 @@ def test_repeated_sweep_value(no_training, capsys, module, argv, names):
     assert_one_error_line(code, lines, *names)
     assert_nothing_written(no_training)
 
-
-# --------------------------------------------------------------------------------------
-# Checks that came late (after training began) or not at all
-# --------------------------------------------------------------------------------------
 
 LATE = [
     ("minority_l_main", ["--quick", "--threads", "0"], ["--threads 0"]),

@@ -27,11 +27,6 @@ cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_
 GPU = torch.device("cuda") if HAS_CUDA else None
 
 
-# --------------------------------------------------------------------------------------
-# benchmark.py --device ...: the GPU-path code at toy sizes on the CPU; one clear line without CUDA
-# --------------------------------------------------------------------------------------
-
-
 @pytest.mark.slow
 def test_benchmark_gpu_path_runs_tiny_on_cpu(tmp_path, capsys):
     out = tmp_path / "gpu.json"
@@ -70,11 +65,6 @@ def test_benchmark_cuda_without_cuda_is_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --device cuda: ") and "use auto or cpu" in err[0]
-
-
-# --------------------------------------------------------------------------------------
-# CUDA: ResNet18 on a fake CIFAR-10 subset, with and without --amp
-# --------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -139,11 +129,6 @@ def test_batched_resnet18_matches_one_by_one_on_cuda(tmp_path, monkeypatch):
         np.testing.assert_allclose(b["Z"], a["Z"], rtol=0, atol=1e-4 * np.abs(a["Z"]).max())
 
 
-# --------------------------------------------------------------------------------------
-# CUDA: resume equals the uninterrupted run
-# --------------------------------------------------------------------------------------
-
-
 @cuda
 def test_killed_run_resumes_to_the_same_result_on_cuda(tmp_path, fake_cifar10, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
@@ -163,11 +148,6 @@ def test_killed_run_resumes_to_the_same_result_on_cuda(tmp_path, fake_cifar10, m
     assert all(torch.equal(a[k], b[k]) for k in a), \
         f"largest differences: {sorted(diff.items(), key=lambda t: -t[1])[:3]}"
     assert resumed["final"] == whole["final"]
-
-
-# --------------------------------------------------------------------------------------
-# CUDA: NC metrics of CUDA tensors and of features extracted on the GPU
-# --------------------------------------------------------------------------------------
 
 
 @cuda

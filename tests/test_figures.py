@@ -64,11 +64,6 @@ def check_points(result, K=10):
         assert p["theory"]["verdict"] in ("collapse", "no collapse")
 
 
-# --------------------------------------------------------------------------------------
-# Sweeps: --point I, assembly with missing points, reuse without retraining
-# --------------------------------------------------------------------------------------
-
-
 @pytest.mark.slow
 def test_minority_l_ufm_point_assemble_and_reuse(tmp_path, capsys):
     base = ["--network", "UFM", "--ka", "5", "--na", "50", "--nb", "10", "--reg_z_l", "0.005", "0.02", "0.04",
@@ -183,11 +178,6 @@ def test_block_quick_and_ufm(tmp_path, capsys):
     assert np.abs(np.array(p["Z"]) - np.array(p["theory"]["Z"])).max() < 0.05  # UFM reaches the block optimum
 
 
-# --------------------------------------------------------------------------------------
-# Plotting from saved JSON (the original crashed in its plotting code after training)
-# --------------------------------------------------------------------------------------
-
-
 @pytest.mark.slow
 def test_replot_from_json_including_missing_theory(tmp_path, capsys):
     paths, _ = run_main(minority_l_main, ["--network", "UFM", "--na", "40", "--nb", "8", "--reg_z_l", "0.01",
@@ -207,10 +197,6 @@ def test_replot_from_json_including_missing_theory(tmp_path, capsys):
     result_files.atomic_write_json(str(tmp_path / "empty_limit.json"), res)
     assert os.path.exists(plot_utils.plot_figure_json(str(tmp_path / "empty_limit.json")))
 
-
-# --------------------------------------------------------------------------------------
-# Bad input: one line naming the argument, exit status 2, before any training
-# --------------------------------------------------------------------------------------
 
 BAD = [
     (minority_l_main, ["--reg_z_l", "-0.003"], "--reg_z_l"),
@@ -248,11 +234,6 @@ def test_bad_input_subprocess(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "--allow_test_fill" in r.stderr
-
-
-# --------------------------------------------------------------------------------------
-# Must show: minority collapse on the UFM at the paper's scale matches the theory
-# --------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow

@@ -43,11 +43,6 @@ def base_version(v):
     return Version(v.split("+")[0])
 
 
-# --------------------------------------------------------------------------------------
-# requirements.txt: ranges, not pins; the floor and the installed pair are inside them
-# --------------------------------------------------------------------------------------
-
-
 def test_requirements_are_ranges_with_the_tested_floor():
     reqs = requirements()
     for name in ("torch", "torchvision"):
@@ -82,11 +77,6 @@ def test_pip_install_requirements_keeps_the_installed_torch():
     os.remove(report)
     replaced = [(n, v) for n, v in would if n in ("torch", "torchvision", "triton") or n.startswith("nvidia")]
     assert not replaced, f"pip would replace torch {torch.__version__}: {replaced}"
-
-
-# --------------------------------------------------------------------------------------
-# torchvision is optional: only the four torchvision datasets need it
-# --------------------------------------------------------------------------------------
 
 
 def test_no_module_imports_torchvision_at_top_level():
@@ -170,10 +160,8 @@ def test_without_torchvision_its_datasets_stop_with_one_line(tmp_path, mode, say
     assert "pip install 'torchvision==0." in line and "--dataset synthetic or digits" in line, line
 
 
-# --------------------------------------------------------------------------------------
 # Device: auto warns about a GPU this torch cannot use; cuda without CUDA is one line
 # (which device was picked is the scripts' own device line)
-# --------------------------------------------------------------------------------------
 
 
 def fake_cuda(monkeypatch, gpu_present, cuda_build):
