@@ -1,6 +1,6 @@
 """Datasets: the six datasets by name, imbalanced training subsets drawn per class and cached as
 uint8 (data/subsets/), the balanced test split, and the class-size checks a script makes before
-training. Layer 1 with utils.py, which it imports."""
+training."""
 import json
 import os
 import sys

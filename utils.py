@@ -1,7 +1,6 @@
-"""The bottom layer: errors and the scripts' entry (cli), seeds, devices, the benchmarks' clock, validators and
-argument helpers, run records, atomic result files. Imports no other project module
-and no matplotlib (datasets.py, beside it, holds the data). `python utils.py <command>` runs the
-commands of replot.py."""
+"""The bottom layer's small shared helpers: errors and the scripts' entry (cli, Ctrl-C and SIGTERM), seeds,
+the benchmarks' clock, validators and argument helpers, run records, measured times. Imports no other project
+module and no matplotlib. `python utils.py <command>` runs the commands of replot.py."""
 import argparse
 import hashlib
 import json
