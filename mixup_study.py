@@ -217,14 +217,10 @@ def study(args, argv=None):
         print(f"cell {args.point} finished; {len(missing)} of {len(points)} cells still missing; no table written",
               file=sys.stderr)
         return 0
-    if missing and not args.partial:   # a table without them would read as the whole grid
-        raise UserError(f"{'--assemble' if args.assemble else '--launch'}: {len(missing)} of {len(points)} cells are "
-                        "not finished: " + "; ".join(f"{i} ({describe(points[i]['params'])})" for i in missing)
-                        + "; train them (--point I), or add --partial for a table without them")
+    sweep.refuse_missing(args, [f"{i} ({describe(points[i]['params'])})" for i in missing], len(points), "cells")
     cells = [r for r in records if r is not None]
     table = study_table(records)
     d0, m0 = args.datasets[0], args.models[0].lower()
-    models = [m.lower() for m in args.models]
     result = {"figure": "mixup_study", "argv": sys.argv[1:], "level": 0.95, "keys": STUDY_KEYS,
               "metrics": STUDY_METRICS, "table": table, "cells": cells,
               "missing": [points[i]["params"] for i in missing],
@@ -234,7 +230,15 @@ def study(args, argv=None):
     if name is None:  # this grid's table is there already, as full or fuller
         print(held)
         return 0
-    stem = os.path.join(args.plot_dir, name)
+    for path in write_study(result, cells, args, os.path.join(args.plot_dir, name)):
+        print(path)
+
+
+def write_study(result, cells, args, stem):
+    """The study's JSON, CSV and figures at `stem`; prints the table's rows; returns the paths written."""
+    table = result["table"]
+    d0, m0 = args.datasets[0], args.models[0].lower()
+    models = [m.lower() for m in args.models]
     written = [stem + ".json", stem + ".csv"]
     result_files.atomic_write_json(written[0], result)
     result_files.atomic_write_csv(written[1], table)
@@ -247,11 +251,15 @@ def study(args, argv=None):
                                          [f"{d0}, {m0}"], all_losses, stem + "_losses.png", "with mixup, last epoch"),
         mixup_plots.save_study_dynamics(result["dynamics"], stem + "_dynamics.png", f"{d0}, {m0}, with mixup"),
         mixup_plots.save_study_calibration(table, stem + "_calibration.png")]
+    print_table(table)
+    return written
+
+
+def print_table(table):
+    """One line per row of the study table: its cell, recipe, counts and each metric with its interval."""
     for row in table:
         print(" ".join(f"{row[k]}" for k in STUDY_KEYS) + f" [{row['recipe']}] (n={row['n_seeds']}, diverged "
               f"{row['n_diverged']}, failed {row['n_failed']}, terminal phase {row['n_terminal']}): "
               + "; ".join(f"{m} {row[m + '_mean']:.3g} ± {row[m + '_std']:.2g} " + (
                   f"[{row[m + '_ci_lo']:.3g}, {row[m + '_ci_hi']:.3g}]" if np.isfinite(row[m + "_ci_lo"])
                   else f"range [{row[m + '_min']:.3g}, {row[m + '_max']:.3g}]") for m in STUDY_METRICS))
-    for path in written:
-        print(path)

@@ -161,10 +161,15 @@ def check_complete(runs, missing, args, argv):
         print(f"run {args.point} finished; {len(missing)} of {len(runs)} runs still missing; no figure written "
               f"(once they are finished: {command})", file=sys.stderr)
         raise SystemExit(0)
-    if missing and not args.partial:
+    refuse_missing(args, [f"{i} ({figure_points.describe_point(runs[i])})" for i in missing], len(runs))
+
+
+def refuse_missing(args, labels, total, what="runs"):
+    """Runs not finished (`labels`, each naming one) without --partial: one error line naming them, since a
+    figure without them would read as the whole sweep."""
+    if labels and not args.partial:
         mode = "--assemble" if args.assemble else ("--launch" if args.launch else "the sweep")
-        raise UserError(f"{mode}: {len(missing)} of {len(runs)} runs are not finished: "
-                        + "; ".join(f"{i} ({figure_points.describe_point(runs[i])})" for i in missing)
+        raise UserError(f"{mode}: {len(labels)} of {total} {what} are not finished: " + "; ".join(labels)
                         + "; train them (--point I), or add --partial for a figure without them")
 
 
