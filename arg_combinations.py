@@ -35,16 +35,6 @@ def check_threads(args):
                         "from its size and the free cores)")
 
 
-def check_distinct(name, values):
-    """A swept list names every value once: a repeated one would be the same point twice."""
-    seen = set()
-    for v in values:
-        if v in seen:
-            raise UserError(f"{name} {' '.join(f'{x:g}' for x in values)}: {v:g} is given twice (the same point "
-                            "twice); give each value once")
-        seen.add(v)
-
-
 def check_point_index(point, n, what="points"):
     """--point I lies in 0..n-1 (also for --dry_run, which otherwise lists everything)."""
     if point is not None and not 0 <= point < n:

@@ -12,7 +12,6 @@ B and across, against n_A, with the simplex-ETF value -1/(K-1) and the convex pr
 """
 import sys
 
-import arg_combinations
 import datasets
 import figure_args
 import figure_assembly
@@ -62,7 +61,7 @@ def main(argv=None):
     na_scale = QUICK_SCALE if args.quick and not args.nalist else 1.0
     nas = [max(1, round(n * na_scale)) for n in chosen] if na_scale != 1 else list(chosen)
     utils.check_positive_ints("--nalist", nas)
-    arg_combinations.check_distinct("--nalist", nas)
+    utils.check_distinct("--nalist", nas)
     utils.check_positive("--ratio", args.ratio)
     utils.check_positive("--lam_n/--ln_pro", args.lam_n)
     k_B = K - args.ka

@@ -11,7 +11,6 @@ the lambda of the convex program, theory.md section 2). Theory: the minority cla
 """
 import sys
 
-import arg_combinations
 import datasets
 import figure_args
 import figure_assembly
@@ -76,7 +75,7 @@ def main(argv=None):
     else:  # the k_A = 5 list as multiples of its lambda* = 1/300, moved to this k_A's lambda*
         lams = [round(lam * 300 * lam_star, 6) for lam in PAPER_LAMS[5]]
     utils.check_positive("--lam/--reg_z_l", lams)
-    arg_combinations.check_distinct("--lam/--reg_z_l", lams)
+    utils.check_distinct("--lam/--reg_z_l", lams)
     utils.check_fraction("--warm_frac", args.warm_frac)
     sizes = [args.na] * args.ka + [args.nb] * (K - args.ka)
     clusters = [list(range(args.ka)), list(range(args.ka, K))]

@@ -12,7 +12,6 @@ n_B = 100, lambda = 0.005).
 import math
 import sys
 
-import arg_combinations
 import datasets
 import figure_args
 import figure_assembly
@@ -64,7 +63,7 @@ def main(argv=None):
     nas = [max(1, round(n * na_scale)) for n in chosen] if na_scale != 1 else list(chosen)
     utils.check_positive_ints("--nalist", nas)
     utils.check_positive_ints("--nb", [args.nb])
-    arg_combinations.check_distinct("--nalist", nas)
+    utils.check_distinct("--nalist", nas)
     below = [n for n in nas if n < args.nb]
     if below:
         print(f"warning: --nalist {' '.join(map(str, below))} below --nb {args.nb}: at those points the majority "

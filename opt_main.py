@@ -85,8 +85,7 @@ def check_args(args):
     if args.solver == "cvxpy":
         check_cvxpy_size(sum(args.cluster_s))
     lams = args.lams
-    if len(set(lams)) < len(lams):   # a path names each value once
-        raise UserError(f"--lam/--reg_z {' '.join(f'{v:g}' for v in lams)}: a value is given twice; give each once")
+    utils.check_distinct("--lam/--reg_z", lams)
     if any(not v >= 0 for v in lams) or (0 in lams and len(lams) > 1):  # 0 alone: the hard-margin program
         bad = next((v for v in lams if not v >= 0), 0.0)
         raise UserError(f"--lam/--reg_z: {bad} is not allowed; lambda must be a number > 0 (or 0 alone: the "

@@ -195,6 +195,16 @@ def typed_dests(parser, argv):
     return frozenset(d for d in dests if getattr(namespace, d) is not unset)
 
 
+def check_distinct(name, values):
+    """A swept list names every value once: a repeated one would be the same point twice."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise UserError(f"{name} {' '.join(f'{x:g}' for x in values)}: {v:g} is given twice (the same point "
+                            "twice); give each value once")
+        seen.add(v)
+
+
 def check_fraction(name, value):
     """A finite number in [0, 1]."""
     if not np.isfinite(value) or not 0 <= value <= 1:
