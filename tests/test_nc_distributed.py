@@ -1,9 +1,15 @@
 """nc_stream under torch.distributed: two gloo processes on 127.0.0.1, each with its shard, return the
-single-process metrics (the state is reduced by all_reduce)."""
+single-process metrics (the state is reduced by all_reduce).
+
+The ranks meet through a file store in the test's folder (no port to race for) and pass a barrier before
+destroy_process_group: without it, torch 2.4.1's gloo hung in destroy_process_group in about 1 run in 8 here
+(7 of 40 before the fix, 0 of 40 after), and CI's floor pass hung until its 90-minute limit. A watchdog
+kills the ranks and fails the test after WATCHDOG_S instead of hanging."""
+import datetime
 import json
 import math
 import os
-import socket
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +21,7 @@ import ana_utils
 import nc_stream
 
 REL = 1e-10   # the issue's bound; measured relative differences are below 2e-15
+WATCHDOG_S = 180   # a passing run takes 3-5 s here, with both cores busy under 20 s
 
 
 def _data():
@@ -25,10 +32,28 @@ def _data():
     return H, y, rng.normal(size=(4, 6)), rng.normal(size=4)
 
 
-def _worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _init(backend, rank, world, out_dir):
+    """Join the group through a file store in out_dir; collectives give up after a minute."""
+    store = "file://" + os.path.join(out_dir, f"{backend}.store")
+    dist.init_process_group(backend, init_method=store, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+
+
+def _spawn(worker, world, out_dir):
+    """Run worker(rank, world, out_dir) in `world` processes; kill them and fail after WATCHDOG_S."""
+    ranks = mp.start_processes(worker, args=(world, out_dir), nprocs=world, join=False, daemon=True,
+                               start_method="spawn")
+    deadline = time.monotonic() + WATCHDOG_S
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail(f"{world} {worker.__name__} processes still running after {WATCHDOG_S} s: killed")
+
+
+def _worker(rank, world, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _init("gloo", rank, world, out_dir)
     try:
         H, y, W, b = _data()
         order = np.random.default_rng(3).permutation(len(y))
@@ -37,18 +62,13 @@ def _worker(rank, world, port, out_dir):
         got = nc_stream.nc_metrics_stream(nc_stream.array_batches(H[shard], y[shard], 7), W, b)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"n": len(shard), "metrics": got}, f)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_return_single_process_metrics(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _spawn(_worker, 2, str(tmp_path))
     H, y, W, b = _data()
     want = ana_utils.nc_metrics(H, y, W, b)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -60,12 +80,11 @@ def test_two_gloo_ranks_return_single_process_metrics(tmp_path):
             assert not math.isnan(v) and abs(got[k] - v) <= REL * abs(v), (k, got[k], v)
 
 
-def _nccl_worker(rank, world, port, out_dir):
+def _nccl_worker(rank, world, out_dir):
     """One NCCL rank per GPU: CUDA batches and W (state on the GPU), then numpy batches with a CPU W (the
     state moves to the GPU for the reduction and back)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", rank=rank, world_size=world)
+    _init("nccl", rank, world, out_dir)
     try:
         H, y, W, b = _data()
         shard = np.arange(len(y))[rank::world]
@@ -75,6 +94,7 @@ def _nccl_worker(rank, world, port, out_dir):
                nc_stream.nc_metrics_stream(nc_stream.array_batches(H[shard], y[shard], 7), W, b)]
         with open(os.path.join(out_dir, f"nccl{rank}.json"), "w") as f:
             json.dump(got, f)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -82,7 +102,7 @@ def _nccl_worker(rank, world, port, out_dir):
 @pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(), reason="needs CUDA and NCCL")
 def test_nccl_ranks_return_single_process_metrics(tmp_path):
     world = min(2, torch.cuda.device_count())
-    mp.spawn(_nccl_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    _spawn(_nccl_worker, world, str(tmp_path))
     want = ana_utils.nc_metrics(*_data())
     for r in range(world):
         for got in json.loads((tmp_path / f"nccl{r}.json").read_text()):

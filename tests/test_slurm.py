@@ -47,7 +47,8 @@ def slurm_state():
 
 
 SLURM = slurm_state()
-pytestmark = pytest.mark.slow  # jobs, requeues and runs of thousands of epochs
+pytestmark = [pytest.mark.slow,              # jobs, requeues and runs of thousands of epochs
+              pytest.mark.timeout(3600)]     # their subprocesses wait up to 1800 s
 needs_slurm = pytest.mark.skipif(bool(SLURM), reason=SLURM)
 
 
