@@ -4,6 +4,8 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.patches import Patch
 
 import figure_theory
@@ -146,6 +148,8 @@ def plot_accuracy_panel(ax, xs, pts, x_label):
             drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "no test set (UFM)", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        if len(set(xs)) > 1:   # the swept range, as the other panels (not matplotlib's 0..1)
+            ax.set_xlim(min(xs), max(xs))
     else:
         ax.legend(fontsize=6)
     ax.set_ylim(-0.03, 1.03)
@@ -182,7 +186,7 @@ def plot_minority_figure(result, path):
     n = max(len(pts), 1)
     ncol = min(n, 5)
     nrow = -(-n // ncol)
-    fig = plt.figure(figsize=(max(2.2 * ncol + 1.0, 9.0), 2.6 * nrow + 6.4), layout="constrained")
+    fig = plt.figure(figsize=(max(2.2 * ncol + 1.0, 13.0), 2.6 * nrow + 6.4), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.6 * nrow + 0.5, 5.9])
     axes = top.subplots(nrow, ncol, squeeze=False)
     norm = symlog_norm([p.get("Z_mean", p["Z"]) for p in pts]) if pts else None
@@ -205,7 +209,8 @@ def plot_minority_figure(result, path):
     top.legend(handles=[Patch(facecolor="none", edgecolor="tab:red", lw=2.5, label="theory: minority collapse"),
                         Patch(facecolor="none", edgecolor="tab:blue", lw=2.5, label="theory: no collapse")],
                loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-    (ax_s, ax_z), (ax_nc, ax_acc) = bottom.subplots(2, 2)
+    (ax_s, ax_z, ax_d), (ax_nc, ax_acc, ax_free) = bottom.subplots(2, 3)
+    ax_free.axis("off")
     xs = [p["params"][x_key] for p in pts]
     curve = result.get("theory_curve") or {}
     if curve.get("x"):
@@ -225,6 +230,7 @@ def plot_minority_figure(result, path):
     plot_z_norm_panel(ax_z, xs, pts, curve, x_label)
     plot_nc_panel(ax_nc, xs, pts, x_label)
     plot_accuracy_panel(ax_acc, xs, pts, x_label)
+    plot_sweep_distance_panel(bottom, ax_d, pts, x_key, x_label)
     note, color = z_norm_note(pts)
     bottom.suptitle(note, fontsize=9, color=color)
     fig.suptitle(result["settings"].get("title", result["figure"]), fontsize=10)
@@ -303,6 +309,45 @@ def plot_theory_distance_panel(ax, hist, point):
     ax.grid(alpha=0.3)
 
 
+def _distance_series(point):
+    """[(epoch, z_theory_distance)] of a point: the mean over its seeds at each epoch they share, else its
+    one run's; [] when none was recorded (runs from before the column, or lambda = 0)."""
+    if point.get("distance_history_stats"):
+        rows = [(r["epoch"], (r["stats"].get("z_theory_distance") or {}).get("mean"))
+                for r in point["distance_history_stats"]]
+    else:
+        rows = [(r["epoch"], r.get("z_theory_distance")) for r in point.get("distance_history") or []]
+    return [(e, np.nan if v is None else v) for e, v in rows]
+
+
+def plot_sweep_distance_panel(fig, ax, pts, x_key, x_label):
+    """The trained normalised Z's distance to the convex program's Z* at every evaluated epoch, one line per
+    point coloured by the swept value (with seeds, their mean); with one evaluated epoch per point (--quick),
+    the last epoch's distance against the swept value."""
+    series = [(p["params"][x_key], _distance_series(p), bool(p.get("seeds"))) for p in pts]
+    series = [(x, rows, seeds) for x, rows, seeds in series if rows]
+    ax.set_ylabel("||Z/||Z|| - Z*/||Z*|| ||")
+    ax.grid(alpha=0.3)
+    if not series:
+        ax.text(0.5, 0.5, "no distance to the convex program\nrecorded (lambda = 0, or older runs)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        return
+    mean = " (mean over seeds)" if any(seeds for *_, seeds in series) else ""
+    ax.set_yscale("log")
+    if min(len(rows) for _, rows, _ in series) < 2:   # a point evaluated once: no curve to draw
+        ax.plot([x for x, *_ in series], [rows[-1][1] for _, rows, _ in series], "o-", color="C3", ms=4)
+        ax.set_xlabel(x_label)
+        ax.set_title(f"distance to the convex program's Z*, last epoch{mean}", fontsize=8)
+        return
+    cmap, norm = plt.get_cmap("viridis"), Normalize(min(x for x, *_ in series), max(x for x, *_ in series))
+    for x, rows, _ in series:
+        ax.plot([e for e, _ in rows], [v for _, v in rows], "-o", ms=2, color=cmap(norm(x)))
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_title(f"distance to the convex program's Z* per point{mean}", fontsize=8)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=x_label)
+
+
 def _with_interval(point, stat, value):
     """'v' for one seed; 'mean [lo, hi] (what)' over seeds (seed_stats.interval_of)."""
     iv = seed_stats.interval_of((point.get("stats") or {}).get(stat))
@@ -315,7 +360,9 @@ def plot_limit_figure(result, path):
     """Fig 9: mean cosines between columns of Z within A, within B and across, against n_A,
     with the simplex-ETF value -1/(K-1) and the convex program's prediction."""
     pts = sorted(result["points"], key=lambda p: p["params"]["n_A"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(11.5, 4.6), gridspec_kw={"width_ratios": [1.4, 1]},
+                                   layout="constrained")
+    plot_sweep_distance_panel(fig, ax_d, pts, "n_A", "n_A (samples per majority class)")
     curve = result.get("theory_curve") or {}
     styles = (("within_A", "tab:red", "within A"), ("within_B", "tab:blue", "within B"),
               ("across", "tab:green", "across A-B"))

@@ -78,7 +78,7 @@ def merge_seeds(records, n_seeds):
     it is. Several: the first finished seed's record, plus 'seeds' (every finished seed's own numbers),
     'stats' (stats_over_seeds of every number in STAT_FIELDS over the finished seeds, e.g.
     'cosines.within.0', 'nc.test_acc', 'Z.0.1'), 'Z_mean' (the mean Z drawn) and, with histories,
-    'history_stats'."""
+    'history_stats' and 'distance_history_stats'."""
     if n_seeds == 1:
         return records
     merged = []
@@ -91,7 +91,8 @@ def merge_seeds(records, n_seeds):
         stats = stats_over_seeds([{k: r[k] for k in STAT_FIELDS if k in r} for r in done])
         rec = dict(done[0], seeds=per_seed, stats=stats,
                    Z_mean=np.mean([np.asarray(r["Z"], dtype=float) for r in done], axis=0).tolist())
-        if all(r.get("history") for r in done):
-            rec["history_stats"] = history_stats([r["history"] for r in done])
+        for key in ("history", "distance_history"):
+            if all(r.get(key) for r in done):
+                rec[key + "_stats"] = history_stats([r[key] for r in done])
         merged.append(rec)
     return merged

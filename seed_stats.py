@@ -8,6 +8,7 @@ import numpy as np
 # The range each kind of number can take, by its name (the last part of a utils.flatten name decides;
 # first match wins): an interval over seeds is clipped to it. Unnamed quantities are unbounded.
 QUANTITY_RANGES = (
+    (r"theory_distance", 0.0, 2.0),   # between two unit-norm matrices
     (r"(^|[._])(test_|train_)?acc(_|$)|ece|nc4|rank_deficient", 0.0, 1.0),
     (r"spearman|cosine", -1.0, 1.0),
     (r"angle_deg", 0.0, 180.0),

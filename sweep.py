@@ -80,8 +80,13 @@ def train_point(point, device, models_dir, data_dir):
                   run_dir=res["run_dir"], train=point["train"],
                   distances=seli.geometry_distances(res["Z"], point.get("loss", point)["sizes"]))
     record.update(per_class_test_accuracy(res["final"], point["sizes"], point["clusters"]))
+    rows = result_files.read_csv(os.path.join(res["run_dir"], "summary.csv"))
     if point.get("history"):
-        record["history"] = result_files.read_csv(os.path.join(res["run_dir"], "summary.csv"))
+        record["history"] = rows
+    distance = [dict(epoch=r["epoch"], z_theory_distance=r["z_theory_distance"]) for r in rows
+                if r.get("z_theory_distance") is not None]
+    if distance:   # every evaluated epoch's distance to the convex program's Z*, for the figures' panel
+        record["distance_history"] = distance
     return record
 
 
