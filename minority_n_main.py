@@ -17,8 +17,8 @@ import figure_args
 import figure_assembly
 import figure_points
 import figure_theory
+import rebalance_program
 import sweep
-import theory_formulas
 import utils
 
 FIGURE = "minority_n"
@@ -90,25 +90,35 @@ def main(argv=None):
     # Train the missing points here or as jobs (--launch), or only --point I; reuse the finished ones.
     records, missing = sweep.train_points(points, args, argv)
 
-    # Analyse: every point against the convex program; the threshold n_A* and the theory curve.
-    na_star = theory_formulas.two_cluster_nA_star(lam, args.ka, k_B, args.nb)
-    lo, hi = min(nas + [max(na_star, 1)]), max(nas + [na_star])
-    grid = sorted(set([max(1, round(lo + (hi - lo) * i / 19)) for i in range(20)] + nas
-                      + [max(1, math.floor(na_star)), math.ceil(na_star)]))
+    # Analyse: every point against the convex program; the threshold n_A* under --loss and the theory curve.
+    def layout(n_A):
+        loss = figure_points.point_loss(args, sizes_of(n_A), clusters)
+        return loss["sizes"], loss
+    crossings = (rebalance_program.size_threshold(layout, clusters[1], lam, args.reg_b, 1, 40 * max(nas + [args.nb]))
+                 if k_B >= 2 else [])
+    na_star = crossings[0] if crossings else None
     settings = dict(dataset=args.dataset_t, network=args.network, k_A=args.ka, n_B=args.nb, lam=lam,
                     lam_b=args.reg_b, quick=args.quick, x_key="n_A", x_label="n_A",
                     title=f"Minority collapse vs n_A: {figure_args.figure_tag(args)}, k_A={args.ka}, n_B={args.nb}, "
                           f"λ={lam:.4g}")
     result = figure_assembly.assemble_figure(FIGURE, settings, points, records, missing, args.reg_b)
-    plain = args.loss == "cross_entropy" and not args.oversample    # n_A* under another loss: not derived here
-    result["threshold"] = na_star if plain else None
+    result["threshold"], result["threshold_crossings"] = na_star, crossings
     result["theory_curve"] = figure_theory.theory_curve(
-        grid, lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b,
+        theory_grid(nas, na_star), lambda n_A: (sizes_of(n_A), clusters, lam, args.reg_b,
                            figure_points.point_loss(args, sizes_of(n_A), clusters)))
 
     # Plot: the grid of Z heat-maps and minority_spread against n_A, with the JSON beside it.
     figure_assembly.save_figure_result(result, args, f"{FIGURE}_{figure_args.figure_tag(args)}_ka{args.ka}")
     return 0
+
+
+def theory_grid(nas, na_star):
+    """The n_A of the convex program's curve: 20 across the points and the threshold, the points themselves,
+    and the integers on both sides of n_A*."""
+    ends = nas + ([max(na_star, 1)] if na_star else [])
+    lo, hi = min(ends), max(ends)
+    marks = [max(1, math.floor(na_star)), math.ceil(na_star)] if na_star else []
+    return sorted(set([max(1, round(lo + (hi - lo) * i / 19)) for i in range(20)] + nas + marks))
 
 
 if __name__ == "__main__":

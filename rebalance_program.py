@@ -313,6 +313,23 @@ def collapse_threshold(n, loss, cluster, lam_b):
     return float(scipy.optimize.brentq(phi, base, base * np.exp(mu), xtol=1e-14 * base, rtol=1e-12))
 
 
+def size_threshold(layout, cluster, lam, lam_b, lo, hi, points=40):
+    """The sizes x in [lo, hi] where the cluster's collapse threshold lambda*(x) crosses lam: layout(x) gives
+    (sizes as solved, loss vectors), e.g. minority_n's n_A -> the two-cluster layout under its loss. A geometric
+    scan of lambda*(x) - lam, then brentq (relative 1e-12) in each interval where it changes sign; [] when it
+    keeps one sign on [lo, hi]. The cluster collapses where lambda*(x) <= lam (theory.md section 9)."""
+    def gap(x):
+        n, loss = layout(x)
+        return collapse_threshold(n, loss, cluster, lam_b) - lam
+    xs = np.geomspace(lo, hi, points)
+    gaps = [gap(x) for x in xs]
+    roots = [float(x) for x, g in zip(xs, gaps) if g == 0]
+    for x0, x1, g0, g1 in zip(xs, xs[1:], gaps, gaps[1:]):
+        if g0 * g1 < 0:
+            roots.append(float(scipy.optimize.brentq(gap, x0, x1, xtol=1e-12 * x0, rtol=1e-12)))
+    return sorted(roots)
+
+
 def add_loss_args(parser):
     """--loss and its parameters (shared by opt_main and the figure scripts)."""
     parser.add_argument("--loss", default="cross_entropy", help=" | ".join(LOSS_NAMES) + " (theory.md section 9)")
