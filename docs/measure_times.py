@@ -106,6 +106,7 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", default=None, metavar="NAME",
                    help="measure these (names: " + ", ".join(f"'{n}'" for n in COMMANDS) + "); keep the others")
     p.add_argument("--out", default=utils.TIMINGS_PATH, help="the JSON to write (default docs/timings.json)")
+    p.add_argument("--readme", default=README, help="the README whose time spans are rewritten (default README.md)")
     args = p.parse_args(argv)
     for name in args.only or []:
         if name not in COMMANDS:
@@ -127,8 +128,8 @@ def main(argv=None):
         print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load average before {load:.1f}, exit {rc})", flush=True)
     ordered = {n: commands[n] for n in COMMANDS if n in commands}
     result_files.atomic_write_json(args.out, {"machine": here, "commands": ordered})
-    missing = update_readme({"machine": here, "commands": ordered})
-    print(args.out + ", README.md" + (f" (not measured: {', '.join(missing)})" if missing else ""))
+    missing = update_readme({"machine": here, "commands": ordered}, args.readme)
+    print(args.out + ", " + args.readme + (f" (not measured: {', '.join(missing)})" if missing else ""))
     return 0
 
 

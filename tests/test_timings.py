@@ -44,6 +44,13 @@ def test_every_time_the_help_reads_is_one_the_script_measures():
     assert keys <= set(measure_times().COMMANDS)
 
 
+def test_the_readme_states_the_times_of_docs_timings_json():
+    mt = measure_times()
+    timings = result_files.read_json(os.path.join(ROOT, "docs", "timings.json"))
+    spans = mt.README_TIME.findall(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read())
+    assert spans and all(text == mt.short_time(timings["commands"][name]) for name, text in spans), spans
+
+
 def test_no_docstring_or_help_states_a_time_of_its_own():
     for path in glob.glob(os.path.join(ROOT, "*_main.py")):
         with open(path) as f:
@@ -56,11 +63,15 @@ def test_measure_times_runs_a_command_and_keeps_the_others(tmp_path, capsys):
     mt = measure_times()
     here = mt.machine()
     out.write_text(json.dumps({"machine": here, "commands": {"block --quick": {"wall_s": 9.0, "measured": "x"}}}))
-    assert mt.main(["--only", "opt_main", "--out", str(out)]) == 0
+    readme = tmp_path / "README.md"        # never the repository's: its spans come from docs/timings.json
+    readme.write_text("a <!--t:opt_main-->old<!--/t--> and <!--t:limit --quick-->old<!--/t-->\n")
+    assert mt.main(["--only", "opt_main", "--out", str(out), "--readme", str(readme)]) == 0
     data = result_files.read_json(out)
     entry = data["commands"]["opt_main"]
     assert entry["exit_status"] == 0 and 0 < entry["cpu_s"] and 0 < entry["wall_s"] < 120
     assert data["commands"]["block --quick"]["wall_s"] == 9.0        # kept: same machine
     assert utils.measured_time("opt_main", str(out)).startswith("took ")
+    text = readme.read_text()
+    assert text.startswith("a <!--t:opt_main-->≈ ") and "limit --quick-->not measured<" in text
     with pytest.raises(utils.UserError, match="--only: unknown command"):
-        mt.main(["--only", "nonsense", "--out", str(out)])
+        mt.main(["--only", "nonsense", "--out", str(out), "--readme", str(readme)])
