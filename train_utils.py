@@ -443,7 +443,8 @@ def _stop_if_signalled(ckpt_path, model, gen, history, epoch, converged, opt, cf
         if epoch not in cfg["eval_epochs"]:  # else checkpointed just above
             save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
                             None if opt is None else opt.state_dict())
-        print(f"stopped: {stop_signals.stop_requested() or 'a signal to another rank'} at epoch {epoch} of {cfg['epochs']}, "
+        why = stop_signals.stop_requested() or "a signal to another rank"
+        print(f"stopped: {why} at epoch {epoch} of {cfg['epochs']}, "
               f"checkpointed in {run_dir}; the same command resumes it", file=sys.stderr, flush=True)
         raise stop_signals.Stopped(stop_signals.STOPPED_STATUS)
 

@@ -1,0 +1,150 @@
+"""Data-parallel training (data_parallel.py through train_utils.train_run): two gloo ranks on 127.0.0.1 train a small
+MLP without BatchNorm as the single process does (final weights and the CSV's NC metrics), rank 0 alone writing
+each file; a finished run is reused on every rank; what cannot be data-parallel is refused in one line.
+
+The ranks meet through a file store and pass a barrier before destroy_process_group (torch 2.4.1's gloo can hang
+in destroy without it: tests/test_nc_distributed.py); a watchdog kills them and fails the test instead of hanging."""
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import ROOT, TINY_CFG, dirs, tiny_data
+
+import data_parallel
+import result_files
+import train_utils
+
+WATCHDOG_S = 300   # the two ranks' runs take about 10 s here; with both cores busy under a minute
+# Measured: the 2-rank run (one thread per rank) against the single process (1 and 2 threads), largest
+# differences: weights 1.2e-7 relative to the largest weight, CSV metrics 8.3e-7 relative (test_uniformity_riesz_var;
+# the parts' losses and gradients are summed in another order, in float32). The bounds allow 12x that and more; a
+# wrong step (each rank's loss not scaled by its part's share) moved the weights by 0.4 relative.
+W_REL, CSV_REL = 1e-5, 1e-5
+# the two runs: the regularised objective (theory.md section 2) with unequal parts (batches of 7: parts of 3
+# and 4, the last batch of 2: parts of 1), and mixup with one coefficient per sample (the mixup objective's path)
+CFGS = [dict(TINY_CFG, name="ddp", batch_size=7, epochs=4, eval_epochs=[2, 4]),
+        dict(TINY_CFG, name="ddp_mix", batch_size=16, mixup=True, alpha=1.0, lam_per="sample", lam_h=0.0, lam_w=0.0,
+             lam_b=0.0)]
+
+
+def _no_batchnorm(build):
+    """build_model with every BatchNorm replaced by the identity (the MLPs of networks.py all have BatchNorm)."""
+    def build_without(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                    setattr(parent, name, torch.nn.Identity())
+        return model
+    return build_without
+
+
+def _objective(cfg):
+    return train_utils.make_mixup_objective(torch.nn.CrossEntropyLoss(reduction="none"), cfg["alpha"],
+                                            mix_per=cfg["lam_per"]) if cfg.get("mixup") else None
+
+
+def _train_both(models_dir):
+    """Train CFGS in models_dir, then train them again (reused); returns (results, reused flags)."""
+    data = tiny_data()
+    results = [train_utils.train_run(c, data, torch.device("cpu"), models_dir, objective=_objective(c)) for c in CFGS]
+    again = [train_utils.train_run(c, data, torch.device("cpu"), models_dir, objective=_objective(c))["reused"]
+             for c in CFGS]
+    return results, again
+
+
+def _worker(rank, world, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "store"), rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=120))
+    try:
+        written, atomic_write = [], result_files.atomic_write
+        result_files.atomic_write = lambda path, write: (written.append(path), atomic_write(path, write))[1]
+        train_utils.build_model = _no_batchnorm(train_utils.build_model)
+        results, again = _train_both(os.path.join(out_dir, "models"))
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"run_dirs": [r["run_dir"] for r in results], "reused": [r["reused"] for r in results],
+                       "again": again, "written": written, "final": [r["final"] for r in results]}, f)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world, out_dir):
+    ranks = mp.start_processes(_worker, args=(world, out_dir), nprocs=world, join=False, daemon=True,
+                               start_method="spawn")
+    deadline = time.monotonic() + WATCHDOG_S
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail(f"{world} ranks still running after {WATCHDOG_S} s: killed")
+
+
+def _close(got, want, rel):
+    return abs(got - want) <= rel * max(abs(want), 1e-3)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_as_one_process_and_write_once(tmp_path, monkeypatch):
+    _spawn(2, str(tmp_path))
+    monkeypatch.setattr(train_utils, "build_model", _no_batchnorm(train_utils.build_model))
+    want, again = _train_both(str(tmp_path / "single"))
+    assert again == [True, True]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[1]["written"] == [], "rank 1 wrote files"
+    for r in ranks:
+        assert r["reused"] == [False, False] and r["again"] == [True, True] and r["run_dirs"] == ranks[0]["run_dirs"]
+    for run_dir, w, cfg in zip(ranks[0]["run_dirs"], want, CFGS):
+        names = [os.path.basename(p) for p in ranks[0]["written"]
+                 if os.path.dirname(p) == run_dir and not os.path.basename(p).startswith("lock.")]   # the lock's own
+        evaluated = len(cfg["eval_epochs"])
+        assert sorted(names) == sorted(["config.json"] + ["summary.csv", "checkpoint.pt"] * evaluated
+                                       + ["model.pt", "final.json"]), names
+        got_w = torch.load(os.path.join(run_dir, "model.pt"), weights_only=True)
+        want_w = torch.load(os.path.join(w["run_dir"], "model.pt"), weights_only=True)
+        assert list(got_w) == list(want_w)
+        scale = max(float(v.abs().max()) for v in want_w.values())
+        worst = max(float((got_w[k] - want_w[k]).abs().max()) for k in want_w)
+        assert worst <= W_REL * scale, (worst, scale)
+        rows, want_rows = result_files.read_csv(os.path.join(run_dir, "summary.csv")), \
+            result_files.read_csv(os.path.join(w["run_dir"], "summary.csv"))
+        assert [r["epoch"] for r in rows] == [r["epoch"] for r in want_rows] == cfg["eval_epochs"]
+        for got, exp in zip(rows, want_rows):
+            assert list(got) == list(exp)
+            for k, v in exp.items():
+                if k == "seconds_per_epoch" or not isinstance(v, float) or math.isnan(v):
+                    continue
+                assert _close(got[k], v, CSV_REL), (k, got[k], v)
+    assert json.dumps(ranks[1]["final"]) == json.dumps(ranks[0]["final"])   # every rank got rank 0's final rows
+
+
+def test_one_process_is_the_identity():
+    assert not data_parallel.active() and data_parallel.world() == 1 and data_parallel.is_rank0()
+    assert data_parallel.batch_part(7) == (slice(0, 7), 1.0)
+    t = torch.arange(5)
+    assert data_parallel.shard(t) is t and data_parallel.all_sum(t) is t
+    assert data_parallel.from_rank0(lambda: 3) == 3 and data_parallel.rank0_only(lambda x: x + 1, 1) == 2
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["mixup_main.py", "--study", "--quick"], "--study under torchrun"),
+    (["mixup_main.py", "--quick", "--dry_run"], "--dry_run under torchrun"),
+    (["minority_l_main.py", "--quick", "--network", "UFM"], "--network UFM under torchrun"),
+    (["minority_l_main.py", "--quick"], "--batched (--quick's default) under torchrun"),
+    (["block_main.py", "--quick", "--structure", "1", "--batched"], "--batched under torchrun"),
+])
+def test_what_cannot_be_data_parallel_is_refused_in_one_line(tmp_path, argv, named):
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable] + argv + dirs(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: " + named), p.stderr
+    assert not (tmp_path / "models").exists()
