@@ -16,11 +16,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import ROOT, TINY_CFG, dirs, tiny_data
 
 import data_parallel
 import result_files
 import train_utils
+from conftest import ROOT, TINY_CFG, dirs, tiny_data
 
 WATCHDOG_S = 300   # the two ranks' runs take about 10 s here; with both cores busy under a minute
 # Measured: the 2-rank run (one thread per rank) against the single process (1 and 2 threads), largest
