@@ -148,3 +148,31 @@ def test_what_cannot_be_data_parallel_is_refused_in_one_line(tmp_path, argv, nam
                        timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: " + named), p.stderr
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_trains_mixup_main_with_per_layer_nc_and_writes_once(tmp_path):
+    """The real launcher: `torchrun --standalone` (127.0.0.1, a free port) runs mixup_main.py on 2 gloo ranks, a
+    BatchNorm MLP (per-rank batch statistics) with --nc_layers all; rank 0 alone prints and writes."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "mixup_main.py",
+            "--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "24", "--model", "mlp", "--width",
+            "8", "--epochs", "3", "--snapshots", "3", "--snapshot_size", "60", "--batch_size", "16", "--lr", "0.05",
+            "--nc_layers", "all"] + dirs(tmp_path)
+    p = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=WATCHDOG_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        pytest.fail(f"torchrun still running after {WATCHDOG_S} s: killed")
+    assert p.returncode == 0, err[-3000:]
+    printed = [line for line in out.splitlines() if line.startswith(str(tmp_path))]
+    assert len(printed) == len(set(printed)) and any(line.endswith("summary.csv") for line in printed), out
+    (run_dir,) = list((tmp_path / "models").iterdir())
+    rows = result_files.read_csv(str(run_dir / "summary.csv"))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    layer_cols = [k for k in rows[-1] if k.startswith("nc1_trace@")]
+    assert layer_cols and all(0 < rows[-1][k] < math.inf for k in layer_cols)
+    assert 0 <= rows[-1]["test_ncc_acc"] <= 1 and (run_dir / "final.json").exists()
+    assert sorted(f.name for f in run_dir.iterdir() if f.name.startswith("mixup_e")) == ["mixup_e0003.json",
+                                                                                       "mixup_e0003.npz"]
