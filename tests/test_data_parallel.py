@@ -150,24 +150,29 @@ def test_what_cannot_be_data_parallel_is_refused_in_one_line(tmp_path, argv, nam
     assert not (tmp_path / "models").exists()
 
 
-@pytest.mark.slow
-def test_torchrun_trains_mixup_main_with_per_layer_nc_and_writes_once(tmp_path):
-    """The real launcher: `torchrun --standalone` (127.0.0.1, a free port) runs mixup_main.py on 2 gloo ranks, a
-    BatchNorm MLP (per-rank batch statistics) with --nc_layers all; rank 0 alone prints and writes."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "mixup_main.py",
-            "--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "24", "--model", "mlp", "--width",
-            "8", "--epochs", "3", "--snapshots", "3", "--snapshot_size", "60", "--batch_size", "16", "--lr", "0.05",
-            "--nc_layers", "all"] + dirs(tmp_path)
-    p = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _torchrun(script_argv, tmp_path):
+    """`torchrun --standalone` (127.0.0.1, a free port) of a script on 2 gloo ranks, killed with its ranks after
+    WATCHDOG_S; returns its stdout's lines naming files under tmp_path (asserting exit status 0)."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] + script_argv
+    p = subprocess.Popen(argv + dirs(tmp_path), cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = p.communicate(timeout=WATCHDOG_S)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, 9)
         pytest.fail(f"torchrun still running after {WATCHDOG_S} s: killed")
     assert p.returncode == 0, err[-3000:]
-    printed = [line for line in out.splitlines() if line.startswith(str(tmp_path))]
-    assert len(printed) == len(set(printed)) and any(line.endswith("summary.csv") for line in printed), out
+    return [line for line in out.splitlines() if line.startswith(str(tmp_path))]
+
+
+@pytest.mark.slow
+def test_torchrun_trains_mixup_main_with_per_layer_nc_and_writes_once(tmp_path):
+    """mixup_main.py on 2 gloo ranks, a BatchNorm MLP (per-rank batch statistics) with --nc_layers all: rank 0
+    alone prints and writes."""
+    printed = _torchrun(["mixup_main.py", "--dataset", "synthetic", "--num_classes", "3", "--train_per_class", "24",
+                         "--model", "mlp", "--width", "8", "--epochs", "3", "--snapshots", "3", "--snapshot_size", "60",
+                         "--batch_size", "16", "--lr", "0.05", "--nc_layers", "all"], tmp_path)
+    assert len(printed) == len(set(printed)) and any(line.endswith("summary.csv") for line in printed), printed
     (run_dir,) = list((tmp_path / "models").iterdir())
     rows = result_files.read_csv(str(run_dir / "summary.csv"))
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -176,3 +181,18 @@ def test_torchrun_trains_mixup_main_with_per_layer_nc_and_writes_once(tmp_path):
     assert 0 <= rows[-1]["test_ncc_acc"] <= 1 and (run_dir / "final.json").exists()
     assert sorted(f.name for f in run_dir.iterdir() if f.name.startswith("mixup_e")) == ["mixup_e0003.json",
                                                                                        "mixup_e0003.npz"]
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_figure_sweep_one_point_at_a_time(tmp_path):
+    """block_main.py --no_batched on 2 ranks: the point trained data-parallel, its record and the figure written
+    once by rank 0 (the other rank ends after training), a second command reuses the point."""
+    argv = ["block_main.py", "--structure", "1", "--quick", "--no_batched", "--epochs", "3"]
+    printed = _torchrun(argv, tmp_path)
+    assert sorted(os.path.splitext(p)[1] for p in printed) == [".json", ".png"], printed
+    figure = json.loads(open(next(p for p in printed if p.endswith(".json"))).read())
+    assert figure and len(list((tmp_path / "models" / "points").glob("*.json"))) == 1
+    (run_dir,) = [d for d in (tmp_path / "models").iterdir() if d.name != "points"]
+    rows = result_files.read_csv(str(run_dir / "summary.csv"))
+    assert rows[-1]["epoch"] == 3 and 0 <= rows[-1]["test_acc"] <= 1 and not list(run_dir.glob("lock*"))
+    assert _torchrun(argv, tmp_path) == printed   # reused: the same figure, nothing trained
