@@ -1,6 +1,7 @@
 """Data-parallel training (data_parallel.py through train_utils.train_run): two gloo ranks on 127.0.0.1 train a small
 MLP without BatchNorm as the single process does (final weights and the CSV's NC metrics), rank 0 alone writing
-each file; a finished run is reused on every rank; what cannot be data-parallel is refused in one line.
+each file; a killed run resumes, a finished one is reused, on every rank; what cannot be data-parallel is
+refused in one line.
 
 The ranks meet through a file store and pass a barrier before destroy_process_group (torch 2.4.1's gloo can hang
 in destroy without it: tests/test_nc_distributed.py); a watchdog kills them and fails the test instead of hanging."""
@@ -20,7 +21,7 @@ import torch.multiprocessing as mp
 import data_parallel
 import result_files
 import train_utils
-from conftest import ROOT, TINY_CFG, dirs, tiny_data
+from conftest import ROOT, TINY_CFG, dirs, kill_at, tiny_data
 
 WATCHDOG_S = 300   # the two ranks' runs take about 10 s here; with both cores busy under a minute
 # Measured: the 2-rank run (one thread per rank) against the single process (1 and 2 threads), largest
@@ -61,6 +62,15 @@ def _train_both(models_dir):
     return results, again
 
 
+def _killed_and_resumed(models_dir):
+    """CFGS[0] killed (Ctrl-C on every rank) at its epoch-4 evaluation, after the epoch-2 checkpoint, then run again:
+    returns the resumed run's folder."""
+    data = tiny_data()
+    with pytest.raises(KeyboardInterrupt):
+        train_utils.train_run(CFGS[0], data, torch.device("cpu"), models_dir, on_eval=kill_at(4))
+    return train_utils.train_run(CFGS[0], data, torch.device("cpu"), models_dir)["run_dir"]
+
+
 def _worker(rank, world, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "store"), rank=rank,
@@ -70,9 +80,11 @@ def _worker(rank, world, out_dir):
         result_files.atomic_write = lambda path, write: (written.append(path), atomic_write(path, write))[1]
         train_utils.build_model = _no_batchnorm(train_utils.build_model)
         results, again = _train_both(os.path.join(out_dir, "models"))
+        resumed = _killed_and_resumed(os.path.join(out_dir, "resumed"))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"run_dirs": [r["run_dir"] for r in results], "reused": [r["reused"] for r in results],
-                       "again": again, "written": written, "final": [r["final"] for r in results]}, f)
+                       "again": again, "written": written, "final": [r["final"] for r in results],
+                       "resumed": resumed}, f)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -125,6 +137,9 @@ def test_two_gloo_ranks_train_as_one_process_and_write_once(tmp_path, monkeypatc
                     continue
                 assert _close(got[k], v, CSV_REL), (k, got[k], v)
     assert json.dumps(ranks[1]["final"]) == json.dumps(ranks[0]["final"])   # every rank got rank 0's final rows
+    resumed = torch.load(os.path.join(ranks[0]["resumed"], "model.pt"), weights_only=True)
+    whole = torch.load(os.path.join(ranks[0]["run_dirs"][0], "model.pt"), weights_only=True)
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)   # resumed on 2 ranks = uninterrupted on 2 ranks
 
 
 def test_one_process_is_the_identity():
