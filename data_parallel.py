@@ -48,6 +48,8 @@ def init_from_env(device):
     in destroy without it)."""
     if not launched() and not active():
         return device
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device.type} under torchrun: allowed are cpu (gloo) and cuda (NCCL)")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
