@@ -150,6 +150,21 @@ def test_one_process_is_the_identity():
     assert data_parallel.from_rank0(lambda: 3) == 3 and data_parallel.rank0_only(lambda x: x + 1, 1) == 2
 
 
+def test_the_ranks_parts_cover_a_batch_once_and_their_shares_sum_to_one(monkeypatch):
+    for w in (2, 3, 4):
+        monkeypatch.setattr(data_parallel, "world", lambda w=w: w)
+        for n in range(1, 10):
+            parts = []
+            for r in range(w):
+                monkeypatch.setattr(data_parallel, "rank", lambda r=r: r)
+                parts.append(data_parallel.batch_part(n))
+            covered = [i for part, share in parts if share > 0 for i in range(n)[part]]
+            assert covered == list(range(n)) and math.isclose(sum(share for _, share in parts), 1.0)
+            assert all(share == len(range(n)[part]) / n or (share == 0 and part == slice(0, n))
+                       for part, share in parts)
+            assert max(len(range(n)[p]) for p, s in parts if s) - min(len(range(n)[p]) for p, s in parts if s) <= 1
+
+
 @pytest.mark.parametrize("argv,named", [
     (["mixup_main.py", "--study", "--quick"], "--study under torchrun"),
     (["mixup_main.py", "--quick", "--dry_run"], "--dry_run under torchrun"),
