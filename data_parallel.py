@@ -30,14 +30,17 @@ def active():
 
 
 def rank():
+    """This process's rank (0 in one process)."""
     return dist.get_rank() if active() else 0
 
 
 def world():
+    """The number of ranks (1 in one process)."""
     return dist.get_world_size() if active() else 1
 
 
 def is_rank0():
+    """Whether this process writes the files (rank 0, or the only process)."""
     return rank() == 0
 
 
@@ -54,7 +57,11 @@ def init_from_env(device):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        except ValueError as e:   # WORLD_SIZE set without the rest of torchrun's environment
+            raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} without torchrun's environment ({e}); start the "
+                            "script with torchrun, or unset WORLD_SIZE") from None
         atexit.register(_leave)
     return device
 
@@ -148,7 +155,8 @@ def sync_batchnorm(model, device):
 
 
 def from_rank0(compute):
-    """compute() on rank 0 alone, its value (any picklable object) or its UserError given to every rank."""
+    """compute() on rank 0 alone, its value (any picklable object) or its UserError given to every rank (another
+    exception ends rank 0, and torchrun then stops the others)."""
     if not active():
         return compute()
     box = [None]

@@ -226,3 +226,11 @@ def test_torchrun_trains_a_figure_sweep_one_point_at_a_time(tmp_path):
     rows = result_files.read_csv(str(run_dir / "summary.csv"))
     assert rows[-1]["epoch"] == 3 and 0 <= rows[-1]["test_acc"] <= 1 and not list(run_dir.glob("lock*"))
     assert _torchrun(argv, tmp_path) == printed   # reused: the same figure, nothing trained
+
+
+def test_world_size_without_torchrun_is_one_error_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    p = subprocess.run([sys.executable, "mixup_main.py", "--quick"] + dirs(tmp_path), cwd=ROOT,
+                       env=dict(env, WORLD_SIZE="2", OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("error: WORLD_SIZE=2 without torchrun's environment") and "RANK" in p.stderr
