@@ -9,6 +9,7 @@ import time
 
 import torch
 
+import data_parallel
 import networks
 import result_files
 import run_locks
@@ -45,7 +46,9 @@ def train_batched(cfgs, data, device, models_dir="models"):
     (evaluation excluded) divided by the number of runs trained together: each run's share, the
     figure --dry_run estimates from. At every evaluated epoch each run writes train_run's checkpoint
     (its weights, its slice of the momentum, its data order): a killed batch resumes together when
-    its runs stopped at the same epoch, otherwise each run resumes alone in train_run's loop."""
+    its runs stopped at the same epoch, otherwise each run resumes alone in train_run's loop. Not under torchrun
+    (refused in one line): the vmapped batch is not data-parallel."""
+    data_parallel.refuse("--batched", "a vmapped sweep is not data-parallel; add --no_batched")
     cfgs = _checked_configs(cfgs)
     run_dirs = [train_utils.run_dir_of(c, data, models_dir) for c in cfgs]
     first = {d: m for m, d in reversed(list(enumerate(run_dirs)))}  # a configuration given twice is trained once

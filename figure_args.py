@@ -4,6 +4,7 @@ import re
 
 import arg_combinations
 import batched_training
+import data_parallel
 import datasets
 import devices
 import launcher
@@ -148,7 +149,20 @@ def check_figure_args(args):
     if getattr(args, "ka", None) is not None and not 1 <= args.ka < K:
         raise UserError(f"--ka {args.ka}: must lie in 1..{K - 1} (both clusters non-empty)")
     arg_combinations.check_figure_combinations(args, batched_training.BATCHED_NETWORKS)
+    check_data_parallel_args(args)
     return K
+
+
+def check_data_parallel_args(args):
+    """Under torchrun (a figure's network runs one by one, data-parallel): refuse what cannot be, naming it."""
+    if networks.is_ufm(args.network):
+        data_parallel.refuse("--network UFM", "its full-batch L-BFGS trains on one process (in seconds)")
+    if args.batched or (args.batched is None and getattr(args, "quick", False)):
+        data_parallel.refuse("--batched" + (" (--quick's default)" if args.batched is None else ""),
+                             "a vmapped sweep is not data-parallel; add --no_batched to train the points one by one")
+    for flag, on in (("--launch", args.launch is not None), ("--dry_run", getattr(args, "dry_run", False))):
+        if on:
+            data_parallel.refuse(flag, "it launches or probes runs itself")
 
 
 def check_launch_args(args):
@@ -199,7 +213,8 @@ def figure_tag(args):
 
 
 def figure_device(args):
-    """The torch device of a figure script (its CPU threads are set per point: point_work_size)."""
+    """The torch device of a figure script (its CPU threads are set per point: point_work_size); under torchrun
+    the process group is joined here and the device is this rank's (data_parallel.init_from_env)."""
     device = devices.get_device(args.device)
     result_files.ensure_writable_dir(args.plot_dir, "--plot_dir")
-    return device
+    return data_parallel.init_from_env(device)

@@ -8,6 +8,7 @@ import os
 import sys
 
 import arg_combinations
+import data_parallel
 import datasets
 import devices
 import figure_args
@@ -133,10 +134,14 @@ def main(argv=None):
     if not args.study and (args.point is not None or args.assemble or args.launch):
         raise UserError("--point/--assemble/--launch: they select or launch cells of the study grid; add --study")
     arg_combinations.check_mixup_combinations(args)
+    for flag, why in (("study", "the study grid's cells are not data-parallel; train one cell without --study"),
+                      ("dry_run", "its probe trains in a folder of each process's own")):
+        if getattr(args, flag):
+            data_parallel.refuse("--" + flag, why)
     if args.study:
         return mixup_study.study(args, argv)
     K, per_class = mixup_run.check_args(args)
-    device = figure_args.figure_device(args)
+    device = figure_args.figure_device(args)   # under torchrun: this rank's, in the process group
     cfg = mixup_run.train_config(args)
     if not args.dry_run:
         arg_combinations.check_output_dirs(args)
@@ -152,6 +157,8 @@ def main(argv=None):
     if args.dry_run:
         return mixup_run.dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
     result = mixup_run.train(cfg, inputs, device, args.models_dir)
+    if not data_parallel.is_rank0():   # under torchrun rank 0 alone draws and writes the figures
+        return 0
     run_dir = result["run_dir"]
     if result["reused"]:
         print(f"reusing finished run {run_dir}")

@@ -5,6 +5,7 @@ import numpy as np
 
 import ana_utils
 import cpu_threads
+import data_parallel
 import datasets
 import losses
 import mixup_batches
@@ -114,16 +115,19 @@ def train_config(args):
 def make_on_eval(cfg, data, loss_fn, device):
     """Per evaluated epoch: test loss and ECE (15 bins, on the confidence the loss defines:
     mixup_geometry.loss_probabilities) as CSV columns; at snapshot epochs, the
-    mixed-feature snapshot (.npz) and its geometry summary (.json) in the run folder."""
+    mixed-feature snapshot (.npz) and its geometry summary (.json) in the run folder. Under torchrun every rank
+    computes the columns (per-layer NC from its shard, summed over ranks), rank 0 alone the snapshots."""
     def on_eval(model, epoch, run_dir):
         _, logits = ana_utils.extract_features(model, data.x_test.to(device))
         row = {"test_loss": loss_fn(logits, data.y_test).mean().item(),
                "test_ece": mixup_geometry.expected_calibration_error(logits, data.y_test, loss=cfg["loss"],
                                                                      mse_scale=cfg["mse_scale"])}
         if cfg.get("nc_layers"):
-            row.update(nc_layers.layer_nc(model, cfg["nc_layers"], (data.x_train.to(device), data.y_train.to(device)),
-                                          (data.x_test.to(device), data.y_test.to(device))))
-        if epoch in cfg["snapshots"]:
+            shard = data_parallel.shard
+            row.update(nc_layers.layer_nc(model, cfg["nc_layers"],
+                                          (shard(data.x_train).to(device), shard(data.y_train).to(device)),
+                                          (shard(data.x_test).to(device), shard(data.y_test).to(device))))
+        if epoch in cfg["snapshots"] and data_parallel.is_rank0():
             rng = np.random.default_rng([cfg["seed"], epoch])
             snap = mixup_geometry.collect_mixup_features(model, data.x_train, data.y_train, cfg["classes"],
                                                     cfg["snapshot_size"], cfg["alpha"], rng,

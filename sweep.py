@@ -14,6 +14,7 @@ import sys
 import arg_combinations
 import batched_training
 import cpu_threads
+import data_parallel
 import devices
 import figure_args
 import figure_points
@@ -36,7 +37,8 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False, say
 
     run_point(point) -> a JSON-able record, stored in point_record_path and reused by later calls.
     With assemble_only nothing is trained. Missing points are named on stderr (unless not say_missing:
-    the caller names them). records[i] is None where missing."""
+    the caller names them). records[i] is None where missing. Under torchrun every rank trains each point
+    (data-parallel) and rank 0 alone reads and writes the records and holds their locks."""
     if only is not None and not 0 <= only < len(points):
         raise UserError(f"--point {only}: allowed are 0..{len(points) - 1} ({len(points)} points)")
     if only is not None and assemble_only:
@@ -46,19 +48,20 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False, say
     records, missing, reused = [], [], []
     for i, point in enumerate(points):
         path = point_records.point_record_path(models_dir, point)
-        record = point_records.read_point_record(path, point)
+        record = data_parallel.from_rank0(lambda: point_records.read_point_record(path, point))
         if record is not None:
             reused.append(i)
         elif not assemble_only and only in (None, i):
-            result_files.ensure_writable_dir(os.path.dirname(path), "--models_dir")
-            with run_locks.run_lock(path + ".lock", f"point {i}"):
-                result_files.remove_leftovers(os.path.dirname(path), os.path.basename(path))
-                record = point_records.read_point_record(path, point)  # finished by the process this one waited for
+            data_parallel.from_rank0(lambda: result_files.ensure_writable_dir(os.path.dirname(path), "--models_dir"))
+            with data_parallel.rank0_holds(lambda: run_locks.run_lock(path + ".lock", f"point {i}")):
+                data_parallel.rank0_only(result_files.remove_leftovers, os.path.dirname(path), os.path.basename(path))
+                # finished by the process this one waited for
+                record = data_parallel.from_rank0(lambda: point_records.read_point_record(path, point))
                 if record is None:
                     print(f"[point {i + 1} of {len(points)} (--point {i})] {figure_points.describe_point(point)}",
                           file=sys.stderr)
                     record = run_point(point)
-                    result_files.atomic_write_json(path, record)
+                    data_parallel.rank0_only(result_files.atomic_write_json, path, record)
         if record is None:
             missing.append(i)
         records.append(record)
@@ -149,6 +152,8 @@ def train_points(points, args, argv=None):
             use_threads(figure_points.point_work_size(pt))
             return train_point(pt, device, args.models_dir, args.data_dir)
         records, missing = run_sweep(runs, run_point, args.models_dir, args.point, args.assemble, args.partial)
+    if not data_parallel.is_rank0():   # under torchrun the points are trained; rank 0 alone assembles the figure
+        raise SystemExit(0)
     check_complete(runs, missing, args, argv)
     args.figure_runs = dict(key=figure_store.runs_key(runs), total=len(runs))
     n = len(seeds)

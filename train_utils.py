@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import data_parallel
 import figure_theory
 import mixup_batches
 import mixup_geometry
@@ -31,15 +32,19 @@ from utils import UserError
 def make_mixup_objective(loss_fn, alpha, mixup=True, mix_per="batch"):
     """An objective(model, xb, yb, epoch, gen) -> (loss, terms) for train_run that feeds the
     network the mixed inputs (mix_batch, one coefficient per batch or per sample) and applies the
-    mixed loss (the plain loss when mixup is False)."""
+    mixed loss (the plain loss when mixup is False). Under torchrun it mixes the whole batch (the same draws
+    from `gen` on every rank) and computes the loss of its rank's part (data_parallel.batch_part)."""
     def objective(model, xb, yb, epoch, gen):
         if mixup:
             x_in, y_a, y_b, mix = mixup_batches.mix_batch(xb, yb, alpha, gen, mix_per)
         else:
             x_in, y_a, y_b, mix = xb, yb, yb, 1.0
-        logits, _ = model(x_in)
-        loss = mixup_batches.mixup_loss(loss_fn, logits.float(), y_a, y_b, mix)
+        part, _ = data_parallel.batch_part(len(xb))
+        logits, _ = model(x_in[part])
+        mix = mix[part] if isinstance(mix, torch.Tensor) and mix.ndim else mix
+        loss = mixup_batches.mixup_loss(loss_fn, logits.float(), y_a[part], y_b[part], mix)
         return loss, {"loss": loss}
+    objective.data_parallel = True   # takes its rank's part itself: train_run may run it under torchrun
     return objective
 
 
@@ -148,7 +153,7 @@ def restore_history(run_dir, ckpt, gen):
     summary.csv is rewritten with the checkpoint's rows, no more, no less (a kill after a CSV row and
     before its checkpoint left one row too many). Returns (history, the checkpoint's epoch)."""
     gen.set_state(ckpt["gen"])
-    result_files.atomic_write_csv(os.path.join(run_dir, "summary.csv"), ckpt["history"])
+    data_parallel.rank0_only(result_files.atomic_write_csv, os.path.join(run_dir, "summary.csv"), ckpt["history"])
     return ckpt["history"], ckpt["epoch"]
 
 
@@ -160,6 +165,8 @@ def record_evaluated_epoch(run_dir, cfg, history, epoch, means, metrics, seconds
     row = {"epoch": epoch, "lr": lr_at(cfg, epoch), **means, **metrics, "seconds_per_epoch": seconds_per_epoch,
            **(extra or {})}
     history.append(row)
+    if not data_parallel.is_rank0():   # under torchrun rank 0 alone logs and writes
+        return row
     if not sys.stderr.isatty():
         print(epoch_log_line(cfg, row, list(means)), file=sys.stderr, flush=True)
     result_files.atomic_write_csv(os.path.join(run_dir, "summary.csv"), history)
@@ -170,12 +177,15 @@ def evaluate(model, data, x_train, cfg, device):
     """Train/test accuracy (test also per class), every NC metric of the current model on the training
     and the test set, per class-size group, and the modern set (nc_stream.evaluation_metrics: eval mode,
     no gradients, features streamed from the model into the class statistics); with lam_h, lam_w > 0,
-    `z_theory_distance` of Z to the convex program's optimum (figure_theory.z_theory_distance)."""
+    `z_theory_distance` of Z to the convex program's optimum (figure_theory.z_theory_distance). Under torchrun each
+    rank streams its shard of both sets and nc_stream sums their statistics: every rank gets whole-set metrics."""
+    data_parallel.average_buffers(model)
     W = model.classifier.weight.detach()
     b = model.classifier.bias.detach() if model.classifier.bias is not None else None
-    test = None if is_ufm(cfg["network"]) else (data.x_test.to(device), data.y_test.to(device))
-    row, stats = nc_stream.evaluation_metrics(model, W, b, (x_train, data.y_train.to(device)), test, data.sizes,
-                                              batch_size=max(cfg["batch_size"], 1024))
+    shard = data_parallel.shard
+    test = None if is_ufm(cfg["network"]) else (shard(data.x_test).to(device), shard(data.y_test).to(device))
+    row, stats = nc_stream.evaluation_metrics(model, W, b, (shard(x_train), shard(data.y_train).to(device)), test,
+                                              data.sizes, batch_size=max(cfg["batch_size"], 1024))
     Z = W.double().cpu().numpy() @ stats["means"].T       # column k is W times the mean feature of class k
     if cfg["lam_h"] > 0 and cfg["lam_w"] > 0:   # a run of the regularised UFM objective: the convex program's Z
         lam = 2 * math.sqrt(cfg["lam_h"] * cfg["lam_w"])
@@ -203,7 +213,9 @@ def probe_seconds_per_epoch(cfg, data, device, objective=None):
 
 def save_checkpoint(path, model, gen, history, epoch, converged=False, optimizer=None):
     """Write a run's resume state atomically (load_checkpoint reads it): weights, the data-order
-    generator, torch's RNG, the CSV rows so far, the epoch, and the optimizer state when given."""
+    generator, torch's RNG, the CSV rows so far, the epoch, and the optimizer state when given; rank 0 alone."""
+    if not data_parallel.is_rank0():
+        return
     state = {"model": model.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
              "history": history, "epoch": epoch, "converged": converged}
     if optimizer is not None:
@@ -229,32 +241,33 @@ def epoch_log_line(cfg, row, terms):
 
 def _minibatch_epoch(model, opt, x_train, y_train, cfg, epoch, gen, objective, warm_weight, amp, N, device):
     """One epoch of mini-batches in the order drawn from `gen`; returns the sample-weighted means
-    of the objective's terms."""
+    of the objective's terms. Under torchrun each rank computes the loss of its part of every batch, scaled by
+    the part's share, and the gradients are summed over ranks (data_parallel): one step of the whole batch. A
+    custom objective gets the whole batch and takes its part itself (make_mixup_objective)."""
     bs = min(cfg["batch_size"], N)
     perm = epoch_order(N, bs, gen).to(device)
-    sums, seen = 0, 0
+    sums = 0
     for start_i in range(0, len(perm), bs):
         idx = perm[start_i:start_i + bs]
         xb, yb = x_train[idx], y_train[idx]
+        part, share = data_parallel.batch_part(len(idx))
 
         def closure():
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 if objective is None:
-                    loss, terms = regularized_objective(model, xb, yb, cfg, N, warm_weight)
+                    loss, terms = regularized_objective(model, xb[part], yb[part], cfg, N, warm_weight)
                 else:
                     loss, terms = objective(model, xb, yb, epoch, gen)
-            loss.backward()
+            (loss * share).backward()
             last["terms"] = terms  # in a dict, not on the closure: no reference cycle keeps the graph alive
-            return loss
+            return data_parallel.sum_gradients(model.parameters(), loss * share)
 
         last = {}
         opt.step(closure)
         names = list(last["terms"])
-        batch_terms = torch.stack([v.detach().float() for v in last["terms"].values()]) * len(idx)
-        sums = sums + batch_terms
-        seen += len(idx)
-    return dict(zip(names, (sums / seen).tolist()))
+        sums = sums + torch.stack([v.detach().float() for v in last["terms"].values()]) * (share * len(idx))
+    return dict(zip(names, (data_parallel.all_sum(sums) / len(perm)).tolist()))
 
 
 def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=None):
@@ -268,20 +281,27 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
     trained under its lock file (a second task waits, then reuses it), the UFM on one thread.
     `objective(model, xb, yb, epoch, gen) -> (loss, terms)` replaces the regularised CE of
     theory.md section 2 (terms: dict of scalar tensors, averaged per epoch into the CSV);
-    `on_eval(model, epoch, run_dir) -> dict` adds columns to the CSV row of an evaluated epoch."""
+    `on_eval(model, epoch, run_dir) -> dict` adds columns to the CSV row of an evaluated epoch (on every rank).
+    Under torchrun it trains data-parallel (_minibatch_epoch, evaluate); rank 0 alone holds the lock, reads and
+    writes the run's files, the other ranks wait for it at barriers and get its results."""
     cfg = {**TRAIN_DEFAULTS, **cfg}
     cfg["eval_epochs"] = sorted(set(cfg["eval_epochs"] or default_eval_epochs(cfg["epochs"])))
     check_train_config(cfg)
     cfg["eval_epochs"] = sorted(set(cfg["eval_epochs"]) | {cfg["epochs"]})  # the last epoch is always evaluated
+    device = check_data_parallel(cfg, data, device, objective)
     run_dir = run_dir_of(cfg, data, models_dir)
     final_path = os.path.join(run_dir, "final.json")
-    if os.path.exists(final_path):
-        return reuse_finished_run(final_path, cfg, data)
-    result_files.ensure_writable_dir(run_dir, "--models_dir")
-    with run_locks.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}"):
-        if os.path.exists(final_path):  # finished by the process this one waited for
-            return reuse_finished_run(final_path, cfg, data)
-        result_files.remove_leftovers(run_dir)  # temporary files of writes killed midway
+    reuse = data_parallel.from_rank0(lambda: reuse_finished_run(final_path, cfg, data)
+                                     if os.path.exists(final_path) else None)
+    if reuse is not None:
+        return reuse
+    data_parallel.from_rank0(lambda: result_files.ensure_writable_dir(run_dir, "--models_dir"))
+    with data_parallel.rank0_holds(lambda: run_locks.run_lock(os.path.join(run_dir, "lock"), f"the run {run_dir}")):
+        reuse = data_parallel.from_rank0(lambda: reuse_finished_run(final_path, cfg, data)
+                                         if os.path.exists(final_path) else None)
+        if reuse is not None:  # finished by the process this one waited for
+            return reuse
+        data_parallel.rank0_only(result_files.remove_leftovers, run_dir)  # temporary files of writes killed midway
         threads = torch.get_num_threads()
         if is_ufm(cfg["network"]):  # one thread: the same Z whatever the machine's core count (2e-3 apart otherwise)
             torch.set_num_threads(1)
@@ -289,6 +309,19 @@ def train_run(cfg, data, device, models_dir="models", objective=None, on_eval=No
             return train_locked_run(cfg, data, device, run_dir, objective, on_eval)
         finally:
             torch.set_num_threads(threads)
+
+
+def check_data_parallel(cfg, data, device, objective):
+    """Under torchrun: join the process group and return this rank's device; refuse (one error line) what cannot
+    train data-parallel: the UFM's full-batch L-BFGS and an objective that does not take its rank's part."""
+    if not (data_parallel.launched() or data_parallel.active()):
+        return device
+    if ufm_training.is_ufm_lbfgs(cfg, len(data.y_train), objective):
+        data_parallel.refuse("--network UFM", "its full-batch L-BFGS trains on one process")
+    if objective is not None and not getattr(objective, "data_parallel", False):
+        data_parallel.refuse("this objective", "it does not take its rank's part of a batch (make_mixup_objective's "
+                             "does)")
+    return data_parallel.init_from_env(device)
 
 
 def reuse_finished_run(final_path, cfg, data):
@@ -311,13 +344,14 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
     """train_run's training part for a caller holding the run's lock (train_run, batched_training):
     resume or start, train, finish."""
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
-    ckpt = load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
-    result_files.atomic_write_json(os.path.join(run_dir, "config.json"),
-                            dict(cfg, data=data.key, sizes=data.sizes, record=utils.run_record(device)))
+    ckpt = data_parallel.from_rank0(lambda: load_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None)
+    data_parallel.rank0_only(result_files.atomic_write_json, os.path.join(run_dir, "config.json"),
+                             dict(cfg, data=data.key, sizes=data.sizes, record=utils.run_record(device)))
 
     N = len(data.y_train)
     model, x_train, y_train, ufm_lbfgs, opt, gen = _new_run_model(cfg, data, device, objective, N)
     history, start, converged = _resume_run(ckpt, model, opt, gen, run_dir)
+    data_parallel.sync_model(model)
     if ufm_lbfgs:  # L-BFGS on balanced variables, tested every UFM_CHUNK iterations, a short history
         balanced = ufm_training.BalancedUFM(model, cfg)
         opt = make_optimizer(balanced, cfg)
@@ -326,7 +360,7 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
     finished = start == cfg["epochs"] or converged  # killed after the last checkpoint, before final.json
     amp = cfg["amp"] and device.type == "cuda"
     bar = tqdm(range(start + 1, (start if finished else cfg["epochs"]) + 1), desc=cfg["name"], initial=start,
-               total=cfg["epochs"], disable=not sys.stderr.isatty(), dynamic_ncols=True)
+               total=cfg["epochs"], disable=not sys.stderr.isatty() or not data_parallel.is_rank0(), dynamic_ncols=True)
     train_seconds, timed_epochs = 0.0, 0  # since the last evaluated epoch: seconds_per_epoch of its CSV row
     for epoch in bar:
         t_epoch = time.perf_counter()
@@ -355,7 +389,7 @@ def train_locked_run(cfg, data, device, run_dir, objective, on_eval):
 
     if finished:
         _, Z, b = evaluate(model, data, x_train, cfg, device)
-    return finish_run(run_dir, cfg, data, model, history, Z, b)
+    return data_parallel.from_rank0(lambda: finish_run(run_dir, cfg, data, model, history, Z, b))
 
 
 def _new_run_model(cfg, data, device, objective, N):
@@ -364,6 +398,7 @@ def _new_run_model(cfg, data, device, objective, N):
     utils.set_seed(cfg["seed"])
     model = build_model(cfg["network"], data.num_classes, data.in_channels, num_samples=N, width=cfg["width"],
                         feat_dim=cfg["feat_dim"], image_size=data.x_train.shape[-1], depth=cfg.get("depth")).to(device)
+    model = data_parallel.sync_batchnorm(model, device)
     if cfg.get("fixed_etf"):  # (mixup) a frozen simplex-ETF classifier, set before the optimizer sees it
         fixed_etf_classifier_(model.classifier, seed=cfg["seed"])
     ufm = is_ufm(cfg["network"])
@@ -404,11 +439,12 @@ def _check_finite(epoch, means):
 def _stop_if_signalled(ckpt_path, model, gen, history, epoch, converged, opt, cfg, run_dir):
     """On a stop signal (a job's time limit or preemption ahead) before the last epoch: checkpoint the epoch (unless
     evaluated, so checkpointed already; `opt` None keeps no optimizer state), say so, and raise Stopped."""
-    if stop_signals.stop_requested() and epoch < cfg["epochs"]:
+    if data_parallel.any_rank(stop_signals.stop_requested()) and epoch < cfg["epochs"]:
         if epoch not in cfg["eval_epochs"]:  # else checkpointed just above
             save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
                             None if opt is None else opt.state_dict())
-        print(f"stopped: {stop_signals.stop_requested()} at epoch {epoch} of {cfg['epochs']}, "
+        why = stop_signals.stop_requested() or "a signal to another rank"
+        print(f"stopped: {why} at epoch {epoch} of {cfg['epochs']}, "
               f"checkpointed in {run_dir}; the same command resumes it", file=sys.stderr, flush=True)
         raise stop_signals.Stopped(stop_signals.STOPPED_STATUS)
 
