@@ -43,5 +43,4 @@ def test_the_warm_path_gives_the_cold_answers(name):
         assert warm["status"] == cold["status"] == "optimal" and max(warm["accuracy"], cold["accuracy"]) <= tol
         assert abs(warm["objective"] - cold["objective"]) <= (warm["accuracy"] + cold["accuracy"]) * cold["objective"]
         dz = np.linalg.norm(warm["Z"] - cold["Z"]) / max(np.linalg.norm(cold["Z"]), 1.0)
-        print(f"{name} lam/mid {lam / lam_mid:.3f}: |dZ| {dz:.1e}")
         assert dz <= 1e-6
