@@ -12,7 +12,7 @@ with the cluster boundaries into plots/NAME.png.
     python opt_main.py --cluster_s 5 5 --sample_s 500 100 --lam 0          # the hard-margin program (SELI)
 
 --loss and its parameters solve the re-balanced program (theory.md section 9); several --lam values
-are solved as a path (each warm-started from its neighbour, each certified) with one figure of the
+are solved as a path (each warm-started from its neighbours' answers, each certified) with one figure of the
 minority spread and the cluster cosines; --lam 0 solves the hard-margin program, whose answer is SELI."""
 import argparse
 import os
