@@ -2,7 +2,9 @@
 and its warm-started answers against cold solves at the same lambdas, every one certified."""
 import numpy as np
 import pytest
+import scipy.linalg
 
+import rebalance_benchmark
 import rebalance_program as rp
 import utils
 
@@ -44,3 +46,17 @@ def test_the_warm_path_gives_the_cold_answers(name):
         assert abs(warm["objective"] - cold["objective"]) <= (warm["accuracy"] + cold["accuracy"]) * cold["objective"]
         dz = np.linalg.norm(warm["Z"] - cold["Z"]) / max(np.linalg.norm(cold["Z"]), 1.0)
         assert dz <= 1e-6
+
+
+def test_the_benchmark_counts_decompositions_and_steps(capsys):
+    """counted_decompositions counts K x K eigh and SVD calls only (known calls); bench_rebalance at a small K
+    reports a certified path, its L-BFGS steps split at the middle lambda."""
+    with rebalance_benchmark.counted_decompositions(30) as counts:
+        A = np.eye(30)
+        np.linalg.svd(A), np.linalg.svd(A, compute_uv=False), np.linalg.eigh(A), scipy.linalg.eigh(A)
+        np.linalg.svd(np.eye(29)), scipy.linalg.eigh(np.eye(5))
+    assert counts == {"eigh": 2, "svd": 2} and np.linalg.svd.__module__.startswith("numpy")
+    r = rebalance_benchmark.bench_rebalance(K=30, n_max=200)
+    assert r["path_certified"] == 20 and r["cold_decompositions"] <= 50
+    assert 0 < r["path_steps_upper"] < r["path_steps"] and r["path_over_cold"] > 0
+    assert "20 of 20 certified" in capsys.readouterr().out
