@@ -12,7 +12,7 @@ with the cluster boundaries into plots/NAME.png.
     python opt_main.py --cluster_s 5 5 --sample_s 500 100 --lam 0          # the hard-margin program (SELI)
 
 --loss and its parameters solve the re-balanced program (theory.md section 9); several --lam values
-are solved as a path (each warm-started from its neighbour, each certified) with one figure of the
+are solved as a path (each warm-started from its neighbours' answers, each certified) with one figure of the
 minority spread and the cluster cosines; --lam 0 solves the hard-margin program, whose answer is SELI."""
 import argparse
 import os
@@ -331,13 +331,10 @@ def solve_hard_margin(args, name, n, sizes):
 
 
 def solve_path(args, name, n, sizes, clusters, thresholds):
-    """Several lambdas: solved from the largest down, each warm-started from its neighbour's answer and
-    certified; one figure of the minority spread and the cluster cosines along the path."""
-    order = sorted(range(len(args.lams)), key=lambda i: -args.lams[i])
-    sols, Z0, b0, t0 = [None] * len(order), None, None, time.perf_counter()
-    for i in order:
-        sols[i] = solve(args, sizes, args.lams[i], Z0, b0)
-        Z0, b0 = sols[i]["Z"], sols[i]["b"]
+    """Several lambdas: solved from the largest down, each warm-started from its neighbours' answers
+    (rebalance_program.lambda_path) and certified; one figure of the minority spread and the cluster cosines."""
+    t0 = time.perf_counter()
+    sols = rebalance_program.lambda_path(args.lams, lambda lam, Z0, b0: solve(args, sizes, lam, Z0, b0))
     total = time.perf_counter() - t0
     minority = min((c for c in clusters if len(c) > 1), key=lambda c: sizes[c[0]], default=clusters[-1])
     points = []
@@ -349,7 +346,7 @@ def solve_path(args, name, n, sizes, clusters, thresholds):
                            clusters=report_of(args, sol, sizes, clusters, thresholds, lam)))
         print(f"lambda = {lam:.6g}: {sol['status']} (certified {sol['accuracy']:.1e}) in {sol['solve_time']:.2f} s; "
               f"minority spread {points[-1]['minority_spread']:.4g}, ||Z|| = {points[-1]['z_norm']:.4g}")
-    print(f"path of {len(order)} lambdas in {total:.2f} s")
+    print(f"path of {len(sols)} lambdas in {total:.2f} s")
     summary = os.path.join(args.out_dir, name + ".json")
     png = os.path.join(args.plot_dir, name + ".png")
     record = dict(common_record(args, n, sizes), lam=args.lams, path=points, minority=minority,

@@ -31,12 +31,11 @@ def counted_decompositions(min_size):
 
 
 def _measure(solve, lams, K):
-    """(CPU seconds, wall seconds, decompositions, answers) of solve(lam, Z0, b0) along lams, warm-started."""
+    """(CPU seconds, wall seconds, decompositions, answers) of solve(lam, Z0, b0) along lams, warm-started as
+    opt_main's paths (rebalance_program.lambda_path)."""
     with counted_decompositions(K) as counts:
-        c0, w0, Z0, b0, sols = time.process_time(), time.perf_counter(), None, None, []
-        for lam in lams:
-            sols.append(solve(lam, Z0, b0))
-            Z0, b0 = (sols[-1]["Z"], sols[-1]["b"]) if len(lams) > 1 else (None, None)
+        c0, w0 = time.process_time(), time.perf_counter()
+        sols = rebalance_program.lambda_path(lams, solve)
         return time.process_time() - c0, time.perf_counter() - w0, counts["eigh"] + counts["svd"], sols
 
 
@@ -52,10 +51,15 @@ def bench_rebalance(K=1000, ratio=100, n_max=1280, loss_name="cross_entropy", la
     c_cold, w_cold, d_cold, cold = _measure(solve, [lam_mid], K)
     c_path, w_path, d_path, path = _measure(solve, lams, K)
     ok = sum(s["status"] == "optimal" for s in path)
+    steps = [s["bm_iterations"] for s in path]
+    upper = sum(k for k, lam in zip(steps, lams) if lam > lam_mid)
     print(f"{loss_name}, exp profile K = {K}, ratio {ratio}, n_max {n_max} ({len(set(n))} distinct sizes): cold solve "
           f"at lambda = sqrt(n_min)/N {c_cold:.1f} CPU s ({w_cold:.1f} s wall), {d_cold} decompositions, "
           f"{cold[0]['status']} {cold[0]['accuracy']:.0e}; 20-lambda path (0.5-2x, warm-started) {c_path:.1f} CPU s "
           f"({w_path:.1f} s wall) = {c_path / c_cold:.2f} x the cold solve, {d_path} decompositions, "
-          f"{ok} of 20 certified (worst accuracy {max(s['accuracy'] for s in path):.0e})", flush=True)
+          f"{ok} of 20 certified (worst accuracy {max(s['accuracy'] for s in path):.0e}); L-BFGS steps: cold "
+          f"{cold[0]['bm_iterations']}, path {sum(steps)} ({upper} at the 10 lambdas above the middle, where groups "
+          f"cross their thresholds)", flush=True)
     return {"cold_cpu_s": c_cold, "cold_decompositions": d_cold, "path_cpu_s": c_path,
-            "path_over_cold": c_path / c_cold, "path_decompositions": d_path, "path_certified": ok}
+            "path_over_cold": c_path / c_cold, "path_decompositions": d_path, "path_certified": ok,
+            "cold_steps": cold[0]["bm_iterations"], "path_steps": sum(steps), "path_steps_upper": upper}

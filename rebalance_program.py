@@ -198,6 +198,10 @@ def solve_rebalance_cvxpy(n, loss, lam, lam_b, tol=1e-9):
 # 20-lambda path (K = 100, exp profile), 3500 L-BFGS steps in all against 8000 from the answer itself floored
 # at 1e-6 (directions that must grow start near a saddle of the factored form); Newton from it did not help.
 WARM_STEP, WARM_FLOOR = 1.0, 1e-3
+# L-BFGS checks its point's certificate every CHECK_EVERY steps once the gradient predicts success: max |g| / f
+# times the ratio certified accuracy / (max |g| / f) seen at the solve's checks so far (1 before the first)
+# is <= tol; a certificate costs 2-4 K x K decompositions (at K = 1000 ~ 20 L-BFGS steps).
+CHECK_EVERY = 10
 
 
 def _prox_steps(X, b, a, q, L, lam_b, vec, certify, steps):
@@ -229,13 +233,14 @@ def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_ite
     t0 = time.perf_counter()
     K = n.size
     best = [np.inf, None, None, np.inf]
-    counts = dict(certificates=0)
+    counts, last = dict(certificates=0), [np.inf]
 
     def certify(X, b, F=None):
         """True when (X, b) is certified to tol; keeps the best answer."""
         F = rebalance_objective(X / q, b, n, loss, lam, lam_b) if F is None else F
         acc = _ufm_accuracy(F, _dual_point(X, b, a, q, L, lam_b, vec)[0])
         counts["certificates"] += 1
+        last[0] = acc
         if acc < best[0]:
             best[:] = [acc, X, b, F]
         return acc <= tol
@@ -251,16 +256,42 @@ def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_ite
             b = np.log(a) - vec[2] - np.mean(np.log(a) - vec[2])      # best b for Z = 0 as lam_b -> 0
             x = start(-_smooth(np.zeros((K, K)), b, a, q, lam_b, vec)[1], b, L, 1e-3)
 
+        done, ratio = [False], [1.0]     # the stop's verdict; the largest accuracy / (max |g| / f) checked
+
         def stop(it, x, f, g):
-            return it % 50 == 0 and np.max(np.abs(g)) <= tol * f and certify(*point(x))
+            """Certified? Checked every CHECK_EVERY steps once max |g| / f times ratio is <= tol."""
+            gf = np.max(np.abs(g)) / f
+            if it % CHECK_EVERY or gf * ratio[0] > tol:
+                return False
+            done[0] = certify(*point(x))
+            ratio[0] = max(ratio[0], last[0] / gf)
+            return done[0]
         x, _, its = ufm_program._lbfgs(fg, x, bm_iter, gtol=1e-11, stop=stop)
-        if not certify(*point(x)):
+        if not done[0] and not certify(*point(x)):
             x = ufm_program._newton_polish(fg, hess, x)
             certify(*point(x))
         _prox_steps(best[1], best[2], a, q, L, lam_b, vec, certify, 1 if best[0] <= tol else 50)
     acc, X, b, F = best
     return dict(Z=X / q, b=b, objective=float(F), accuracy=float(acc), status="optimal" if acc <= tol else "inaccurate",
                 solver="fast", solve_time=time.perf_counter() - t0, bm_iterations=its, **counts)
+
+
+def lambda_path(lams, solve):
+    """solve(lam, Z0, b0) at each lambda (answers in the order of lams), from the largest down: the first cold,
+    each next warm-started from its larger neighbours' answers extrapolated linearly in log lambda (the step
+    ratio clipped to 1; from the one answer at the second): a point O(h^2) from the answer where the path is
+    smooth. Measured (K = 300, exp profile, 20 lambdas): 841 L-BFGS steps at the 10 below the middle against 959
+    from the neighbour's answer alone; the half where groups cross their thresholds is unchanged (docs/rebalance.md)."""
+    order = sorted(range(len(lams)), key=lambda i: -lams[i])
+    sols, Z0, b0 = [None] * len(lams), None, None
+    for j, i in enumerate(order):
+        sols[i] = solve(lams[i], Z0, b0)
+        Z0, b0 = np.asarray(sols[i]["Z"], float), np.asarray(sols[i]["b"], float)
+        if 0 < j < len(order) - 1:
+            prev, nxt = sols[order[j - 1]], lams[order[j + 1]]
+            r = min(np.log(nxt / lams[i]) / np.log(lams[i] / lams[order[j - 1]]), 1.0)
+            Z0, b0 = Z0 + r * (Z0 - prev["Z"]), b0 + r * (b0 - prev["b"])
+    return sols
 
 
 def _group_of(n, vec, k):
