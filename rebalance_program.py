@@ -264,7 +264,7 @@ def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_ite
             if it % CHECK_EVERY or gf * ratio[0] > tol:
                 return False
             done[0] = certify(*point(x))
-            ratio[0] = max(ratio[0], last[0] / gf)
+            ratio[0] = max(ratio[0], last[0] / gf) if gf > 0 else ratio[0]
             return done[0]
         x, _, its = ufm_program._lbfgs(fg, x, bm_iter, gtol=1e-11, stop=stop)
         if not done[0] and not certify(*point(x)):
@@ -290,7 +290,7 @@ def lambda_path(lams, solve):
         if 0 < j < len(order) - 1:
             prev, nxt = sols[order[j - 1]], lams[order[j + 1]]
             r = min(np.log(nxt / lams[i]) / np.log(lams[i] / lams[order[j - 1]]), 1.0)
-            Z0, b0 = Z0 + r * (Z0 - prev["Z"]), b0 + r * (b0 - prev["b"])
+            Z0, b0 = Z0 + r * (Z0 - np.asarray(prev["Z"], float)), b0 + r * (b0 - np.asarray(prev["b"], float))
     return sols
 
 
