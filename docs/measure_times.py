@@ -17,11 +17,10 @@ import sys
 import tempfile
 import time
 
-import result_files
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import utils  # noqa: E402  (the repository's utils, found through the path above)
+import result_files  # noqa: E402  (the repository's modules, found through the path above)
+import utils  # noqa: E402
 
 README = os.path.join(REPO, "README.md")
 # a time the README states: <!--t:NAME-->text<!--/t-->, the text rewritten from docs/timings.json

@@ -75,3 +75,12 @@ def test_measure_times_runs_a_command_and_keeps_the_others(tmp_path, capsys):
     assert text.startswith("a <!--t:opt_main-->≈ ") and "limit --quick-->not measured<" in text
     with pytest.raises(utils.UserError, match="--only: unknown command"):
         mt.main(["--only", "nonsense", "--out", str(out), "--readme", str(readme)])
+
+
+def test_the_documented_command_starts_from_any_folder(tmp_path):
+    """`python docs/measure_times.py` runs as a script (its folder first on sys.path, not the repository's)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "measure_times.py"), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--readme" in out.stdout, out.stderr
