@@ -1,8 +1,10 @@
 """Tests import the top-level modules from the repository root and run on the CPU. Shared here: ROOT,
 dirs() (a script's output folders under a test's tmp_path), the tiny training configuration and
-its data, and kill_at() (a run killed at an evaluated epoch, to test resume)."""
+its data, kill_at() (a run killed at an evaluated epoch, to test resume) and spawn_ranks() (real
+torch.distributed processes under a watchdog)."""
 import os
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -34,6 +36,21 @@ def kill_at(epoch):
             raise KeyboardInterrupt
         return {}
     return on_eval
+
+
+def spawn_ranks(worker, world, out_dir, watchdog_s):
+    """Run worker(rank, world, out_dir) in `world` spawned processes; kill them and fail the test when they are
+    still running after watchdog_s (a hang fails one test, never the whole suite)."""
+    import pytest
+    import torch.multiprocessing as mp
+    ranks = mp.start_processes(worker, args=(world, out_dir), nprocs=world, join=False, daemon=True,
+                               start_method="spawn")
+    deadline = time.monotonic() + watchdog_s
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail(f"{world} {worker.__name__} processes still running after {watchdog_s} s: killed")
 
 
 def pytest_terminal_summary(terminalreporter):

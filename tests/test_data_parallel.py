@@ -11,17 +11,15 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import data_parallel
 import result_files
 import train_utils
-from conftest import ROOT, TINY_CFG, dirs, kill_at, tiny_data
+from conftest import ROOT, TINY_CFG, dirs, kill_at, spawn_ranks, tiny_data
 
 WATCHDOG_S = 300   # the two ranks' runs take about 10 s here; with both cores busy under a minute
 # Measured: the 2-rank run (one thread per rank) against the single process (1 and 2 threads), largest
@@ -90,24 +88,13 @@ def _worker(rank, world, out_dir):
         dist.destroy_process_group()
 
 
-def _spawn(world, out_dir):
-    ranks = mp.start_processes(_worker, args=(world, out_dir), nprocs=world, join=False, daemon=True,
-                               start_method="spawn")
-    deadline = time.monotonic() + WATCHDOG_S
-    while not ranks.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ranks.processes:
-                p.kill()
-            pytest.fail(f"{world} ranks still running after {WATCHDOG_S} s: killed")
-
-
 def _close(got, want, rel):
     return abs(got - want) <= rel * max(abs(want), 1e-3)
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_train_as_one_process_and_write_once(tmp_path, monkeypatch):
-    _spawn(2, str(tmp_path))
+    spawn_ranks(_worker, 2, str(tmp_path), WATCHDOG_S)
     monkeypatch.setattr(train_utils, "build_model", _no_batchnorm(train_utils.build_model))
     want, again = _train_both(str(tmp_path / "single"))
     assert again == [True, True]

@@ -9,16 +9,15 @@ import datetime
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import ana_utils
 import nc_stream
+from conftest import spawn_ranks
 
 REL = 1e-10   # the issue's bound; measured relative differences are below 2e-15
 WATCHDOG_S = 180   # a passing run takes 3-5 s here, with both cores busy under 20 s
@@ -39,18 +38,6 @@ def _init(backend, rank, world, out_dir):
                             timeout=datetime.timedelta(seconds=60))
 
 
-def _spawn(worker, world, out_dir):
-    """Run worker(rank, world, out_dir) in `world` processes; kill them and fail after WATCHDOG_S."""
-    ranks = mp.start_processes(worker, args=(world, out_dir), nprocs=world, join=False, daemon=True,
-                               start_method="spawn")
-    deadline = time.monotonic() + WATCHDOG_S
-    while not ranks.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ranks.processes:
-                p.kill()
-            pytest.fail(f"{world} {worker.__name__} processes still running after {WATCHDOG_S} s: killed")
-
-
 def _worker(rank, world, out_dir):
     torch.set_num_threads(1)
     _init("gloo", rank, world, out_dir)
@@ -68,7 +55,7 @@ def _worker(rank, world, out_dir):
 
 
 def test_two_gloo_ranks_return_single_process_metrics(tmp_path):
-    _spawn(_worker, 2, str(tmp_path))
+    spawn_ranks(_worker, 2, str(tmp_path), WATCHDOG_S)
     H, y, W, b = _data()
     want = ana_utils.nc_metrics(H, y, W, b)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -102,7 +89,7 @@ def _nccl_worker(rank, world, out_dir):
 @pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(), reason="needs CUDA and NCCL")
 def test_nccl_ranks_return_single_process_metrics(tmp_path):
     world = min(2, torch.cuda.device_count())
-    _spawn(_nccl_worker, world, str(tmp_path))
+    spawn_ranks(_nccl_worker, world, str(tmp_path), WATCHDOG_S)
     want = ana_utils.nc_metrics(*_data())
     for r in range(world):
         for got in json.loads((tmp_path / f"nccl{r}.json").read_text()):
