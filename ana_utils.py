@@ -191,7 +191,12 @@ def cluster_cosines(Z, clusters):
 
 
 def minority_spread(Z, minority):
-    """Largest distance between two columns of Z among the given (minority) classes."""
-    cols = _np64(Z)[:, list(minority)]
-    diff = cols[:, :, None] - cols[:, None, :]
-    return float(np.sqrt((diff**2).sum(0)).max())
+    """Largest distance between two columns of Z among the given (minority) classes, from the Gram of
+    the columns less their mean (memory m x m for m classes, not K x m x m). Exact to rounding: each
+    squared distance's error is ~eps max|a|^2 (a: a column less the mean), and the largest distance is
+    >= max|a| (the mean lies in the columns' hull), so collapsed columns (spread ~1e-15) stay exact."""
+    A = _np64(Z)[:, list(minority)]
+    A = A - A.mean(axis=1, keepdims=True)
+    G = A.T @ A
+    sq = np.diag(G)
+    return float(np.sqrt(max(float((sq[:, None] + sq[None, :] - 2.0 * G).max()), 0.0)))
