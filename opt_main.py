@@ -36,6 +36,9 @@ import utils
 from utils import UserError
 
 COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one (solver accuracy)
+# LDAM's threshold is a brentq of solves per cluster, each O(g^3) a step in g distinct sizes: measured 3 s
+# per cluster at g = 98 (exp profile, K = 100), 0.1 s at g = 2 (K = 1000), over 12 minutes at g = 247 (K = 300)
+LDAM_MAX_SIZES = 100
 LAM_MAX = 1e6  # largest --lam / --reg_b: Clarabel panics at 1e300, and Z = b = 0 long before
 # cvxpy/Clarabel's peak memory on the program (ru_maxrss, one thread): 0.13 GB at K = 10, 0.17 at 20, 0.32 at
 # 30, 0.65 at 40, 1.37 at 50 (23 min): about 0.12 GB + 210 K^4 bytes (the nuclear norm's PSD cone of side 2K
@@ -212,13 +215,27 @@ def plain(args):
 
 
 def thresholds_of(args, sizes, clusters):
-    """Each cluster's collapse threshold under the loss (None: one class; LDAM beyond K = 100: not computed)."""
+    """Each cluster's collapse threshold under the loss (None: one class; LDAM with more than LDAM_MAX_SIZES
+    distinct sizes: not computed)."""
     if plain(args):
         return theory_formulas.cluster_thresholds(args.cluster_s, args.sample_s)
-    if args.loss == "ldam" and len(sizes) > 100:
+    if args.loss == "ldam" and len(set(sizes)) > LDAM_MAX_SIZES:
         return [None] * len(clusters)
     return [rebalance_program.collapse_threshold(sizes, args.loss_obj, c, args.reg_b) if len(c) > 1 else None
             for c in clusters]
+
+
+def cluster_line(i, r, sizes):
+    """One printed line of a cluster's report row: its threshold, verdict and spread."""
+    c = r["classes"]
+    if len(c) < 2:
+        return f"cluster {i} (class {c[0]}, n = {sizes[c[0]]}): single class (cannot collapse)"
+    t = (f"threshold {r['threshold']:.6g}" if r["threshold"] is not None else
+         f"threshold not computed (LDAM beyond {LDAM_MAX_SIZES} distinct sizes)")
+    bounds = "" if r["spread_lower"] is None else \
+        f"; optimum's spread certified in [{r['spread_lower']:.3g}, {r['spread_upper']:.3g}]"
+    return (f"cluster {i} (classes {c[0]}-{c[-1]}, n = {sizes[c[0]]}): {t}; "
+            f"{r['verdict']} (spread {r['spread']:.3g}{bounds})")
 
 
 def solve(args, sizes, lam, Z0=None, b0=None):
@@ -275,13 +292,9 @@ def main(argv=None):
     print(f"Z (classes as columns):\n{np.round(Z, 4) + 0.0}\nb = {np.round(b, 4) + 0.0}\n"
           f"objective = {sol['objective']:.10g}")
     for i, r in enumerate(report):
-        t = "single class" if r["threshold"] is None else f"threshold {r['threshold']:.6g}"
-        bounds = "" if r["spread_lower"] is None else \
-            f"; optimum's spread certified in [{r['spread_lower']:.3g}, {r['spread_upper']:.3g}]"
-        print(f"cluster {i} (classes {r['classes'][0]}-{r['classes'][-1]}, n = {sizes[r['classes'][0]]}): {t}; "
-              f"{r['verdict']} (spread {r['spread']:.3g}{bounds})")
+        print(cluster_line(i, r, sizes))
     live = [t for t in thresholds if t is not None]
-    if live and lam >= max(live):
+    if live and len(live) == len(thresholds) and lam >= max(live):     # no single class, every threshold known
         print(f"warning: lambda = {lam:g} is above every cluster's threshold (largest {max(live):.6g}); "
               f"every cluster collapses, and here Z = 0 is the trivial answer (||Z|| = {np.linalg.norm(Z):.3g})",
               file=sys.stderr)

@@ -54,7 +54,9 @@ def _svt(A, tau):
 
 def _lbfgs(fg, x, max_iter, gtol, m=30, stop=None):
     """L-BFGS (two-loop recursion, Armijo backtracking; where f no longer resolves the decrease a step
-    that shrinks the gradient is taken), stopped early when stop(it, x, f, g). Returns (x, f, iterations)."""
+    that shrinks the gradient is taken), stopped early when stop(it, x, f, g). Returns (x, f, iterations).
+    Call it under _blas_threads(1): its daxpy is scipy's OpenBLAS, the dots and fg numpy's, and two
+    multi-threaded OpenBLAS libraries spin against each other (0.4 s a step at 2e4 unknowns on 2 cores, measured)."""
     axpy = scipy.linalg.blas.daxpy
     f, g = fg(x)
     S = np.empty((m, x.size))

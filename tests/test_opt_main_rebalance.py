@@ -77,3 +77,19 @@ def test_prepare_takes_a_profile(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "train per class: [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]" in r.stdout
+
+
+def test_ldam_thresholds_reach_k_1000_clusters_and_say_where_they_are_not_computed(tmp_path):
+    """LDAM thresholds are computed up to 100 distinct sizes whatever K (two sizes at K = 1000: the minority's
+    lambda* 3.33382e-5, measured), printed as not computed beyond; a single class is said to be one, and the
+    'every cluster collapses' warning needs every cluster's threshold."""
+    r, out = run(tmp_path, "--cluster_s", "500", "500", "--sample_s", "500", "100", "--lam", "0.00005",
+                 "--loss", "ldam")
+    assert out["clusters"][1]["threshold"] == pytest.approx(3.33382e-5, rel=1e-5)
+    assert out["clusters"][1]["verdict"] == "collapsed" and out["clusters"][0]["verdict"] == "apart"
+    r, out = run(tmp_path, "--profile", "exp", "--num_classes", "120", "--n_max", "1280", "--lam", "0.001",
+                 "--loss", "ldam")
+    multi = [c for c in out["clusters"] if len(c["classes"]) > 1]
+    assert multi and all(c["threshold"] is None for c in multi)
+    assert "threshold not computed (LDAM beyond 100 distinct sizes)" in r.stdout
+    assert "single class (cannot collapse)" in r.stdout and "above every cluster" not in r.stderr

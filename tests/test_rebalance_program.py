@@ -9,6 +9,7 @@ import ana_utils
 import rebalance_program as rp
 import ufm_certificate
 import ufm_program
+import utils
 
 N5 = [500] * 5 + [100] * 5
 
@@ -118,4 +119,21 @@ def test_threshold_agrees_with_the_certified_solver(name, layout):
         assert sol["status"] == "optimal"
         spread = ana_utils.minority_spread(sol["Z"], minority)
         # measured (spread / max(|Z|, 1)): >= 3.7e-2 at 0.98 lambda*, <= 1e-15 at 1.02 lambda* (soft-thresholding)
+        assert (spread <= 1e-9 * max(np.linalg.norm(sol["Z"]), 1.0)) == collapsed, (factor, spread)
+
+
+@pytest.mark.timeout(300)   # a hang guard: 5-9 s measured; before the _lbfgs fix this took over 15 minutes
+def test_ldam_threshold_on_a_long_tailed_profile_agrees_with_the_certified_solver():
+    """LDAM's threshold is a brentq of solves with the cluster held collapsed; on the exp profile K = 100
+    (98 size groups) those solves had made two OpenBLAS libraries fight over the cores (0.4 s per L-BFGS step).
+    Measured: spread / max(|Z|, 1) 3.5e-2 at 0.98 lambda*, 2.7e-16 at 1.02 lambda*."""
+    n = utils.profile_sizes("exp", 100, 100, 1280)
+    loss = rp.loss_vectors("ldam", n, ldam_c=0.5)
+    cluster = [93, 94]                      # the two classes of 16
+    assert loss["sizes"][93] == loss["sizes"][94] == 16
+    lam_star = rp.collapse_threshold(loss["sizes"], loss, cluster, 0.01)
+    for factor, collapsed in ((0.98, False), (1.02, True)):
+        sol = rp.solve_rebalance_fast(loss["sizes"], loss, factor * lam_star, 0.01, tol=1e-11)
+        assert sol["status"] == "optimal"
+        spread = ana_utils.minority_spread(sol["Z"], cluster)
         assert (spread <= 1e-9 * max(np.linalg.norm(sol["Z"]), 1.0)) == collapsed, (factor, spread)
