@@ -113,12 +113,16 @@ def test_threshold_agrees_with_the_certified_solver(name, layout):
     over = [1] * (len(n) - len(minority)) + [3] * len(minority) if name == "oversample" else None
     loss = rp.loss_vectors("cross_entropy" if name == "oversample" else name, n, oversample=over)
     lam_b = 0.01 if layout == 0 else 0.0
-    lam_star = rp.collapse_threshold(loss["sizes"], loss, minority, lam_b)
+    # measured (spread / max(|Z|, 1)): >= 3.7e-2 at 0.98 lambda*, <= 1e-15 at 1.02 lambda* (soft-thresholding)
+    assert_collapses_above_only(loss, minority, lam_b, rp.collapse_threshold(loss["sizes"], loss, minority, lam_b))
+
+
+def assert_collapses_above_only(loss, cluster, lam_b, lam_star):
+    """The certified solver: the cluster apart at 0.98 lambda*, collapsed (spread <= 1e-9 max(|Z|, 1)) at 1.02."""
     for factor, collapsed in ((0.98, False), (1.02, True)):
         sol = rp.solve_rebalance_fast(loss["sizes"], loss, factor * lam_star, lam_b, tol=1e-11)
         assert sol["status"] == "optimal"
-        spread = ana_utils.minority_spread(sol["Z"], minority)
-        # measured (spread / max(|Z|, 1)): >= 3.7e-2 at 0.98 lambda*, <= 1e-15 at 1.02 lambda* (soft-thresholding)
+        spread = ana_utils.minority_spread(sol["Z"], cluster)
         assert (spread <= 1e-9 * max(np.linalg.norm(sol["Z"]), 1.0)) == collapsed, (factor, spread)
 
 
@@ -131,9 +135,4 @@ def test_ldam_threshold_on_a_long_tailed_profile_agrees_with_the_certified_solve
     loss = rp.loss_vectors("ldam", n, ldam_c=0.5)
     cluster = [93, 94]                      # the two classes of 16
     assert loss["sizes"][93] == loss["sizes"][94] == 16
-    lam_star = rp.collapse_threshold(loss["sizes"], loss, cluster, 0.01)
-    for factor, collapsed in ((0.98, False), (1.02, True)):
-        sol = rp.solve_rebalance_fast(loss["sizes"], loss, factor * lam_star, 0.01, tol=1e-11)
-        assert sol["status"] == "optimal"
-        spread = ana_utils.minority_spread(sol["Z"], cluster)
-        assert (spread <= 1e-9 * max(np.linalg.norm(sol["Z"]), 1.0)) == collapsed, (factor, spread)
+    assert_collapses_above_only(loss, cluster, 0.01, rp.collapse_threshold(loss["sizes"], loss, cluster, 0.01))
