@@ -8,6 +8,7 @@ import sys
 
 import datasets
 import networks
+import recipes
 import result_files
 import utils
 from utils import UserError
@@ -155,6 +156,23 @@ MIXUP_STUDY_REPLACES = {"dataset": "datasets", "model": "models", "loss": "losse
 MIXUP_LOSS_OPTIONS = {"mse_scale": "mse", "smoothing": "label_smoothing", "focal_gamma": "focal"}
 
 
+def check_momentum(args, models):
+    """--momentum applies to sgd: refused where every model trains with an Adam-type optimizer (--optimizer, or
+    without it the recipe: --recipe or the network's), one line saying so where some do."""
+    if args.optimizer is not None:
+        chosen = {m: args.optimizer.lower() for m in models}
+    else:
+        chosen = {m: recipes.recipe_for(m, cpu=args.quick, name=args.recipe).optimizer for m in models}
+    others = sorted(m for m, opt in chosen.items() if opt != "sgd")
+    how = (f"--optimizer {args.optimizer}" if args.optimizer is not None else
+           "the recipe of " + ", ".join(f"{m} ({chosen[m]})" for m in others))
+    if len(others) == len(models):
+        raise UserError(f"--momentum with {how}: applies to sgd only (Adam keeps its own moments); leave out "
+                        "--momentum, or give --optimizer sgd")
+    if others:
+        print(f"note: --momentum applies to the sgd cells only, not to {how}", file=sys.stderr)
+
+
 def check_mixup_combinations(args):
     """mixup_main: the study's options without --study and the single run's with it, the synthetic
     data's options on another dataset, a loss's options for other losses, mixup's without mixup,
@@ -183,10 +201,9 @@ def check_mixup_combinations(args):
         for dest in ("alpha", "mix_per"):
             if dest in typed:
                 raise UserError(f"--{dest} with --no_mixup: applies to mixup only; leave out one of them")
-    if "momentum" in typed and args.optimizer is not None and args.optimizer.lower() != "sgd":
-        raise UserError(f"--momentum with --optimizer {args.optimizer}: applies to sgd only (Adam keeps its own "
-                        "moments); leave out --momentum")
     models = [m.lower() for m in (args.models if args.study else [args.model])]
+    if "momentum" in typed:
+        check_momentum(args, models)
     if "depth" in typed and not set(models) & set(networks.MIXUP_NETWORKS):
         raise UserError(f"--depth with --model{'s' * args.study} {' '.join(models)}: applies to "
                         f"{', '.join(networks.MIXUP_NETWORKS)} only; leave out --depth")

@@ -34,6 +34,8 @@ def apply_recipe(args):
     overrides = {}
     for key, value in recipe.settings().items():
         given = getattr(args, key)
+        if key == "momentum" and str(args.optimizer).lower() != "sgd":   # sgd only: a study cell of an Adam recipe
+            given = None                                   # keeps its recipe's (arg_combinations says so)
         if key == "lr_milestones":  # the recipe's fractions of the epochs this run trains
             value = recipes.milestone_epochs(recipe.milestones, args.epochs)
         if given is None:

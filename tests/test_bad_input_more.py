@@ -216,6 +216,7 @@ NOT_APPLYING = [
     ("mixup_main", ["--quick", "--loss", "mse", "--smoothing", "0.2"], ["--smoothing", "label_smoothing"]),
     ("mixup_main", ["--quick", "--no_mixup", "--alpha", "0.4"], ["--alpha", "--no_mixup"]),
     ("mixup_main", ["--quick", "--optimizer", "adam", "--momentum", "0.5"], ["--momentum", "adam"]),
+    ("mixup_main", ["--quick", "--model", "vit", "--momentum", "0.5"], ["--momentum", "vit (adamw)"]),
     ("mixup_main", ["--quick", "--depth", "16"], ["--depth", "mlp"]),
     ("minority_l_main", ["--quick", "--batched", "--network", "UFM"], ["--batched", "--network ufm"]),
     ("minority_l_main", ["--network", "UFM", "--lr", "0.1"], ["--lr", "--network UFM"]),

@@ -143,6 +143,19 @@ def test_study_dry_run_lists_each_cells_recipe(tmp_path, capsys):
     assert all("no estimate" in line for line in lines)
 
 
+def test_momentum_reaches_the_sgd_cells_only_and_says_so(tmp_path, capsys):
+    """--momentum in a study of an SGD and an AdamW network: one note line, the WRN cells record the override,
+    the ViT cells keep their recipe unchanged (and so their run keys)."""
+    mixup_main.main(["--study", "--models", "wrn", "vit_b4", "--datasets", "cifar10", "--dry_run", "--device", "cpu",
+                     "--momentum", "0.95", "--models_dir", str(tmp_path / "m"), "--plot_dir", str(tmp_path / "p"),
+                     "--data_dir", str(tmp_path / "d")])
+    out = capsys.readouterr()
+    assert "note: --momentum applies to the sgd cells only, not to the recipe of vit_b4 (adamw)" in out.err
+    lines = [line for line in out.out.splitlines() if line.startswith("cell ")]
+    assert all("recipe sgd_step (momentum=0.95)" in line for line in lines if "model=wrn" in line)
+    assert all("recipe vit_adamw: " in line for line in lines if "model=vit_b4" in line)
+
+
 def _rows(losses, train_acc, test_acc, nc1):
     return [dict(epoch=e, loss=loss, train_acc=a, test_acc=t, nc1=n)
             for e, loss, a, t, n in zip((1, 10, 20, 30, 40), losses, train_acc, test_acc, nc1)]
