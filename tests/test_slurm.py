@@ -86,8 +86,10 @@ def test_quick_sweep_on_slurm_equals_the_local_sweep_and_options_reach_slurm(tmp
     assert local.returncode == 0, local.stderr
     opts = ["--launch", "slurm", "--wait", "--slurm_partition", "debug", "--slurm_cpus_per_task", "1",
             "--slurm_mem", "1000M", "--slurm_time", "20", "--slurm_extra", "comment=nc_sweep_test"]
+    # one thread, as the local sweep (the jobs inherit the environment; at OMP_NUM_THREADS=2 Z moved 2e-4, measured)
     proc = subprocess.Popen([sys.executable, SCRIPT] + sweep3 + dirs(tmp_path / "slurm") + opts, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     seen = {}
     while proc.poll() is None and not seen:  # the options as SLURM holds them, while a job is known
         listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i %k"], capture_output=True, text=True).stdout
