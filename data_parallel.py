@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -182,6 +183,12 @@ def rank0_holds(make_context):
         yield
         if active():
             dist.barrier()
+
+
+def say(line):
+    """Print one line on stderr from rank 0 alone (every rank runs the same command and would print it too)."""
+    if is_rank0():
+        print(line, file=sys.stderr, flush=True)
 
 
 def rank0_only(write, *args, **kwargs):

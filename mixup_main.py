@@ -5,7 +5,6 @@ geometry, and plot it against the free-feature (UFM) optimum of the same loss.
 --study runs the study grid (datasets x models x losses x with/without mixup x seeds, each cell a
 run as above) and writes one table with mean, std and 95% t-interval over seeds, and its figures."""
 import os
-import sys
 
 import arg_combinations
 import data_parallel
@@ -150,10 +149,10 @@ def main(argv=None):
         net = networks.build_model(cfg["network"], K, inputs[1].in_channels, width=cfg["width"], depth=cfg["depth"],
                                    image_size=inputs[1].x_train.shape[-1])
         cfg["nc_layers"] = nc_layers.resolve_layers(net, args.nc_layers)
-    print(devices.describe_device(device, args.amp), file=sys.stderr)
+    data_parallel.say(devices.describe_device(device, args.amp))
     if args.quick and device.type == "cpu" and cfg["network"] not in QUICK_NETWORKS and not args.dry_run:
         arg_combinations.warn_slow_run_preview(cfg, inputs[1])
-    print(mixup_run.training_summary(cfg), file=sys.stderr)
+    data_parallel.say(mixup_run.training_summary(cfg))
     if args.dry_run:
         return mixup_run.dry_run(cfg, inputs[1], device, inputs[2], args.models_dir)
     result = mixup_run.train(cfg, inputs, device, args.models_dir)

@@ -58,16 +58,17 @@ def run_sweep(points, run_point, models_dir, only=None, assemble_only=False, say
                 # finished by the process this one waited for
                 record = data_parallel.from_rank0(lambda: point_records.read_point_record(path, point))
                 if record is None:
-                    print(f"[point {i + 1} of {len(points)} (--point {i})] {figure_points.describe_point(point)}",
-                          file=sys.stderr)
+                    data_parallel.say(f"[point {i + 1} of {len(points)} (--point {i})] "
+                                      f"{figure_points.describe_point(point)}")
                     record = run_point(point)
                     data_parallel.rank0_only(result_files.atomic_write_json, path, record)
         if record is None:
             missing.append(i)
         records.append(record)
     if reused:
-        print(f"reused finished points ({len(reused)} of {len(points)}, from {os.path.join(models_dir, 'points')}): "
-              + "; ".join(f"{i + 1} ({figure_points.describe_point(points[i])})" for i in reused), file=sys.stderr)
+        data_parallel.say(f"reused finished points ({len(reused)} of {len(points)}, from "
+                          f"{os.path.join(models_dir, 'points')}): "
+                          + "; ".join(f"{i + 1} ({figure_points.describe_point(points[i])})" for i in reused))
     if missing and say_missing:
         print(f"missing points ({len(missing)} of {len(points)}, not trained yet; run each with --point I): "
               + "; ".join(f"{i} ({figure_points.describe_point(points[i])})" for i in missing), file=sys.stderr)
@@ -137,7 +138,7 @@ def train_points(points, args, argv=None):
             if device.type == "cpu":
                 cpu_threads.set_threads(work_size, args.threads)
             if not said:
-                print(devices.describe_device(device, args.amp), file=sys.stderr, flush=True)
+                data_parallel.say(devices.describe_device(device, args.amp))
                 said.append(True)
 
         todo = [] if args.assemble else [r for i, r in enumerate(runs) if args.point in (None, i)

@@ -423,7 +423,7 @@ def _resume_run(ckpt, model, opt, gen, run_dir):
         converged = ckpt.get("converged", False)
         torch.set_rng_state(ckpt["torch_rng"])
         history, start = restore_history(run_dir, ckpt, gen)
-        print(f"resuming {run_dir} from epoch {start}", file=sys.stderr)
+        data_parallel.say(f"resuming {run_dir} from epoch {start}")
     return history, start, converged
 
 
@@ -444,8 +444,8 @@ def _stop_if_signalled(ckpt_path, model, gen, history, epoch, converged, opt, cf
             save_checkpoint(ckpt_path, model, gen, history, epoch, converged,
                             None if opt is None else opt.state_dict())
         why = stop_signals.stop_requested() or "a signal to another rank"
-        print(f"stopped: {why} at epoch {epoch} of {cfg['epochs']}, "
-              f"checkpointed in {run_dir}; the same command resumes it", file=sys.stderr, flush=True)
+        data_parallel.say(f"stopped: {why} at epoch {epoch} of {cfg['epochs']}, checkpointed in {run_dir}; the same "
+                          "command resumes it")
         raise stop_signals.Stopped(stop_signals.STOPPED_STATUS)
 
 

@@ -169,7 +169,8 @@ def test_what_cannot_be_data_parallel_is_refused_in_one_line(tmp_path, argv, nam
 
 def _torchrun(script_argv, tmp_path):
     """`torchrun --standalone` (127.0.0.1, a free port) of a script on 2 gloo ranks, killed with its ranks after
-    WATCHDOG_S; returns its stdout's lines naming files under tmp_path (asserting exit status 0)."""
+    WATCHDOG_S; returns its stdout's lines naming files under tmp_path (asserting exit status 0 and that rank 0 alone
+    said the device, recipe, point and reuse lines: each once)."""
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] + script_argv
     p = subprocess.Popen(argv + dirs(tmp_path), cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -179,6 +180,8 @@ def _torchrun(script_argv, tmp_path):
         os.killpg(p.pid, 9)
         pytest.fail(f"torchrun still running after {WATCHDOG_S} s: killed")
     assert p.returncode == 0, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith(("device:", "recipe ", "[point ", "reused "))]
+    assert said and len(said) == len(set(said)), err[-3000:]
     return [line for line in out.splitlines() if line.startswith(str(tmp_path))]
 
 
