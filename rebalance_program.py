@@ -316,8 +316,7 @@ def _collapsed_p_true(n, vec, L, lam_b, k, x0=None):
         x0 = start(-_smooth(np.zeros((n.size, n.size)), b, a, q, lam_b, vec)[1], b, L, 1e-3)
     x0 = x0.copy()
     x0[[ga, g + ga]] = 0.0
-    with ufm_program._blas_threads(1):
-        x = ufm_program._lbfgs(fg_fixed, x0, 3000, gtol=1e-13)[0]
+    x = ufm_program._lbfgs(fg_fixed, x0, 3000, gtol=1e-13)[0]
     X, b = point(x)
     return 1.0 - _ce_columns(_logits(X, b, q, vec))[2][k], x
 
