@@ -159,10 +159,8 @@ MIXUP_LOSS_OPTIONS = {"mse_scale": "mse", "smoothing": "label_smoothing", "focal
 def check_momentum(args, models):
     """--momentum applies to sgd: refused where every model trains with an Adam-type optimizer (--optimizer, or
     without it the recipe: --recipe or the network's), one line saying so where some do."""
-    if args.optimizer is not None:
-        chosen = {m: args.optimizer.lower() for m in models}
-    else:
-        chosen = {m: recipes.recipe_for(m, cpu=args.quick, name=args.recipe).optimizer for m in models}
+    chosen = {m: (args.optimizer or recipes.recipe_for(m, cpu=args.quick, name=args.recipe).optimizer).lower()
+              for m in models}
     others = sorted(m for m, opt in chosen.items() if opt != "sgd")
     how = (f"--optimizer {args.optimizer}" if args.optimizer is not None else
            "the recipe of " + ", ".join(f"{m} ({chosen[m]})" for m in others))

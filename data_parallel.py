@@ -1,5 +1,6 @@
 """Data-parallel training mechanics under torchrun: the process group from torchrun's environment, each rank's
-part of a batch and shard of a set, gradients summed over ranks, and rank 0 alone writing (the others wait).
+part of a batch and shard of a set, gradients summed over ranks, and rank 0 alone writing and printing the run's
+lines (the others wait).
 
 Without torchrun (no WORLD_SIZE above 1 in the environment, no process group) every function is the
 single-process identity: one rank, the whole batch, nothing reduced. docs/nc_measurement.md, "Data-parallel runs"."""
