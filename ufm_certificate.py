@@ -65,8 +65,9 @@ def _scaled_objective(X, b, rho, q, L, lam_b):
 
 def _entropy_columns(Poff, r):
     """Entropy of each column distribution given by its off-diagonal entries Poff (zero diagonal)
-    and r = 1 - (diagonal entry), accurately for r -> 0."""
-    return -scipy.special.xlogy(Poff, Poff).sum(axis=0) - (1.0 - r) * np.log1p(-np.minimum(r, 1.0))
+    and r = 1 - (diagonal entry), accurately for r -> 0 (and 0 log 0 = 0 at r = 1)."""
+    r = np.minimum(r, 1.0)
+    return -scipy.special.xlogy(Poff, Poff).sum(axis=0) - scipy.special.xlog1py(1.0 - r, -r)
 
 
 def _spectral_norm(A):
