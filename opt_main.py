@@ -344,7 +344,7 @@ def solve_hard_margin(args, name, n, sizes):
 
 
 def solve_path(args, name, n, sizes, clusters, thresholds):
-    """Several lambdas: solved from the largest down, each warm-started from its neighbours' answers
+    """Several lambdas: solved from the smallest up, each warm-started from its neighbours' answers
     (rebalance_program.lambda_path) and certified; one figure of the minority spread and the cluster cosines."""
     t0 = time.perf_counter()
     sols = rebalance_program.lambda_path(args.lams, lambda lam, Z0, b0: solve(args, sizes, lam, Z0, b0))
