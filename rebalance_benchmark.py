@@ -1,6 +1,7 @@
 """The speed of the theory engine at long-tailed class counts (benchmark.py --only rebalance): one cold
 certified solve and a warm-started 20-value lambda path at an exponential profile (K = 1000, ratio 100),
-in CPU seconds of this process (one BLAS thread; robust to a busy machine) and in K x K decompositions."""
+in CPU seconds of this process (one BLAS thread; robust to a busy machine) and in decompositions of g x g or
+larger matrices (g distinct sizes: the solver's certificates decompose g x g class coordinates, K x K before)."""
 import contextlib
 import time
 
@@ -30,10 +31,10 @@ def counted_decompositions(min_size):
             setattr(mod, name, f)
 
 
-def _measure(solve, lams, K):
-    """(CPU seconds, wall seconds, decompositions, answers) of solve(lam, Z0, b0) along lams, warm-started as
-    opt_main's paths (rebalance_program.lambda_path)."""
-    with counted_decompositions(K) as counts:
+def _measure(solve, lams, size):
+    """(CPU seconds, wall seconds, decompositions of size x size or larger, answers) of solve(lam, Z0, b0) along
+    lams, warm-started as opt_main's paths (rebalance_program.lambda_path)."""
+    with counted_decompositions(size) as counts:
         c0, w0 = time.process_time(), time.perf_counter()
         sols = rebalance_program.lambda_path(lams, solve)
         return time.process_time() - c0, time.perf_counter() - w0, counts["eigh"] + counts["svd"], sols
@@ -48,13 +49,15 @@ def bench_rebalance(K=1000, ratio=100, n_max=1280, loss_name="cross_entropy", la
 
     def solve(lam, Z0, b0):   # the solver of opt_main's paths (cross-entropy: the same program, its vectors trivial)
         return rebalance_program.solve_rebalance_fast(n, loss, lam, lam_b, Z0=Z0, b0=b0)
-    c_cold, w_cold, d_cold, cold = _measure(solve, [lam_mid], K)
-    c_path, w_path, d_path, path = _measure(solve, lams, K)
+    g = len(set(n))
+    c_cold, w_cold, d_cold, cold = _measure(solve, [lam_mid], g)
+    c_path, w_path, d_path, path = _measure(solve, lams, g)
     ok = sum(s["status"] == "optimal" for s in path)
     steps = [s["bm_iterations"] for s in path]
     upper = sum(k for k, lam in zip(steps, lams) if lam > lam_mid)
     print(f"{loss_name}, exp profile K = {K}, ratio {ratio}, n_max {n_max} ({len(set(n))} distinct sizes): cold solve "
-          f"at lambda = sqrt(n_min)/N {c_cold:.1f} CPU s ({w_cold:.1f} s wall), {d_cold} decompositions, "
+          f"at lambda = sqrt(n_min)/N {c_cold:.1f} CPU s ({w_cold:.1f} s wall), "
+          f"{d_cold} decompositions ({g} x {g} or larger), "
           f"{cold[0]['status']} {cold[0]['accuracy']:.0e}; 20-lambda path (0.5-2x, warm-started) {c_path:.1f} CPU s "
           f"({w_path:.1f} s wall) = {c_path / c_cold:.2f} x the cold solve, {d_path} decompositions, "
           f"{ok} of 20 certified (worst accuracy {max(s['accuracy'] for s in path):.0e}); L-BFGS steps: cold "

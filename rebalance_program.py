@@ -115,41 +115,93 @@ def _dual_value(Poff, r, a, vec, lam_b):
 POLAR_WINDOW = 1e-3
 
 
-def _shrunk(G, L, s, aq):
+class _Blocks:
+    """How the certificate decomposes a K x K matrix: as (s, M) in the class coordinates of cc (ufm_program's
+    _ClassCoordinates: s on the within-group projectors, each singular value m_a - 1 times, M the g x g block),
+    so that its decompositions are g x g where sizes repeat; or as the matrix itself (cc None: s empty, M = A).
+    Where A is not exactly in the commutant the bounds below add what the projection leaves out."""
+
+    def __init__(self, cc=None):
+        self.cc = cc
+        self.multi = np.zeros(0, bool) if cc is None else cc.m >= 2
+
+    def parts(self, A):
+        return (np.zeros(0), A) if self.cc is None else self.cc.parts(A)
+
+    def expand(self, s, M):
+        return M if self.cc is None else self.cc.expand(s, M)
+
+    def leftover(self, A, s, M):
+        """Frobenius norm of A minus its projection (s, M): 0 for the matrix itself."""
+        return 0.0 if self.cc is None else float(np.linalg.norm(A - self.cc.expand(s, M)))
+
+    def spectral_norm(self, A):
+        """An upper bound on ||A||_2: the parts' largest singular value (rounded up by 1e-13) plus the leftover."""
+        s, M = self.parts(A)
+        top = max(np.abs(s[self.multi]).max(initial=0.0) * (1.0 + 1e-13), _spectral_norm(M))
+        return top + self.leftover(A, s, M)
+
+    def nuclear_norm(self, A):
+        """An upper bound on ||A||_* (the leftover counted sqrt(K) times)."""
+        s, M = self.parts(A)
+        nuc = float(np.linalg.svd(M, compute_uv=False).sum())
+        if self.cc is not None:
+            nuc += float((self.cc.m - 1.0) @ np.abs(s)) + np.sqrt(A.shape[0]) * self.leftover(A, s, M)
+        return nuc
+
+    def svt(self, A, tau):
+        """Singular-value soft-thresholding of A's projection by tau: (the K x K answer, its nuclear norm)."""
+        if self.cc is None:
+            return _svt(A, tau)
+        s, M = self.parts(A)
+        s = np.where(self.multi, np.sign(s) * np.maximum(np.abs(s) - tau, 0.0), 0.0)
+        M, nuc = _svt(M, tau)
+        return self.expand(s, M), nuc + float((self.cc.m - 1.0) @ np.abs(s))
+
+
+def _shrunk(G, L, s, aq, blocks):
     """The dual candidate of G's singular values above L soft-thresholded to L, negative entries clipped (None
     when none is above L or a column then sums to more than 1): it loses what the excess costs, where scaling
     all of P to feasibility loses the excess times the whole dual."""
-    ev, Vv = np.linalg.eigh(G.T @ G)
-    above = ev > L * L
-    if not above.any():
+    gs, GM = blocks.parts(G)
+    ev, Vv = np.linalg.eigh(GM.T @ GM)
+    above, big = ev > L * L, blocks.multi & (np.abs(gs) > L)
+    if not above.any() and not big.any():
         return None
     sv, Vv = np.sqrt(ev[above]), Vv[:, above]
-    P2 = np.maximum((G - ((G @ Vv) * (1.0 - L / sv)) @ Vv.T) / s[:, None] / aq, 0.0)
+    G2 = blocks.expand(np.where(big, np.sign(gs) * L, gs), GM - ((GM @ Vv) * (1.0 - L / sv)) @ Vv.T)
+    P2 = np.maximum(G2 / s[:, None] / aq, 0.0)
     np.fill_diagonal(P2, 0.0)
     return (P2, P2.sum(axis=0)) if np.all(P2.sum(axis=0) <= 1.0) else None
 
 
-def _polar_corrected(X, G, L):
+def _polar_corrected(X, G, L, blocks):
     """G with its block on X's active singular pairs (-u' G v within POLAR_WINDOW of L) replaced by L times the
-    block's polar factor. At the optimum that block is -L I; an L-BFGS point's errors there (invisible to it where
-    singular values are small) make the plain dual point first-order wrong, ~1e3 times the true suboptimality,
-    and the replacement moves the dual value at second order only (docs/rebalance.md). None: no active pair."""
-    U, sx, Vt = np.linalg.svd(X)
-    act = (sx > 1e-12 * sx[0]) & (-np.einsum("ji,jk,ik->i", U, G, Vt) > (1.0 - POLAR_WINDOW) * L)
-    if not act.any():
+    block's polar factor (a within-group pair's value set to -L sign(s_a)). At the optimum that block is -L I;
+    an L-BFGS point's errors there (invisible to it where singular values are small) make the plain dual point
+    first-order wrong, ~1e3 times the true suboptimality, and the replacement moves the dual value at second
+    order only (docs/rebalance.md). None: no active pair."""
+    xs, XM = blocks.parts(X)
+    gs, GM = blocks.parts(G)
+    U, sx, Vt = np.linalg.svd(XM)
+    top = max(sx.max(initial=0.0), np.abs(xs[blocks.multi]).max(initial=0.0))
+    act = (sx > 1e-12 * top) & (-np.einsum("ji,jk,ik->i", U, GM, Vt) > (1.0 - POLAR_WINDOW) * L)
+    s_act = blocks.multi & (np.abs(xs) > 1e-12 * top) & (-np.sign(xs) * gs > (1.0 - POLAR_WINDOW) * L)
+    if not act.any() and not s_act.any():
         return None
     Ur, Vr = U[:, act], Vt[act].T
-    B = Ur.T @ G @ Vr
+    B = Ur.T @ GM @ Vr
     u, _, vt = np.linalg.svd(B)
-    return G + Ur @ (L * (u @ vt) - B) @ Vr.T
+    return blocks.expand(np.where(s_act, -L * np.sign(xs), gs), GM + Ur @ (L * (u @ vt) - B) @ Vr.T)
 
 
-def _dual_point(X, b, a, q, L, lam_b, vec):
+def _dual_point(X, b, a, q, L, lam_b, vec, blocks=None):
     """A feasible dual point from (X, b) and its value: as ufm_certificate._ufm_dual_point with the dual
     max_P sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b)
     s.t. ||diag(s) (P - I) diag(a / q)||_2 <= L (theory.md section 9). Candidates: the softmax at (X, b), and
     its G shrunk (_shrunk), polar-corrected first where X has active pairs (_polar_corrected); each made
-    feasible, the best kept. Returns (value, Poff, r)."""
+    feasible, the best kept; decompositions as blocks says (_Blocks; None: K x K). Returns (value, Poff, r)."""
+    blocks = blocks or _Blocks()
     s = vec[1]
     _, Poff, r = _ce_columns(_logits(X, b, q, vec))
     aq = a / q
@@ -159,13 +211,13 @@ def _dual_point(X, b, a, q, L, lam_b, vec):
         G[np.diag_indices_from(G)] = -rc * s * aq
         return G
     G = gmat(Poff, r)
-    Gp = _polar_corrected(X, G, L)
+    Gp = _polar_corrected(X, G, L, blocks)
     if Gp is None:
-        cands = [(Poff, r), _shrunk(G, L, s, aq)]
+        cands = [(Poff, r), _shrunk(G, L, s, aq, blocks)]
     else:
         Pp = np.maximum(Gp / s[:, None] / aq, 0.0)
         np.fill_diagonal(Pp, 0.0)
-        cands = [(Poff, r), _shrunk(gmat(Pp, Pp.sum(axis=0)), L, s, aq) or (Pp, Pp.sum(axis=0))]
+        cands = [(Poff, r), _shrunk(gmat(Pp, Pp.sum(axis=0)), L, s, aq, blocks) or (Pp, Pp.sum(axis=0))]
     best = (-np.inf, Poff, r)
     for Pc, rc in [c for c in cands if c is not None]:
         if lam_b == 0:              # restore (P - I) a = 0: column k moves by d_k (a / sum(a) - e_k), d >= 0
@@ -177,7 +229,7 @@ def _dual_point(X, b, a, q, L, lam_b, vec):
             Pc = Pc + u[:, None] * d[None, :]
             np.fill_diagonal(Pc, 0.0)
             rc = rc + d * (1.0 - u)
-        sn = _spectral_norm(gmat(Pc, rc))
+        sn = blocks.spectral_norm(gmat(Pc, rc))
         t = 1.0 if sn <= L else L / sn
         val = _dual_value(t * Pc, t * rc, a, vec, lam_b)
         if val > best[0]:
@@ -239,14 +291,14 @@ WARM_STEP, WARM_FLOOR = 1.0, 1e-3
 CHECK_EVERY, FIRST_RATIO, FORCE_EVERY = 10, 1e-3, 50
 
 
-def _prox_steps(X, b, a, q, L, lam_b, vec, certify, steps):
+def _prox_steps(X, b, a, q, L, lam_b, vec, cert, steps):
     """Proximal-gradient steps on X (soft-thresholding: collapsed columns coincide exactly) and b,
-    with backtracking, each certified (certify keeps the best)."""
+    with backtracking, each certified (cert keeps the best; its blocks do the thresholding)."""
     c = 0.5 * vec[0].max() * vec[1].max() ** 2          # the CE's curvature in X is <= w_k s_max^2 / 2
     f, gX, gb = _smooth(X, b, a, q, lam_b, vec)
     for _ in range(steps):
         while True:
-            Xn, nuc = _svt(X - gX / c, L / c)
+            Xn, nuc = cert.blocks.svt(X - gX / c, L / c)
             bn = b - gb / (c + 2.0 * lam_b)
             fn, gXn, gbn = _smooth(Xn, bn, a, q, lam_b, vec)
             dX, db = Xn - X, bn - b
@@ -255,43 +307,55 @@ def _prox_steps(X, b, a, q, L, lam_b, vec, certify, steps):
                 break
             c *= 2.0
         X, b, f, gX, gb = Xn, bn, fn, gXn, gbn
-        if certify(X, b, f + L * nuc):
+        if cert(X, b, f + L * nuc):
             return
         c *= 0.9
 
 
+class _Certifier:
+    """cert(X, b, F=None): True when (X, b) (objective F, computed when None) is certified to tol; keeps the
+    best answer (accuracy, X, b, F), the last accuracy and the count. Decompositions in class coordinates."""
+
+    def __init__(self, program, tol, cc):
+        self.program, self.tol, self.blocks = program, tol, _Blocks(cc)
+        self.best, self.last, self.count = (np.inf, None, None, np.inf), np.inf, 0
+
+    def __call__(self, X, b, F=None):
+        a, q, L, lam_b, vec = self.program
+        if F is None:
+            F = _smooth(X, b, a, q, lam_b, vec)[0] + L * self.blocks.nuclear_norm(X)
+        self.last = _ufm_accuracy(F, _dual_point(X, b, a, q, L, lam_b, vec, self.blocks)[0])
+        self.count += 1
+        if self.last < self.best[0]:
+            self.best = (self.last, X, b, F)
+        return self.last <= self.tol
+
+
+def _first_point(cc, a, q, lam_b, vec, L, Z0, b0):
+    """The L-BFGS start: one proximal step from the warm point (Z0, b0), floored (WARM_FLOOR), or from Z = 0
+    with b the best for it as lam_b -> 0."""
+    K = a.size
+    if Z0 is None:
+        b = np.log(a) - vec[2] - np.mean(np.log(a) - vec[2])
+        return cc.start(-_smooth(np.zeros((K, K)), b, a, q, lam_b, vec)[1], b, L, 1e-3)
+    X0, b = np.asarray(Z0, float) * q, np.zeros(K) if b0 is None else np.ravel(b0).astype(float)
+    c = WARM_STEP * vec[0].max() * vec[1].max() ** 2
+    _, gX, gb = _smooth(X0, b, a, q, lam_b, vec)
+    return cc.start(X0 - gX / c, b - gb / (c + 2 * lam_b), L / c, WARM_FLOOR)
+
+
 def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_iter=3000, blas_threads=1):
     """The program by L-BFGS on the factored form in class coordinates (ufm_program._class_coordinates with
-    the loss vectors), a Newton-CG polish when not certified, then proximal steps; every answer certified.
-    Z0, b0: a warm start (a neighbouring lambda of a path). Returns as ufm_program.solve_ufm_fast."""
+    the loss vectors), a Newton-CG polish when not certified, then proximal steps; every answer certified
+    (its decompositions g x g in the g distinct groups). Z0, b0: a warm start (a neighbouring lambda of a
+    path). Returns as ufm_program.solve_ufm_fast."""
     n, vec, q, a, L, _ = _scaled(n, loss, lam, lam_b)
     t0 = time.perf_counter()
-    K = n.size
-    best = [np.inf, None, None, np.inf]
-    counts, last = dict(certificates=0), [np.inf]
-
-    def certify(X, b, F=None):
-        """True when (X, b) is certified to tol; keeps the best answer."""
-        F = rebalance_objective(X / q, b, n, loss, lam, lam_b) if F is None else F
-        acc = _ufm_accuracy(F, _dual_point(X, b, a, q, L, lam_b, vec)[0])
-        counts["certificates"] += 1
-        last[0] = acc
-        if acc < best[0]:
-            best[:] = [acc, X, b, F]
-        return acc <= tol
-
     with ufm_program._blas_threads(blas_threads):
-        fg, hess, start, point = ufm_program._class_coordinates(n, L, lam_b, loss=vec)
-        if Z0 is not None:       # one proximal step from the warm point, floored as the cold start's
-            X0, b = np.asarray(Z0, float) * q, np.zeros(K) if b0 is None else np.ravel(b0).astype(float)
-            c = WARM_STEP * vec[0].max() * vec[1].max() ** 2
-            _, gX, gb = _smooth(X0, b, a, q, lam_b, vec)
-            x = start(X0 - gX / c, b - gb / (c + 2 * lam_b), L / c, WARM_FLOOR)
-        else:
-            b = np.log(a) - vec[2] - np.mean(np.log(a) - vec[2])      # best b for Z = 0 as lam_b -> 0
-            x = start(-_smooth(np.zeros((K, K)), b, a, q, lam_b, vec)[1], b, L, 1e-3)
-
-        done, sched = [False], dict(ratio=FIRST_RATIO, at=0)   # the stop's verdict; the check schedule
+        cc = ufm_program._ClassCoordinates(n, L, lam_b, vec)
+        cert = _Certifier((a, q, L, lam_b, vec), tol, cc)
+        x = _first_point(cc, a, q, lam_b, vec, L, Z0, b0)
+        sched = dict(ratio=FIRST_RATIO, at=0, done=False)     # the check schedule and the stop's verdict
 
         def stop(it, x, f, g):
             """Certified? Checked as the schedule above (CHECK_EVERY) says."""
@@ -299,17 +363,16 @@ def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_ite
             due = gf * sched["ratio"] <= tol or (sched["at"] and it - sched["at"] >= FORCE_EVERY)
             if it % CHECK_EVERY or not due:
                 return False
-            done[0] = certify(*point(x))
-            sched.update(ratio=last[0] / gf if gf > 0 else sched["ratio"], at=it)
-            return done[0]
-        x, _, its = ufm_program._lbfgs(fg, x, bm_iter, gtol=1e-11, stop=stop)
-        if not done[0] and not certify(*point(x)):
-            x = ufm_program._newton_polish(fg, hess, x)
-            certify(*point(x))
-        _prox_steps(best[1], best[2], a, q, L, lam_b, vec, certify, 1 if best[0] <= tol else 50)
-    acc, X, b, F = best
+            sched["done"] = cert(*cc.point(x))
+            sched.update(ratio=cert.last / gf if gf > 0 else sched["ratio"], at=it)
+            return sched["done"]
+        x, _, its = ufm_program._lbfgs(cc.fg, x, bm_iter, gtol=1e-11, stop=stop)
+        if not sched["done"] and not cert(*cc.point(x)):
+            cert(*cc.point(ufm_program._newton_polish(cc.fg, cc.hess, x)))
+        _prox_steps(cert.best[1], cert.best[2], a, q, L, lam_b, vec, cert, 1 if cert.best[0] <= tol else 50)
+    acc, X, b, F = cert.best
     return dict(Z=X / q, b=b, objective=float(F), accuracy=float(acc), status="optimal" if acc <= tol else "inaccurate",
-                solver="fast", solve_time=time.perf_counter() - t0, bm_iterations=its, **counts)
+                solver="fast", solve_time=time.perf_counter() - t0, bm_iterations=its, certificates=cert.count)
 
 
 def lambda_path(lams, solve):

@@ -180,9 +180,8 @@ class _ClassCoordinates:
     def start(self, X, b, tau, floor):
         """Coordinates of balanced factors of X (projected) soft-thresholded by tau, singular values
         floored at floor * (largest - tau)."""
-        gi, g, wp, order, starts = self.gi, self.g, self.wp, self.order, self.starts
-        M = np.add.reduceat(np.add.reduceat(X[np.ix_(order, order)], starts, axis=0), starts, axis=1) * self.rr
-        s = (np.bincount(gi, weights=np.diag(X), minlength=g) - np.diag(M)) / wp
+        gi, g, wp = self.gi, self.g, self.wp
+        s, M = self.parts(X)
         U, sig, Vt = np.linalg.svd(M)
         floor *= max(max(sig.max(), np.abs(s).max()) - tau, 1e-3)
         sv, ss = np.sqrt(np.maximum(sig - tau, floor)), np.sqrt(wp * np.maximum(np.abs(s) - tau, floor))
@@ -192,10 +191,21 @@ class _ClassCoordinates:
     def point(self, x):
         """The (X, b) of the full program at coordinates x."""
         sW, sH, MW, MH, bx = self.split(x)
-        s = sW * sH / self.wp
-        X = ((MW @ MH) * self.rr - np.diag(s / self.m))[self.gi][:, self.gi]
-        X[np.diag_indices_from(X)] += s[self.gi]
-        return X, (bx / self.sm)[self.gi]
+        return self.expand(sW * sH / self.wp, MW @ MH), (bx / self.sm)[self.gi]
+
+    def parts(self, A):
+        """(s, M) of the K x K matrix A projected on the commutant: its values s on the within-group projectors
+        Pi_a (singular values |s_a|, m_a - 1 times each) and its g x g block M = E^T A E on the orthonormal
+        group indicators."""
+        order, starts = self.order, self.starts
+        M = np.add.reduceat(np.add.reduceat(A[np.ix_(order, order)], starts, axis=0), starts, axis=1) * self.rr
+        return (np.bincount(self.gi, weights=np.diag(A), minlength=self.g) - np.diag(M)) / self.wp, M
+
+    def expand(self, s, M):
+        """The K x K matrix sum_a s_a Pi_a + E M E^T."""
+        A = (M * self.rr - np.diag(s / self.m))[self.gi][:, self.gi]
+        A[np.diag_indices_from(A)] += s[self.gi]
+        return A
 
 
 def _class_coordinates(n, L, lam_b, loss=None):
