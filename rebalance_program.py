@@ -13,7 +13,7 @@ import scipy.optimize
 
 import ufm_certificate
 import ufm_program
-from ufm_certificate import _ce_columns, _entropy_columns, _spectral_norm, _ufm_accuracy
+from ufm_certificate import _Blocks, _ce_columns, _logits, _spectral_norm, _ufm_accuracy, dual_point
 from ufm_program import _svt
 from utils import UserError
 
@@ -76,14 +76,6 @@ def _unpack(n, loss, lam, lam_b):
     return n, vec
 
 
-def _logits(X, b, q, vec):
-    """V[j, k] = s_j x_jk / q_k + b_j + o_j - mu_k [j = k]."""
-    _, s, o, mu = vec
-    V = s[:, None] * (X / q) + (b + o)[:, None]
-    V[np.diag_indices_from(V)] -= mu
-    return V
-
-
 def _smooth(X, b, a, q, lam_b, vec):
     """sum_k a_k CE(v_k, k) + lam_b |b|^2 with its gradients in X and b (CE without cancellation)."""
     ce, E, r = _ce_columns(_logits(X, b, q, vec))
@@ -99,144 +91,6 @@ def _scaled(n, loss, lam, lam_b, Z=None):
     return n, vec, q, vec[0] * n / N, float(lam) * np.sqrt(N), None if Z is None else np.asarray(Z, float) * q
 
 
-def _dual_value(Poff, r, a, vec, lam_b):
-    """sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b) (lam_b = 0: the constraint)."""
-    _, _, o, mu = vec
-    lin = (Poff * (o[:, None] - o[None, :] + mu[None, :])).sum(axis=0)      # (p_k - e_k) . (o - mu_k e_k)
-    dual = float(a @ (_entropy_columns(Poff, r) + lin))
-    if lam_b > 0:
-        c = Poff @ a - r * a
-        dual -= float(c @ c) / (4.0 * lam_b)
-    return dual
-
-
-# _polar_corrected's active pairs: -u' G v within POLAR_WINDOW of L (1e-2 took pairs that collapse, where G stays
-# 0.3 % below L, and held a K = 300 path point's certificate at 7e-7 for 200 L-BFGS steps; 1e-4 cost more steps)
-POLAR_WINDOW = 1e-3
-
-
-class _Blocks:
-    """How the certificate decomposes a K x K matrix: as (s, M) in the class coordinates of cc (ufm_program's
-    _ClassCoordinates: s on the within-group projectors, each singular value m_a - 1 times, M the g x g block),
-    so that its decompositions are g x g where sizes repeat; or as the matrix itself (cc None: s empty, M = A).
-    Where A is not exactly in the commutant the bounds below add what the projection leaves out."""
-
-    def __init__(self, cc=None):
-        self.cc = cc
-        self.multi = np.zeros(0, bool) if cc is None else cc.m >= 2
-
-    def parts(self, A):
-        return (np.zeros(0), A) if self.cc is None else self.cc.parts(A)
-
-    def expand(self, s, M):
-        return M if self.cc is None else self.cc.expand(s, M)
-
-    def leftover(self, A, s, M):
-        """Frobenius norm of A minus its projection (s, M): 0 for the matrix itself."""
-        return 0.0 if self.cc is None else float(np.linalg.norm(A - self.cc.expand(s, M)))
-
-    def spectral_norm(self, A):
-        """An upper bound on ||A||_2: the parts' largest singular value (rounded up by 1e-13) plus the leftover."""
-        s, M = self.parts(A)
-        top = max(np.abs(s[self.multi]).max(initial=0.0) * (1.0 + 1e-13), _spectral_norm(M))
-        return top + self.leftover(A, s, M)
-
-    def nuclear_norm(self, A):
-        """An upper bound on ||A||_* (the leftover counted sqrt(K) times)."""
-        s, M = self.parts(A)
-        nuc = float(np.linalg.svd(M, compute_uv=False).sum())
-        if self.cc is not None:
-            nuc += float((self.cc.m - 1.0) @ np.abs(s)) + np.sqrt(A.shape[0]) * self.leftover(A, s, M)
-        return nuc
-
-    def svt(self, A, tau):
-        """Singular-value soft-thresholding of A's projection by tau: (the K x K answer, its nuclear norm)."""
-        if self.cc is None:
-            return _svt(A, tau)
-        s, M = self.parts(A)
-        s = np.where(self.multi, np.sign(s) * np.maximum(np.abs(s) - tau, 0.0), 0.0)
-        M, nuc = _svt(M, tau)
-        return self.expand(s, M), nuc + float((self.cc.m - 1.0) @ np.abs(s))
-
-
-def _shrunk(G, L, s, aq, blocks):
-    """The dual candidate of G's singular values above L soft-thresholded to L, negative entries clipped (None
-    when none is above L or a column then sums to more than 1): it loses what the excess costs, where scaling
-    all of P to feasibility loses the excess times the whole dual."""
-    gs, GM = blocks.parts(G)
-    ev, Vv = np.linalg.eigh(GM.T @ GM)
-    above, big = ev > L * L, blocks.multi & (np.abs(gs) > L)
-    if not above.any() and not big.any():
-        return None
-    sv, Vv = np.sqrt(ev[above]), Vv[:, above]
-    G2 = blocks.expand(np.where(big, np.sign(gs) * L, gs), GM - ((GM @ Vv) * (1.0 - L / sv)) @ Vv.T)
-    P2 = np.maximum(G2 / s[:, None] / aq, 0.0)
-    np.fill_diagonal(P2, 0.0)
-    return (P2, P2.sum(axis=0)) if np.all(P2.sum(axis=0) <= 1.0) else None
-
-
-def _polar_corrected(X, G, L, blocks):
-    """G with its block on X's active singular pairs (-u' G v within POLAR_WINDOW of L) replaced by L times the
-    block's polar factor (a within-group pair's value set to -L sign(s_a)). At the optimum that block is -L I;
-    an L-BFGS point's errors there (invisible to it where singular values are small) make the plain dual point
-    first-order wrong, ~1e3 times the true suboptimality, and the replacement moves the dual value at second
-    order only (docs/rebalance.md). None: no active pair."""
-    xs, XM = blocks.parts(X)
-    gs, GM = blocks.parts(G)
-    U, sx, Vt = np.linalg.svd(XM)
-    top = max(sx.max(initial=0.0), np.abs(xs[blocks.multi]).max(initial=0.0))
-    act = (sx > 1e-12 * top) & (-np.einsum("ji,jk,ik->i", U, GM, Vt) > (1.0 - POLAR_WINDOW) * L)
-    s_act = blocks.multi & (np.abs(xs) > 1e-12 * top) & (-np.sign(xs) * gs > (1.0 - POLAR_WINDOW) * L)
-    if not act.any() and not s_act.any():
-        return None
-    Ur, Vr = U[:, act], Vt[act].T
-    B = Ur.T @ GM @ Vr
-    u, _, vt = np.linalg.svd(B)
-    return blocks.expand(np.where(s_act, -L * np.sign(xs), gs), GM + Ur @ (L * (u @ vt) - B) @ Vr.T)
-
-
-def _dual_point(X, b, a, q, L, lam_b, vec, blocks=None):
-    """A feasible dual point from (X, b) and its value: as ufm_certificate._ufm_dual_point with the dual
-    max_P sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b)
-    s.t. ||diag(s) (P - I) diag(a / q)||_2 <= L (theory.md section 9). Candidates: the softmax at (X, b), and
-    its G shrunk (_shrunk), polar-corrected first where X has active pairs (_polar_corrected); each made
-    feasible, the best kept; decompositions as blocks says (_Blocks; None: K x K). Returns (value, Poff, r)."""
-    blocks = blocks or _Blocks()
-    s = vec[1]
-    _, Poff, r = _ce_columns(_logits(X, b, q, vec))
-    aq = a / q
-
-    def gmat(Pc, rc):
-        G = Pc * s[:, None] * aq
-        G[np.diag_indices_from(G)] = -rc * s * aq
-        return G
-    G = gmat(Poff, r)
-    Gp = _polar_corrected(X, G, L, blocks)
-    if Gp is None:
-        cands = [(Poff, r), _shrunk(G, L, s, aq, blocks)]
-    else:
-        Pp = np.maximum(Gp / s[:, None] / aq, 0.0)
-        np.fill_diagonal(Pp, 0.0)
-        cands = [(Poff, r), _shrunk(gmat(Pp, Pp.sum(axis=0)), L, s, aq, blocks) or (Pp, Pp.sum(axis=0))]
-    best = (-np.inf, Poff, r)
-    for Pc, rc in [c for c in cands if c is not None]:
-        if lam_b == 0:              # restore (P - I) a = 0: column k moves by d_k (a / sum(a) - e_k), d >= 0
-            d = (Pc @ a - rc * a) / a
-            d = d - min(d.min(), 0.0)
-            u = a / a.sum()
-            if np.any(rc + d * (1.0 - u) > 1.0):
-                continue
-            Pc = Pc + u[:, None] * d[None, :]
-            np.fill_diagonal(Pc, 0.0)
-            rc = rc + d * (1.0 - u)
-        sn = blocks.spectral_norm(gmat(Pc, rc))
-        t = 1.0 if sn <= L else L / sn
-        val = _dual_value(t * Pc, t * rc, a, vec, lam_b)
-        if val > best[0]:
-            best = (val, t * Pc, t * rc)
-    return best
-
-
 def rebalance_objective(Z, b, n, loss, lam, lam_b):
     """Objective of the re-balanced program at (Z, b); n the sizes as solved."""
     n, vec, q, a, L, X = _scaled(n, loss, lam, lam_b, Z)
@@ -249,7 +103,7 @@ def rebalance_certificate(Z, b, n, loss, lam, lam_b):
     n, vec, q, a, L, X = _scaled(n, loss, lam, lam_b, Z)
     b = np.asarray(b, float).ravel()
     primal = _smooth(X, b, a, q, lam_b, vec)[0] + L * float(np.linalg.svd(X, compute_uv=False).sum())
-    dual = _dual_point(X, b, a, q, L, lam_b, vec)[0]
+    dual = dual_point(X, b, a, q, L, lam_b, vec)[0]
     return dict(objective=primal, dual=dual, gap=primal - dual, accuracy=_ufm_accuracy(primal, dual))
 
 
@@ -291,6 +145,17 @@ WARM_STEP, WARM_FLOOR = 1.0, 1e-3
 CHECK_EVERY, FIRST_RATIO, FORCE_EVERY = 10, 1e-3, 50
 
 
+def _block_svt(blocks, A, tau):
+    """Singular-value soft-thresholding of A's projection by tau (ufm_certificate._Blocks): (the K x K answer,
+    its nuclear norm); _svt itself for the K x K layout."""
+    if blocks.cc is None:
+        return _svt(A, tau)
+    s, M = blocks.parts(A)
+    s = np.where(blocks.multi, np.sign(s) * np.maximum(np.abs(s) - tau, 0.0), 0.0)
+    M, nuc = _svt(M, tau)
+    return blocks.expand(s, M), nuc + float((blocks.cc.m - 1.0) @ np.abs(s))
+
+
 def _prox_steps(X, b, a, q, L, lam_b, vec, cert, steps):
     """Proximal-gradient steps on X (soft-thresholding: collapsed columns coincide exactly) and b,
     with backtracking, each certified (cert keeps the best; its blocks do the thresholding)."""
@@ -298,7 +163,7 @@ def _prox_steps(X, b, a, q, L, lam_b, vec, cert, steps):
     f, gX, gb = _smooth(X, b, a, q, lam_b, vec)
     for _ in range(steps):
         while True:
-            Xn, nuc = cert.blocks.svt(X - gX / c, L / c)
+            Xn, nuc = _block_svt(cert.blocks, X - gX / c, L / c)
             bn = b - gb / (c + 2.0 * lam_b)
             fn, gXn, gbn = _smooth(Xn, bn, a, q, lam_b, vec)
             dX, db = Xn - X, bn - b
@@ -324,7 +189,7 @@ class _Certifier:
         a, q, L, lam_b, vec = self.program
         if F is None:
             F = _smooth(X, b, a, q, lam_b, vec)[0] + L * self.blocks.nuclear_norm(X)
-        self.last = _ufm_accuracy(F, _dual_point(X, b, a, q, L, lam_b, vec, self.blocks)[0])
+        self.last = _ufm_accuracy(F, dual_point(X, b, a, q, L, lam_b, vec, self.blocks)[0])
         self.count += 1
         if self.last < self.best[0]:
             self.best = (self.last, X, b, F)

@@ -1,6 +1,7 @@
 """The convex program of the unconstrained feature model (theory.md section 2) without a solver: its
-objective computed without cancellation, an accuracy certificate (relative duality gap) for any answer, and
-certified bounds on a cluster's spread. numpy and scipy only."""
+objective computed without cancellation, an accuracy certificate (relative duality gap) for any answer, its
+dual point built once for the plain and the re-balanced program (section 9), and certified bounds on a
+cluster's spread. numpy and scipy only."""
 import numpy as np
 import scipy.linalg
 import scipy.special
@@ -79,57 +80,152 @@ def _spectral_norm(A):
     return float(np.sqrt(max(top, 0.0))) * (1.0 + 1e-13)
 
 
-def _ufm_dual_point(X, b, rho, q, L, lam_b):
-    """A feasible point of the dual of the convex program, built from the primal point (X, b).
+def _logits(X, b, q, vec):
+    """V[j, k] = s_j x_jk / q_k + b_j + o_j - mu_k [j = k]."""
+    _, s, o, mu = vec
+    V = s[:, None] * (X / q) + (b + o)[:, None]
+    V[np.diag_indices_from(V)] -= mu
+    return V
 
-    Dual (theory.md section 2, "Accuracy certificate"): maximise over P (columns p_k in the simplex)
-        D(P) = sum_k rho_k H(p_k) - |(P - I) rho|^2 / (4 lam_b)   subject to ||(P - I) diag(q)||_2 <= L
-    (for lam_b = 0 the second term becomes the constraint (P - I) rho = 0). P starts as the softmax
-    of the logits, G = (P - I) diag(q) being the gradient of the CE term in X. Two feasible points
-    are made from it and the better one is kept: (a) P pulled towards I until the spectral
-    constraint holds; (b) the singular values of G above L clipped to L (negative entries this
-    leaves, of the size of the clipped part, set to 0 and each column's diagonal entry recomputed so
-    that it sums to 1), then pulled towards I as in (a). For lam_b = 0 the marginal (P - I) rho = 0
-    is restored exactly first (column k moves by d_k (rho - e_k), d >= 0).
-    Returns (D, Poff, r) of that point (off-diagonal entries, 1 - diagonal)."""
-    ce, Poff, r = _ce_columns(X / q + b[:, None])
-    G = Poff * q
-    G[np.diag_indices_from(G)] = -r * q
-    cands = [(Poff, r)]
-    ev, Vv = scipy.linalg.eigh(G.T @ G, check_finite=False, driver="evd")
-    above = ev > L * L
-    ev, Vv = ev[above], Vv[:, above]
-    if ev.size:
-        s = np.sqrt(ev)
-        G2 = G - ((G @ Vv) * (1.0 - L / s)) @ Vv.T
-        P2 = np.maximum(G2 / q, 0.0)
-        np.fill_diagonal(P2, 0.0)
-        r2 = P2.sum(axis=0)
-        if np.all(r2 <= 1.0):
-            cands.append((P2, r2))
+
+def _dual_value(Poff, r, a, vec, lam_b):
+    """sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b) (lam_b = 0: the constraint)."""
+    _, _, o, mu = vec
+    lin = (Poff * (o[:, None] - o[None, :] + mu[None, :])).sum(axis=0)      # (p_k - e_k) . (o - mu_k e_k)
+    dual = float(a @ (_entropy_columns(Poff, r) + lin))
+    if lam_b > 0:
+        c = Poff @ a - r * a
+        dual -= float(c @ c) / (4.0 * lam_b)
+    return dual
+
+
+# _polar_corrected's active pairs: -u' G v within POLAR_WINDOW of L (1e-2 took pairs that collapse, where G stays
+# 0.3 % below L, and held a K = 300 path point's certificate at 7e-7 for 200 L-BFGS steps; 1e-4 cost more steps)
+POLAR_WINDOW = 1e-3
+
+
+class _Blocks:
+    """How the certificate decomposes a K x K matrix: as (s, M) in the class coordinates of cc (ufm_program's
+    _ClassCoordinates: s on the within-group projectors, each singular value m_a - 1 times, M the g x g block),
+    so that its decompositions are g x g where sizes repeat; or as the matrix itself (cc None: s empty, M = A).
+    Where A is not exactly in the commutant the bounds below add what the projection leaves out."""
+
+    def __init__(self, cc=None):
+        self.cc = cc
+        self.multi = np.zeros(0, bool) if cc is None else cc.m >= 2
+
+    def parts(self, A):
+        return (np.zeros(0), A) if self.cc is None else self.cc.parts(A)
+
+    def expand(self, s, M):
+        return M if self.cc is None else self.cc.expand(s, M)
+
+    def leftover(self, A, s, M):
+        """Frobenius norm of A minus its projection (s, M): 0 for the matrix itself."""
+        return 0.0 if self.cc is None else float(np.linalg.norm(A - self.cc.expand(s, M)))
+
+    def spectral_norm(self, A):
+        """An upper bound on ||A||_2: the parts' largest singular value (rounded up by 1e-13) plus the leftover."""
+        s, M = self.parts(A)
+        top = max(np.abs(s[self.multi]).max(initial=0.0) * (1.0 + 1e-13), _spectral_norm(M))
+        return top + self.leftover(A, s, M)
+
+    def nuclear_norm(self, A):
+        """An upper bound on ||A||_* (the leftover counted sqrt(K) times)."""
+        s, M = self.parts(A)
+        nuc = float(np.linalg.svd(M, compute_uv=False).sum())
+        if self.cc is not None:
+            nuc += float((self.cc.m - 1.0) @ np.abs(s)) + np.sqrt(A.shape[0]) * self.leftover(A, s, M)
+        return nuc
+
+
+
+def _shrunk(G, L, s, aq, blocks):
+    """The dual candidate of G's singular values above L soft-thresholded to L, negative entries clipped (None
+    when none is above L or a column then sums to more than 1): it loses what the excess costs, where scaling
+    all of P to feasibility loses the excess times the whole dual."""
+    gs, GM = blocks.parts(G)
+    ev, Vv = np.linalg.eigh(GM.T @ GM)
+    above, big = ev > L * L, blocks.multi & (np.abs(gs) > L)
+    if not above.any() and not big.any():
+        return None
+    sv, Vv = np.sqrt(ev[above]), Vv[:, above]
+    G2 = blocks.expand(np.where(big, np.sign(gs) * L, gs), GM - ((GM @ Vv) * (1.0 - L / sv)) @ Vv.T)
+    P2 = np.maximum(G2 / s[:, None] / aq, 0.0)
+    np.fill_diagonal(P2, 0.0)
+    return (P2, P2.sum(axis=0)) if np.all(P2.sum(axis=0) <= 1.0) else None
+
+
+def _polar_corrected(X, G, L, blocks):
+    """G with its block on X's active singular pairs (-u' G v within POLAR_WINDOW of L) replaced by L times the
+    block's polar factor (a within-group pair's value set to -L sign(s_a)). At the optimum that block is -L I;
+    an L-BFGS point's errors there (invisible to it where singular values are small) make the plain dual point
+    first-order wrong, ~1e3 times the true suboptimality, and the replacement moves the dual value at second
+    order only (docs/rebalance.md). None: no active pair."""
+    xs, XM = blocks.parts(X)
+    gs, GM = blocks.parts(G)
+    U, sx, Vt = np.linalg.svd(XM)
+    top = max(sx.max(initial=0.0), np.abs(xs[blocks.multi]).max(initial=0.0))
+    act = (sx > 1e-12 * top) & (-np.einsum("ji,jk,ik->i", U, GM, Vt) > (1.0 - POLAR_WINDOW) * L)
+    s_act = blocks.multi & (np.abs(xs) > 1e-12 * top) & (-np.sign(xs) * gs > (1.0 - POLAR_WINDOW) * L)
+    if not act.any() and not s_act.any():
+        return None
+    Ur, Vr = U[:, act], Vt[act].T
+    B = Ur.T @ GM @ Vr
+    u, _, vt = np.linalg.svd(B)
+    return blocks.expand(np.where(s_act, -L * np.sign(xs), gs), GM + Ur @ (L * (u @ vt) - B) @ Vr.T)
+
+
+def dual_point(X, b, a, q, L, lam_b, vec, blocks=None):
+    """A feasible dual point of the (re-balanced) program from (X, b) and its value: the dual
+    max_P sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b)
+    s.t. ||diag(s) (P - I) diag(a / q)||_2 <= L (theory.md sections 2 and 9; vec = (w, s, o, mu), a = w n / N;
+    for lam_b = 0 the second term is the constraint (P - I) a = 0, restored exactly first: column k moves by
+    d_k (a / sum(a) - e_k), d >= 0). Candidates: the softmax at (X, b), and
+    its G shrunk (_shrunk), polar-corrected first where X has active pairs (_polar_corrected); each made
+    feasible, the best kept; decompositions as blocks says (_Blocks; None: K x K). Returns (value, Poff, r)."""
+    blocks = blocks or _Blocks()
+    s = vec[1]
+    _, Poff, r = _ce_columns(_logits(X, b, q, vec))
+    aq = a / q
+
+    def gmat(Pc, rc):
+        G = Pc * s[:, None] * aq
+        G[np.diag_indices_from(G)] = -rc * s * aq
+        return G
+    G = gmat(Poff, r)
+    Gp = _polar_corrected(X, G, L, blocks)
+    if Gp is None:
+        cands = [(Poff, r), _shrunk(G, L, s, aq, blocks)]
+    else:
+        Pp = np.maximum(Gp / s[:, None] / aq, 0.0)
+        np.fill_diagonal(Pp, 0.0)
+        cands = [(Poff, r), _shrunk(gmat(Pp, Pp.sum(axis=0)), L, s, aq, blocks) or (Pp, Pp.sum(axis=0))]
     best = (-np.inf, Poff, r)
-    for Pc, rc in cands:
-        if lam_b == 0:
-            c = Pc @ rho - rc * rho                         # (P - I) rho
-            d = c / rho
-            d = d + max(0.0, -d.min())
-            if np.any(rc + d * (1.0 - rho) > 1.0):         # cannot keep the simplex
+    for Pc, rc in [c for c in cands if c is not None]:
+        if lam_b == 0:              # restore (P - I) a = 0: column k moves by d_k (a / sum(a) - e_k), d >= 0
+            d = (Pc @ a - rc * a) / a
+            d = d - min(d.min(), 0.0)
+            u = a / a.sum()
+            if np.any(rc + d * (1.0 - u) > 1.0):
                 continue
-            Pc = Pc + rho[:, None] * d[None, :]
+            Pc = Pc + u[:, None] * d[None, :]
             np.fill_diagonal(Pc, 0.0)
-            rc = rc + d * (1.0 - rho)
-        Gc = Pc * q
-        Gc[np.diag_indices_from(Gc)] = -rc * q
-        sn = _spectral_norm(Gc)
+            rc = rc + d * (1.0 - u)
+        sn = blocks.spectral_norm(gmat(Pc, rc))
         t = 1.0 if sn <= L else L / sn
-        Pc, rc = t * Pc, t * rc
-        dual = float(rho @ _entropy_columns(Pc, rc))
-        if lam_b > 0:
-            c = Pc @ rho - rc * rho
-            dual -= float(c @ c) / (4.0 * lam_b)
-        if dual > best[0]:
-            best = (dual, Pc, rc)
+        val = _dual_value(t * Pc, t * rc, a, vec, lam_b)
+        if val > best[0]:
+            best = (val, t * Pc, t * rc)
     return best
+
+
+def _ufm_dual_point(X, b, rho, q, L, lam_b):
+    """dual_point of the plain program (weights and scales 1, no offsets or margins): the dual (theory.md
+    section 2, "Accuracy certificate") max_P sum_k rho_k H(p_k) - |(P - I) rho|^2 / (4 lam_b) subject to
+    ||(P - I) diag(q)||_2 <= L. Returns (D, Poff, r) of that point (off-diagonal entries, 1 - diagonal)."""
+    K = rho.size
+    return dual_point(X, b, rho, q, L, lam_b, (np.ones(K), np.ones(K), np.zeros(K), np.zeros(K)))
 
 
 def _ufm_accuracy(primal, dual):

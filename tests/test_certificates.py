@@ -32,15 +32,19 @@ def near_threshold():
     return lam, ref, loose, cp
 
 
-def test_a_loose_answer_is_not_certified(near_threshold):
+def test_a_loose_answer_is_certified_at_its_true_accuracy(near_threshold):
+    """Clarabel at its default tolerances: Z ~1e-4 off while cvxpy calls it 'optimal'. The certificate bounds the
+    objective's relative suboptimality, from above and tightly (measured: 8.9e-10 for a true 6.6e-10, the tight
+    reference 3e-13), so the answer passes tol = 1e-9 and fails 1e-10; its Z error is what the objective's flat
+    directions allow (the certified spread intervals bound what it means for a cluster)."""
     lam, ref, loose, _ = near_threshold
     err = np.linalg.norm(loose["Z"] - ref["Z"]) / np.linalg.norm(ref["Z"])
     assert err > 3e-5                                  # the reproducer: ~1e-4 off ...
     assert loose["solver_status"] == "optimal"         # ... and cvxpy calls it optimal
-    assert loose["accuracy"] > 1e-7 and loose["status"] == "inaccurate"
-    # the certificate is a valid bound: it is not below the true relative suboptimality
-    true_sub = (objective(loose["Z"], loose["b"], N5, lam, 0.01) - objective(ref["Z"], ref["b"], N5, lam, 0.01))
-    assert loose["accuracy"] >= true_sub / objective(loose["Z"], loose["b"], N5, lam, 0.01) - 1e-15
+    F = objective(loose["Z"], loose["b"], N5, lam, 0.01)
+    true_sub = (F - objective(ref["Z"], ref["b"], N5, lam, 0.01)) / F
+    assert true_sub - 1e-15 <= loose["accuracy"] <= 3 * true_sub
+    assert 1e-10 < loose["accuracy"] and ref["accuracy"] < 1e-11
 
 
 @pytest.mark.parametrize("factor", [0.99, 1.01])
@@ -61,8 +65,10 @@ def test_fast_answer_is_certified_and_agrees_with_tight_clarabel(factor):
         assert auto["solver"] == "fast"
 
 
-def test_certificate_on_a_perturbed_answer_is_first_order():
-    """An answer off by 3e-4 (relative, in Z) must not be certified at 1e-7."""
+def test_certificate_on_a_perturbed_answer_is_tight():
+    """An answer off by 3e-4 (relative, in Z, a random direction): its certificate bounds the true relative
+    suboptimality from above and within 3x of it (measured 8.4e-8 for 7.7e-8; before the polar-corrected dual
+    point the bound was first order in the error), so it is not certified at 1e-8."""
     lam = 0.99 / 300
     ref = ufm_program.solve_ufm_cvxpy(N5, lam, 0.01)
     rng = np.random.default_rng(0)
@@ -70,8 +76,10 @@ def test_certificate_on_a_perturbed_answer_is_first_order():
     E -= E.mean(0)                                    # keep the columns summing to zero
     Z = ref["Z"] + 3e-4 * np.linalg.norm(ref["Z"]) * E / np.linalg.norm(E)
     cert = ufm_certificate.ufm_certificate(Z, ref["b"], N5, lam, 0.01)
-    assert cert["accuracy"] > 1e-7
-    assert cert["objective"] == pytest.approx(objective(Z, ref["b"], N5, lam, 0.01), rel=1e-13)
+    F = objective(Z, ref["b"], N5, lam, 0.01)
+    true_sub = (F - ref["objective"]) / F
+    assert true_sub - 1e-15 <= cert["accuracy"] <= 3 * true_sub and cert["accuracy"] > 1e-8
+    assert cert["objective"] == pytest.approx(F, rel=1e-13)
 
 
 def test_cross_entropy_has_no_cancellation():

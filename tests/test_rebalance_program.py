@@ -102,7 +102,7 @@ def test_certificate_is_as_tight_as_the_true_suboptimality(name, K, factor):
             return False
         X, bx = point(x)
         F = rp.rebalance_objective(X / q, bx, sizes, loss, lam, lam_b)
-        dual, P, r = rp._dual_point(X, bx, a, q, L, lam_b, vec)
+        dual, P, r = rp.dual_point(X, bx, a, q, L, lam_b, vec)
         G = P * vec[1][:, None] * (a / q)
         G[np.diag_indices_from(G)] = -r * vec[1] * a / q
         assert ufm_certificate._spectral_norm(G) <= L * (1 + 1e-12) and P.min() >= 0 and r.max() <= 1
@@ -207,12 +207,12 @@ def test_class_coordinate_certificate_equals_the_full_one(name, profile):
     sol = rp.solve_rebalance_fast(n, loss, lam, lam_b)
     x = ufm_program._lbfgs(cc.fg, cc.start(sol["Z"] * q * 1.01, sol["b"], 0.0, 1e-3), 30, 1e-13)[0]
     for X, b in (cc.point(x), (sol["Z"] * q, sol["b"])):
-        full, by_blocks = (rp._dual_point(X, b, a, q, L, lam_b, vec, bl)[0] for bl in (None, blocks))
+        full, by_blocks = (rp.dual_point(X, b, a, q, L, lam_b, vec, bl)[0] for bl in (None, blocks))
         assert by_blocks == pytest.approx(full, rel=1e-12)
         assert 0 <= blocks.spectral_norm(X) / np.linalg.norm(X, 2) - 1 <= 1e-12
         assert blocks.nuclear_norm(X) == pytest.approx(np.linalg.svd(X, compute_uv=False).sum(), rel=1e-13)
         A = X - 0.01 * X.T
-        (Y, nuc), (Y_full, nuc_full) = blocks.svt(A, 0.3 * L), rp._svt(A, 0.3 * L)
+        (Y, nuc), (Y_full, nuc_full) = rp._block_svt(blocks, A, 0.3 * L), rp._svt(A, 0.3 * L)
         assert np.linalg.norm(Y - Y_full) <= 1e-13 * np.linalg.norm(Y_full)
         assert nuc == pytest.approx(nuc_full, rel=1e-13)
     G = np.random.default_rng(0).standard_normal((40, 40))
