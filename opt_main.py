@@ -180,10 +180,10 @@ def cluster_report(sol, n, clusters, thresholds, lam, lam_b):
     Z, b = np.asarray(sol["Z"]), np.asarray(sol["b"])
     tol = COLLAPSE_TOL * max(np.linalg.norm(Z), 1.0)
     rows = []
-    for c, t in zip(clusters, thresholds):
+    bounds = ufm_certificate.ufm_clusters_spread_bounds(Z, b, n, lam, lam_b, clusters)
+    for c, t, (lo, hi) in zip(clusters, thresholds, bounds):
         if len(c) > 1:
             spread = ana_utils.minority_spread(Z, c)
-            lo, hi = ufm_certificate.ufm_spread_bounds(Z, b, n, lam, lam_b, c)
             verdict = ("apart" if lo > 0 else "collapsed" if hi <= tol and lam >= t
                        else "within solver accuracy of the threshold")
         else:

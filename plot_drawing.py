@@ -42,6 +42,17 @@ def save_figure(fig, path, dpi=110):
     return path
 
 
+def cluster_letters(i):
+    """The i-th cluster's name: A ... Z, then AA, AB, ... (as spreadsheet columns; long-tailed profiles have
+    hundreds of clusters, and letters past Z had drawn control characters)."""
+    name = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        name = chr(ord("A") + r) + name
+    return name
+
+
 def label_clusters(ax, cluster_sizes, class_ticks=True, fontsize=6):
     """Class numbers as ticks (columns below, rows left) and the clusters' letters A, B, ...
     centred under their columns, so a heat-map reads without the caption."""
@@ -52,7 +63,7 @@ def label_clusters(ax, cluster_sizes, class_ticks=True, fontsize=6):
         ax.tick_params(length=1.5, pad=1)
     starts = np.concatenate([[0], np.cumsum(cluster_sizes)])
     for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
-        ax.text((a + b - 1) / 2, K - 0.5 + 0.12 * K, chr(ord("A") + i), ha="center", va="center",
+        ax.text((a + b - 1) / 2, K - 0.5 + 0.12 * K, cluster_letters(i), ha="center", va="center",
                 fontsize=fontsize + 2, fontweight="bold", clip_on=False)
 
 

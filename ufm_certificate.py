@@ -303,14 +303,21 @@ def ufm_spread_bounds(Z, b, n, lam, lam_b, classes):
     (Z, b), so every entry of p*_k lies in a binary-KL ball around p_k; within a class size
     z*_j - z*_k = (I - J/K)(log p*_j - log p*_k) (columns sum to 0 at the optimum), which turns
     those balls into the interval."""
+    return ufm_clusters_spread_bounds(Z, b, n, lam, lam_b, [classes])[0]
+
+
+def ufm_clusters_spread_bounds(Z, b, n, lam, lam_b, clusters):
+    """ufm_spread_bounds of each cluster, the dual point built once ((0, 0) for a single class)."""
     n = _check_ufm_args(n, lam, lam_b)
-    classes = list(classes)
-    if len(classes) < 2:
-        return 0.0, 0.0
-    if np.ptp(n[classes]) > 0:
+    clusters = [list(c) for c in clusters]
+    if any(len(c) > 1 and np.ptp(n[c]) > 0 for c in clusters):
         raise ValueError("ufm_spread_bounds: the classes must have one size")
-    primal, dual, Poff, r = _primal_and_dual(Z, b, n, lam, lam_b)
-    rho = n / n.sum()
+    pd = _primal_and_dual(Z, b, n, lam, lam_b) if any(len(c) > 1 for c in clusters) else None
+    return [_spread_interval(*pd, n / n.sum(), c) if len(c) > 1 else (0.0, 0.0) for c in clusters]
+
+
+def _spread_interval(primal, dual, Poff, r, rho, classes):
+    """ufm_spread_bounds from the dual point (its value dual, Poff, r) and the primal objective."""
     if not np.isfinite(dual):
         return 0.0, float("inf")
     gap = max(primal - dual, 0.0) + 4e-16 * (abs(primal) + abs(dual))

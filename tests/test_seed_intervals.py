@@ -153,3 +153,11 @@ def test_minority_figure_draws_means_and_intervals_in_every_panel(monkeypatch, t
     # the heat maps draw the mean Z
     p = minority_result(seeds)["points"][0]
     np.testing.assert_allclose(heat[0].images[0].get_array().data, np.mean([s["Z"] for s in p["seeds"]], axis=0))
+
+
+def test_cluster_letters_go_on_past_z():
+    """Long-tailed profiles have hundreds of clusters: A .. Z, then AA, AB, ... (chr(ord('A') + i) had drawn
+    '[', '\\' and control characters past Z, with a missing-glyph warning each)."""
+    names = [plot_drawing.cluster_letters(i) for i in range(703)]
+    assert names[:3] == ["A", "B", "C"] and names[25:28] == ["Z", "AA", "AB"] and names[701:] == ["ZZ", "AAA"]
+    assert len(set(names)) == 703 and all(n.isalpha() and n.isupper() for n in names)
