@@ -139,7 +139,6 @@ class _Blocks:
         return nuc
 
 
-
 def _shrunk(G, L, s, aq, blocks):
     """The dual candidate of G's singular values above L soft-thresholded to L, negative entries clipped (None
     when none is above L or a column then sums to more than 1): it loses what the excess costs, where scaling
@@ -181,9 +180,9 @@ def dual_point(X, b, a, q, L, lam_b, vec, blocks=None):
     max_P sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b)
     s.t. ||diag(s) (P - I) diag(a / q)||_2 <= L (theory.md sections 2 and 9; vec = (w, s, o, mu), a = w n / N;
     for lam_b = 0 the second term is the constraint (P - I) a = 0, restored exactly first: column k moves by
-    d_k (a / sum(a) - e_k), d >= 0). Candidates: the softmax at (X, b), and
-    its G shrunk (_shrunk), polar-corrected first where X has active pairs (_polar_corrected); each made
-    feasible, the best kept; decompositions as blocks says (_Blocks; None: K x K). Returns (value, Poff, r)."""
+    d_k (a / sum(a) - e_k), d >= 0). Candidates: the softmax at (X, b), and its G shrunk (_shrunk),
+    polar-corrected first where X has active pairs (_polar_corrected); each made feasible, the best kept;
+    decompositions as blocks says (_Blocks; None: K x K). Returns (value, Poff, r)."""
     blocks = blocks or _Blocks()
     s = vec[1]
     _, Poff, r = _ce_columns(_logits(X, b, q, vec))
