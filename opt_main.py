@@ -37,7 +37,7 @@ from utils import UserError
 
 COLLAPSE_TOL = 1e-3  # columns closer than this times max(||Z||_F, 1) count as one (solver accuracy)
 # LDAM's threshold is a root of checked solves per cluster, each O(g^3) a step in g distinct sizes: measured 5 s
-# for the exp profile K = 100 (g = 98), 3 s at g = 2 (K = 1000), ~5 minutes at g = 247 (K = 300, 33 clusters)
+# for the exp profile K = 100 (g = 98), 3 s at g = 2 (K = 1000), ~17 minutes at g = 247 (K = 300, 33 clusters)
 LDAM_MAX_SIZES = 100
 LAM_MAX = 1e6  # largest --lam / --reg_b: Clarabel panics at 1e300, and Z = b = 0 long before
 # cvxpy/Clarabel's peak memory on the program (ru_maxrss, one thread): 0.13 GB at K = 10, 0.17 at 20, 0.32 at

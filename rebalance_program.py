@@ -321,8 +321,8 @@ def _margin_root(n, vec, k, lam_b, base, mu):
     """The root of lambda - base (1 + p(lambda) (e^mu - 1)), p(lambda) = _collapsed_p_true: secant steps (a
     fixed-point step first) from the bracket's middle, kept in the bracket [base, base e^mu] where the equation
     changes sign (p in [0, 1]) and bisected where a step leaves it, to relative 1e-12; each solve starts from the
-    last one's answer. Measured (exp profile K = 120, 5 LDAM clusters): 4 solves and ~800 L-BFGS steps a cluster
-    against ~2100 for scipy's brentq on the bracket."""
+    last one's answer (a solve redone cold costs more: exp profile K = 120, 5 LDAM clusters, 19.7 CPU s against
+    17.5 s for the unchecked brentq, which was up to 8e-5 low there)."""
     N, e = n.sum(), np.expm1(mu)
     lo, hi = base, base * np.exp(mu)
     lam, x, pts = 0.5 * (lo + hi), None, []
