@@ -259,12 +259,6 @@ def lambda_path(lams, solve):
     return sols
 
 
-def _group_of(n, vec, k):
-    """Index of class k's group in ufm_program._class_coordinates(n, ..., loss=vec), and the group count."""
-    gi = np.unique(np.column_stack([n, *vec]), axis=0, return_inverse=True)[1].ravel()
-    return int(gi[k]), int(gi.max()) + 1
-
-
 def _restricted_excess(n, vec, L, lam_b, X, b, cluster):
     """||G - Pi G Pi||_2 / L - 1 at (X, b): G the CE's gradient in X, Pi the projector on the cluster's zero-sum
     vectors. The program with the cluster held collapsed (Pi X Pi = 0) is solved iff this is <= 0 (with L-BFGS's
@@ -284,9 +278,9 @@ def _collapsed_p_true(n, vec, L, lam_b, k, x0=None):
     (its within-group coordinate s fixed at 0), and the factored point (a warm start for the next call).
     From x0 when given; where that answer fails _restricted_excess (> 1e-6), again from the cold start,
     which must pass it."""
-    fg, _, start, point = ufm_program._class_coordinates(n, L, lam_b, loss=vec)
-    ga, g = _group_of(n, vec, k)
-    gi = np.unique(np.column_stack([n, *vec]), axis=0, return_inverse=True)[1].ravel()
+    cc = ufm_program._ClassCoordinates(n, L, lam_b, vec)
+    fg, start, point = cc.fg, cc.start, cc.point
+    ga, g = int(cc.gi[k]), cc.g
     q, a = np.sqrt(n / n.sum()), vec[0] * n / n.sum()
 
     def fg_fixed(x):
@@ -301,7 +295,7 @@ def _collapsed_p_true(n, vec, L, lam_b, k, x0=None):
         x_start[[ga, g + ga]] = 0.0
         x = ufm_program._lbfgs(fg_fixed, x_start, 3000, gtol=1e-13)[0]
         X, b = point(x)
-        excess = _restricted_excess(n, vec, L, lam_b, X, b, np.flatnonzero(gi == ga))
+        excess = _restricted_excess(n, vec, L, lam_b, X, b, np.flatnonzero(cc.gi == ga))
         if excess <= 1e-6:
             return 1.0 - _ce_columns(_logits(X, b, q, vec))[2][k], x
     raise RuntimeError(f"collapse_threshold: the collapsed program at lam sqrt(N) = {L:.6g} not solved "
