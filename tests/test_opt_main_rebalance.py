@@ -71,6 +71,19 @@ def test_a_path_is_certified_and_matches_cold_solves(tmp_path):
     assert (tmp_path / "plots" / "t.png").stat().st_size > 1000 and "path of 5 lambdas" in r.stdout
 
 
+def test_a_plain_path_gives_each_lambda_the_verdicts_of_its_single_solve(tmp_path):
+    # exp profile K = 100 (10 clusters of equal sizes): solved at 1e-9 the warm points at 0.001 and 0.0012 left
+    # all 10 verdicts open (certified 1.3e-11, 6.6e-10), where single solves (ufm_program's, to 5e-14) say collapsed
+    lams = ["0.0008", "0.001", "0.0012"]
+    profile = ["--profile", "exp", "--ratio", "100", "--num_classes", "100", "--n_max", "500"]
+    _, out = run(tmp_path, *profile, "--lam", *lams)
+    for lam, p in zip(lams, out["path"]):
+        _, single = run(tmp_path, *profile, "--lam", lam)
+        assert p["status"] == "optimal" and p["accuracy"] <= 1e-9
+        assert [c["verdict"] for c in p["clusters"]] == [c["verdict"] for c in single["clusters"]]
+        assert sum(c["verdict"] == "collapsed" for c in p["clusters"]) == 10
+
+
 def test_prepare_takes_a_profile(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "utils.py"), "prepare", "--dataset", "digits", "--profile",
                         "exp", "--ratio", "10", "--num_classes", "10", "--n_max", "100"], cwd=tmp_path,
