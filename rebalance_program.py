@@ -13,7 +13,7 @@ import scipy.optimize
 
 import ufm_certificate
 import ufm_program
-from ufm_certificate import _Blocks, _ce_columns, _logits, _spectral_norm, _ufm_accuracy, dual_point
+from ufm_certificate import _Blocks, _ce_columns, _logits, _spectral_norm, _ufm_accuracy, dual_point, gradient_matrix
 from ufm_program import _svt
 from utils import UserError
 
@@ -266,8 +266,7 @@ def _restricted_excess(n, vec, L, lam_b, X, b, cluster):
     must grow held near 0) shows it: 0.15 where a converged point gives 1e-13 (docs/rebalance.md)."""
     q, a = np.sqrt(n / n.sum()), vec[0] * n / n.sum()
     _, Poff, r = _ce_columns(_logits(X, b, q, vec))
-    G = Poff * vec[1][:, None] * (a / q)
-    G[np.diag_indices_from(G)] = -r * vec[1] * a / q
+    G = gradient_matrix(Poff, r, vec[1], a / q)
     block = G[np.ix_(cluster, cluster)]
     G[np.ix_(cluster, cluster)] = block.mean(axis=0) + block.mean(axis=1)[:, None] - block.mean()
     return _spectral_norm(G) / L - 1.0

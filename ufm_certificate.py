@@ -175,6 +175,14 @@ def _polar_corrected(X, G, L, blocks):
     return blocks.expand(np.where(s_act, -L * np.sign(xs), gs), GM + Ur @ (L * (u @ vt) - B) @ Vr.T)
 
 
+def gradient_matrix(Poff, r, s, aq):
+    """The CE's gradient in X from the softmax (off-diagonal Poff, r = 1 - p_true per column): the matrix
+    diag(s) (P - I) diag(aq) (s: the logit scales, aq = a / q)."""
+    G = Poff * s[:, None] * aq
+    G[np.diag_indices_from(G)] = -r * s * aq
+    return G
+
+
 def dual_point(X, b, a, q, L, lam_b, vec, blocks=None):
     """A feasible dual point of the (re-balanced) program from (X, b) and its value: the dual
     max_P sum_k a_k (H(p_k) + (p_k - e_k) . c_k) - |(P - I) a|^2 / (4 lam_b)
@@ -187,19 +195,15 @@ def dual_point(X, b, a, q, L, lam_b, vec, blocks=None):
     s = vec[1]
     _, Poff, r = _ce_columns(_logits(X, b, q, vec))
     aq = a / q
-
-    def gmat(Pc, rc):
-        G = Pc * s[:, None] * aq
-        G[np.diag_indices_from(G)] = -rc * s * aq
-        return G
-    G = gmat(Poff, r)
+    G = gradient_matrix(Poff, r, s, aq)
     Gp = _polar_corrected(X, G, L, blocks)
     if Gp is None:
         cands = [(Poff, r), _shrunk(G, L, s, aq, blocks)]
     else:
         Pp = np.maximum(Gp / s[:, None] / aq, 0.0)
         np.fill_diagonal(Pp, 0.0)
-        cands = [(Poff, r), _shrunk(gmat(Pp, Pp.sum(axis=0)), L, s, aq, blocks) or (Pp, Pp.sum(axis=0))]
+        rp = Pp.sum(axis=0)
+        cands = [(Poff, r), _shrunk(gradient_matrix(Pp, rp, s, aq), L, s, aq, blocks) or (Pp, rp)]
     best = (-np.inf, Poff, r)
     for Pc, rc in [c for c in cands if c is not None]:
         if lam_b == 0:              # restore (P - I) a = 0: column k moves by d_k (a / sum(a) - e_k), d >= 0
@@ -211,7 +215,7 @@ def dual_point(X, b, a, q, L, lam_b, vec, blocks=None):
             Pc = Pc + u[:, None] * d[None, :]
             np.fill_diagonal(Pc, 0.0)
             rc = rc + d * (1.0 - u)
-        sn = blocks.spectral_norm(gmat(Pc, rc))
+        sn = blocks.spectral_norm(gradient_matrix(Pc, rc, s, aq))
         t = 1.0 if sn <= L else L / sn
         val = _dual_value(t * Pc, t * rc, a, vec, lam_b)
         if val > best[0]:
