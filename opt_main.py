@@ -257,7 +257,7 @@ def solve_path_point(args, sizes, clusters, thresholds, lam, Z0, b0):
     better certified answer kept, its status against SOLVE_TOL, its time both solves')."""
     sol = solve(args, sizes, lam, Z0, b0)
     report = report_of(args, sol, sizes, clusters, thresholds, lam)
-    if not plain(args) or UNDECIDED not in [r["verdict"] for r in report]:
+    if not plain(args) or sol["accuracy"] <= REFINE_TOL or UNDECIDED not in [r["verdict"] for r in report]:
         return dict(sol, clusters=report)
     fine = solve(args, sizes, lam, sol["Z"], sol["b"], tol=REFINE_TOL)
     time_both = sol["solve_time"] + fine["solve_time"]
