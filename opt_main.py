@@ -253,11 +253,12 @@ def solve(args, sizes, lam, Z0=None, b0=None, tol=SOLVE_TOL):
 
 def solve_path_point(args, sizes, clusters, thresholds, lam, Z0, b0):
     """A path point (warm-started from Z0, b0) with its cluster report ("clusters"); for the plain program
-    solved on from its answer to REFINE_TOL when its certified spread intervals leave a verdict open (the
-    better certified answer kept, its status against SOLVE_TOL, its time both solves')."""
+    and the fast solver, solved on from its answer to REFINE_TOL when its certified spread intervals leave a
+    verdict open (the better certified answer kept, its status against SOLVE_TOL, its time both solves')."""
     sol = solve(args, sizes, lam, Z0, b0)
     report = report_of(args, sol, sizes, clusters, thresholds, lam)
-    if not plain(args) or sol["accuracy"] <= REFINE_TOL or UNDECIDED not in [r["verdict"] for r in report]:
+    settled = sol["accuracy"] <= REFINE_TOL or UNDECIDED not in [r["verdict"] for r in report]
+    if not plain(args) or args.solver == "cvxpy" or settled:      # (Clarabel again would give the same answer)
         return dict(sol, clusters=report)
     fine = solve(args, sizes, lam, sol["Z"], sol["b"], tol=REFINE_TOL)
     time_both = sol["solve_time"] + fine["solve_time"]
