@@ -138,6 +138,12 @@ def solve_rebalance_cvxpy(n, loss, lam, lam_b, tol=1e-9):
 # 20-lambda path (K = 100, exp profile), 3500 L-BFGS steps in all against 8000 from the answer itself floored
 # at 1e-6 (directions that must grow start near a saddle of the factored form); Newton from it did not help.
 WARM_STEP, WARM_FLOOR = 1.0, 1e-3
+# A warm solve runs L-BFGS in the scaled coordinates of _ClassCoordinates.scaling at its start (delta WARM_SCALING):
+# measured on the 20-lambda path (exp profile, n_max 1280, from the smallest lambda up), 770 L-BFGS steps in all
+# against 1370 at K = 300 and 800 against 1470 at K = 1000, the 10 points above the middle 30-100 steps each
+# against 90-200; delta 0.05 / 0.2 / 0.4: 880 / 810 / 880 steps at K = 300. Not for a cold start (its factors are
+# not the answer's; 100 steps against 70 at 0.5 lambda_mid).
+WARM_SCALING = 0.1
 # L-BFGS checks its point's certificate (at steps divisible by CHECK_EVERY) when the gradient predicts success:
 # max |g| / f times the latest checked ratio certified accuracy / (max |g| / f) is <= tol (FIRST_RATIO before the
 # first check: the polar-corrected dual point certifies at 1e-3 .. 1e-2 of max |g| / f, measured at K = 300), and
@@ -213,25 +219,32 @@ def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_ite
     """The program by L-BFGS on the factored form in class coordinates (ufm_program._class_coordinates with
     the loss vectors), a Newton-CG polish when not certified, then proximal steps; every answer certified
     (its decompositions g x g in the g distinct groups). Z0, b0: a warm start (a neighbouring lambda of a
-    path). Returns as ufm_program.solve_ufm_fast."""
+    path), whose L-BFGS runs in the scaled coordinates of _ClassCoordinates.scaling (WARM_SCALING). Returns as
+    ufm_program.solve_ufm_fast."""
     n, vec, q, a, L, _ = _scaled(n, loss, lam, lam_b)
     t0 = time.perf_counter()
     with ufm_program._blas_threads(blas_threads):
         cc = ufm_program._ClassCoordinates(n, L, lam_b, vec)
         cert = _Certifier((a, q, L, lam_b, vec), tol, cc)
         x = _first_point(cc, a, q, lam_b, vec, L, Z0, b0)
+        p = np.ones_like(x) if Z0 is None else cc.scaling(x, WARM_SCALING)    # x = p * y
         sched = dict(ratio=FIRST_RATIO, at=0, done=False)     # the check schedule and the stop's verdict
 
-        def stop(it, x, f, g):
+        def fg(y):
+            f, g = cc.fg(p * y)
+            return f, p * g
+
+        def stop(it, y, f, g):
             """Certified? Checked as the schedule above (CHECK_EVERY) says."""
             gf = np.max(np.abs(g)) / f
             due = gf * sched["ratio"] <= tol or (sched["at"] and it - sched["at"] >= FORCE_EVERY)
             if it % CHECK_EVERY or not due:
                 return False
-            sched["done"] = cert(*cc.point(x))
+            sched["done"] = cert(*cc.point(p * y))
             sched.update(ratio=cert.last / gf if gf > 0 else sched["ratio"], at=it)
             return sched["done"]
-        x, _, its = ufm_program._lbfgs(cc.fg, x, bm_iter, gtol=1e-11, stop=stop)
+        y, _, its = ufm_program._lbfgs(fg, x / p, bm_iter, gtol=1e-11, stop=stop)
+        x = p * y
         if not sched["done"] and not cert(*cc.point(x)):
             cert(*cc.point(ufm_program._newton_polish(cc.fg, cc.hess, x)))
         _prox_steps(cert.best[1], cert.best[2], a, q, L, lam_b, vec, cert, 1 if cert.best[0] <= tol else 50)
@@ -244,9 +257,9 @@ def lambda_path(lams, solve):
     """solve(lam, Z0, b0) at each lambda (answers in the order of lams), from the smallest up: the first cold,
     each next warm-started from its smaller neighbours' answers extrapolated linearly in log lambda (the step
     ratio clipped to 1; from the one answer at the second): a point O(h^2) from the answer where the path is
-    smooth. Measured (exp profile, 20 lambdas 0.5 .. 2 sqrt(n_min) / N): 1360 L-BFGS steps and 14.0 CPU s at
-    K = 300 against 1960 and 20.3 s from the largest down (the cold solve at the smallest lambda takes 70 steps,
-    at the largest 180), K = 1000: 1420 steps against 2000 (docs/rebalance.md)."""
+    smooth. Measured before WARM_SCALING (exp profile, 20 lambdas 0.5 .. 2 sqrt(n_min) / N): 1360 L-BFGS steps
+    and 14.0 CPU s at K = 300 against 1960 and 20.3 s from the largest down (the cold solve at the smallest lambda
+    takes 70 steps, at the largest 180), K = 1000: 1420 steps against 2000 (docs/rebalance.md)."""
     order = sorted(range(len(lams)), key=lambda i: lams[i])
     sols, Z0, b0 = [None] * len(lams), None, None
     for j, i in enumerate(order):

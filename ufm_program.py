@@ -188,6 +188,18 @@ class _ClassCoordinates:
         return np.concatenate([np.where(s < 0, -ss, ss), ss, (U * sv).ravel(), (sv[:, None] * Vt).ravel(),
                                np.bincount(gi, weights=b, minlength=g) / self.sm])
 
+    def scaling(self, x, delta):
+        """A diagonal change of variables x = p * y for L-BFGS at balanced factors x (as start gives them: the
+        factors' columns are the singular components): each factor coordinate divided by sqrt(its partner's
+        squared norm + delta times the largest), b by sqrt(the largest). The factored form's curvature along a
+        factor is that partner norm times the CE's, so components far apart in size converge at one rate
+        (scaled gradient descent, Tong, Ma & Chi 2021); delta keeps the vanishing components from dominating."""
+        sW, sH, MW, MH, bx = self.split(x)
+        sq = (MH ** 2).sum(axis=1)                  # = MW's column norms^2 at balanced factors: sigma_i
+        top = max(sq.max(), (sH ** 2 / self.wp).max())
+        ps, pm = 1.0 / np.sqrt(sH ** 2 / self.wp + delta * top), 1.0 / np.sqrt(sq + delta * top)
+        return np.concatenate([ps, ps, np.tile(pm, self.g), np.repeat(pm, self.g), np.full(self.g, 1.0 / np.sqrt(top))])
+
     def point(self, x):
         """The (X, b) of the full program at coordinates x."""
         sW, sH, MW, MH, bx = self.split(x)
