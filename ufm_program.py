@@ -194,7 +194,7 @@ class _ClassCoordinates:
         squared norm + delta times the largest), b by sqrt(the largest). The factored form's curvature along a
         factor is that partner norm times the CE's, so components far apart in size converge at one rate
         (scaled gradient descent, Tong, Ma & Chi 2021); delta keeps the vanishing components from dominating."""
-        sW, sH, MW, MH, bx = self.split(x)
+        _, sH, _, MH, _ = self.split(x)
         sq = (MH ** 2).sum(axis=1)                  # = MW's column norms^2 at balanced factors: sigma_i
         top = max(sq.max(), (sH ** 2 / self.wp).max())
         ps, pm = 1.0 / np.sqrt(sH ** 2 / self.wp + delta * top), 1.0 / np.sqrt(sq + delta * top)

@@ -69,7 +69,7 @@ def test_the_benchmark_counts_decompositions_and_steps(capsys):
 def test_the_warm_scaling_divides_each_factor_by_its_partners_size():
     """At balanced factors (as start gives them) the factors' columns are X's singular components: MH's row i
     has squared norm sigma_i, so MW's column i and MH's row i are scaled by 1 / sqrt(sigma_i + delta sigma_max),
-    the within-group factors by their partner's s-size, b by 1 / sqrt(sigma_max)."""
+    the within-group factors by 1 / sqrt(|s_a| + delta top), b by 1 / sqrt(top) (top: the largest of both)."""
     n = np.asarray(utils.profile_sizes("exp", 100, 30, 200), float)
     loss = rp.loss_vectors("cross_entropy", n)
     ans = rp.solve_rebalance_fast(n, loss, np.sqrt(n.min()) / n.sum(), 0.01)
