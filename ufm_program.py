@@ -190,14 +190,15 @@ class _ClassCoordinates:
 
     def scaling(self, x, delta):
         """A diagonal change of variables x = p * y for L-BFGS at balanced factors x (as start gives them: the
-        factors' columns are the singular components): each factor coordinate divided by sqrt(its partner's
-        squared norm + delta times the largest), b by sqrt(the largest). The factored form's curvature along a
-        factor is that partner norm times the CE's, so components far apart in size converge at one rate
-        (scaled gradient descent, Tong, Ma & Chi 2021); delta keeps the vanishing components from dominating."""
+        factors' columns are the singular components): each factor coordinate divided by sqrt(its component's
+        size + delta times the largest) (M's sigma_i: its partner's squared norm; a group's |s_a|), b by
+        sqrt(the largest). The factored form's curvature along a factor is that size times the CE's, so
+        components far apart in size converge at one rate (scaled gradient descent, Tong, Ma & Chi 2021);
+        delta keeps the vanishing components from dominating."""
         _, sH, _, MH, _ = self.split(x)
-        sq = (MH ** 2).sum(axis=1)                  # = MW's column norms^2 at balanced factors: sigma_i
-        top = max(sq.max(), (sH ** 2 / self.wp).max())
-        ps, pm = 1.0 / np.sqrt(sH ** 2 / self.wp + delta * top), 1.0 / np.sqrt(sq + delta * top)
+        sig, s = (MH ** 2).sum(axis=1), sH ** 2 / self.wp   # sigma_i and |s_a| at balanced factors
+        top = max(sig.max(), s.max())
+        ps, pm = 1.0 / np.sqrt(s + delta * top), 1.0 / np.sqrt(sig + delta * top)
         return np.concatenate([ps, ps, np.tile(pm, self.g), np.repeat(pm, self.g), np.full(self.g, 1.0 / np.sqrt(top))])
 
     def point(self, x):
