@@ -165,14 +165,20 @@ def _polar_corrected(X, G, L, blocks):
     gs, GM = blocks.parts(G)
     U, sx, Vt = np.linalg.svd(XM)
     top = max(sx.max(initial=0.0), np.abs(xs[blocks.multi]).max(initial=0.0))
-    act = (sx > 1e-12 * top) & (-np.einsum("ji,jk,ik->i", U, GM, Vt) > (1.0 - POLAR_WINDOW) * L)
+    act = (sx > 1e-12 * top) & (-np.sum(U * (GM @ Vt.T), axis=0) > (1.0 - POLAR_WINDOW) * L)   # -u_i' G v_i
     s_act = blocks.multi & (np.abs(xs) > 1e-12 * top) & (-np.sign(xs) * gs > (1.0 - POLAR_WINDOW) * L)
     if not act.any() and not s_act.any():
         return None
     Ur, Vr = U[:, act], Vt[act].T
     B = Ur.T @ GM @ Vr
-    u, _, vt = np.linalg.svd(B)
-    return blocks.expand(np.where(s_act, -L * np.sign(xs), gs), GM + Ur @ (L * (u @ vt) - B) @ Vr.T)
+    return blocks.expand(np.where(s_act, -L * np.sign(xs), gs), GM + Ur @ (L * _polar_factor(B) - B) @ Vr.T)
+
+
+def _polar_factor(B):
+    """The polar factor of B (B's SVD u s vt: u vt) from eigh of B'B, ~2x cheaper than the SVD; for an active
+    block, which is near -L I, its small singular values are not small."""
+    ev, V = scipy.linalg.eigh(B.T @ B, check_finite=False, driver="evd")
+    return (B @ V / np.sqrt(np.maximum(ev, 1e-300 * ev.max(initial=1.0)))) @ V.T
 
 
 def gradient_matrix(Poff, r, s, aq):

@@ -82,6 +82,16 @@ def test_certificate_on_a_perturbed_answer_is_tight():
     assert cert["objective"] == pytest.approx(F, rel=1e-13)
 
 
+def test_the_polar_factor_from_eigh_equals_the_svds():
+    """_polar_factor (eigh of B'B) gives the SVD's u vt on what _polar_corrected passes it, an active block near
+    -L I, and on any well-conditioned B: measured 2.4e-15 off, orthogonal to 4.8e-15 (condition 1.06 and 10)."""
+    rng = np.random.default_rng(0)
+    for B in (-0.7 * np.eye(200) + 1e-3 * rng.normal(size=(200, 200)), rng.normal(size=(50, 50)) + 10 * np.eye(50)):
+        u, _, vt = np.linalg.svd(B)
+        P = ufm_certificate._polar_factor(B)
+        assert np.abs(P - u @ vt).max() <= 1e-13 and np.abs(P.T @ P - np.eye(len(B))).max() <= 1e-13
+
+
 def test_cross_entropy_has_no_cancellation():
     """Large logits (lambda sqrt(N) -> 0): CE ~ exp(-40) must keep its relative accuracy
     (the plain max + log-sum-exp - v_k form loses it all). Reference: 50-digit mpmath."""
