@@ -52,9 +52,12 @@ def _svt(A, tau):
     return ((A @ Vk) * (1.0 - tau / sig[keep])) @ Vk.T, float(np.sum(sig[keep] - tau))
 
 
-def _lbfgs(fg, x, max_iter, gtol, m=30, stop=None):
+def _lbfgs(fg, x, max_iter, gtol, m=10, stop=None):
     """L-BFGS (two-loop recursion, Armijo backtracking; where f no longer resolves the decrease a step
     that shrinks the gradient is taken), stopped early when stop(it, x, f, g). Returns (x, f, iterations).
+    m = 10 pairs: the recursion reads each pair twice a step, memory-bound, and at m = 30 it was half a step's
+    time at K = 1000 (7e5 unknowns). Measured on benchmark.py's K = 1000 path (one thread, CPU s): m = 30 cold
+    17.3 s (140 steps), path 113 s (780); m = 10 14.2 s (160), 86.7 s (870); m = 5 12.9 s (180), 79.1 s (980).
     On one BLAS thread: its daxpy is scipy's OpenBLAS, the dots and fg numpy's, and two multi-threaded
     OpenBLAS libraries spin against each other (0.4 s a step at 2e4 unknowns on 2 cores, measured; numpy's
     own axpy would cost 2.7x daxpy's time)."""
@@ -360,12 +363,10 @@ class _BestIterate:
         return acc
 
 
-def _first_point(prog, start, Z0, b0):
-    """The L-BFGS start in class coordinates: Z0 (and b0) when given, else one proximal-gradient step
-    from X = 0 with b the best for Z = 0 as lam_b -> 0 (directions below the threshold get a small weight)."""
+def _first_point(prog, start):
+    """The L-BFGS start in class coordinates: one proximal-gradient step from X = 0 with b the best for
+    Z = 0 as lam_b -> 0 (directions below the threshold get a small weight)."""
     K = prog.rho.size
-    if Z0 is not None:
-        return start(np.asarray(Z0, dtype=float) * prog.q, np.zeros(K) if b0 is None else np.ravel(b0), 0.0, 0.0)
     b = np.log(prog.rho) - np.log(prog.rho).mean()
     A = -prog.smooth(np.zeros((K, K)), b)[1]
     return start(A, b, prog.L, 1e-3)
@@ -426,12 +427,11 @@ def _fista(prog, best, X, b, polish, max_iter):
     return it
 
 
-def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
-                   warm_start=True, bm_iter=3000, blas_threads=1):
+def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, bm_iter=3000, blas_threads=1):
     """Solve the convex program: L-BFGS, FISTA and a Newton polish; general (no layout assumed).
 
     1. Warm start: L-BFGS on the Burer-Monteiro form X = W H, ||X||_* = min (|W|^2 + |H|^2)/2,
-       r = K (no rank assumption), started from one proximal-gradient step at X = 0 (or Z0), in the
+       r = K (no rank assumption), started from one proximal-gradient step at X = 0, in the
        coordinates of the matrices invariant under permuting classes of one size
        (_class_coordinates: exact, and O(g^3) per step for g distinct sizes instead of O(K^3)),
        up to bm_iter iterations; it stops once its point is certified (with many distinct sizes its
@@ -458,10 +458,7 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, Z0=None, b0=None,
         def polish(X, b):           # floor: lets the rank grow
             return point(_newton_polish(fg, hess, start(X, b, 0.0, 1e-6)))
 
-        x = _first_point(prog, start, Z0, b0)
-        bm_its = 0
-        if warm_start:
-            x, _, bm_its = _lbfgs(fg, x, bm_iter, gtol=1e-11, stop=stop)
+        x, _, bm_its = _lbfgs(fg, _first_point(prog, start), bm_iter, gtol=1e-11, stop=stop)
         it = _fista(prog, best, *point(x), polish, max_iter)
     return dict(Z=best.X / prog.q, b=best.b, objective=float(best.F),
                 status="optimal" if best.accuracy <= tol else "inaccurate", accuracy=float(best.accuracy),
