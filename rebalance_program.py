@@ -14,7 +14,7 @@ import scipy.optimize
 import ufm_certificate
 import ufm_program
 from ufm_certificate import _Blocks, _ce_columns, _logits, _spectral_norm, _ufm_accuracy, dual_point, gradient_matrix
-from ufm_program import _svt
+from ufm_program import _block_svt
 from utils import UserError
 
 LOSS_NAMES = ("cross_entropy", "class_balanced", "logit_adjusted", "ldam", "vector_scaling")
@@ -149,17 +149,6 @@ WARM_SCALING = 0.1
 # first check: the polar-corrected dual point certifies at 1e-3 .. 1e-2 of max |g| / f, measured at K = 300), and
 # after a failed check at least every FORCE_EVERY steps; a certificate costs ~5 K x K decompositions.
 CHECK_EVERY, FIRST_RATIO, FORCE_EVERY = 10, 1e-3, 50
-
-
-def _block_svt(blocks, A, tau):
-    """Singular-value soft-thresholding of A's projection by tau (ufm_certificate._Blocks): (the K x K answer,
-    its nuclear norm); _svt itself for the K x K layout."""
-    if blocks.cc is None:
-        return _svt(A, tau)
-    s, M = blocks.parts(A)
-    s = np.where(blocks.multi, np.sign(s) * np.maximum(np.abs(s) - tau, 0.0), 0.0)
-    M, nuc = _svt(M, tau)
-    return blocks.expand(s, M), nuc + float((blocks.cc.m - 1.0) @ np.abs(s))
 
 
 def _prox_steps(X, b, a, q, L, lam_b, vec, cert, steps):

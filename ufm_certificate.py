@@ -229,12 +229,12 @@ def dual_point(X, b, a, q, L, lam_b, vec, blocks=None):
     return best
 
 
-def _ufm_dual_point(X, b, rho, q, L, lam_b):
+def _ufm_dual_point(X, b, rho, q, L, lam_b, blocks=None):
     """dual_point of the plain program (weights and scales 1, no offsets or margins): the dual (theory.md
     section 2, "Accuracy certificate") max_P sum_k rho_k H(p_k) - |(P - I) rho|^2 / (4 lam_b) subject to
     ||(P - I) diag(q)||_2 <= L. Returns (D, Poff, r) of that point (off-diagonal entries, 1 - diagonal)."""
     K = rho.size
-    return dual_point(X, b, rho, q, L, lam_b, (np.ones(K), np.ones(K), np.zeros(K), np.zeros(K)))
+    return dual_point(X, b, rho, q, L, lam_b, (np.ones(K), np.ones(K), np.zeros(K), np.zeros(K)), blocks)
 
 
 def _ufm_accuracy(primal, dual):

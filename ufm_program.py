@@ -9,9 +9,9 @@ import numpy as np
 import scipy.linalg
 
 from ufm_certificate import (
+    _Blocks,
     _ce_differences,
     _check_ufm_args,
-    _scaled_objective,
     _ufm_accuracy,
     _ufm_dual_point,
     _ufm_smooth,
@@ -50,6 +50,17 @@ def _svt(A, tau):
         return np.zeros_like(A), 0.0
     Vk = V[:, keep]
     return ((A @ Vk) * (1.0 - tau / sig[keep])) @ Vk.T, float(np.sum(sig[keep] - tau))
+
+
+def _block_svt(blocks, A, tau):
+    """Singular-value soft-thresholding of A's projection by tau (ufm_certificate._Blocks): (the K x K answer,
+    its nuclear norm); _svt itself for the K x K layout."""
+    if blocks.cc is None:
+        return _svt(A, tau)
+    s, M = blocks.parts(A)
+    s = np.where(blocks.multi, np.sign(s) * np.maximum(np.abs(s) - tau, 0.0), 0.0)
+    M, nuc = _svt(M, tau)
+    return blocks.expand(s, M), nuc + float((blocks.cc.m - 1.0) @ np.abs(s))
 
 
 def _lbfgs(fg, x, max_iter, gtol, m=10, stop=None):
@@ -325,10 +336,13 @@ def solve_ufm_cvxpy(n, lam, lam_b, solver="CLARABEL", tol=1e-9, **solver_opts):
 
 class _ScaledProgram:
     """The program's numbers in the scaled variables X = Z diag(q), q = sqrt(rho), rho = n / N: the
-    nuclear-norm weight L = lam sqrt(N) and FISTA's metric on b, 1 + 2 lam_b."""
+    nuclear-norm weight L = lam sqrt(N), FISTA's metric on b, 1 + 2 lam_b, and the class coordinates cc, in
+    which the certificate and the thresholding decompose g x g matrices (ufm_certificate._Blocks)."""
 
     def __init__(self, n, lam, lam_b):
         N = n.sum()
+        self.cc = _ClassCoordinates(n, float(lam) * np.sqrt(N), lam_b)
+        self.blocks = _Blocks(self.cc)
         self.rho = n / N
         self.q = np.sqrt(self.rho)
         self.L = float(lam) * np.sqrt(N)
@@ -356,8 +370,8 @@ class _BestIterate:
         """Certified accuracy of (X, b) (objective F, computed if None); kept if best or certified."""
         p = self.prog
         if F is None:
-            F = _scaled_objective(X, b, p.rho, p.q, p.L, p.lam_b)
-        acc = _ufm_accuracy(F, _ufm_dual_point(X, b, p.rho, p.q, p.L, p.lam_b)[0])
+            F = p.smooth(X, b)[0] + p.L * p.blocks.nuclear_norm(X)
+        acc = _ufm_accuracy(F, _ufm_dual_point(X, b, p.rho, p.q, p.L, p.lam_b, p.blocks)[0])
         if acc < self.accuracy or acc <= self.tol or self.X is None:
             self.accuracy, self.X, self.b, self.F, self.residual, self.iteration = acc, X, b, F, res, it
         return acc
@@ -377,7 +391,7 @@ def _prox_step(prog, Xy, by, fy, gX, gb, c):
     c * diag(1 on X, Lb on b), c doubled until the quadratic upper bound holds.
     Returns (Xn, bn, fn, gXn, gbn, ||Xn||_*, c)."""
     while True:
-        Xn, nucn = _svt(Xy - gX / c, prog.L / c)
+        Xn, nucn = _block_svt(prog.blocks, Xy - gX / c, prog.L / c)
         bn = by - gb / (c * prog.Lb)
         fn, gXn, gbn = prog.smooth(Xn, bn)
         dX, db = Xn - Xy, bn - by
@@ -449,7 +463,7 @@ def solve_ufm_fast(n, lam, lam_b, tol=1e-9, max_iter=5000, bm_iter=3000, blas_th
     t0 = time.perf_counter()
     prog = _ScaledProgram(n, lam, lam_b)
     with _blas_threads(blas_threads):
-        fg, hess, start, point = _class_coordinates(n, prog.L, lam_b)
+        fg, hess, start, point = prog.cc.fg, prog.cc.hess, prog.cc.start, prog.cc.point
         best = _BestIterate(prog, tol)
 
         def stop(it, x, f, g):      # L-BFGS: certified? (every 50th iteration once max |g| <= tol f)

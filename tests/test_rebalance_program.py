@@ -212,7 +212,7 @@ def test_class_coordinate_certificate_equals_the_full_one(name, profile):
         assert 0 <= blocks.spectral_norm(X) / np.linalg.norm(X, 2) - 1 <= 1e-12
         assert blocks.nuclear_norm(X) == pytest.approx(np.linalg.svd(X, compute_uv=False).sum(), rel=1e-13)
         A = X - 0.01 * X.T
-        (Y, nuc), (Y_full, nuc_full) = rp._block_svt(blocks, A, 0.3 * L), rp._svt(A, 0.3 * L)
+        (Y, nuc), (Y_full, nuc_full) = ufm_program._block_svt(blocks, A, 0.3 * L), ufm_program._svt(A, 0.3 * L)
         assert np.linalg.norm(Y - Y_full) <= 1e-13 * np.linalg.norm(Y_full)
         assert nuc == pytest.approx(nuc_full, rel=1e-13)
     G = np.random.default_rng(0).standard_normal((40, 40))
