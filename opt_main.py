@@ -40,7 +40,8 @@ UNDECIDED = "within solver accuracy of the threshold"
 # A plain path point whose certified spread intervals leave a verdict UNDECIDED is solved on to REFINE_TOL: a
 # single solve (ufm_program's, polished to rounding) reaches it, so a lambda gets one verdict in a path or alone.
 # Measured, exp profile, 20 lambdas: K = 300 151 of 660 verdicts open at 1e-9, 1 at 1e-13 (path 67 s, not 15);
-# K = 1000 173 of 2780 open, then 13 (650 s, not 141); with rebalance_program.WARM_SCALING, 1 (37 s) and 9 (407 s).
+# K = 1000 173 of 2780 open, then 13 (650 s, not 141); with rebalance_program.WARM_SCALING, 1 (37 s) and 9 (407 s);
+# with L-BFGS's 10 pairs and one certificate a check, K = 300 1 open (27 s; K = 1000 not measured again).
 SOLVE_TOL, REFINE_TOL = 1e-9, 1e-13
 # LDAM's threshold is a root of checked solves per cluster, each O(g^3) a step in g distinct sizes: measured 5 s
 # for the exp profile K = 100 (g = 98), 3 s at g = 2 (K = 1000), ~17 minutes at g = 247 (K = 300, 33 clusters)
