@@ -341,11 +341,11 @@ class _ScaledProgram:
 
     def __init__(self, n, lam, lam_b):
         N = n.sum()
-        self.cc = _ClassCoordinates(n, float(lam) * np.sqrt(N), lam_b)
-        self.blocks = _Blocks(self.cc)
         self.rho = n / N
         self.q = np.sqrt(self.rho)
         self.L = float(lam) * np.sqrt(N)
+        self.cc = _ClassCoordinates(n, self.L, lam_b)
+        self.blocks = _Blocks(self.cc)
         self.lam_b = lam_b
         self.Lb = 1.0 + 2.0 * lam_b
 
