@@ -210,9 +210,8 @@ def solve_rebalance_fast(n, loss, lam, lam_b, tol=1e-9, Z0=None, b0=None, bm_ite
     collapsed columns coincide exactly; one certificate a check where the L-BFGS point and then its proximal
     step took two: the K = 1000 path 72.5 CPU s against 84.7, docs/rebalance.md); when none is certified, a
     Newton-CG polish, then up to 50 proximal steps. Every answer certified (its decompositions g x g in the g
-    distinct groups). Z0, b0: a warm start (a neighbouring lambda of a
-    path), whose L-BFGS runs in the scaled coordinates of _ClassCoordinates.scaling (WARM_SCALING). Returns as
-    ufm_program.solve_ufm_fast."""
+    distinct groups). Z0, b0: a warm start (a neighbouring lambda of a path), whose L-BFGS runs in the scaled
+    coordinates of _ClassCoordinates.scaling (WARM_SCALING). Returns as ufm_program.solve_ufm_fast."""
     n, vec, q, a, L, _ = _scaled(n, loss, lam, lam_b)
     t0 = time.perf_counter()
     with ufm_program._blas_threads(blas_threads):

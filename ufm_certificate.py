@@ -178,7 +178,7 @@ def _polar_factor(B):
     """The polar factor of B (B's SVD u s vt: u vt) from eigh of B'B, ~2x cheaper than the SVD; for an active
     block, which is near -L I, its small singular values are not small."""
     ev, V = scipy.linalg.eigh(B.T @ B, check_finite=False, driver="evd")
-    return (B @ V / np.sqrt(np.maximum(ev, 1e-300 * ev.max(initial=1.0)))) @ V.T
+    return (B @ V / np.sqrt(np.maximum(ev, np.finfo(float).tiny))) @ V.T
 
 
 def gradient_matrix(Poff, r, s, aq):
